@@ -1,0 +1,220 @@
+"""The ASGI application: routes, lifespan and the error handler."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import anyio.to_thread
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from mirror.blobstore import BlobStore, iter_file
+from mirror.config import Config
+from mirror.errors import NameUnknown, NotFound, RegistryError, Unsupported
+from mirror.inflight import InflightDownloads
+from mirror.manifests import ManifestCache
+from mirror.proxy import CachedBlob, ManifestAnswer, Proxy
+from mirror.reference import Digest, parse_digest, parse_name, parse_reference
+from mirror.responses import API_VERSION_HEADER, BlobResponse, blob_headers, error_response, parse_range
+from mirror.stats import Stats, prometheus
+from mirror.upstream import Upstream
+
+log = logging.getLogger(__name__)
+
+_REGISTRY_PATH_RE = re.compile(r"^(?P<name>.+?)/(?:(?P<kind>manifests|blobs)/(?P<reference>[^/]+)|tags/list)$")
+_READ_METHODS = ("GET", "HEAD")
+
+
+@dataclass
+class Mirror:
+    """Everything one running mirror holds, built in the lifespan and torn down after it."""
+
+    config: Config
+    stats: Stats
+    store: BlobStore
+    manifests: ManifestCache
+    inflight: InflightDownloads
+    proxy: Proxy
+    upstreams: dict[str, Upstream]
+
+    @classmethod
+    async def open(cls, config: Config) -> Mirror:
+        stats = Stats()
+        store = BlobStore(config.cache.directory)
+        await anyio.to_thread.run_sync(store.open_sync)
+        manifests = await anyio.to_thread.run_sync(ManifestCache, config.cache.directory, store)
+        inflight = InflightDownloads(store, stats)
+        proxy = Proxy(store, manifests, inflight, stats, config.cache.tag_ttl)
+        upstreams = {name: Upstream(upstream, stats) for name, upstream in config.upstreams.items()}
+        log.info("cache %s holds %d blobs (%d bytes)", config.cache.directory, store.count, store.total_bytes)
+        return cls(config, stats, store, manifests, inflight, proxy, upstreams)
+
+    async def close(self) -> None:
+        await self.inflight.close()
+        for upstream in self.upstreams.values():
+            await upstream.aclose()
+        self.manifests.close()
+
+    def resolve_upstream(self, path_name: str, ns: str | None) -> tuple[Upstream, str]:
+        """Pick the upstream by `?ns=`, else by a leading registry host, else the default."""
+        if ns is not None:
+            upstream = self.upstreams.get(ns)
+            if upstream is None:
+                raise NameUnknown(f"registry {ns[:100]!r} is not mirrored here")
+            return upstream, path_name
+        first, _, rest = path_name.partition("/")
+        if rest and ("." in first or ":" in first or first == "localhost"):
+            upstream = self.upstreams.get(first)
+            if upstream is None:
+                raise NameUnknown(f"registry {first[:100]!r} is not mirrored here")
+            return upstream, rest
+        return self.upstreams[self.config.server.default_upstream], path_name
+
+    def snapshot(self) -> dict[str, object]:
+        return self.stats.snapshot(
+            inflight=len(self.inflight), cached_blobs=self.store.count, cached_bytes=self.store.total_bytes
+        )
+
+
+def _mirror(request: Request) -> Mirror:
+    mirror: Mirror = request.app.state.mirror
+    return mirror
+
+
+async def api_root(request: Request) -> Response:
+    if request.method not in _READ_METHODS:
+        raise Unsupported()
+    _mirror(request).stats.requests += 1
+    return JSONResponse({}, headers=dict([API_VERSION_HEADER]))
+
+
+async def registry(request: Request) -> Response:
+    mirror = _mirror(request)
+    mirror.stats.requests += 1
+    if request.method not in _READ_METHODS:
+        raise Unsupported("this registry mirror is read-only", detail={"method": request.method})
+    match = _REGISTRY_PATH_RE.match(request.path_params["path"])
+    if match is None:
+        raise NotFound("no such registry API route")
+    upstream, name = mirror.resolve_upstream(match["name"], request.query_params.get("ns"))
+    repository = upstream.repository(parse_name(name))
+    if match["kind"] == "manifests":
+        return await _manifest(request, mirror, upstream, repository, match["reference"])
+    if match["kind"] == "blobs":
+        return await _blob(request, mirror, upstream, repository, parse_digest(match["reference"]))
+    params = {k: v for k, v in request.query_params.items() if k in ("n", "last")}
+    body, link = await mirror.proxy.tags(upstream, repository, params)
+    headers = {API_VERSION_HEADER[0]: API_VERSION_HEADER[1]}
+    if link:
+        headers["Link"] = link
+    return Response(body, headers=headers, media_type="application/json")
+
+
+async def _manifest(request: Request, mirror: Mirror, upstream: Upstream, repository: str, reference: str) -> Response:
+    answer: ManifestAnswer = await mirror.proxy.manifest(
+        upstream, repository, parse_reference(reference), request.headers.getlist("accept")
+    )
+    manifest = answer.manifest
+    if answer.cache_status != "MISS" and request.method == "GET":
+        mirror.stats.bytes_served_from_cache += len(manifest.body)
+    headers = {
+        API_VERSION_HEADER[0]: API_VERSION_HEADER[1],
+        "Docker-Content-Digest": manifest.digest,
+        "Content-Length": str(len(manifest.body)),
+        "ETag": f'"{manifest.digest}"',
+        "X-Cache": answer.cache_status,
+    }
+    body = manifest.body if request.method == "GET" else b""
+    return Response(body, headers=headers, media_type=manifest.media_type)
+
+
+async def _blob(request: Request, mirror: Mirror, upstream: Upstream, repository: str, digest: Digest) -> Response:
+    if request.method == "HEAD":
+        size = await mirror.proxy.blob_size(upstream, repository, digest)
+        return Response(b"", headers={API_VERSION_HEADER[0]: API_VERSION_HEADER[1], **blob_headers(str(digest), size)})
+    source = await mirror.proxy.blob(upstream, repository, digest)
+    range_header = request.headers.get("range")
+    if isinstance(source, CachedBlob):
+        total: int | None = source.size
+    else:
+        # Without a Range the body can start before the size is known (chunked); with one, wait for it.
+        total = source.size if range_header is None else await source.wait_size()
+    headers = {API_VERSION_HEADER[0]: API_VERSION_HEADER[1], **blob_headers(str(digest), total)}
+    headers["X-Cache"] = "HIT" if isinstance(source, CachedBlob) else "MISS"
+    start, end, status = 0, total, 200
+    byte_range = parse_range(range_header, total) if total is not None else None
+    if byte_range is not None:
+        (start, end), status = byte_range, 206
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{total}"
+        headers["Content-Length"] = str(end - start)
+    if isinstance(source, CachedBlob):
+        body = _counted(iter_file(source.path, start, source.size if end is None else end), mirror.stats)
+    else:
+        body = source.iter_range(start, end)
+    return BlobResponse(body, status, headers, str(digest))
+
+
+async def _counted(chunks: AsyncIterator[bytes], stats: Stats) -> AsyncIterator[bytes]:
+    async for chunk in chunks:
+        stats.bytes_served_from_cache += len(chunk)
+        yield chunk
+
+
+async def stats_route(request: Request) -> Response:
+    return JSONResponse(_mirror(request).snapshot())
+
+
+async def metrics_route(request: Request) -> Response:
+    return PlainTextResponse(prometheus(_mirror(request).snapshot()), media_type="text/plain; version=0.0.4")
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def registry_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RegistryError)
+    return error_response(exc)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        return error_response(Unsupported())
+    return error_response(
+        RegistryError(exc.detail, status=exc.status_code, code="NOT_FOUND" if exc.status_code == 404 else "UNKNOWN")
+    )
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    log.exception("internal error on %s %s", request.method, request.url.path)
+    return error_response(RegistryError("internal error"))
+
+
+def create_app(config: Config) -> Starlette:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        mirror = await Mirror.open(config)
+        app.state.mirror = mirror
+        try:
+            yield
+        finally:
+            await mirror.close()
+
+    all_methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+    routes = [
+        Route("/v2/", api_root, methods=all_methods),
+        Route("/v2/{path:path}", registry, methods=all_methods),
+        Route("/stats", stats_route),
+        Route("/metrics", metrics_route),
+        Route("/healthz", healthz),
+    ]
+    handlers = {RegistryError: registry_error, HTTPException: http_error, Exception: internal_error}
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)

@@ -1,0 +1,163 @@
+"""Upstream auth as an httpx flow: Docker-style bearer tokens, or Basic.
+
+The flow answers a 401 challenge once: for `Bearer`, it fetches a token from the realm for
+the request's repository scope (anonymously, or with Basic credentials when the realm is on
+the upstream's own site) and caches it until shortly before it expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+import logging
+import re
+import time
+from collections.abc import AsyncGenerator, Generator
+from dataclasses import dataclass
+
+import httpx
+from cachetools import TLRUCache
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TOKEN_LIFETIME = 60.0
+_PARAM_RE = re.compile(r'\s*([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))\s*,?')
+_REPOSITORY_PATH_RE = re.compile(r"^/v2/(.+?)/(?:manifests|blobs|tags)/")
+
+
+@dataclass(frozen=True)
+class Challenge:
+    scheme: str
+    params: dict[str, str]
+
+
+def parse_challenge(header: str) -> Challenge | None:
+    """Parse one `WWW-Authenticate` challenge, e.g. `Bearer realm="…",service="…"`."""
+    scheme, _, rest = header.strip().partition(" ")
+    if not scheme or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", scheme):
+        return None
+    params: dict[str, str] = {}
+    position = 0
+    rest = rest.strip()
+    while position < len(rest):
+        match = _PARAM_RE.match(rest, position)
+        if match is None or match.end() == position:
+            return None
+        quoted, bare = match.group(2), match.group(3)
+        value = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else bare
+        params[match.group(1).lower()] = value
+        position = match.end()
+    return Challenge(scheme.lower(), params)
+
+
+def repository_scope(request: httpx.Request) -> str | None:
+    match = _REPOSITORY_PATH_RE.match(request.url.path)
+    return f"repository:{match.group(1)}:pull" if match else None
+
+
+def same_site(host_a: str, host_b: str) -> bool:
+    """Whether two hosts share a registrable domain (last two labels); IPs must be equal."""
+    if host_a == host_b:
+        return True
+    for host in (host_a, host_b):
+        try:
+            ipaddress.ip_address(host)
+            return False
+        except ValueError:
+            pass
+    return host_a.split(".")[-2:] == host_b.split(".")[-2:] and host_a.count(".") >= 1
+
+
+@dataclass(frozen=True)
+class _Token:
+    value: str
+    expires_at: float
+
+
+class RegistryAuth(httpx.Auth):
+    def __init__(self, upstream_host: str, username: str | None, password: str | None) -> None:
+        self.upstream_host = upstream_host
+        self._basic: str | None = None
+        if username is not None and password is not None:
+            self._basic = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+        self._tokens: TLRUCache[str, _Token] = TLRUCache(
+            maxsize=4096, ttu=lambda _key, token, _now: token.expires_at, timer=time.monotonic
+        )
+        self._challenge: Challenge | None = None
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        raise RuntimeError("RegistryAuth works with httpx.AsyncClient only")
+
+    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        scope = repository_scope(request) or ""
+        self._authorize(request, scope)
+        response = yield request
+        if response.status_code != 401:
+            return
+        challenge = parse_challenge(response.headers.get("www-authenticate", ""))
+        if challenge is None or challenge.scheme not in ("bearer", "basic"):
+            return
+        self._challenge = challenge
+        if challenge.scheme == "bearer":
+            stale = self._tokens.pop(scope, None)
+            async with self._locks.setdefault(scope, asyncio.Lock()):
+                token = self._tokens.get(scope)
+                if token is None or token is stale:
+                    token_request = self._token_request(challenge, scope)
+                    if token_request is None:
+                        return
+                    token_response = yield token_request
+                    await token_response.aread()
+                    token = self._store_token(scope, token_response)
+                    if token is None:
+                        return
+        elif self._basic is None:
+            return
+        self._authorize(request, scope)
+        yield request
+
+    def _authorize(self, request: httpx.Request, scope: str) -> None:
+        if request.url.host != self.upstream_host:
+            return
+        token = self._tokens.get(scope)
+        if token is not None:
+            request.headers["Authorization"] = f"Bearer {token.value}"
+        elif self._basic is not None and self._challenge is not None and self._challenge.scheme == "basic":
+            request.headers["Authorization"] = self._basic
+
+    def _token_request(self, challenge: Challenge, scope: str) -> httpx.Request | None:
+        realm = challenge.params.get("realm")
+        if not realm:
+            log.warning("upstream %s sent a bearer challenge without a realm", self.upstream_host)
+            return None
+        url = httpx.URL(realm)
+        if url.scheme not in ("http", "https"):
+            return None
+        params = {"service": challenge.params["service"]} if "service" in challenge.params else {}
+        if scope:
+            params["scope"] = scope
+        request = httpx.Request("GET", url.copy_merge_params(params))
+        if self._basic is not None and same_site(url.host, self.upstream_host):
+            request.headers["Authorization"] = self._basic
+        return request
+
+    def _store_token(self, scope: str, response: httpx.Response) -> _Token | None:
+        if response.status_code != 200:
+            log.warning("token realm %s answered %d", response.request.url.host, response.status_code)
+            return None
+        try:
+            body = response.json()
+            value = body.get("token") or body.get("access_token")
+            lifetime = float(body.get("expires_in") or DEFAULT_TOKEN_LIFETIME)
+        except (ValueError, AttributeError, TypeError):
+            value = None
+        if not isinstance(value, str) or not value:
+            log.warning("token realm %s sent no token", response.request.url.host)
+            return None
+        # Refresh a little early so a token never expires in flight.
+        margin = min(30.0, lifetime * 0.1)
+        token = _Token(value, time.monotonic() + max(lifetime - margin, 1.0))
+        self._tokens[scope] = token
+        return token

@@ -1,0 +1,211 @@
+"""Configuration: frozen dataclasses loaded once from TOML and validated."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+DEFAULT_LISTEN = "0.0.0.0:5000"
+DEFAULT_CACHE_DIR = "mirror-cache"
+DOCKER_HUB = "docker.io"
+DOCKER_HUB_URL = "https://registry-1.docker.io"
+
+
+class ConfigError(Exception):
+    """A config problem, named by its key so the operator can find it."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "0.0.0.0"
+    port: int = 5000
+    default_upstream: str = DOCKER_HUB
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    directory: Path = Path(DEFAULT_CACHE_DIR)
+    tag_ttl: float = 60.0
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    name: str
+    url: str
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+
+    def __repr__(self) -> str:
+        secret = "'***'" if self.password is not None else "None"
+        return (
+            f"UpstreamConfig(name={self.name!r}, url={self.url!r}, username={self.username!r}, "
+            f"password={secret}, connect_timeout={self.connect_timeout}, read_timeout={self.read_timeout})"
+        )
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = ServerConfig()
+    cache: CacheConfig = CacheConfig()
+    upstreams: dict[str, UpstreamConfig] = field(
+        default_factory=lambda: {DOCKER_HUB: UpstreamConfig(DOCKER_HUB, DOCKER_HUB_URL)}
+    )
+
+    @property
+    def listen(self) -> str:
+        return f"{self.server.host}:{self.server.port}"
+
+
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: object, key: str) -> float:
+    """Seconds from a number or a string like '90s', '5m', '1h30m', '250ms'."""
+    if isinstance(value, bool):
+        raise ConfigError(key, f"expected a duration like '60s', got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and value and _DURATION_RE.sub("", value.replace(" ", "")) == "":
+        seconds = sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_RE.findall(value.replace(" ", "")))
+    else:
+        raise ConfigError(key, f"expected a duration like '60s', '5m' or '1h', got {value!r}")
+    if seconds < 0:
+        raise ConfigError(key, f"must not be negative, got {value!r}")
+    return seconds
+
+
+def parse_listen(value: object, key: str) -> tuple[str, int]:
+    if not isinstance(value, str):
+        raise ConfigError(key, f"expected 'HOST:PORT', got {value!r}")
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(key, f"expected 'HOST:PORT' with a port from 1 to 65535, got {value!r}")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+class _Table:
+    """Reads one TOML table, remembering its path for error messages and rejecting unknown keys."""
+
+    def __init__(self, data: object, path: str) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(path, f"expected a table, got {data!r}")
+        self.data: dict[str, Any] = data
+        self.path = path
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+        self.used.add(name)
+        if name not in self.data:
+            return default
+        value = self.data[name]
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            raise ConfigError(self.key(name), f"expected {expected}, got {value!r}")
+        return value
+
+    def raw(self, name: str, default: Any = None) -> Any:
+        self.used.add(name)
+        return self.data.get(name, default)
+
+    def table(self, name: str) -> _Table:
+        self.used.add(name)
+        return _Table(self.data.get(name, {}), self.key(name))
+
+    def finish(self) -> None:
+        for name in self.data:
+            if name not in self.used:
+                raise ConfigError(self.key(name), "unknown key")
+
+
+def _upstream(name: str, table: _Table) -> UpstreamConfig:
+    url = table.get("url", str)
+    if url is None:
+        raise ConfigError(table.key("url"), "missing: the upstream registry's base URL")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(table.key("url"), f"expected an http:// or https:// URL, got {url!r}")
+    if parts.path not in ("", "/") or parts.query or parts.username or parts.password:
+        raise ConfigError(table.key("url"), "give only scheme, host and port; credentials go in username/password")
+    username = table.get("username", str)
+    password = table.get("password", str)
+    if (username is None) != (password is None):
+        raise ConfigError(table.key("password" if username else "username"), "username and password go together")
+    upstream = UpstreamConfig(
+        name=name,
+        url=url.rstrip("/"),
+        username=username,
+        password=password,
+        connect_timeout=parse_duration(table.raw("connect_timeout", 10), table.key("connect_timeout")),
+        read_timeout=parse_duration(table.raw("read_timeout", 60), table.key("read_timeout")),
+    )
+    table.finish()
+    return upstream
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    root = _Table(data, "")
+    server_table = root.table("server")
+    host, port = parse_listen(server_table.raw("listen", DEFAULT_LISTEN), server_table.key("listen"))
+    default_upstream = server_table.get("default_upstream", str, DOCKER_HUB)
+    log_level = server_table.get("log_level", str, "info").lower()
+    if log_level not in ("critical", "error", "warning", "info", "debug"):
+        raise ConfigError(server_table.key("log_level"), f"expected debug, info, warning or error, got {log_level!r}")
+    server_table.finish()
+
+    cache_table = root.table("cache")
+    directory = Path(cache_table.get("directory", str, DEFAULT_CACHE_DIR))
+    tag_ttl = parse_duration(cache_table.raw("tag_ttl", 60), cache_table.key("tag_ttl"))
+    cache_table.finish()
+
+    upstreams_table = root.table("upstreams")
+    upstreams = {
+        name: _upstream(name, upstreams_table.table(name)) for name in upstreams_table.data
+    } or Config().upstreams
+    for name in upstreams:
+        if not re.fullmatch(r"[A-Za-z0-9.-]+(:\d+)?", name):
+            raise ConfigError(f"upstreams.{name}", "the table name must be a registry host, like 'docker.io'")
+    upstreams_table.finish()
+    if default_upstream not in upstreams:
+        raise ConfigError(server_table.key("default_upstream"), f"{default_upstream!r} is not a configured upstream")
+    root.finish()
+    return Config(
+        server=ServerConfig(host, port, default_upstream, log_level),
+        cache=CacheConfig(directory, tag_ttl),
+        upstreams=upstreams,
+    )
+
+
+def load(path: Path | None, *, listen: str | None = None, cache_dir: str | None = None) -> Config:
+    """Load the config file (or the defaults), then apply command-line overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise ConfigError(str(path), f"cannot read: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(str(path), f"invalid TOML: {exc}") from exc
+    config = from_dict(data)
+    if listen is not None:
+        host, port = parse_listen(listen, "--listen")
+        config = replace(config, server=replace(config.server, host=host, port=port))
+    if cache_dir is not None:
+        config = replace(config, cache=replace(config.cache, directory=Path(cache_dir)))
+    return config

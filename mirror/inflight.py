@@ -1,0 +1,187 @@
+"""One upstream download per digest, shared by every reader of the growing file.
+
+The download runs as its own task, so it finishes into the cache even when every client
+has gone. Readers follow the temp file as it grows; they never see the blob's last byte
+before its digest is verified, so a corrupt or cut-off download never looks complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Generic, Protocol, TypeVar
+
+from mirror.blobstore import READ_CHUNK, BlobStore, BlobWriter
+from mirror.errors import RegistryError, UpstreamFailed
+from mirror.reference import Digest
+from mirror.stats import Stats
+
+log = logging.getLogger(__name__)
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class BlobSource(Protocol):
+    """An upstream response body being downloaded: its announced size and its raw bytes."""
+
+    size: int | None
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+
+OpenSource = Callable[[], AbstractAsyncContextManager[BlobSource]]
+
+
+class DownloadFailed(UpstreamFailed):
+    """Raised to readers of a download that broke off or did not verify."""
+
+
+class Download:
+    def __init__(self, digest: Digest, store: BlobStore, stats: Stats) -> None:
+        self.digest = digest
+        self.store = store
+        self.stats = stats
+        self.size: int | None = None
+        self.written = 0
+        self.ok = False
+        self.error: BaseException | None = None
+        self.writer: BlobWriter | None = None
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Mark the exception retrieved: if every client left, nobody else will look at it.
+        self.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._changed = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.ok or self.error is not None
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def run(self, open_source: OpenSource) -> None:
+        try:
+            async with open_source() as source:
+                self.writer = self.store.writer(self.digest)
+                self.size = source.size
+                self.ready.set_result(None)
+                async for chunk in source.chunks():
+                    self.writer.write(chunk)
+                    self.written += len(chunk)
+                    self.stats.bytes_fetched_from_upstream += len(chunk)
+                    self._notify()
+            await self.writer.commit(self.size)
+            self.ok = True
+        except BaseException as exc:
+            self.error = exc
+            if not self.ready.done():
+                self.ready.set_exception(exc)
+            if isinstance(exc, RegistryError) and exc.code == "DIGEST_INVALID":
+                self.stats.digest_mismatches += 1
+            if not isinstance(exc, asyncio.CancelledError):
+                log.warning("download of %s failed after %d bytes: %s", self.digest, self.written, exc)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            if self.writer is not None:
+                self.writer.discard()
+            self._notify()
+
+    async def iter_range(self, start: int, end: int | None) -> AsyncIterator[bytes]:
+        """Yield bytes [start, end) as they arrive; end None means to the end of the blob."""
+        fd = self._open()
+        try:
+            position = start
+            while True:
+                limit = self.written if self.ok else max(self.written - 1, 0)
+                if end is not None:
+                    limit = min(limit, end)
+                if position < limit:
+                    # Just written, so in the page cache: a read here does not block the loop.
+                    chunk = os.pread(fd, min(READ_CHUNK, limit - position), position)
+                    position += len(chunk)
+                    yield chunk
+                elif self.error is not None:
+                    raise DownloadFailed(f"upstream download of {self.digest} failed") from self.error
+                elif self.ok:
+                    return
+                else:
+                    await self._changed.wait()
+        finally:
+            os.close(fd)
+
+    def _open(self) -> int:
+        if self.writer is None or self.error is not None:
+            raise DownloadFailed(f"upstream download of {self.digest} failed") from self.error
+        try:
+            return os.open(self.writer.path, os.O_RDONLY)
+        except FileNotFoundError as exc:
+            raise DownloadFailed(f"upstream download of {self.digest} failed") from exc
+
+    async def wait_size(self) -> int:
+        """The blob's size: announced by the upstream, or known once the download is complete."""
+        while self.size is None and not self.done:
+            await self._changed.wait()
+        if self.size is None:
+            if not self.ok:
+                raise DownloadFailed(f"upstream download of {self.digest} failed") from self.error
+            return self.written
+        return self.size
+
+
+class InflightDownloads:
+    """The downloads under way, by digest."""
+
+    def __init__(self, store: BlobStore, stats: Stats) -> None:
+        self.store = store
+        self.stats = stats
+        self._downloads: dict[Digest, Download] = {}
+
+    def __len__(self) -> int:
+        return len(self._downloads)
+
+    def get(self, digest: Digest) -> Download | None:
+        return self._downloads.get(digest)
+
+    def start(self, digest: Digest, open_source: OpenSource) -> Download:
+        download = Download(digest, self.store, self.stats)
+        self._downloads[digest] = download
+
+        async def run() -> None:
+            try:
+                await download.run(open_source)
+            finally:
+                del self._downloads[digest]
+
+        download.task = asyncio.create_task(run(), name=f"download {digest}")
+        return download
+
+    def progress(self) -> list[dict[str, object]]:
+        return [{"digest": str(d.digest), "size": d.size, "received": d.written} for d in self._downloads.values()]
+
+    async def close(self) -> None:
+        tasks = [d.task for d in self._downloads.values() if d.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class SingleFlight(Generic[K, V]):
+    """Runs one task per key; everyone asking for the same key meanwhile awaits its result."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[K, asyncio.Task[V]] = {}
+
+    async def run(self, key: K, work: Callable[[], Coroutine[Any, Any, V]]) -> V:
+        task = self._tasks.get(key)
+        if task is None:
+            task = asyncio.create_task(work())
+            self._tasks[key] = task
+            task.add_done_callback(lambda _: self._tasks.pop(key, None))
+        # Shielded: a client that disconnects must not cancel the work others are waiting for.
+        return await asyncio.shield(task)

@@ -1,0 +1,116 @@
+"""Manifest metadata and tags: immutable manifests by digest, tags with a fetch time.
+
+Manifest bytes live in the blob store (content-addressed like blobs); their media types and
+the tag → digest mappings live in diskcache, with small in-memory LRUs in front so that a
+warm tag resolution touches neither SQLite nor the disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio.to_thread
+import diskcache
+from cachetools import LRUCache
+
+from mirror.blobstore import BlobStore
+from mirror.reference import Digest
+
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+
+_MEMORY_BYTES = 64 * 1024 * 1024
+
+
+def accepted_types(accept_values: list[str]) -> frozenset[str]:
+    """The media types named by all `Accept` headers; q=0 excludes, other parameters are dropped."""
+    types: set[str] = set()
+    for value in accept_values:
+        for item in value.split(","):
+            media_type, *params = (part.strip() for part in item.split(";"))
+            if media_type and not any(p.replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000") for p in params):
+                types.add(media_type.lower())
+    return frozenset(types)
+
+
+def admits(accepted: frozenset[str], media_type: str) -> bool:
+    """Whether a client with these accepted types can take a manifest of this type."""
+    if not accepted or "*/*" in accepted or media_type in accepted:
+        return True
+    return f"{media_type.split('/')[0]}/*" in accepted
+
+
+def accept_key(accepted: frozenset[str]) -> str:
+    return ",".join(sorted(accepted))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    digest: str
+    media_type: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class TagEntry:
+    digest: str
+    media_type: str
+    fetched_at: float
+
+
+def manifest_digest(body: bytes) -> str:
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+class ManifestCache:
+    def __init__(self, directory: Path, store: BlobStore) -> None:
+        self.store = store
+        self._db = diskcache.Cache(str(directory / "meta"))
+        self._media_types: LRUCache[str, str] = LRUCache(maxsize=100_000)
+        self._bodies: LRUCache[str, bytes] = LRUCache(maxsize=_MEMORY_BYTES, getsizeof=len)
+        self._tags: LRUCache[tuple[str, str, str], dict[str, TagEntry]] = LRUCache(maxsize=100_000)
+
+    def close(self) -> None:
+        self._db.close()
+
+    async def get(self, digest: Digest) -> Manifest | None:
+        key = str(digest)
+        media_type = self._media_types.get(key)
+        if media_type is None:
+            media_type = await anyio.to_thread.run_sync(self._db.get, ("manifest", key))
+            if not isinstance(media_type, str):
+                return None
+        body = self._bodies.get(key)
+        if body is None:
+            body = await self.store.read(digest)
+            if body is None:
+                return None
+            self._bodies[key] = body
+        self._media_types[key] = media_type
+        return Manifest(key, media_type, body)
+
+    async def put(self, digest: Digest, manifest: Manifest) -> None:
+        if await self.store.stat(digest) is None:
+            await self.store.put(digest, manifest.body)
+        await anyio.to_thread.run_sync(self._db.set, ("manifest", manifest.digest), manifest.media_type)
+        self._media_types[manifest.digest] = manifest.media_type
+        self._bodies[manifest.digest] = manifest.body
+
+    async def tag_entries(self, upstream: str, repository: str, tag: str) -> dict[str, TagEntry]:
+        key = (upstream, repository, tag)
+        entries = self._tags.get(key)
+        if entries is None:
+            stored = await anyio.to_thread.run_sync(self._db.get, ("tag", *key))
+            entries = dict(stored) if isinstance(stored, dict) else {}
+            self._tags[key] = entries
+        return entries
+
+    async def set_tag(self, upstream: str, repository: str, tag: str, accept: str, entry: TagEntry) -> None:
+        entries = dict(await self.tag_entries(upstream, repository, tag))
+        entries[accept] = entry
+        self._tags[(upstream, repository, tag)] = entries
+        await anyio.to_thread.run_sync(self._db.set, ("tag", upstream, repository, tag), entries)

@@ -1,0 +1,198 @@
+"""The pull-through logic: local first, else the upstream, for manifests, blobs and tags."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mirror.blobstore import BlobStore
+from mirror.errors import DigestInvalid, TooManyRequests, UpstreamUnavailable
+from mirror.inflight import Download, InflightDownloads, SingleFlight
+from mirror.manifests import (
+    Manifest,
+    ManifestCache,
+    TagEntry,
+    accept_key,
+    accepted_types,
+    admits,
+    manifest_digest,
+)
+from mirror.reference import Digest, parse_digest
+from mirror.stats import Stats
+from mirror.upstream import Upstream
+
+log = logging.getLogger(__name__)
+
+# Upstream failures after which a cached tag is served rather than the error.
+_FALLBACK_ERRORS = (UpstreamUnavailable, TooManyRequests)
+
+
+@dataclass(frozen=True)
+class ManifestAnswer:
+    manifest: Manifest
+    cache_status: str  # HIT, MISS, REVALIDATED or STALE
+
+
+@dataclass(frozen=True)
+class CachedBlob:
+    path: Path
+    size: int
+
+
+class Proxy:
+    def __init__(
+        self,
+        store: BlobStore,
+        manifests: ManifestCache,
+        inflight: InflightDownloads,
+        stats: Stats,
+        tag_ttl: float,
+    ) -> None:
+        self.store = store
+        self.manifests = manifests
+        self.inflight = inflight
+        self.stats = stats
+        self.tag_ttl = tag_ttl
+        self._manifest_fetches: SingleFlight[tuple[str, str, str, str], ManifestAnswer] = SingleFlight()
+
+    # Manifests
+
+    async def manifest(
+        self, upstream: Upstream, repository: str, reference: str | Digest, accept: list[str]
+    ) -> ManifestAnswer:
+        accepted = accepted_types(accept)
+        if isinstance(reference, Digest):
+            cached = await self.manifests.get(reference)
+            if cached is not None and admits(accepted, cached.media_type):
+                self.stats.manifest_hits += 1
+                return ManifestAnswer(cached, "HIT")
+            key = (upstream.name, repository, str(reference), accept_key(accepted))
+            return await self._manifest_fetches.run(
+                key, lambda: self._fetch_by_digest(upstream, repository, reference, accept, cached)
+            )
+        entries = await self.manifests.tag_entries(upstream.name, repository, reference)
+        entry = entries.get(accept_key(accepted))
+        if entry is not None and time.time() - entry.fetched_at < self.tag_ttl:
+            cached = await self.manifests.get(parse_digest(entry.digest))
+            if cached is not None:
+                self.stats.manifest_hits += 1
+                return ManifestAnswer(cached, "HIT")
+        key = (upstream.name, repository, reference, accept_key(accepted))
+        return await self._manifest_fetches.run(key, lambda: self._resolve_tag(upstream, repository, reference, accept))
+
+    async def _fetch_by_digest(
+        self, upstream: Upstream, repository: str, digest: Digest, accept: list[str], cached: Manifest | None
+    ) -> ManifestAnswer:
+        try:
+            fetched = await upstream.get_manifest(repository, str(digest), accept)
+        except _FALLBACK_ERRORS:
+            if cached is None:
+                raise
+            log.warning("upstream %s failed; serving cached manifest %s", upstream.name, digest)
+            self.stats.manifest_stale += 1
+            return ManifestAnswer(cached, "STALE")
+        self.stats.manifest_misses += 1
+        if manifest_digest(fetched.body) != str(digest):
+            self.stats.digest_mismatches += 1
+            raise DigestInvalid("upstream manifest does not match the requested digest", detail={"digest": str(digest)})
+        manifest = Manifest(str(digest), fetched.media_type, fetched.body)
+        await self.manifests.put(digest, manifest)
+        return ManifestAnswer(manifest, "MISS")
+
+    async def _resolve_tag(self, upstream: Upstream, repository: str, tag: str, accept: list[str]) -> ManifestAnswer:
+        accepted = accepted_types(accept)
+        key = accept_key(accepted)
+        entries = await self.manifests.tag_entries(upstream.name, repository, tag)
+        entry = entries.get(key)
+        try:
+            if entry is not None:
+                head = await upstream.head_manifest(repository, tag, accept)
+                if head.digest == entry.digest:
+                    cached = await self.manifests.get(parse_digest(entry.digest))
+                    if cached is not None:
+                        await self._remember_tag(upstream, repository, tag, key, cached)
+                        self.stats.manifest_hits += 1
+                        return ManifestAnswer(cached, "REVALIDATED")
+            fetched = await upstream.get_manifest(repository, tag, accept)
+        except _FALLBACK_ERRORS as exc:
+            stale = await self._stale_tag(entries, entry, accepted)
+            if stale is None:
+                raise
+            log.warning("upstream %s failed (%s); serving cached %s:%s", upstream.name, exc.message, repository, tag)
+            self.stats.manifest_stale += 1
+            return ManifestAnswer(stale, "STALE")
+        self.stats.manifest_misses += 1
+        digest = manifest_digest(fetched.body)
+        if fetched.digest is not None and fetched.digest != digest:
+            self.stats.digest_mismatches += 1
+            raise DigestInvalid(
+                "upstream manifest does not match its Docker-Content-Digest", detail={"digest": fetched.digest}
+            )
+        manifest = Manifest(digest, fetched.media_type, fetched.body)
+        await self.manifests.put(parse_digest(digest), manifest)
+        await self._remember_tag(upstream, repository, tag, key, manifest)
+        return ManifestAnswer(manifest, "MISS")
+
+    async def _remember_tag(self, upstream: Upstream, repository: str, tag: str, key: str, manifest: Manifest) -> None:
+        entry = TagEntry(manifest.digest, manifest.media_type, time.time())
+        await self.manifests.set_tag(upstream.name, repository, tag, key, entry)
+
+    async def _stale_tag(
+        self, entries: dict[str, TagEntry], entry: TagEntry | None, accepted: frozenset[str]
+    ) -> Manifest | None:
+        """The newest cached answer for this tag that the client can read."""
+        candidates = [entry] if entry is not None else []
+        candidates += sorted(entries.values(), key=lambda e: e.fetched_at, reverse=True)
+        for candidate in candidates:
+            if admits(accepted, candidate.media_type):
+                cached = await self.manifests.get(parse_digest(candidate.digest))
+                if cached is not None:
+                    return cached
+        return None
+
+    # Blobs
+
+    async def cached_blob(self, digest: Digest) -> CachedBlob | None:
+        stat = await self.store.stat(digest)
+        return CachedBlob(self.store.path(digest), stat.st_size) if stat is not None else None
+
+    async def blob(self, upstream: Upstream, repository: str, digest: Digest) -> CachedBlob | Download:
+        """A complete cached file, or the download (new or joined) that is fetching it."""
+        cached = await self.cached_blob(digest)
+        if cached is not None:
+            self.stats.blob_hits += 1
+            return cached
+        download = self.inflight.get(digest)
+        if download is not None:
+            self.stats.coalesced += 1
+        else:
+            # The stat above awaited: the blob may have landed meanwhile. This check and the
+            # start below run without a pause, so no second download can slip in between.
+            size = self.store.size_now(digest)
+            if size is not None:
+                self.stats.blob_hits += 1
+                return CachedBlob(self.store.path(digest), size)
+            self.stats.blob_misses += 1
+            download = self.inflight.start(digest, lambda: upstream.open_blob(repository, digest))
+        # Shielded: one client leaving must not cancel the download the others share.
+        await asyncio.shield(download.ready)
+        return download
+
+    async def blob_size(self, upstream: Upstream, repository: str, digest: Digest) -> int | None:
+        """The size of a blob for HEAD, without downloading it."""
+        cached = await self.cached_blob(digest)
+        if cached is not None:
+            self.stats.blob_hits += 1
+            return cached.size
+        download = self.inflight.get(digest)
+        if download is not None and download.size is not None:
+            return download.size
+        return await upstream.head_blob(repository, digest)
+
+    # Tags
+
+    async def tags(self, upstream: Upstream, repository: str, params: dict[str, str]) -> tuple[bytes, str | None]:
+        return await upstream.tags_list(repository, params)

@@ -1,0 +1,64 @@
+"""The distribution spec's grammar for repository names, tags and digests."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from mirror.errors import DigestInvalid, NameInvalid, TagInvalid
+
+_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+NAME_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+DIGEST_RE = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
+MAX_NAME_LENGTH = 255
+
+# Algorithms we can verify, with the exact length of their lowercase hex encoding.
+DIGEST_ALGORITHMS = {"sha256": 64, "sha512": 128}
+_HEX_RE = re.compile(r"[0-9a-f]+")
+
+
+@dataclass(frozen=True, slots=True)
+class Digest:
+    algorithm: str
+    hex: str
+
+    def __str__(self) -> str:
+        return f"{self.algorithm}:{self.hex}"
+
+
+def parse_name(name: str) -> str:
+    if len(name) > MAX_NAME_LENGTH or not NAME_RE.fullmatch(name):
+        raise NameInvalid(detail={"name": name[:MAX_NAME_LENGTH]})
+    return name
+
+
+def parse_digest(text: str) -> Digest:
+    """Parse and validate a digest; only verifiable algorithms are accepted."""
+    if not DIGEST_RE.fullmatch(text):
+        raise DigestInvalid("invalid digest", detail={"digest": text[:200]})
+    algorithm, _, encoded = text.partition(":")
+    length = DIGEST_ALGORITHMS.get(algorithm)
+    if length is None:
+        raise DigestInvalid("unsupported digest algorithm", detail={"digest": text[:200]})
+    if len(encoded) != length or not _HEX_RE.fullmatch(encoded):
+        raise DigestInvalid("invalid digest", detail={"digest": text[:200]})
+    return Digest(algorithm, encoded)
+
+
+def is_digest(reference: str) -> bool:
+    return ":" in reference
+
+
+def parse_reference(reference: str) -> str | Digest:
+    """A manifest reference is a tag or a digest."""
+    if is_digest(reference):
+        return parse_digest(reference)
+    if not TAG_RE.fullmatch(reference):
+        raise TagInvalid(detail={"tag": reference[:200]})
+    return reference
+
+
+def docker_hub_name(name: str) -> str:
+    """Docker Hub puts single-component names under the implicit `library/` namespace."""
+    return name if "/" in name else f"library/{name}"

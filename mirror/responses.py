@@ -1,0 +1,86 @@
+"""HTTP responses for registry content: byte ranges, blobs that may still be arriving, errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Send
+
+from mirror.errors import RangeInvalid, RegistryError
+from mirror.inflight import DownloadFailed
+
+log = logging.getLogger(__name__)
+
+API_VERSION_HEADER = ("Docker-Distribution-API-Version", "registry/2.0")
+
+
+def error_response(error: RegistryError) -> Response:
+    headers = {API_VERSION_HEADER[0]: API_VERSION_HEADER[1], **error.headers}
+    body = json.dumps(error.body()).encode()
+    return Response(body, status_code=error.status, headers=headers, media_type="application/json")
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """One byte range as [start, end); None when the whole body should be sent.
+
+    Malformed and multi-part ranges are ignored, as RFC 9110 allows; an unsatisfiable one
+    raises RangeInvalid (416).
+    """
+    if header is None:
+        return None
+    unit, _, spec = header.partition("=")
+    first, dash, last = spec.strip().partition("-")
+    if unit.strip().lower() != "bytes" or not dash or "," in spec:
+        return None
+    first, last = first.strip(), last.strip()
+    if not (first.isdigit() or first == "") or not (last.isdigit() or last == "") or first == last == "":
+        return None
+    if first == "":
+        length = int(last)
+        start, end = max(size - length, 0), size
+        if length == 0:
+            start = end = size
+    else:
+        start = int(first)
+        end = min(int(last) + 1, size) if last else size
+        if last and int(last) < start:
+            return None
+    if start >= end:
+        raise RangeInvalid(detail={"range": header[:100], "size": size}, headers={"Content-Range": f"bytes */{size}"})
+    return start, end
+
+
+def blob_headers(digest: str, size: int | None) -> dict[str, str]:
+    headers = {
+        "Content-Type": "application/octet-stream",
+        "Docker-Content-Digest": digest,
+        "Accept-Ranges": "bytes",
+        "ETag": f'"{digest}"',
+        "Cache-Control": "max-age=31536000",
+    }
+    if size is not None:
+        headers["Content-Length"] = str(size)
+    return headers
+
+
+class BlobResponse(StreamingResponse):
+    """Streams blob bytes; when the download behind them fails, the connection is cut."""
+
+    def __init__(self, body: AsyncIterator[bytes], status_code: int, headers: dict[str, str], digest: str) -> None:
+        super().__init__(body, status_code=status_code, headers=headers)
+        self.digest = digest
+
+    async def stream_response(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        try:
+            async for chunk in self.body_iterator:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except DownloadFailed as exc:
+            # Leaving the response incomplete makes the server close the connection, so the
+            # client sees a truncated body rather than a short blob that looks whole.
+            log.warning("cutting off the response for %s: %s", self.digest, exc.message)
+            return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})

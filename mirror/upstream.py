@@ -1,0 +1,232 @@
+"""One httpx client per upstream registry; the only module that sees httpx errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import httpx
+
+from mirror import __version__
+from mirror.auth import RegistryAuth
+from mirror.config import UpstreamConfig
+from mirror.errors import (
+    BlobUnknown,
+    ManifestInvalid,
+    ManifestUnknown,
+    NameUnknown,
+    RegistryError,
+    TooManyRequests,
+    Unauthorized,
+    UpstreamFailed,
+    UpstreamUnavailable,
+)
+from mirror.reference import Digest, docker_hub_name
+from mirror.stats import Stats
+
+log = logging.getLogger(__name__)
+
+MANIFEST_SIZE_LIMIT = 4 * 1024 * 1024
+_ERROR_BODY_LIMIT = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ManifestHead:
+    digest: str | None
+    media_type: str
+    size: int | None
+
+
+@dataclass(frozen=True)
+class FetchedManifest:
+    body: bytes
+    media_type: str
+    digest: str | None
+
+
+class BlobBody:
+    """A blob response being streamed: its announced size and its raw (undecoded) bytes."""
+
+    def __init__(self, upstream: Upstream, response: httpx.Response) -> None:
+        self._upstream = upstream
+        self._response = response
+        length = response.headers.get("content-length", "")
+        self.size: int | None = int(length) if length.isdigit() else None
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        # Raw bytes: a decoded body would not match the digest.
+        try:
+            async for chunk in self._response.aiter_raw():
+                yield chunk
+        except httpx.HTTPError as exc:
+            raise self._upstream.failure(exc, during="download") from exc
+
+
+class Upstream:
+    def __init__(self, config: UpstreamConfig, stats: Stats) -> None:
+        self.name = config.name
+        self.url = config.url
+        self.stats = stats
+        self.host = httpx.URL(config.url).host
+        self.client = httpx.AsyncClient(
+            base_url=config.url,
+            auth=RegistryAuth(self.host, config.username, config.password),
+            follow_redirects=True,
+            max_redirects=5,
+            timeout=httpx.Timeout(config.read_timeout, connect=config.connect_timeout, pool=config.connect_timeout),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+            headers={"User-Agent": f"mirror/{__version__}", "Accept-Encoding": "identity"},
+            event_hooks={"request": [self._count_request]},
+            trust_env=False,
+        )
+
+    async def _count_request(self, request: httpx.Request) -> None:
+        self.stats.upstream_requests += 1
+
+    def repository(self, name: str) -> str:
+        return docker_hub_name(name) if self.name == "docker.io" else name
+
+    def failure(self, exc: httpx.HTTPError, *, during: str = "request") -> RegistryError:
+        """Translate an httpx error into ours, naming the upstream but never its credentials."""
+        self.stats.upstream_errors += 1
+        reason = type(exc).__name__
+        if isinstance(exc, httpx.TooManyRedirects):
+            return UpstreamUnavailable(
+                f"upstream {self.name} redirected too many times", detail={"upstream": self.name}
+            )
+        if during == "download":
+            return UpstreamFailed(
+                f"upstream {self.name} broke off the download: {reason}", detail={"upstream": self.name}
+            )
+        return UpstreamUnavailable(
+            f"upstream {self.name} ({self.url}) is unreachable: {reason}", detail={"upstream": self.name}
+        )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    @asynccontextmanager
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        headers: list[tuple[str, str]] | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[httpx.Response]:
+        request = self.client.build_request(method, path, headers=headers, params=params)
+        try:
+            response = await self.client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise self.failure(exc) from exc
+        try:
+            yield response
+        finally:
+            await response.aclose()
+
+    async def _raise_for_status(self, response: httpx.Response, not_found: type[RegistryError]) -> None:
+        status = response.status_code
+        if status < 300:
+            return
+        body = b""
+        if response.request.method != "HEAD":
+            try:
+                async for chunk in response.aiter_raw():
+                    body += chunk
+                    if len(body) > _ERROR_BODY_LIMIT:
+                        break
+            except httpx.HTTPError:
+                pass
+        code, message, detail = _parse_error_body(body)
+        headers = {}
+        if status == 429:
+            if "retry-after" in response.headers:
+                headers["Retry-After"] = response.headers["retry-after"]
+            raise TooManyRequests(message or f"upstream {self.name} is rate limiting", detail=detail, headers=headers)
+        if status == 401:
+            raise Unauthorized(message or f"upstream {self.name} refused our credentials", code=code or "UNAUTHORIZED")
+        if status == 403:
+            raise RegistryError(
+                message or "access denied by upstream", code=code or "DENIED", status=403, detail=detail
+            )
+        if status == 404:
+            error = not_found(message, detail=detail)
+            if code in ("NAME_UNKNOWN", "MANIFEST_UNKNOWN", "BLOB_UNKNOWN"):
+                error.code = code
+            raise error
+        if 400 <= status < 500:
+            raise RegistryError(
+                message or f"upstream {self.name} answered {status}",
+                code=code or "UNKNOWN",
+                status=status,
+                detail=detail,
+            )
+        self.stats.upstream_errors += 1
+        raise UpstreamUnavailable(
+            f"upstream {self.name} answered {status}", detail={"upstream": self.name, "status": status}
+        )
+
+    async def head_manifest(self, repository: str, reference: str, accept: list[str]) -> ManifestHead:
+        path = f"/v2/{self.repository(repository)}/manifests/{reference}"
+        async with self._send("HEAD", path, headers=[("Accept", a) for a in accept]) as response:
+            await self._raise_for_status(response, ManifestUnknown)
+            length = response.headers.get("content-length", "")
+            return ManifestHead(
+                digest=response.headers.get("docker-content-digest"),
+                media_type=_media_type(response),
+                size=int(length) if length.isdigit() else None,
+            )
+
+    async def get_manifest(self, repository: str, reference: str, accept: list[str]) -> FetchedManifest:
+        path = f"/v2/{self.repository(repository)}/manifests/{reference}"
+        async with self._send("GET", path, headers=[("Accept", a) for a in accept]) as response:
+            await self._raise_for_status(response, ManifestUnknown)
+            length = response.headers.get("content-length", "")
+            if length.isdigit() and int(length) > MANIFEST_SIZE_LIMIT:
+                raise ManifestInvalid(f"upstream manifest is larger than {MANIFEST_SIZE_LIMIT} bytes")
+            body = bytearray()
+            try:
+                async for chunk in response.aiter_raw():
+                    body += chunk
+                    if len(body) > MANIFEST_SIZE_LIMIT:
+                        raise ManifestInvalid(f"upstream manifest is larger than {MANIFEST_SIZE_LIMIT} bytes")
+            except httpx.HTTPError as exc:
+                raise self.failure(exc) from exc
+            self.stats.bytes_fetched_from_upstream += len(body)
+            return FetchedManifest(bytes(body), _media_type(response), response.headers.get("docker-content-digest"))
+
+    @asynccontextmanager
+    async def open_blob(self, repository: str, digest: Digest) -> AsyncIterator[BlobBody]:
+        async with self._send("GET", f"/v2/{self.repository(repository)}/blobs/{digest}") as response:
+            await self._raise_for_status(response, BlobUnknown)
+            yield BlobBody(self, response)
+
+    async def head_blob(self, repository: str, digest: Digest) -> int | None:
+        async with self._send("HEAD", f"/v2/{self.repository(repository)}/blobs/{digest}") as response:
+            await self._raise_for_status(response, BlobUnknown)
+            length = response.headers.get("content-length", "")
+            return int(length) if length.isdigit() else None
+
+    async def tags_list(self, repository: str, params: Mapping[str, str]) -> tuple[bytes, str | None]:
+        async with self._send("GET", f"/v2/{self.repository(repository)}/tags/list", params=params) as response:
+            await self._raise_for_status(response, NameUnknown)
+            try:
+                body = await response.aread()
+            except httpx.HTTPError as exc:
+                raise self.failure(exc) from exc
+            return body, response.headers.get("link")
+
+
+def _media_type(response: httpx.Response) -> str:
+    content_type: str = response.headers.get("content-type", "application/octet-stream")
+    return content_type.split(";")[0].strip()
+
+
+def _parse_error_body(body: bytes) -> tuple[str | None, str | None, object]:
+    try:
+        error = json.loads(body)["errors"][0]
+        return str(error["code"]), str(error.get("message", "")) or None, error.get("detail")
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None, None, None

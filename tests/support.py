@@ -1,0 +1,345 @@
+"""Real parts for the tests: the CNCF distribution registry, seeded images, a mirror process."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+ALL_MANIFESTS = [DOCKER_MANIFEST, DOCKER_LIST, OCI_MANIFEST, OCI_INDEX]
+
+_ACCESS_RE = re.compile(r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[\d.]+" (?P<status>\d{3})')
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def wait_for_http(url: str, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args} exited with {process.returncode}")
+        try:
+            httpx.get(url, timeout=1.0)
+            return
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up in {timeout}s")
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """Stop one process by its PID: SIGTERM, then SIGKILL."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@dataclass
+class Registry:
+    """A real `docker-registry` (CNCF distribution) on a loopback port; its access log counts requests."""
+
+    root: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    extra_config: str = ""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "access.log"
+
+    def start(self) -> Registry:
+        self.root.mkdir(parents=True, exist_ok=True)
+        config = self.root / "config.yml"
+        config.write_text(
+            "version: 0.1\n"
+            "log:\n  level: error\n  accesslog:\n    disabled: false\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {self.root / 'data'}\n  delete:\n    enabled: true\n"
+            f"http:\n  addr: 127.0.0.1:{self.port}\n  secret: test-secret\n" + self.extra_config
+        )
+        with open(self.log_path, "ab") as out, open(self.root / "registry.err", "ab") as err:
+            self.process = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=out, stderr=err)
+        wait_for_http(f"{self.url}/v2/", self.process)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+            self.process = None
+
+    def requests(self) -> list[tuple[str, str, int]]:
+        """(method, path, status) for every request the registry has logged so far."""
+        if not self.log_path.exists():
+            return []
+        found = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            match = _ACCESS_RE.search(line)
+            if match:
+                found.append((match["method"], match["path"], int(match["status"])))
+        return found
+
+    def blob_gets(self) -> Counter[str]:
+        """How many GETs each blob digest received."""
+        return Counter(
+            path.rsplit("/", 1)[1] for method, path, _ in self.requests() if method == "GET" and "/blobs/sha256:" in path
+        )
+
+    def mark(self) -> int:
+        return len(self.requests())
+
+    def requests_since(self, mark: int) -> list[tuple[str, str, int]]:
+        return self.requests()[mark:]
+
+
+# Images
+
+
+def make_layer(size: int, seed: int) -> tuple[bytes, str]:
+    """A gzip tar layer holding `size` random bytes; returns (compressed bytes, diff_id)."""
+    content = random.Random(seed).randbytes(size)
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo(f"data/layer-{seed}.bin")
+        info.size, info.mtime, info.mode = size, 1_700_000_000, 0o644
+        tar.addfile(info, io.BytesIO(content))
+    tar_bytes = raw.getvalue()
+    return gzip.compress(tar_bytes, compresslevel=1, mtime=0), sha256(tar_bytes)
+
+
+@dataclass
+class Image:
+    """A pushed image: its manifest and every blob it references, by digest."""
+
+    repository: str
+    tag: str
+    manifest: bytes
+    media_type: str
+    blobs: dict[str, bytes]
+    children: list[Image] = field(default_factory=list)
+
+    @property
+    def digest(self) -> str:
+        return sha256(self.manifest)
+
+    def all_blobs(self) -> dict[str, bytes]:
+        blobs = dict(self.blobs)
+        for child in self.children:
+            blobs.update(child.all_blobs())
+        return blobs
+
+
+class Pusher:
+    """Pushes images through the registry's v2 push API (monolithic uploads)."""
+
+    def __init__(self, url: str) -> None:
+        self.client = httpx.Client(base_url=url, timeout=60)
+
+    def blob(self, repository: str, data: bytes) -> str:
+        digest = sha256(data)
+        if self.client.head(f"/v2/{repository}/blobs/{digest}").status_code == 200:
+            return digest
+        start = self.client.post(f"/v2/{repository}/blobs/uploads/")
+        assert start.status_code == 202, start.text
+        location = start.headers["location"]
+        done = self.client.put(
+            httpx.URL(location).copy_merge_params({"digest": digest}),
+            content=data,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        assert done.status_code == 201, done.text
+        return digest
+
+    def manifest(self, repository: str, reference: str, body: bytes, media_type: str) -> None:
+        response = self.client.put(
+            f"/v2/{repository}/manifests/{reference}", content=body, headers={"Content-Type": media_type}
+        )
+        assert response.status_code == 201, response.text
+
+    def image(
+        self,
+        repository: str,
+        tag: str,
+        layer_sizes: list[int],
+        *,
+        seed: int,
+        oci: bool = False,
+        platform: tuple[str, str] = ("linux", "amd64"),
+    ) -> Image:
+        layers = [make_layer(size, seed * 1000 + i) for i, size in enumerate(layer_sizes)]
+        config = json.dumps(
+            {
+                "architecture": platform[1],
+                "os": platform[0],
+                "config": {"Cmd": ["/bin/sh"], "Env": [f"SEED={seed}"]},
+                "rootfs": {"type": "layers", "diff_ids": [diff_id for _, diff_id in layers]},
+                "history": [{"created_by": f"layer {i}"} for i in range(len(layers))],
+            },
+            sort_keys=True,
+        ).encode()
+        blobs = {sha256(config): config, **{sha256(data): data for data, _ in layers}}
+        for data in blobs.values():
+            self.blob(repository, data)
+        manifest_type = OCI_MANIFEST if oci else DOCKER_MANIFEST
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": manifest_type,
+                "config": {"mediaType": OCI_CONFIG if oci else DOCKER_CONFIG, "size": len(config), "digest": sha256(config)},
+                "layers": [
+                    {"mediaType": OCI_LAYER if oci else DOCKER_LAYER, "size": len(data), "digest": sha256(data)}
+                    for data, _ in layers
+                ],
+            },
+            indent=3,
+        ).encode()
+        self.manifest(repository, tag, manifest, manifest_type)
+        return Image(repository, tag, manifest, manifest_type, blobs)
+
+    def index(self, repository: str, tag: str, children: list[Image], *, oci: bool) -> Image:
+        index_type = OCI_INDEX if oci else DOCKER_LIST
+        body = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": index_type,
+                "manifests": [
+                    {
+                        "mediaType": child.media_type,
+                        "size": len(child.manifest),
+                        "digest": child.digest,
+                        "platform": {
+                            "architecture": json.loads(child.blobs[json.loads(child.manifest)["config"]["digest"]])[
+                                "architecture"
+                            ],
+                            "os": "linux",
+                        },
+                    }
+                    for child in children
+                ],
+            },
+            indent=3,
+        ).encode()
+        self.manifest(repository, tag, body, index_type)
+        return Image(repository, tag, body, index_type, {}, children)
+
+
+def seed_standard_images(url: str, layer_size: int = 256 * 1024) -> dict[str, Image]:
+    """The images every suite needs: schema2, OCI, a Docker manifest list and an OCI index."""
+    pusher = Pusher(url)
+    images = {
+        "demo": pusher.image("library/demo", "latest", [layer_size, layer_size // 2, 4096], seed=1),
+        "oci": pusher.image("library/ocidemo", "latest", [layer_size, 8192], seed=2, oci=True),
+    }
+    amd64 = pusher.image("library/multi", "amd64", [layer_size, 4096], seed=3)
+    arm64 = pusher.image("library/multi", "arm64", [layer_size, 4096], seed=4, platform=("linux", "arm64"))
+    images["list"] = pusher.index("library/multi", "latest", [amd64, arm64], oci=False)
+    oci_amd64 = pusher.image("library/ociindex", "amd64", [layer_size, 4096], seed=5, oci=True)
+    oci_arm64 = pusher.image(
+        "library/ociindex", "arm64", [layer_size, 4096], seed=6, oci=True, platform=("linux", "arm64")
+    )
+    images["index"] = pusher.index("library/ociindex", "latest", [oci_amd64, oci_arm64], oci=True)
+    return images
+
+
+# The mirror under test
+
+
+@dataclass
+class MirrorProcess:
+    """`mirror serve` as a real subprocess on a loopback port."""
+
+    root: Path
+    upstreams: dict[str, str]
+    extra_config: str = ""
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.root / "cache"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "mirror.log"
+
+    def write_config(self) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        config = self.root / "config.toml"
+        text = f'[server]\nlisten = "127.0.0.1:{self.port}"\n'
+        text += f'[cache]\ndirectory = "{self.cache_dir}"\n' + self.extra_config + "\n"
+        for name, url in self.upstreams.items():
+            text += f'[upstreams."{name}"]\nurl = "{url}"\n'
+        config.write_text(text)
+        return config
+
+    def start(self) -> MirrorProcess:
+        config = self.write_config()
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "mirror", "serve", "--config", str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        wait_for_http(f"{self.url}/healthz", self.process)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+            self.process = None
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def stats(self) -> dict[str, int]:
+        stats: dict[str, int] = httpx.get(f"{self.url}/stats").json()
+        return stats
+
+    def blob_path(self, digest: str) -> Path:
+        algorithm, hex_digest = digest.split(":")
+        return self.cache_dir / "blobs" / algorithm / hex_digest[:2] / hex_digest
