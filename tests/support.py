@@ -172,6 +172,12 @@ class Pusher:
     def __init__(self, url: str) -> None:
         self.client = httpx.Client(base_url=url, timeout=60)
 
+    def __enter__(self) -> Pusher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.client.close()
+
     def blob(self, repository: str, data: bytes) -> str:
         digest = sha256(data)
         if self.client.head(f"/v2/{repository}/blobs/{digest}").status_code == 200:
@@ -262,7 +268,11 @@ class Pusher:
 
 def seed_standard_images(url: str, layer_size: int = 256 * 1024) -> dict[str, Image]:
     """The images every suite needs: schema2, OCI, a Docker manifest list and an OCI index."""
-    pusher = Pusher(url)
+    with Pusher(url) as pusher:
+        return _seed(pusher, layer_size)
+
+
+def _seed(pusher: Pusher, layer_size: int) -> dict[str, Image]:
     images = {
         "demo": pusher.image("library/demo", "latest", [layer_size, layer_size // 2, 4096], seed=1),
         "oci": pusher.image("library/ocidemo", "latest", [layer_size, 8192], seed=2, oci=True),

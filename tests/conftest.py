@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fake_upstream import FakeUpstream
+from support import Image, MirrorProcess, Registry, seed_standard_images
+
+REQUIRED_TOOLS = ("docker-registry", "skopeo")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # A missing tool is a broken test machine, not a reason to skip: fail loudly.
+    missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
+    if missing:
+        raise pytest.UsageError(f"missing test tools: {', '.join(missing)} (run scripts/test, which installs them)")
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """One real distribution registry for the session, seeded with the standard images."""
+    registry = Registry(tmp_path_factory.mktemp("registry")).start()
+    try:
+        yield registry
+    finally:
+        registry.stop()
+
+
+@pytest.fixture(scope="session")
+def images(registry: Registry) -> dict[str, Image]:
+    return seed_standard_images(registry.url)
+
+
+@pytest.fixture
+def mirror(tmp_path: Path, registry: Registry, images: dict[str, Image]) -> Iterator[MirrorProcess]:
+    """A fresh mirror with an empty cache in front of the session registry."""
+    process = MirrorProcess(tmp_path / "mirror", {"docker.io": registry.url}).start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+def fake_upstream() -> Iterator[FakeUpstream]:
+    upstream = FakeUpstream().start()
+    try:
+        yield upstream
+    finally:
+        upstream.stop()
+
+
+@pytest.fixture
+def fake_mirror(tmp_path: Path, fake_upstream: FakeUpstream) -> Iterator[MirrorProcess]:
+    """A fresh mirror whose only upstream is the fake one."""
+    process = MirrorProcess(tmp_path / "fake-mirror", {"docker.io": fake_upstream.url}).start()
+    try:
+        yield process
+    finally:
+        process.stop()

@@ -1,0 +1,124 @@
+"""A small fake registry for what a real one cannot do: wrong bytes, cut connections, stalls."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from support import free_port
+
+
+@dataclass
+class FakeBlob:
+    """`block` repeated `repeat` times, served in `chunk`-sized pieces, with optional faults."""
+
+    block: bytes
+    repeat: int = 1
+    chunk: int = 64 * 1024
+    wrong_bytes: bool = False  # serve the right length of the wrong content
+    cut_at: int | None = None  # close the connection after this many bytes
+    gate_at: int | None = None  # pause after this many bytes until `gate` is set
+    gate: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def size(self) -> int:
+        return len(self.block) * self.repeat
+
+    @property
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for _ in range(self.repeat):
+            h.update(self.block)
+        return "sha256:" + h.hexdigest()
+
+    async def body(self) -> AsyncIterator[bytes]:
+        data = self.block
+        if self.wrong_bytes:
+            data = bytes(b ^ 0xFF for b in data[:1]) + data[1:]
+        sent = 0
+        for _ in range(self.repeat):
+            for offset in range(0, len(data), self.chunk):
+                piece = data[offset : offset + self.chunk]
+                if self.gate_at is not None and sent >= self.gate_at:
+                    while not self.gate.is_set():
+                        await asyncio.sleep(0.01)
+                if self.cut_at is not None and sent + len(piece) > self.cut_at:
+                    yield piece[: self.cut_at - sent]
+                    raise ConnectionAbortedError("fake upstream cuts the connection")
+                sent += len(piece)
+                yield piece
+
+
+class FakeUpstream:
+    def __init__(self) -> None:
+        self.blobs: dict[str, FakeBlob] = {}
+        self.manifests: dict[str, tuple[bytes, str]] = {}
+        self.requests: Counter[tuple[str, str]] = Counter()
+        self.port = free_port()
+        routes = [
+            Route("/v2/", lambda r: JSONResponse({})),
+            Route("/v2/{name:path}/blobs/{digest}", self._blob, methods=["GET", "HEAD"]),
+            Route("/v2/{name:path}/manifests/{reference}", self._manifest, methods=["GET", "HEAD"]),
+        ]
+        config = uvicorn.Config(Starlette(routes=routes), host="127.0.0.1", port=self.port, log_level="critical")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def add_blob(self, blob: FakeBlob) -> str:
+        digest = blob.digest
+        self.blobs[digest] = blob
+        return digest
+
+    def start(self) -> FakeUpstream:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("fake upstream did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        for blob in self.blobs.values():
+            blob.gate.set()
+        self.server.should_exit = True
+        self.thread.join(10)
+
+    def gets(self, digest: str) -> int:
+        return self.requests[("GET", digest)]
+
+    async def _blob(self, request: Request) -> Response:
+        digest = request.path_params["digest"]
+        self.requests[(request.method, digest)] += 1
+        blob = self.blobs.get(digest)
+        if blob is None:
+            return JSONResponse({"errors": [{"code": "BLOB_UNKNOWN", "message": "blob unknown"}]}, status_code=404)
+        headers = {"Content-Length": str(blob.size), "Docker-Content-Digest": digest}
+        if request.method == "HEAD":
+            return Response(b"", headers=headers, media_type="application/octet-stream")
+        return StreamingResponse(blob.body(), headers=headers, media_type="application/octet-stream")
+
+    async def _manifest(self, request: Request) -> Response:
+        reference = request.path_params["reference"]
+        self.requests[(request.method, reference)] += 1
+        if reference not in self.manifests:
+            return JSONResponse({"errors": [{"code": "MANIFEST_UNKNOWN", "message": "unknown"}]}, status_code=404)
+        body, media_type = self.manifests[reference]
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        headers = {"Docker-Content-Digest": digest}
+        return Response(body if request.method == "GET" else b"", headers=headers, media_type=media_type)

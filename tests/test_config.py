@@ -1,0 +1,80 @@
+"""Config loading and the command line: defaults, overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mirror.config import ConfigError, from_dict, load, parse_duration
+
+
+def test_defaults() -> None:
+    config = load(None)
+    assert config.listen == "0.0.0.0:5000"
+    assert config.upstreams["docker.io"].url == "https://registry-1.docker.io"
+    assert config.cache.tag_ttl == 60
+
+
+def test_example_config_loads() -> None:
+    config = load(Path(__file__).parent.parent / "config.example.toml")
+    assert config.server.default_upstream == "docker.io"
+
+
+def test_password_is_masked() -> None:
+    config = from_dict({"upstreams": {"docker.io": {"url": "https://r.example", "username": "u", "password": "s3cret"}}})
+    assert "s3cret" not in repr(config)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("60s", 60), ("5m", 300), ("1h30m", 5400), ("250ms", 0.25), (30, 30), ("0s", 0)]
+)
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration(text, "k") == seconds
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        ({"cache": {"tag_ttl": "soon"}}, "cache.tag_ttl"),
+        ({"server": {"listen": "nope"}}, "server.listen"),
+        ({"server": {"lisen": "0.0.0.0:1"}}, "server.lisen"),
+        ({"upstreams": {"docker.io": {"url": "ftp://x"}}}, "upstreams.docker.io.url"),
+        ({"upstreams": {"docker.io": {}}}, "upstreams.docker.io.url"),
+        ({"upstreams": {"docker.io": {"url": "https://x", "username": "u"}}}, "upstreams.docker.io.password"),
+        ({"server": {"default_upstream": "ghcr.io"}}, "server.default_upstream"),
+        ({"cache": {"directory": 5}}, "cache.directory"),
+    ],
+)
+def test_errors_name_the_key(data: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        from_dict(data)
+    assert error.value.key == key
+
+
+def test_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[cache]\ntag_ttl = "forever"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "mirror", "serve", "--config", str(bad)], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "cache.tag_ttl" in lines[0]
+
+
+def test_leftover_temp_files_are_swept_at_start(tmp_path: Path) -> None:
+    from support import MirrorProcess
+
+    process = MirrorProcess(tmp_path / "m", {"docker.io": "http://127.0.0.1:9"})
+    (process.cache_dir / "tmp").mkdir(parents=True)
+    leftover = process.cache_dir / "tmp" / "abc.partial"
+    leftover.write_bytes(b"half a blob")
+    process.start()
+    try:
+        assert not leftover.exists()
+    finally:
+        process.stop()
