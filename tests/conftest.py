@@ -5,7 +5,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from fake_upstream import FakeUpstream
 from support import Image, MirrorProcess, Registry, seed_standard_images
 

@@ -15,7 +15,6 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
-
 from support import free_port
 
 
@@ -51,8 +50,7 @@ class FakeBlob:
             for offset in range(0, len(data), self.chunk):
                 piece = data[offset : offset + self.chunk]
                 if self.gate_at is not None and sent >= self.gate_at:
-                    while not self.gate.is_set():
-                        await asyncio.sleep(0.01)
+                    await asyncio.to_thread(self.gate.wait)
                 if self.cut_at is not None and sent + len(piece) > self.cut_at:
                     yield piece[: self.cut_at - sent]
                     raise ConnectionAbortedError("fake upstream cuts the connection")

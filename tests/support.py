@@ -119,7 +119,9 @@ class Registry:
     def blob_gets(self) -> Counter[str]:
         """How many GETs each blob digest received."""
         return Counter(
-            path.rsplit("/", 1)[1] for method, path, _ in self.requests() if method == "GET" and "/blobs/sha256:" in path
+            path.rsplit("/", 1)[1]
+            for method, path, _ in self.requests()
+            if method == "GET" and "/blobs/sha256:" in path
         )
 
     def mark(self) -> int:
@@ -228,7 +230,11 @@ class Pusher:
             {
                 "schemaVersion": 2,
                 "mediaType": manifest_type,
-                "config": {"mediaType": OCI_CONFIG if oci else DOCKER_CONFIG, "size": len(config), "digest": sha256(config)},
+                "config": {
+                    "mediaType": OCI_CONFIG if oci else DOCKER_CONFIG,
+                    "size": len(config),
+                    "digest": sha256(config),
+                },
                 "layers": [
                     {"mediaType": OCI_LAYER if oci else DOCKER_LAYER, "size": len(data), "digest": sha256(data)}
                     for data, _ in layers

@@ -6,7 +6,6 @@ import socket
 
 import httpx
 import pytest
-
 from support import Image, MirrorProcess, Registry
 
 
@@ -20,7 +19,9 @@ def test_api_root(mirror: MirrorProcess) -> None:
 def test_manifest_headers_and_head(mirror: MirrorProcess, images: dict[str, Image]) -> None:
     image = images["demo"]
     for method in ("HEAD", "GET", "HEAD"):
-        response = httpx.request(method, f"{mirror.url}/v2/library/demo/manifests/latest", headers={"Accept": image.media_type})
+        response = httpx.request(
+            method, f"{mirror.url}/v2/library/demo/manifests/latest", headers={"Accept": image.media_type}
+        )
         assert response.status_code == 200
         assert response.headers["content-type"] == image.media_type
         assert response.headers["docker-content-digest"] == image.digest
@@ -76,7 +77,8 @@ def test_tags_list_passes_n_and_last(mirror: MirrorProcess, registry: Registry, 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
 @pytest.mark.parametrize(
-    "path", ["/v2/", "/v2/library/demo/blobs/uploads/", "/v2/library/demo/manifests/latest", "/v2/x/blobs/sha256:" + "a" * 64]
+    "path",
+    ["/v2/", "/v2/library/demo/blobs/uploads/", "/v2/library/demo/manifests/latest", "/v2/x/blobs/sha256:" + "a" * 64],
 )
 def test_writes_are_unsupported(mirror: MirrorProcess, method: str, path: str) -> None:
     response = httpx.request(method, mirror.url + path, content=b"{}")

@@ -24,7 +24,9 @@ def test_example_config_loads() -> None:
 
 
 def test_password_is_masked() -> None:
-    config = from_dict({"upstreams": {"docker.io": {"url": "https://r.example", "username": "u", "password": "s3cret"}}})
+    config = from_dict(
+        {"upstreams": {"docker.io": {"url": "https://r.example", "username": "u", "password": "s3cret"}}}
+    )
     assert "s3cret" not in repr(config)
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from support import ALL_MANIFESTS, Image, MirrorProcess, Pusher, Registry
 
 
@@ -165,7 +164,9 @@ def test_upstream_down_serves_what_is_cached(tmp_path: Path, images: dict[str, I
             registry.stop()
             skopeo_copy(process, "library/resilient:latest", tmp_path / "after")
             verify_dir_copy(tmp_path / "after", image)
-            tag = httpx.get(f"{process.url}/v2/library/resilient/manifests/latest", headers={"Accept": image.media_type})
+            tag = httpx.get(
+                f"{process.url}/v2/library/resilient/manifests/latest", headers={"Accept": image.media_type}
+            )
             assert tag.status_code == 200
             assert tag.headers["x-cache"] == "STALE"
             assert process.stats()["manifest_stale"] >= 1

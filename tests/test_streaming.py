@@ -10,7 +10,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from fake_upstream import FakeBlob, FakeUpstream
 from support import MirrorProcess
 
