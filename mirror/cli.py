@@ -9,9 +9,9 @@ from pathlib import Path
 
 import uvicorn
 
-from mirror import __version__
+from mirror import __version__, clientconfig
 from mirror.app import create_app
-from mirror.config import Config, ConfigError, load
+from mirror.config import DOCKER_HUB, Config, ConfigError, load
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +24,38 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="TOML config file (default: built-in defaults)")
     serve.add_argument("--listen", metavar="HOST:PORT", help="address to listen on (default 0.0.0.0:5000)")
     serve.add_argument("--cache-dir", metavar="DIR", help="cache directory (default ./mirror-cache)")
+    client = commands.add_parser("client-config", help="print Docker, containerd or podman settings for this mirror")
+    client.add_argument("client", choices=["docker", "containerd", "podman"])
+    client.add_argument(
+        "--url", required=True, help="the mirror's URL as clients reach it, e.g. http://mirror.lan:5000"
+    )
+    client.add_argument(
+        "--registry",
+        action="append",
+        metavar="HOST",
+        help="registry to mirror (repeatable; default: the upstreams in --config, else docker.io)",
+    )
+    client.add_argument("--config", type=Path, help="mirror config file, for its upstreams")
+    client.add_argument("--output", type=Path, metavar="DIR", help="containerd: write DIR/<registry>/hosts.toml")
     return parser
+
+
+def client_config(args: argparse.Namespace) -> int:
+    config = load(args.config)
+    registries = args.registry or list(config.upstreams)
+    try:
+        text = clientconfig.render(args.client, args.url, registries, config.server.default_upstream, args.output)
+    except clientconfig.ClientConfigError as exc:
+        print(f"mirror: {exc}", file=sys.stderr)
+        return 2
+    if args.client == "docker" and set(registries) - {DOCKER_HUB}:
+        print(
+            "mirror: note: Docker's registry-mirrors applies to Docker Hub only; pull other registries "
+            "as <mirror>/<registry>/<image>",
+            file=sys.stderr,
+        )
+    sys.stdout.write(text)
+    return 0
 
 
 def serve(config: Config) -> int:
@@ -45,6 +76,8 @@ def serve(config: Config) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "client-config":
+            return client_config(args)
         config = load(args.config, listen=args.listen, cache_dir=args.cache_dir)
     except ConfigError as exc:
         print(f"mirror: config error: {exc}", file=sys.stderr)

@@ -46,6 +46,7 @@ def sha256(data: bytes) -> str:
 
 
 def wait_for_http(url: str, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    """Wait until `url` answers at all (any status)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
