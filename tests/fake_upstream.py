@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import threading
 import time
@@ -63,6 +64,11 @@ class FakeUpstream:
         self.blobs: dict[str, FakeBlob] = {}
         self.manifests: dict[str, tuple[bytes, str]] = {}
         self.requests: Counter[tuple[str, str]] = Counter()
+        # Faults for every manifest request: (status, headers), e.g. (429, {"Retry-After": "30"}).
+        self.manifest_error: tuple[int, dict[str, str]] | None = None
+        # When set, requests need this Basic credential, as a Basic-auth registry would.
+        self.basic_auth: tuple[str, str] | None = None
+        self.authorizations: list[str | None] = []
         self.port = free_port()
         routes = [
             Route("/v2/", lambda r: JSONResponse({})),
@@ -100,9 +106,21 @@ class FakeUpstream:
     def gets(self, digest: str) -> int:
         return self.requests[("GET", digest)]
 
+    def _unauthorized(self, request: Request) -> Response | None:
+        self.authorizations.append(request.headers.get("authorization"))
+        if self.basic_auth is None:
+            return None
+        expected = "Basic " + base64.b64encode(":".join(self.basic_auth).encode()).decode()
+        if request.headers.get("authorization") == expected:
+            return None
+        body = {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}
+        return JSONResponse(body, status_code=401, headers={"WWW-Authenticate": 'Basic realm="fake"'})
+
     async def _blob(self, request: Request) -> Response:
         digest = request.path_params["digest"]
         self.requests[(request.method, digest)] += 1
+        if denied := self._unauthorized(request):
+            return denied
         blob = self.blobs.get(digest)
         if blob is None:
             return JSONResponse({"errors": [{"code": "BLOB_UNKNOWN", "message": "blob unknown"}]}, status_code=404)
@@ -114,6 +132,12 @@ class FakeUpstream:
     async def _manifest(self, request: Request) -> Response:
         reference = request.path_params["reference"]
         self.requests[(request.method, reference)] += 1
+        if denied := self._unauthorized(request):
+            return denied
+        if self.manifest_error is not None:
+            status, headers = self.manifest_error
+            body = {"errors": [{"code": "TOOMANYREQUESTS" if status == 429 else "UNKNOWN", "message": "fault"}]}
+            return JSONResponse(body, status_code=status, headers=headers)
         if reference not in self.manifests:
             return JSONResponse({"errors": [{"code": "MANIFEST_UNKNOWN", "message": "unknown"}]}, status_code=404)
         body, media_type = self.manifests[reference]

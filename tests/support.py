@@ -307,6 +307,7 @@ class MirrorProcess:
     extra_config: str = ""
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    credentials: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -327,6 +328,9 @@ class MirrorProcess:
         text += f'[cache]\ndirectory = "{self.cache_dir}"\n' + self.extra_config + "\n"
         for name, url in self.upstreams.items():
             text += f'[upstreams."{name}"]\nurl = "{url}"\n'
+            if name in self.credentials:
+                username, password = self.credentials[name]
+                text += f'username = "{username}"\npassword = "{password}"\n'
         config.write_text(text)
         return config
 
