@@ -110,8 +110,8 @@ class BlobWriter:
         self._hash.update(chunk)
         self.size += len(chunk)
 
-    async def commit(self, expected_size: int | None) -> None:
-        """Verify size and digest, flush to disk, and rename into place."""
+    def verify(self, expected_size: int | None) -> None:
+        """Check the size and digest of what was written; raise DigestInvalid if they differ."""
         if expected_size is not None and self.size != expected_size:
             raise DigestInvalid(
                 f"upstream sent {self.size} bytes, announced {expected_size}", detail={"digest": str(self.digest)}
@@ -121,6 +121,10 @@ class BlobWriter:
                 "upstream content does not match its digest",
                 detail={"digest": str(self.digest), "actual": f"{self.digest.algorithm}:{self._hash.hexdigest()}"},
             )
+
+    async def commit(self, expected_size: int | None) -> None:
+        """Verify, flush to disk, and rename into place."""
+        self.verify(expected_size)
         fd, self.fd = self.fd, None
         assert fd is not None
         final = self.store.path(self.digest)

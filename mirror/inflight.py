@@ -47,7 +47,8 @@ class Download:
         self.stats = stats
         self.size: int | None = None
         self.written = 0
-        self.ok = False
+        self.verified = False  # the digest matched: readers may send the last byte
+        self.ok = False  # committed to the store
         self.error: BaseException | None = None
         self.writer: BlobWriter | None = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -58,7 +59,7 @@ class Download:
 
     @property
     def done(self) -> bool:
-        return self.ok or self.error is not None
+        return self.verified or self.error is not None
 
     def _notify(self) -> None:
         self._changed.set()
@@ -75,6 +76,10 @@ class Download:
                     self.written += len(chunk)
                     self.stats.bytes_fetched_from_upstream += len(chunk)
                     self._notify()
+            self.writer.verify(self.size)
+            self.verified = True
+            self._notify()
+            # Clients already have every byte; the fsync and rename below only make it durable.
             await self.writer.commit(self.size)
             self.ok = True
         except BaseException as exc:
@@ -98,7 +103,7 @@ class Download:
         try:
             position = start
             while True:
-                limit = self.written if self.ok else max(self.written - 1, 0)
+                limit = self.written if self.verified else max(self.written - 1, 0)
                 if end is not None:
                     limit = min(limit, end)
                 if position < limit:
@@ -106,10 +111,10 @@ class Download:
                     chunk = os.pread(fd, min(READ_CHUNK, limit - position), position)
                     position += len(chunk)
                     yield chunk
+                elif self.verified and position >= (self.written if end is None else end):
+                    return
                 elif self.error is not None:
                     raise DownloadFailed(f"upstream download of {self.digest} failed") from self.error
-                elif self.ok:
-                    return
                 else:
                     await self._changed.wait()
         finally:
@@ -128,7 +133,7 @@ class Download:
         while self.size is None and not self.done:
             await self._changed.wait()
         if self.size is None:
-            if not self.ok:
+            if not self.verified:
                 raise DownloadFailed(f"upstream download of {self.digest} failed") from self.error
             return self.written
         return self.size

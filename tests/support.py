@@ -361,6 +361,14 @@ class MirrorProcess:
         stats: dict[str, int] = httpx.get(f"{self.url}/stats").json()
         return stats
 
+    def wait_idle(self, timeout: float = 20.0) -> None:
+        """Wait until no download is in flight: clients get the last byte before the fsync."""
+        deadline = time.monotonic() + timeout
+        while self.stats()["inflight_downloads"]:
+            if time.monotonic() > deadline:
+                raise AssertionError("downloads still in flight")
+            time.sleep(0.01)
+
     def blob_path(self, digest: str) -> Path:
         algorithm, hex_digest = digest.split(":")
         return self.cache_dir / "blobs" / algorithm / hex_digest[:2] / hex_digest

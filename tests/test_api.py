@@ -44,6 +44,7 @@ def test_blob_range_and_head(mirror: MirrorProcess, images: dict[str, Image], ca
     url = f"{mirror.url}/v2/library/demo/blobs/{digest}"
     if cached:
         assert httpx.get(url).content == data
+        mirror.wait_idle()
     head = httpx.head(url)
     assert head.status_code == 200
     assert head.headers["content-length"] == str(len(data))
@@ -141,6 +142,7 @@ def test_stats_and_metrics(mirror: MirrorProcess, images: dict[str, Image]) -> N
     digest, data = next(iter(images["demo"].blobs.items()))
     for _ in range(2):
         assert httpx.get(f"{mirror.url}/v2/library/demo/blobs/{digest}").content == data
+        mirror.wait_idle()
     stats = mirror.stats()
     assert stats["blob_misses"] == 1
     assert stats["blob_hits"] == 1

@@ -41,6 +41,7 @@ def test_cold_then_warm_pull(
     mark = registry.mark()
     skopeo_copy(mirror, f"{image.repository}:{image.tag}", tmp_path / "cold")
     verify_dir_copy(tmp_path / "cold", image)
+    mirror.wait_idle()
     cold = registry.requests_since(mark)
     blob_gets = [path for method, path, _ in cold if method == "GET" and "/blobs/" in path]
     assert len(blob_gets) == len(set(blob_gets)), "each blob fetched once"

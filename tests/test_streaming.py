@@ -106,6 +106,7 @@ def test_bad_download_is_never_cached_and_is_retried(
     blob.wrong_bytes, blob.cut_at = False, None
     assert httpx.get(url, timeout=30).content == data * 2
     assert fake_upstream.gets("sha256:" + digest) == 2
+    fake_mirror.wait_idle()
     assert fake_mirror.blob_path("sha256:" + digest).exists()
 
 
@@ -132,4 +133,5 @@ def test_memory_stays_flat_for_a_large_blob(fake_upstream: FakeUpstream, fake_mi
     assert "sha256:" + h.hexdigest() == digest
     growth_mib = (peak - before) / 1024
     assert growth_mib < 40, f"mirror grew by {growth_mib:.1f} MiB while streaming {size_gib} GiB"
+    fake_mirror.wait_idle()
     assert os.path.getsize(fake_mirror.blob_path(digest)) == blob.size

@@ -114,6 +114,7 @@ def test_blobs_are_shared_across_upstreams(two_mirror: MirrorProcess, upstreams:
     digest = upstreams.shared_layer
     first = httpx.get(f"{two_mirror.url}/v2/library/demo/blobs/{digest}")
     assert first.headers["x-cache"] == "MISS"
+    two_mirror.wait_idle()
     mark = upstreams.ghcr.mark()
     second = httpx.get(f"{two_mirror.url}/v2/ghcr.io/org/app/blobs/{digest}")
     assert second.headers["x-cache"] == "HIT"
