@@ -1,0 +1,82 @@
+"""Docker Engine, containerd, podman and skopeo pull through one mirror from two token-auth upstreams.
+
+Each client pulls images of its own (so each gets cold pulls), of four kinds (Docker schema2,
+OCI manifest, Docker manifest list, OCI index), from "docker.io" (anonymous tokens, CDN
+redirects) and "ghcr.io" (tokens need credentials, which only the mirror has); removes them;
+and pulls them again (warm). Then every client pulls the same image (shared through the
+mirror), and the totals are checked: no blob left an upstream twice, no credential reached a CDN.
+"""
+
+from __future__ import annotations
+
+import pytest
+from e2e_parts import (
+    CLIENTS,
+    KINDS,
+    RESULTS,
+    Client,
+    Upstream,
+    assert_each_blob_served_at_most_once,
+    cold_and_warm,
+    measure,
+)
+from support import MirrorProcess
+
+pytestmark = pytest.mark.e2e
+
+CASES = [(client, registry, kind) for client in CLIENTS for registry in ("docker.io", "ghcr.io") for kind in KINDS]
+
+
+@pytest.mark.parametrize(("client_name", "registry", "kind"), CASES, ids=["-".join(case) for case in CASES])
+def test_cold_then_warm_pull(
+    client_name: str,
+    registry: str,
+    kind: str,
+    request: pytest.FixtureRequest,
+    upstreams: dict[str, Upstream],
+    e2e_mirror: MirrorProcess,
+) -> None:
+    client: Client = request.getfixturevalue(f"{client_name}_client")
+    image = upstreams[registry].images[client_name][kind]
+    row = cold_and_warm(client, registry, image, list(upstreams.values()), e2e_mirror)
+    row.kind = kind
+    RESULTS.append(row)
+    assert_each_blob_served_at_most_once(list(upstreams.values()))
+
+
+@pytest.mark.parametrize("client_name", CLIENTS)
+def test_shared_image_comes_from_the_mirror(
+    client_name: str,
+    request: pytest.FixtureRequest,
+    upstreams: dict[str, Upstream],
+    e2e_mirror: MirrorProcess,
+) -> None:
+    """docker.io/library/demo:latest, pulled by every client: the upstream sends its blobs once in all."""
+    client: Client = request.getfixturevalue(f"{client_name}_client")
+    image = upstreams["docker.io"].images["docker"]["schema2"]
+    reference = client.reference("docker.io", image)
+    with measure(list(upstreams.values()), e2e_mirror) as cost:
+        client.pull(reference)
+    client.check(reference, image)
+    client.remove(reference)
+    assert cost.mirror["requests"] > 0
+    assert_each_blob_served_at_most_once(list(upstreams.values()))
+    served = upstreams["docker.io"].blobs_served()
+    for digest in image.blobs:
+        assert served[0][digest] + served[1][digest] <= 2  # one registry 307 + one CDN GET at most
+
+
+def test_credentials_never_reach_a_cdn(upstreams: dict[str, Upstream], e2e_mirror: MirrorProcess) -> None:
+    for upstream in upstreams.values():
+        assert upstream.cdn.requests, f"{upstream.name}: the CDN was never used"
+        leaked = [
+            (r.path, r.headers["Authorization"][:16]) for r in upstream.cdn.requests if "Authorization" in r.headers
+        ]
+        assert leaked == [], f"{upstream.name} CDN got Authorization headers: {leaked[:3]} ({len(leaked)} requests)"
+    # Only the issuer that asks for credentials got them, and the password is in no log.
+    ghcr_basic = [
+        r for r in upstreams["ghcr.io"].issuer.requests if r.headers.get("Authorization", "").startswith("Basic")
+    ]
+    assert ghcr_basic, "the mirror never sent its ghcr.io credentials to the token issuer"
+    assert not [r for r in upstreams["docker.io"].issuer.requests if "Authorization" in r.headers]
+    assert "s3cret" not in e2e_mirror.log_path.read_text(errors="replace")
