@@ -328,6 +328,7 @@ class Podman:
         )
         self.policy = root / "policy.json"
         self.policy.write_text(json.dumps({"default": [{"type": "insecureAcceptAnything"}]}))
+        (root / "auth.json").write_text('{"auths": {}}')  # no credentials: only the mirror has them
         self.env = {
             **os.environ,
             "HOME": str(root / "home"),
@@ -370,6 +371,7 @@ class Skopeo:
         self.registries.write_text(client_config("podman", mirror_url))
         self.policy = root / "policy.json"
         self.policy.write_text(json.dumps({"default": [{"type": "insecureAcceptAnything"}]}))
+        (root / "auth.json").write_text('{"auths": {}}')  # no credentials: only the mirror has them
         self.env = {
             **os.environ,
             "HOME": str(root / "home"),
