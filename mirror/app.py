@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -47,7 +48,7 @@ class Mirror:
     @classmethod
     async def open(cls, config: Config) -> Mirror:
         stats = Stats()
-        store = BlobStore(config.cache.directory)
+        store = BlobStore(config.cache.directory, config.cache.max_size, stats)
         await anyio.to_thread.run_sync(store.open_sync)
         manifests = await anyio.to_thread.run_sync(ManifestCache, config.cache.directory, store)
         inflight = InflightDownloads(store, stats)
@@ -79,8 +80,17 @@ class Mirror:
 
     def snapshot(self) -> dict[str, object]:
         return self.stats.snapshot(
-            inflight=len(self.inflight), cached_blobs=self.store.count, cached_bytes=self.store.total_bytes
+            inflight=len(self.inflight),
+            cached_blobs=self.store.count,
+            cached_bytes=self.store.total_bytes,
+            max_size=self.config.cache.max_size,
         )
+
+    async def expire_forever(self, max_age: float) -> None:
+        """Drop content nobody pulled for max_age, checking a few times per max_age."""
+        while True:
+            await self.store.expire(max_age)
+            await asyncio.sleep(min(max(max_age / 10, 1.0), 3600.0))
 
 
 def _mirror(request: Request) -> Mirror:
@@ -155,7 +165,7 @@ async def _blob(request: Request, mirror: Mirror, upstream: Upstream, repository
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{total}"
         headers["Content-Length"] = str(end - start)
     if isinstance(source, CachedBlob):
-        body = _counted(iter_file(source.path, start, source.size if end is None else end), mirror.stats)
+        body = _counted(iter_file(source.file, start, source.size if end is None else end), mirror.stats)
     else:
         body = source.iter_range(start, end)
     return BlobResponse(body, status, headers, str(digest))
@@ -203,9 +213,15 @@ def create_app(config: Config) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         mirror = await Mirror.open(config)
         app.state.mirror = mirror
+        await mirror.store.evict_to_fit()  # max_size may have shrunk since the last run
+        expiry = None
+        if config.cache.max_age is not None:
+            expiry = asyncio.create_task(mirror.expire_forever(config.cache.max_age))
         try:
             yield
         finally:
+            if expiry is not None:
+                expiry.cancel()
             await mirror.close()
 
     all_methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]

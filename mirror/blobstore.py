@@ -11,13 +11,17 @@ import hashlib
 import logging
 import os
 import tempfile
+import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
+from io import FileIO
 from pathlib import Path
 
 import anyio.to_thread
 
-from mirror.errors import DigestInvalid
-from mirror.reference import Digest
+from mirror.errors import DigestInvalid, RegistryError
+from mirror.reference import Digest, parse_digest
+from mirror.stats import Stats
 
 log = logging.getLogger(__name__)
 
@@ -25,37 +29,93 @@ READ_CHUNK = 1024 * 1024
 
 
 class BlobStore:
-    def __init__(self, root: Path) -> None:
+    """The blob files, with an in-memory LRU index of what is committed.
+
+    The files are the truth: a blob's size is its file's size and its last use is its
+    mtime (refreshed at most hourly), so the index is rebuilt from one directory scan at
+    start-up and can never disagree with the disk after a crash.
+    """
+
+    def __init__(self, root: Path, max_size: int | None = None, stats: Stats | None = None) -> None:
         self.root = root
         self.blobs = root / "blobs"
         self.tmp = root / "tmp"
-        self.count = 0
+        self.max_size = max_size
+        self.stats = stats or Stats()
+        # digest → (size, last use), least recently used first.
+        self._lru: OrderedDict[Digest, tuple[int, float]] = OrderedDict()
+        self._evicting: set[Digest] = set()
         self.total_bytes = 0
+        self.reserved = 0
+
+    @property
+    def count(self) -> int:
+        return len(self._lru)
 
     def path(self, digest: Digest) -> Path:
         return self.blobs / digest.algorithm / digest.hex[:2] / digest.hex
 
     def open_sync(self) -> None:
-        """Create the layout, sweep temp files left by a crash, and count what is cached."""
+        """Create the layout, sweep temp files left by a crash, and index what is cached."""
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
         for leftover in self.tmp.iterdir():
             log.info("removing leftover temp file %s", leftover.name)
             leftover.unlink(missing_ok=True)
-        count = total = 0
+        found: list[tuple[float, Digest, int]] = []
         for algorithm_dir in self.blobs.iterdir():
             for prefix_dir in algorithm_dir.iterdir():
                 with os.scandir(prefix_dir) as entries:
                     for entry in entries:
-                        count += 1
-                        total += entry.stat().st_size
-        self.count, self.total_bytes = count, total
+                        try:
+                            digest = parse_digest(f"{algorithm_dir.name}:{entry.name}")
+                        except RegistryError:
+                            continue
+                        stat = entry.stat()
+                        found.append((stat.st_mtime, digest, stat.st_size))
+        found.sort(key=lambda item: item[0])
+        self._lru = OrderedDict((digest, (size, mtime)) for mtime, digest, size in found)
+        self.total_bytes = sum(size for _, _, size in found)
+
+    def _used(self, digest: Digest, size: int) -> None:
+        """Mark a blob as just used; a file the index did not know (an import) joins it."""
+        if digest in self._evicting:
+            return
+        if digest in self._lru:
+            self._lru.move_to_end(digest)
+        else:
+            self.total_bytes += size
+        self._lru[digest] = (size, time.time())
+
+    def touch(self, digest: Digest) -> None:
+        """Mark an indexed blob as used without touching the disk (a manifest served from memory)."""
+        entry = self._lru.get(digest)
+        if entry is not None:
+            self._used(digest, entry[0])
+
+    def _forget(self, digest: Digest) -> None:
+        entry = self._lru.pop(digest, None)
+        if entry is not None:
+            self.total_bytes -= entry[0]
 
     async def stat(self, digest: Digest) -> os.stat_result | None:
         try:
-            return await anyio.to_thread.run_sync(os.stat, self.path(digest))
+            stat = await anyio.to_thread.run_sync(_stat_and_touch, self.path(digest))
         except FileNotFoundError:
+            self._forget(digest)
             return None
+        self._used(digest, stat.st_size)
+        return stat
+
+    async def open(self, digest: Digest) -> tuple[FileIO, int] | None:
+        """Open a cached blob for reading. An open file stays readable even if evicted meanwhile."""
+        try:
+            file, size = await anyio.to_thread.run_sync(_open_and_touch, self.path(digest))
+        except FileNotFoundError:
+            self._forget(digest)
+            return None
+        self._used(digest, size)
+        return file, size
 
     def size_now(self, digest: Digest) -> int | None:
         """A blocking stat, for the one place that must not pause between check and act."""
@@ -67,16 +127,66 @@ class BlobStore:
     def writer(self, digest: Digest) -> BlobWriter:
         return BlobWriter(self, digest)
 
-    def committed(self, size: int) -> None:
-        self.count += 1
-        self.total_bytes += size
+    def committed(self, digest: Digest, size: int) -> None:
+        self._used(digest, size)
+
+    async def reserve(self, size: int) -> bool:
+        """Make room for a blob about to be written; False if it can never fit the budget."""
+        if self.max_size is not None and size > self.max_size:
+            return False
+        self.reserved += size
+        await self.evict_to_fit()
+        return True
+
+    def release(self, size: int) -> None:
+        self.reserved -= size
+
+    async def evict_to_fit(self) -> None:
+        """Remove least recently used blobs until committed plus reserved bytes fit max_size."""
+        if self.max_size is None:
+            return
+        excess = self.total_bytes + self.reserved - self.max_size
+        victims: list[Digest] = []
+        for digest, (size, _) in self._lru.items():
+            if excess <= 0:
+                break
+            victims.append(digest)
+            excess -= size
+        await self._evict(victims)
+
+    async def expire(self, max_age: float) -> None:
+        """Remove blobs nobody has used for max_age seconds."""
+        cutoff = time.time() - max_age
+        victims: list[Digest] = []
+        for digest, (_, last_use) in self._lru.items():
+            if last_use >= cutoff:
+                break
+            victims.append(digest)
+        await self._evict(victims)
+
+    async def _evict(self, victims: list[Digest]) -> None:
+        if not victims:
+            return
+        for digest in victims:
+            self.stats.evictions += 1
+            self.stats.evicted_bytes += self._lru[digest][0]
+            self._forget(digest)
+            self._evicting.add(digest)
+        try:
+            await anyio.to_thread.run_sync(_unlink_all, [self.path(d) for d in victims])
+        finally:
+            self._evicting.difference_update(victims)
+        log.debug("evicted %d blobs", len(victims))
 
     async def read(self, digest: Digest) -> bytes | None:
         """Read a small cached object (a manifest) whole."""
         try:
-            return await anyio.to_thread.run_sync(self.path(digest).read_bytes)
+            data = await anyio.to_thread.run_sync(self.path(digest).read_bytes)
         except FileNotFoundError:
+            self._forget(digest)
             return None
+        self._used(digest, len(data))
+        return data
 
     async def put(self, digest: Digest, data: bytes) -> None:
         """Store a small object (a manifest) whose bytes are already in memory."""
@@ -86,6 +196,32 @@ class BlobStore:
             await writer.commit(len(data))
         finally:
             writer.discard()
+        await self.evict_to_fit()
+
+
+# How stale a blob's mtime may get before a use refreshes it: the LRU order on disk is
+# only needed at start-up, so an hourly resolution is plenty and saves a write per hit.
+TOUCH_INTERVAL = 3600.0
+
+
+def _stat_and_touch(path: Path) -> os.stat_result:
+    stat = os.stat(path)
+    if time.time() - stat.st_mtime > TOUCH_INTERVAL:
+        os.utime(path)
+    return stat
+
+
+def _open_and_touch(path: Path) -> tuple[FileIO, int]:
+    file = FileIO(path, "r")
+    stat = os.fstat(file.fileno())
+    if time.time() - stat.st_mtime > TOUCH_INTERVAL:
+        os.utime(file.fileno())
+    return file, stat.st_size
+
+
+def _unlink_all(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 class BlobWriter:
@@ -132,7 +268,7 @@ class BlobWriter:
         # The rename happens on the event loop so that readers never see a half-way state.
         os.replace(self.temp_path, final)
         self.path = final
-        self.store.committed(self.size)
+        self.store.committed(self.digest, self.size)
         await anyio.to_thread.run_sync(_fsync_directory, final.parent)
 
     def discard(self) -> None:
@@ -160,16 +296,15 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-async def iter_file(path: Path, start: int, end: int) -> AsyncIterator[bytes]:
-    """Yield bytes [start, end) of a complete file, reading off the event loop."""
-    fd = await anyio.to_thread.run_sync(os.open, path, os.O_RDONLY)
+async def iter_file(file: FileIO, start: int, end: int) -> AsyncIterator[bytes]:
+    """Yield bytes [start, end) of an open cached file, reading off the event loop; closes it."""
     try:
         position = start
         while position < end:
-            chunk = await anyio.to_thread.run_sync(os.pread, fd, min(READ_CHUNK, end - position), position)
+            chunk = await anyio.to_thread.run_sync(os.pread, file.fileno(), min(READ_CHUNK, end - position), position)
             if not chunk:
-                raise OSError(f"{path} is shorter than expected")
+                raise OSError(f"{file.name!r} is shorter than expected")
             position += len(chunk)
             yield chunk
     finally:
-        os.close(fd)
+        file.close()

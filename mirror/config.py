@@ -36,6 +36,8 @@ class ServerConfig:
 class CacheConfig:
     directory: Path = Path(DEFAULT_CACHE_DIR)
     tag_ttl: float = 60.0
+    max_size: int | None = None
+    max_age: float | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,23 @@ def parse_duration(value: object, key: str) -> float:
     if seconds < 0:
         raise ConfigError(key, f"must not be negative, got {value!r}")
     return seconds
+
+
+_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?)(b?)", re.IGNORECASE)
+
+
+def parse_size(value: object, key: str) -> int:
+    """Bytes from a number or a string like '200GiB', '512MB', '10G' (G = 10^9, GiB = 2^30)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    match = _SIZE_RE.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None or (match.group(3) and not match.group(2)):
+        raise ConfigError(key, f"expected a size like '200GiB' or '512MB', got {value!r}")
+    number, prefix, binary = float(match.group(1)), match.group(2).upper(), match.group(3)
+    size = int(number * (1024 if binary else 1000) ** " KMGTP".index(prefix or " "))
+    if size <= 0:
+        raise ConfigError(key, f"must be more than zero, got {value!r}")
+    return size
 
 
 def parse_listen(value: object, key: str) -> tuple[str, int]:
@@ -172,6 +191,12 @@ def from_dict(data: dict[str, Any]) -> Config:
     cache_table = root.table("cache")
     directory = Path(cache_table.get("directory", str, DEFAULT_CACHE_DIR))
     tag_ttl = parse_duration(cache_table.raw("tag_ttl", 60), cache_table.key("tag_ttl"))
+    max_size = cache_table.raw("max_size")
+    max_size = None if max_size is None else parse_size(max_size, cache_table.key("max_size"))
+    max_age = cache_table.raw("max_age")
+    max_age = None if max_age is None else parse_duration(max_age, cache_table.key("max_age"))
+    if max_age == 0:
+        raise ConfigError(cache_table.key("max_age"), "must be more than zero; leave it out to keep content forever")
     cache_table.finish()
 
     upstreams_table = root.table("upstreams")
@@ -187,7 +212,7 @@ def from_dict(data: dict[str, Any]) -> Config:
     root.finish()
     return Config(
         server=ServerConfig(host, port, default_upstream, log_level),
-        cache=CacheConfig(directory, tag_ttl),
+        cache=CacheConfig(directory, tag_ttl, max_size, max_age),
         upstreams=upstreams,
     )
 

@@ -66,10 +66,15 @@ class Download:
         self._changed = asyncio.Event()
 
     async def run(self, open_source: OpenSource) -> None:
+        reserved = 0
         try:
             async with open_source() as source:
-                self.writer = self.store.writer(self.digest)
                 self.size = source.size
+                cacheable = True
+                if source.size is not None:
+                    cacheable = await self.store.reserve(source.size)
+                    reserved = source.size if cacheable else 0
+                self.writer = self.store.writer(self.digest)
                 self.ready.set_result(None)
                 async for chunk in source.chunks():
                     self.writer.write(chunk)
@@ -79,9 +84,16 @@ class Download:
             self.writer.verify(self.size)
             self.verified = True
             self._notify()
+            if not cacheable:
+                self.stats.uncached_downloads += 1
+                log.warning("%s (%d bytes) is larger than the cache; served without caching", self.digest, self.written)
+                return
             # Clients already have every byte; the fsync and rename below only make it durable.
             await self.writer.commit(self.size)
             self.ok = True
+            self.store.release(reserved)
+            reserved = 0
+            await self.store.evict_to_fit()
         except BaseException as exc:
             self.error = exc
             if not self.ready.done():
@@ -93,6 +105,7 @@ class Download:
             if not isinstance(exc, Exception):
                 raise
         finally:
+            self.store.release(reserved)
             if self.writer is not None:
                 self.writer.discard()
             self._notify()

@@ -85,7 +85,9 @@ class ManifestCache:
             if not isinstance(media_type, str):
                 return None
         body = self._bodies.get(key)
-        if body is None:
+        if body is not None:
+            self.store.touch(digest)
+        else:
             body = await self.store.read(digest)
             if body is None:
                 return None

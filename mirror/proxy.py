@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from io import FileIO
 
 from mirror.blobstore import BlobStore
 from mirror.errors import DigestInvalid, TooManyRequests, UpstreamUnavailable
@@ -38,7 +38,7 @@ class ManifestAnswer:
 
 @dataclass(frozen=True)
 class CachedBlob:
-    path: Path
+    file: FileIO
     size: int
 
 
@@ -155,38 +155,33 @@ class Proxy:
 
     # Blobs
 
-    async def cached_blob(self, digest: Digest) -> CachedBlob | None:
-        stat = await self.store.stat(digest)
-        return CachedBlob(self.store.path(digest), stat.st_size) if stat is not None else None
-
     async def blob(self, upstream: Upstream, repository: str, digest: Digest) -> CachedBlob | Download:
         """A complete cached file, or the download (new or joined) that is fetching it."""
-        cached = await self.cached_blob(digest)
-        if cached is not None:
-            self.stats.blob_hits += 1
-            return cached
-        download = self.inflight.get(digest)
-        if download is not None:
-            self.stats.coalesced += 1
-        else:
-            # The stat above awaited: the blob may have landed meanwhile. This check and the
-            # start below run without a pause, so no second download can slip in between.
-            size = self.store.size_now(digest)
-            if size is not None:
+        while True:
+            opened = await self.store.open(digest)
+            if opened is not None:
                 self.stats.blob_hits += 1
-                return CachedBlob(self.store.path(digest), size)
-            self.stats.blob_misses += 1
-            download = self.inflight.start(digest, lambda: upstream.open_blob(repository, digest))
+                return CachedBlob(*opened)
+            download = self.inflight.get(digest)
+            if download is not None:
+                self.stats.coalesced += 1
+                break
+            # open() paused, so the blob may have landed meanwhile (then: open it). This check
+            # and the start below run without a pause: no second download can slip in between.
+            if self.store.size_now(digest) is None:
+                self.stats.blob_misses += 1
+                download = self.inflight.start(digest, lambda: upstream.open_blob(repository, digest))
+                break
         # Shielded: one client leaving must not cancel the download the others share.
         await asyncio.shield(download.ready)
         return download
 
     async def blob_size(self, upstream: Upstream, repository: str, digest: Digest) -> int | None:
         """The size of a blob for HEAD, without downloading it."""
-        cached = await self.cached_blob(digest)
-        if cached is not None:
+        stat = await self.store.stat(digest)
+        if stat is not None:
             self.stats.blob_hits += 1
-            return cached.size
+            return stat.st_size
         download = self.inflight.get(digest)
         if download is not None and download.size is not None:
             return download.size

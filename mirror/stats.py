@@ -20,17 +20,23 @@ class Stats:
     upstream_requests: int = 0
     upstream_errors: int = 0
     digest_mismatches: int = 0
+    evictions: int = 0
+    evicted_bytes: int = 0
+    uncached_downloads: int = 0
     started_at: float = field(default_factory=time.time)
 
     def counters(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "started_at"}
 
-    def snapshot(self, *, inflight: int, cached_blobs: int, cached_bytes: int) -> dict[str, object]:
+    def snapshot(
+        self, *, inflight: int, cached_blobs: int, cached_bytes: int, max_size: int | None
+    ) -> dict[str, object]:
         return {
             **self.counters(),
             "inflight_downloads": inflight,
             "cached_blobs": cached_blobs,
             "cached_bytes": cached_bytes,
+            "max_size_bytes": max_size or 0,
             "uptime_seconds": round(time.time() - self.started_at, 3),
         }
 
@@ -48,6 +54,9 @@ _HELP = {
     "upstream_requests": "HTTP requests sent to upstream registries.",
     "upstream_errors": "Upstream requests that failed or returned a server error.",
     "digest_mismatches": "Upstream downloads discarded because their digest did not match.",
+    "evictions": "Blobs and manifests removed to keep the cache within max_size or max_age.",
+    "evicted_bytes": "Bytes removed from the cache by eviction.",
+    "uncached_downloads": "Downloads streamed to clients without being cached (too large, or no space).",
 }
 
 

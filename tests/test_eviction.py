@@ -1,0 +1,158 @@
+"""A bounded cache: LRU eviction as content arrives, without ever breaking a pull."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+from support import Image, MirrorProcess, Pusher, Registry
+from test_pull import skopeo_copy, verify_dir_copy
+
+MIB = 1024 * 1024
+
+
+def cached_bytes_on_disk(mirror: MirrorProcess) -> int:
+    return sum(f.stat().st_size for f in (mirror.cache_dir / "blobs").rglob("*") if f.is_file())
+
+
+def test_small_budget_filled_many_times_over(registry: Registry, tmp_path: Path) -> None:
+    with Pusher(registry.url) as pusher:
+        images = [pusher.image(f"library/evict{i}", "latest", [MIB, MIB // 2], seed=200 + i) for i in range(8)]
+    image_bytes = sum(len(b) for image in images for b in image.blobs.values())
+    budget = 4 * MIB
+    process = MirrorProcess(tmp_path / "m", {"docker.io": registry.url}, extra_config=f"max_size = {budget}").start()
+    peak = 0
+    stop = threading.Event()
+
+    def watch() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, process.stats()["cached_bytes"])
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+
+        def pull(job: tuple[int, Image]) -> None:
+            n, image = job
+            out = tmp_path / f"pull{n}"
+            skopeo_copy(process, f"{image.repository}:latest", out)
+            verify_dir_copy(out, image)
+
+        with ThreadPoolExecutor(3) as pool:
+            list(pool.map(pull, enumerate(images * 3)))
+        process.wait_idle()
+        stats = process.stats()
+    finally:
+        stop.set()
+        watcher.join()
+        process.stop()
+    assert image_bytes > 2 * budget, "the test must overfill the budget"
+    assert stats["evictions"] > 0
+    assert stats["evicted_bytes"] >= image_bytes - budget
+    assert stats["cached_bytes"] <= budget
+    assert peak <= budget + 2 * MIB, "only blobs being committed may briefly exceed the budget"
+    assert cached_bytes_on_disk(process) == stats["cached_bytes"]
+    print(
+        f"eviction: {len(images) * 3} pulls of {image_bytes} bytes in all through a {budget}-byte cache, "
+        f"{stats['evictions']} evictions, {stats['evicted_bytes']} bytes evicted, peak {peak} bytes"
+    )
+
+
+def test_least_recently_used_goes_first(registry: Registry, tmp_path: Path) -> None:
+    blobs = {}
+    with Pusher(registry.url) as pusher:
+        for name in "abc":
+            data = name.encode() * MIB
+            blobs[name] = (pusher.blob("library/lru", data), data)
+    process = MirrorProcess(tmp_path / "m", {"docker.io": registry.url}, extra_config=f"max_size = {2 * MIB + 1024}")
+    process.start()
+    try:
+
+        def get(name: str) -> str:
+            digest, data = blobs[name]
+            response = httpx.get(f"{process.url}/v2/library/lru/blobs/{digest}")
+            assert response.content == data
+            process.wait_idle()
+            return str(response.headers["x-cache"])
+
+        assert get("a") == "MISS"
+        assert get("b") == "MISS"
+        assert get("a") == "HIT"  # a is now the most recently used
+        assert get("c") == "MISS"  # evicts b
+        assert get("a") == "HIT"
+        assert get("b") == "MISS"
+    finally:
+        process.stop()
+
+
+def test_blob_larger_than_the_cache_is_served_uncached(registry: Registry, tmp_path: Path) -> None:
+    data = b"x" * (3 * MIB)
+    with Pusher(registry.url) as pusher:
+        digest = pusher.blob("library/huge", data)
+    process = MirrorProcess(tmp_path / "m", {"docker.io": registry.url}, extra_config=f"max_size = {2 * MIB}").start()
+    try:
+        for _ in range(2):
+            assert httpx.get(f"{process.url}/v2/library/huge/blobs/{digest}").content == data
+            process.wait_idle()
+        stats = process.stats()
+        assert stats["uncached_downloads"] == 2
+        assert stats["cached_blobs"] == 0
+        assert list((process.cache_dir / "tmp").iterdir()) == []
+    finally:
+        process.stop()
+
+
+def test_restart_rebuilds_the_index_and_enforces_a_smaller_budget(registry: Registry, tmp_path: Path) -> None:
+    with Pusher(registry.url) as pusher:
+        digests = [pusher.blob("library/restart", bytes([i]) * MIB) for i in range(4)]
+    process = MirrorProcess(tmp_path / "m", {"docker.io": registry.url}).start()
+    try:
+        for digest in digests:
+            httpx.get(f"{process.url}/v2/library/restart/blobs/{digest}")
+        process.wait_idle()
+    finally:
+        process.stop()
+    process.extra_config = f"max_size = {2 * MIB}"
+    process.start()
+    try:
+        stats = process.stats()
+        assert stats["cached_blobs"] == 2
+        assert stats["cached_bytes"] == 2 * MIB
+        assert cached_bytes_on_disk(process) == 2 * MIB
+    finally:
+        process.stop()
+
+
+def test_max_age_expires_unused_content(registry: Registry, tmp_path: Path) -> None:
+    with Pusher(registry.url) as pusher:
+        digest = pusher.blob("library/aging", b"old content" * 1000)
+    process = MirrorProcess(tmp_path / "m", {"docker.io": registry.url}, extra_config='max_age = "2s"').start()
+    try:
+        httpx.get(f"{process.url}/v2/library/aging/blobs/{digest}")
+        process.wait_idle()
+        assert process.blob_path(digest).exists()
+        deadline = time.monotonic() + 15
+        while process.blob_path(digest).exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not process.blob_path(digest).exists()
+        assert process.stats()["evictions"] == 1
+        assert httpx.get(f"{process.url}/v2/library/aging/blobs/{digest}").headers["x-cache"] == "MISS"
+    finally:
+        process.stop()
+
+
+def test_config_rejects_bad_sizes(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[cache]\nmax_size = "lots"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "mirror", "serve", "--config", str(bad)], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "cache.max_size" in result.stderr
