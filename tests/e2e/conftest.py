@@ -15,6 +15,8 @@ from types import FrameType
 import pytest
 from e2e_parts import (
     CLIENTS,
+    RESULTS,
+    SHARED,
     Client,
     Containerd,
     ContainerdClient,
@@ -31,7 +33,7 @@ from e2e_parts import (
     results_table,
     seed_kinds,
 )
-from support import MirrorProcess, Pusher, Registry, seed_standard_images
+from support import Image, MirrorProcess, Pusher, Registry, seed_standard_images
 from token_upstream import StaticCDN, TokenIssuer, enable_token_auth
 
 HERE = Path(__file__).parent
@@ -50,14 +52,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not ENABLED:
-        return
-    table = results_table()
-    terminalreporter.write_sep("=", "e2e: upstream requests per client pull (cold, then warm)")
-    terminalreporter.write(table)
-    basetemp = terminalreporter.config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
-    (basetemp / "e2e-results.md").write_text(table)
-    terminalreporter.write_line(f"(also written to {basetemp / 'e2e-results.md'})")
+    if ENABLED and (RESULTS or SHARED):
+        terminalreporter.write_sep("=", "e2e: upstream requests per client pull")
+        terminalreporter.write(results_table())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def results_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The results table, also as a file in the session's temporary directory."""
+    yield
+    (tmp_path_factory.getbasetemp() / "e2e-results.md").write_text(results_table())
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
@@ -68,10 +72,13 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 @pytest.fixture(scope="session", autouse=True)
 def loopback_only() -> None:
     """FAIL (not skip) unless this process is in a network namespace whose only interface is lo."""
+    problem = None
     try:
         assert_loopback_only()
     except NotIsolated as exc:
-        pytest.fail(str(exc), pytrace=False)
+        problem = str(exc)
+    if problem is not None:
+        pytest.fail(problem, pytrace=False)
     signal.signal(signal.SIGTERM, _terminate)
 
 
@@ -80,7 +87,7 @@ def _start_upstream(root: Path, name: str, seed: int, credentials: tuple[str, st
     issuer: TokenIssuer | None = None
     cdn: StaticCDN | None = None
     try:
-        images: dict[str, dict[str, object]] = {}
+        images: dict[str, dict[str, Image]] = {}
         with Pusher(registry.url) as pusher:
             for index, client in enumerate(CLIENTS):
                 base = seed + 10 * index
@@ -102,11 +109,11 @@ def _start_upstream(root: Path, name: str, seed: int, credentials: tuple[str, st
                     }
                 else:
                     names = {kind: ("org/app", f"{client}-{kind}") for kind in ("schema2", "oci", "list", "index")}
-                images[client] = dict(seed_kinds(pusher, names, base))
+                images[client] = seed_kinds(pusher, names, base)
         issuer = TokenIssuer(root / "issuer", credentials=credentials)
         cdn = StaticCDN(registry.root / "data")
         enable_token_auth(registry, issuer, cdn)
-        return Upstream(name, registry, issuer, cdn, images)  # type: ignore[arg-type]
+        return Upstream(name, registry, issuer, cdn, images)
     except BaseException:
         registry.stop()
         if issuer is not None:

@@ -8,6 +8,7 @@ timeout, and none runs unless this process is in a network namespace with only `
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -451,22 +452,43 @@ def measure(upstreams: list[Upstream], mirror: MirrorProcess) -> Iterator[Cost]:
     cost.mirror = {key: stats_after[key] - stats_before[key] for key in stats_before if key != "uptime_seconds"}
 
 
+SHARED: list[tuple[str, str, Cost]] = []  # (client, reference, cost) of the image every client pulls
+
+
 def results_table() -> str:
     lines = [
-        "| client | registry | image kind | reference "
-        "| cold: registry requests | cold: registry blob GETs | cold: CDN blob GETs | cold: token requests "
-        "| warm: registry requests | warm: registry blob GETs | warm: CDN blob GETs | warm: token requests "
-        "| mirror blob misses (cold) | mirror blob hits (warm) |",
-        "|" + "---|" * 14,
+        "Per client pull; upstream = registry (+ its CDN, + its token issuer). Blob GETs at the registry are",
+        "307 redirects to the CDN. Cold = first pull by any client; warm = same client again after removing it.",
+        "",
+        "| client | registry | kind | cold: registry requests | cold: registry blob GETs | cold: CDN blob GETs "
+        "| cold: token requests | warm: registry requests | warm: registry blob GETs | warm: CDN blob GETs "
+        "| warm: token requests | client→mirror requests cold/warm | mirror blob misses cold / hits warm |",
+        "|" + "---|" * 13,
     ]
     for row in RESULTS:
         cold, warm = row.cold, row.warm
         lines.append(
-            f"| {row.client} | {row.registry} | {row.kind} | `{row.reference}` "
+            f"| {row.client} | {row.registry} | {row.kind} "
             f"| {cold.registry_requests} | {cold.registry_blob_gets} | {cold.cdn_blob_gets} | {cold.token_requests} "
             f"| {warm.registry_requests} | {warm.registry_blob_gets} | {warm.cdn_blob_gets} | {warm.token_requests} "
-            f"| {cold.mirror.get('blob_misses', 0)} | {warm.mirror.get('blob_hits', 0)} |"
+            f"| {cold.mirror.get('requests', 0)} / {warm.mirror.get('requests', 0)} "
+            f"| {cold.mirror.get('blob_misses', 0)} / {warm.mirror.get('blob_hits', 0)} |"
         )
+    if SHARED:
+        lines += [
+            "",
+            "Shared image docker.io/library/demo:latest, pulled by each client in turn (after Docker's own pulls):",
+            "",
+            "| client | reference | registry requests | registry blob GETs | CDN blob GETs | token requests "
+            "| client→mirror requests | mirror blob hits / misses |",
+            "|" + "---|" * 8,
+        ]
+        for client, reference, cost in SHARED:
+            lines.append(
+                f"| {client} | `{reference}` | {cost.registry_requests} | {cost.registry_blob_gets} "
+                f"| {cost.cdn_blob_gets} | {cost.token_requests} | {cost.mirror.get('requests', 0)} "
+                f"| {cost.mirror.get('blob_hits', 0)} / {cost.mirror.get('blob_misses', 0)} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -605,8 +627,6 @@ class SkopeoClient(Client):
 
     def check(self, reference: str, image: Image) -> None:
         assert self.last is not None
-        import hashlib
-
         manifest = (self.last / "manifest.json").read_bytes()
         expected = amd64(image)
         assert "sha256:" + hashlib.sha256(manifest).hexdigest() == expected.digest
@@ -615,7 +635,9 @@ class SkopeoClient(Client):
             assert on_disk == data
 
 
-def cold_and_warm(client: Client, registry: str, image: Image, upstreams: list[Upstream], mirror: MirrorProcess) -> Row:
+def cold_and_warm(
+    client: Client, registry: str, kind: str, image: Image, upstreams: list[Upstream], mirror: MirrorProcess
+) -> Row:
     """Pull an image no client has pulled yet (cold), remove it locally, pull it again (warm)."""
     reference = client.reference(registry, image)
     expected = set(amd64(image).blobs)
@@ -628,7 +650,7 @@ def cold_and_warm(client: Client, registry: str, image: Image, upstreams: list[U
     with measure(upstreams, mirror) as warm:
         client.pull(reference)
     client.check(reference, image)
-    row = Row(client.name, registry, "", reference, cold, warm)
+    row = Row(client.name, registry, kind, reference, cold, warm)
 
     # Cold: the pull went through the mirror, and the upstream sent each blob exactly once.
     assert cold.mirror["requests"] > 0 and cold.mirror["manifest_misses"] >= 1, cold.mirror

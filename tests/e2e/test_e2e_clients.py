@@ -14,6 +14,7 @@ from e2e_parts import (
     CLIENTS,
     KINDS,
     RESULTS,
+    SHARED,
     Client,
     Upstream,
     assert_each_blob_served_at_most_once,
@@ -38,9 +39,7 @@ def test_cold_then_warm_pull(
 ) -> None:
     client: Client = request.getfixturevalue(f"{client_name}_client")
     image = upstreams[registry].images[client_name][kind]
-    row = cold_and_warm(client, registry, image, list(upstreams.values()), e2e_mirror)
-    row.kind = kind
-    RESULTS.append(row)
+    RESULTS.append(cold_and_warm(client, registry, kind, image, list(upstreams.values()), e2e_mirror))
     assert_each_blob_served_at_most_once(list(upstreams.values()))
 
 
@@ -57,6 +56,8 @@ def test_shared_image_comes_from_the_mirror(
     reference = client.reference("docker.io", image)
     with measure(list(upstreams.values()), e2e_mirror) as cost:
         client.pull(reference)
+    e2e_mirror.wait_idle()
+    SHARED.append((client_name, reference, cost))
     client.check(reference, image)
     client.remove(reference)
     assert cost.mirror["requests"] > 0
@@ -80,3 +81,5 @@ def test_credentials_never_reach_a_cdn(upstreams: dict[str, Upstream], e2e_mirro
     assert ghcr_basic, "the mirror never sent its ghcr.io credentials to the token issuer"
     assert not [r for r in upstreams["docker.io"].issuer.requests if "Authorization" in r.headers]
     assert "s3cret" not in e2e_mirror.log_path.read_text(errors="replace")
+    # And, over the whole session, no blob left an upstream twice.
+    assert_each_blob_served_at_most_once(list(upstreams.values()))
