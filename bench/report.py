@@ -1,0 +1,360 @@
+"""RESULTS.md from results.json, and the checks of the mirror against issue 4's goals."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+MB = 1_000_000
+ORDER = ["mirror", "distribution", "drayage", "direct", "nginx"]
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "**NO**"
+    if isinstance(value, float):
+        if math.isinf(value) or math.isnan(value):
+            return "–"
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _ratio(a: Any, b: Any) -> float | None:
+    if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or b == 0:
+        return None
+    return a / b
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _targets(results: dict[str, Any]) -> list[str]:
+    return sorted(results, key=lambda t: ORDER.index(t) if t in ORDER else 99)
+
+
+def _failed(entry: dict[str, Any]) -> str | None:
+    if "skipped" in entry:
+        return f"skipped: {entry['skipped']}"
+    if entry.get("error"):
+        return f"FAILED: {entry['error']}"[:200]
+    return None
+
+
+def _s1(res: dict[str, Any], meta: dict[str, Any]) -> str:
+    mirror = res.get("mirror", {})
+    rows = []
+    for t in _targets(res):
+        e = res[t]
+        if (f := _failed(e)) and "wall_s" not in e:
+            rows.append([t, f] + [""] * 8)
+            continue
+        sk = e.get("skopeo", {})
+        rows.append([
+            t, _fmt(e.get("wall_s")), _fmt(e.get("upstream_bytes", 0) / MB, 1), _fmt(e.get("upstream_x_image"), 3),
+            _fmt(e.get("upstream_requests")), _fmt(e.get("ok")),
+            _fmt(sk.get("wall_s")), _fmt(sk.get("upstream_x_image"), 3) + ("" if sk.get("ok", True) else " **FAILED**"),
+            _fmt(_ratio(e.get("wall_s"), mirror.get("wall_s"))),
+        ])
+    return _table(["target", "wall s", "upstream MB", "upstream ÷ image", "upstream requests", "verified",
+                   "skopeo cold copy s", "skopeo upstream ÷ image", "wall ÷ mirror wall"], rows)
+
+
+def _s2(res: dict[str, Any], meta: dict[str, Any]) -> str:
+    out = ""
+    counts = meta["settings"]["cold_clients"]
+    for n in counts:
+        key = str(n)
+        mirror = res.get("mirror", {}).get(key, {})
+        rows = []
+        for t in _targets(res):
+            e = res[t].get(key) if isinstance(res[t], dict) else None
+            if not e:
+                e = res[t] if "error" in res[t] else {"skipped": "not run"}
+            if f := _failed(e):
+                rows.append([t, f] + [""] * 7)
+                continue
+            rows.append([
+                t, _fmt(e.get("wall_s")), f"{e.get('verified_copies')}/{n}", _fmt(e.get("upstream_bytes", 0) / MB, 1),
+                _fmt(e.get("upstream_x_image"), 3), _fmt(e.get("upstream_blob_gets")), _fmt(e.get("client_MBps"), 1),
+                _fmt(_ratio(e.get("wall_s"), mirror.get("wall_s"))),
+            ])
+        out += f"\n**{n} concurrent clients**\n\n" + _table(
+            ["target", "wall s", "verified copies", "upstream MB", "upstream ÷ image", "upstream blob GETs",
+             "aggregate MB/s to clients", "wall ÷ mirror wall"], rows)
+    return out
+
+
+def _s3(res: dict[str, Any], meta: dict[str, Any]) -> str:
+    out = ""
+    for n in meta["settings"]["warm_clients"]:
+        key = str(n)
+        mirror = res.get("mirror", {}).get(key, {})
+        rows = []
+        for t in _targets(res):
+            e = res[t].get(key)
+            if not e:
+                rows.append([t, _failed(res[t]) or "not run"] + [""] * 5)
+                continue
+            rows.append([
+                t, _fmt(e.get("wall_s"), 3), f"{e.get('verified_copies')}/{n}", _fmt(e.get("client_MBps"), 0),
+                _fmt(e.get("upstream_requests")), _fmt(e.get("upstream_bytes", 0) / MB, 3),
+                _fmt(_ratio(mirror.get("client_MBps"), e.get("client_MBps"))),
+            ])
+        out += f"\n**{n} concurrent client{'s' if n > 1 else ''}**\n\n" + _table(
+            ["target", "wall s", "verified copies", "aggregate MB/s", "upstream requests", "upstream MB",
+             "mirror MB/s ÷ target MB/s"], rows)
+    return out
+
+
+def _s4(res: dict[str, Any], meta: dict[str, Any]) -> str:
+    mirror = res.get("mirror", {})
+    rows = []
+    for t in _targets(res):
+        e = res[t]
+        if "req_per_s" not in e:
+            rows.append([t, _failed(e) or "not run"] + [""] * 5)
+            continue
+        rows.append([
+            t, _fmt(e.get("req_per_s"), 0), f"{e.get('requests_ok')}/{e.get('requests')}", _fmt(e.get("wall_s")),
+            _fmt(e.get("upstream_requests")), _fmt(e.get("upstream_manifest_requests")),
+            _fmt(_ratio(mirror.get("req_per_s"), e.get("req_per_s"))),
+        ])
+    return _table(["target", "requests/s", "ok", "wall s", "upstream requests", "upstream manifest requests",
+                   "mirror req/s ÷ target req/s"], rows)
+
+
+def _s5(res: dict[str, Any], meta: dict[str, Any]) -> str:
+    mirror = res.get("mirror", {})
+    rows = []
+    for t in _targets(res):
+        e = res[t]
+        if "MBps_median" not in e:
+            rows.append([t, _failed(e) or "not run"] + [""] * 4)
+            continue
+        rows.append([
+            t, _fmt(e.get("MBps_median"), 0), _fmt(e.get("MBps_best"), 0), _fmt(e.get("MBps_with_sha256"), 0),
+            ", ".join(_fmt(v, 0) for v in e.get("MBps_runs", [])),
+            _fmt(_ratio(mirror.get("MBps_median"), e.get("MBps_median"))),
+        ])
+    return _table(["target", "MB/s (median)", "MB/s (best)", "MB/s hashing sha256", "runs MB/s",
+                   "mirror ÷ target (median)"], rows)
+
+
+def _s6(res: dict[str, Any], meta: dict[str, Any]) -> str:
+    mirror = res.get("mirror", {})
+    rows = []
+    for t in _targets(res):
+        e = res[t]
+        if "peak_rss_MiB" not in e:
+            rows.append([t, _failed(e) or "not run"] + [""] * 7)
+            continue
+        rows.append([
+            t, _fmt(e.get("peak_rss_MiB"), 1), _fmt(e.get("peak_hwm_MiB"), 1), _fmt(e.get("idle_rss_MiB"), 1),
+            _fmt(e.get("wall_s")), f"{e.get('verified_copies')}/{e.get('clients')}", _fmt(e.get("upstream_x_blob"), 3),
+            _fmt(_ratio(e.get("peak_rss_MiB"), mirror.get("peak_rss_MiB"))),
+        ])
+    return _table(["target", "peak RSS MiB", "peak VmHWM MiB", "idle RSS MiB", "wall s", "verified copies",
+                   "upstream ÷ blob", "target RSS ÷ mirror RSS"], rows)
+
+
+def _s7(res: dict[str, Any], meta: dict[str, Any]) -> str:
+    mirror = res.get("mirror", {})
+    direct = res.get("direct", {})
+    rows = []
+    for t in _targets(res):
+        e = res[t]
+        if "ttfb_ms_median" not in e:
+            rows.append([t, _failed(e) or "not run"] + [""] * 6)
+            continue
+        rows.append([
+            t, _fmt(e.get("ttfb_ms_median"), 1), _fmt(e.get("ttfb_ms_min"), 1), _fmt(e.get("ttfb_ms_max"), 1),
+            _fmt(e.get("headers_ms_median"), 1), _fmt(e.get("samples")),
+            _fmt(None if "ttfb_ms_median" not in direct else e["ttfb_ms_median"] - direct["ttfb_ms_median"], 1),
+            _fmt(_ratio(e.get("ttfb_ms_median"), mirror.get("ttfb_ms_median"))),
+        ])
+    return _table(["target", "TTFB ms (median)", "min", "max", "headers ms (median)", "samples",
+                   "minus direct (ms)", "target ÷ mirror"], rows)
+
+
+RENDERERS = {"1": _s1, "2": _s2, "3": _s3, "4": _s4, "5": _s5, "6": _s6, "7": _s7}
+
+NOTES = {
+    "1": "One client pulls the image (manifest → config → 5 layers, 3 layers at a time, every blob hashed and "
+         "checked) from a target started on an empty cache. Upstream bytes are body bytes from the upstream "
+         "registry's access log. Then `skopeo copy` pulls the image into `dir:` from another fresh cache.",
+    "2": "N clients start together (spread over client processes) on a fresh, empty cache. Wall = first request "
+         "to last byte. Upstream ÷ image = bytes the upstream served ÷ one image's bytes (1.00 = one download).",
+    "3": "The target is primed with one pull (WAN limit lifted while priming), then N clients pull at once.",
+    "4": "A fresh target; GET /v2/<name>/manifests/<tag> over keep-alive connections spread over client "
+         "processes. Upstream requests = every request the upstream logged meanwhile.",
+    "5": "A blob primed into the cache (WAN lifted), then read by one client on one connection, bytes counted "
+         "but not hashed (the client reads ~2 GB/s); a further run hashes sha256. nginx (sendfile on) serves "
+         "the same file from the upstream's storage.",
+    "6": "N clients GET one uncached blob at once on a fresh target; VmRSS of the target process (and its "
+         "descendants) sampled every 50 ms; VmHWM is the kernel's own peak.",
+    "7": "Fresh target; one GET per layer in turn (each uncached), time from sending the request to the first "
+         "body byte. direct = the upstream itself over the WAN.",
+}
+
+
+def render(results: dict[str, Any]) -> str:
+    meta = results["meta"]
+    m = meta["machine"]
+    s = meta["settings"]
+    out = ["# mirror benchmark results\n"]
+    out.append(f"- Date: {meta['date']}; full run took {meta.get('runtime_s', 0) / 60:.1f} min"
+               + (" (**smoke mode**)" if s.get("smoke") else ""))
+    out.append(f"- Machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory_GiB']} GiB RAM, {m['os']}, "
+               f"kernel {m['kernel']}, Python {m['python']}")
+    out.append("- Versions: " + "; ".join(f"{k}: `{v}`" for k, v in meta["versions"].items()))
+    if s.get("wan"):
+        out.append(f"- WAN: upstream in its own network namespace behind a veth pair, `{s['wan']['qdisc']}` "
+                   f"on the upstream side (what it sends). Targets and clients in a second namespace on loopback.")
+    else:
+        out.append("- No WAN emulation: upstream on loopback.")
+    out.append(f"- Image: {s['image']['layers']} layers × {s['image']['layer_MiB']} MiB random data "
+               f"(gzip tar), {s['image']['bytes']:,} bytes with manifest and config. "
+               f"Mirror tag_ttl {s['mirror_tag_ttl']}; every target logs at warning/error level, no access log.")
+    out.append("- Command: `.venv/bin/python -m bench " + ("--smoke" if s.get("smoke") else "") + "`; "
+               "raw numbers in `results.json`. MB = 10^6 bytes, MiB = 2^20.")
+    for note in meta.get("notes", []):
+        out.append(f"- {note}")
+    out.append("")
+    goals = goal_checks(results)
+    if goals:
+        out.append("## Mirror vs the issue 4 goals\n")
+        out.append(_table(["goal", "measured", "met?"], [[g, v, "yes" if ok else "**no**"] for g, v, ok in goals]))
+    for sid, scenario in results["scenarios"].items():
+        out.append(f"## Scenario {sid}: {scenario['title']}\n")
+        if sid in NOTES:
+            out.append(NOTES[sid] + "\n")
+        if sid == "6":
+            rate = s.get("rss_wan_rate")
+            out.append(f"{s['rss_clients']} clients × one {s['rss_blob_MiB']} MiB blob; WAN rate during this "
+                       f"scenario: {'lifted (no tbf)' if rate in ('none', 'off', '') else rate}.\n")
+        if sid == "5":
+            out.append(f"Blob: {s['big_blob_MiB']} MiB.\n")
+        if sid == "4":
+            out.append(f"{s['tag_requests']:,} requests over {s['tag_connections']} connections.\n")
+        out.append(RENDERERS[sid](scenario["results"], meta))
+    return "\n".join(out) + "\n"
+
+
+def goal_checks(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    sc = results["scenarios"]
+    meta = results["meta"]
+    image_bytes = meta["settings"]["image"]["bytes"]
+    goals: list[tuple[str, str, bool]] = []
+
+    def r(sid: str) -> dict[str, Any]:
+        return sc.get(sid, {}).get("results", {})
+
+    # upstream bytes = 1.00 × image for every N
+    ratios = {}
+    if "upstream_x_image" in r("1").get("mirror", {}):
+        ratios["1"] = r("1")["mirror"]["upstream_bytes"]
+    for n, e in r("2").get("mirror", {}).items():
+        if isinstance(e, dict) and "upstream_bytes" in e:
+            ratios[n] = e["upstream_bytes"]
+    if ratios:
+        text = ", ".join(f"N={n}: {b / image_bytes:.4f}× ({b:,} B)" for n, b in ratios.items())
+        goals.append(("cold pull: upstream bytes = 1.00 × image for every N", text,
+                      all(b <= image_bytes for b in ratios.values())))
+    one = r("1").get("mirror", {}).get("wall_s")
+    many = r("2").get("mirror", {}).get("32", {}).get("wall_s")
+    if one and many:
+        goals.append(("cold 32 clients wall ≤ 1.25 × cold 1 client", f"{many:.2f} s vs {one:.2f} s = {many / one:.2f}×",
+                      many <= 1.25 * one))
+    s5 = r("5")
+    mirror5 = s5.get("mirror", {}).get("MBps_median")
+    if mirror5:
+        for peer, factor in (("distribution", 1.0), ("nginx", 0.7)):
+            peer_v = s5.get(peer, {}).get("MBps_median")
+            if peer_v:
+                goals.append((f"warm single stream ≥ {factor} × {peer}",
+                              f"{mirror5:,.0f} vs {peer_v:,.0f} MB/s = {mirror5 / peer_v:.2f}×",
+                              mirror5 >= factor * peer_v))
+    s4 = r("4")
+    m4 = s4.get("mirror", {})
+    if "req_per_s" in m4:
+        d4 = s4.get("distribution", {}).get("req_per_s")
+        if d4:
+            goals.append(("tag resolution ≥ 10 × distribution req/s",
+                          f"{m4['req_per_s']:,.0f} vs {d4:,.0f} req/s = {m4['req_per_s'] / d4:.1f}×",
+                          m4["req_per_s"] >= 10 * d4))
+        ttl = _seconds(meta["settings"].get("mirror_tag_ttl", "60s"))
+        allowed = max(1, math.ceil(m4["wall_s"] / ttl))
+        goals.append(("tag resolution: ≤ 1 upstream request per tag per tag_ttl",
+                      f"{m4['upstream_requests']} upstream requests ({m4['upstream_manifest_requests']} for manifests)"
+                      f" in {m4['wall_s']:.1f} s, tag_ttl {ttl:g} s",
+                      m4["upstream_requests"] <= allowed))
+    m6 = r("6").get("mirror", {})
+    if "peak_rss_MiB" in m6:
+        goals.append(("peak RSS ≤ 100 MB in scenario 6",
+                      f"{m6['peak_rss_MiB']:.1f} MiB ({m6['peak_rss_MiB'] * 1.048576:.1f} MB)",
+                      m6["peak_rss_MiB"] * 1.048576 <= 100))
+    s7 = r("7")
+    if "ttfb_ms_median" in s7.get("mirror", {}) and "ttfb_ms_median" in s7.get("direct", {}):
+        mv, dv = s7["mirror"]["ttfb_ms_median"], s7["direct"]["ttfb_ms_median"]
+        goals.append(("cold TTFB ≤ direct + 25 ms", f"{mv:.1f} ms vs direct {dv:.1f} ms (+{mv - dv:.1f} ms)",
+                      mv <= dv + 25))
+    # ahead of drayage in 2, 3, 4
+    for n, e in r("2").get("mirror", {}).items():
+        d = r("2").get("drayage", {}).get(n, {})
+        if isinstance(e, dict) and "wall_s" in e and "wall_s" in d:
+            goals.append((f"ahead of drayage: scenario 2, {n} cold clients",
+                          f"{e['wall_s']:.2f} s vs {d['wall_s']:.2f} s", e["wall_s"] < d["wall_s"] and e["ok"]))
+    for n, e in r("3").get("mirror", {}).items():
+        d = r("3").get("drayage", {}).get(n, {})
+        if isinstance(e, dict) and "client_MBps" in e and isinstance(d, dict) and "client_MBps" in d:
+            goals.append((f"ahead of drayage: scenario 3, {n} warm client{'s' if n != '1' else ''}",
+                          f"{e['client_MBps']:,.0f} vs {d['client_MBps']:,.0f} MB/s",
+                          e["client_MBps"] > d["client_MBps"] and e["ok"]))
+    d4 = s4.get("drayage", {})
+    if "req_per_s" in m4 and "req_per_s" in d4:
+        goals.append(("ahead of drayage: scenario 4", f"{m4['req_per_s']:,.0f} vs {d4['req_per_s']:,.0f} req/s",
+                      m4["req_per_s"] > d4["req_per_s"]))
+    return goals
+
+
+def _seconds(text: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    for unit in ("ms", "s", "m", "h", "d"):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * units[unit]
+    return float(text)
+
+
+def check_mirror(results: dict[str, Any], *, smoke: bool) -> list[str]:
+    """Misbehaviour of the mirror: failed or unverified pulls, more than one upstream download."""
+    problems = []
+    image_bytes = results["meta"]["settings"]["image"]["bytes"]
+
+    def walk(sid: str, label: str, e: Any) -> None:
+        if not isinstance(e, dict):
+            return
+        if e.get("ok") is False:
+            problems.append(f"scenario {sid} {label}: failed: {e.get('error') or e.get('errors')}")
+        if sid in ("1", "2") and "upstream_x_image" in e and e["upstream_bytes"] > image_bytes:
+            problems.append(f"scenario {sid} {label}: upstream served {e['upstream_x_image']:.4f} × the image")
+        if sid == "6" and "upstream_x_blob" in e and e["upstream_x_blob"] > 1.0:
+            problems.append(f"scenario 6: upstream served {e['upstream_x_blob']:.4f} × the blob")
+        for key, value in e.items():
+            if isinstance(value, dict):
+                walk(sid, f"{label}/{key}", value)
+
+    for sid, scenario in results["scenarios"].items():
+        mirror = scenario["results"].get("mirror")
+        if mirror is None:
+            if smoke:
+                problems.append(f"scenario {sid}: no mirror result")
+            continue
+        walk(sid, "mirror", mirror)
+    return problems

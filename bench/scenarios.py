@@ -1,0 +1,416 @@
+"""The scenarios. Each returns {target: {metric: value}} and never raises for a target's failure:
+a failure is recorded (ok False, error) so the other targets still run."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shutil
+import statistics
+import subprocess
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import procs, puller
+from bench.netns import Wan
+from bench.seed import Blob, Image
+
+MB = 1_000_000
+
+
+@dataclass
+class Context:
+    args: Any
+    run_dir: Path
+    upstream: procs.Upstream
+    wan: Wan | None
+    image: Image
+    targets: dict[str, procs.Target]
+    big_blob: Blob | None = None
+    rss_blob: Blob | None = None
+    log: Callable[[str], None] = print
+    notes: list[str] = field(default_factory=list)
+
+    @contextmanager
+    def wan_rate(self, rate: str | None) -> Iterator[None]:
+        """Temporarily change (None: lift) the WAN rate, e.g. to prime caches quickly."""
+        if self.wan is None:
+            yield
+            return
+        self.wan.set_rate(rate)
+        try:
+            yield
+        finally:
+            self.wan.set_rate(self.args.wan_rate)
+
+    def image_job(self, base_url: str, clients: int) -> dict[str, Any]:
+        return {"kind": "image", "base_url": base_url, "repository": self.image.repository,
+                "tag": self.image.tag, "manifest_digest": self.image.digest, "clients": clients,
+                "timeout": self.args.request_timeout}
+
+
+class UpstreamMeter:
+    """What the upstream served during a block: from its access log (body bytes, requests)
+    and, with the WAN, from the veth counters (bytes on the wire)."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.result: dict[str, Any] = {}
+
+    def __enter__(self) -> UpstreamMeter:
+        self.mark = self.ctx.upstream.log_lines()
+        self.rx0 = self.ctx.wan.client_rx_bytes() if self.ctx.wan else None
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.settle()
+
+    def settle(self, quiet: float = 1.0, limit: float = 120.0) -> None:
+        """Wait until the upstream has been quiet for `quiet` s (background fills finish), bounded."""
+        deadline = time.monotonic() + limit
+        last = (-1, -1)
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline:
+            now = (self.ctx.upstream.log_lines(), self.ctx.wan.client_rx_bytes() if self.ctx.wan else 0)
+            if now != last:
+                last, quiet_since = now, time.monotonic()
+            elif time.monotonic() - quiet_since >= quiet:
+                break
+            time.sleep(0.2)
+        requests = self.ctx.upstream.requests_since(self.mark)
+        self.result = {
+            "upstream_requests": len(requests),
+            "upstream_blob_gets": sum(1 for r in requests if r["method"] == "GET" and "/blobs/" in r["path"]),
+            "upstream_manifest_requests": sum(1 for r in requests if "/manifests/" in r["path"]),
+            "upstream_bytes": sum(r["bytes"] for r in requests if r["method"] == "GET"),
+        }
+        if self.ctx.wan is not None:
+            self.result["upstream_wire_bytes"] = self.ctx.wan.client_rx_bytes() - (self.rx0 or 0)
+
+
+def _wall(results: list[dict[str, Any]]) -> float:
+    return max(r["end"] for r in results) - min(r["start"] for r in results)
+
+
+def _errors(results: list[dict[str, Any]]) -> list[str]:
+    return [e for r in results for e in r.get("errors", [])][:5]
+
+
+def _guard(ctx: Context, name: str, target: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    ctx.log(f"  [{name}] {target} ...")
+    started = time.monotonic()
+    try:
+        out = fn()
+    except Exception as exc:
+        ctx.log(f"  [{name}] {target} FAILED: {exc}")
+        traceback.print_exc()
+        out = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    ctx.log(f"  [{name}] {target} done in {time.monotonic() - started:.1f}s: "
+            + ", ".join(f"{k}={_short(v)}" for k, v in out.items() if not isinstance(v, (list, dict))))
+    return out
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _pull(ctx: Context, target: procs.Target, clients: int) -> dict[str, Any]:
+    job = ctx.image_job(target.url, clients)
+    with UpstreamMeter(ctx) as meter:
+        results = puller.run_parallel(job, ctx.args.workers, timeout=ctx.args.scenario_timeout)
+    out: dict[str, Any] = {
+        "clients": clients,
+        "ok": all(r["ok"] for r in results) and len(results) == clients,
+        "verified_copies": sum(1 for r in results if r["ok"]),
+        "wall_s": _wall(results),
+        "mean_client_s": statistics.mean(r["seconds"] for r in results),
+        "max_client_s": max(r["seconds"] for r in results),
+        "bytes_to_clients": sum(r["bytes"] for r in results),
+        **meter.result,
+    }
+    out["upstream_x_image"] = out["upstream_bytes"] / ctx.image.size
+    out["client_MBps"] = out["bytes_to_clients"] / out["wall_s"] / MB
+    if errors := _errors(results):
+        out["errors"] = errors
+    return out
+
+
+# 1. cold pull, one client (+ skopeo)
+
+
+def skopeo_copy(ctx: Context, target: procs.Target) -> dict[str, Any]:
+    dest = ctx.run_dir / f"skopeo-{target.name}"
+    shutil.rmtree(dest, ignore_errors=True)
+    host = target.url.removeprefix("http://")
+    argv = ["skopeo", "copy", "--src-tls-verify=false", "--retry-times", "0",
+            f"docker://{host}/{ctx.image.repository}:{ctx.image.tag}", f"dir:{dest}"]
+    with UpstreamMeter(ctx) as meter:
+        started = time.monotonic()
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=ctx.args.scenario_timeout)
+        seconds = time.monotonic() - started
+    out: dict[str, Any] = {"ok": done.returncode == 0, "wall_s": seconds, **meter.result}
+    out["upstream_x_image"] = out["upstream_bytes"] / ctx.image.size
+    if done.returncode != 0:
+        out["error"] = done.stderr.strip()[-500:]
+    else:
+        bad = []
+        for blob in ctx.image.blobs:
+            path = dest / blob["digest"].split(":", 1)[1]
+            if not path.exists() or path.stat().st_size != blob["size"]:
+                bad.append(blob["digest"])
+                continue
+            hasher = hashlib.sha256()
+            with open(path, "rb") as data:
+                while chunk := data.read(1 << 20):
+                    hasher.update(chunk)
+            if "sha256:" + hasher.hexdigest() != blob["digest"]:
+                bad.append(blob["digest"])
+        out["ok"] = not bad
+        if bad:
+            out["error"] = f"skopeo copy has missing or corrupt blobs: {bad}"
+    shutil.rmtree(dest, ignore_errors=True)
+    return out
+
+
+def s1_cold_one(ctx: Context) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for name, target in ctx.targets.items():
+        def run(target: procs.Target = target) -> dict[str, Any]:
+            target.start_fresh()
+            out = _pull(ctx, target, 1)
+            if not ctx.args.no_skopeo:
+                target.start_fresh()
+                out["skopeo"] = skopeo_copy(ctx, target)
+                out["ok"] = out["ok"] and out["skopeo"]["ok"]
+            return out
+        results[name] = _guard(ctx, "1 cold x1", name, run)
+    return results
+
+
+# 2. cold pull, N concurrent clients
+
+
+def s2_cold_many(ctx: Context) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for clients in ctx.args.cold_clients:
+        for name, target in ctx.targets.items():
+            if name == "direct" and clients > ctx.args.direct_max_clients:
+                results.setdefault(name, {})[str(clients)] = {"skipped": f"direct capped at {ctx.args.direct_max_clients} clients"}
+                continue
+
+            def run(target: procs.Target = target, clients: int = clients) -> dict[str, Any]:
+                target.start_fresh()
+                return _pull(ctx, target, clients)
+            results.setdefault(name, {})[str(clients)] = _guard(ctx, f"2 cold x{clients}", name, run)
+    return results
+
+
+# 3. warm pull
+
+
+def s3_warm(ctx: Context) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for name, target in ctx.targets.items():
+        if name == "direct":
+            continue  # no cache: a "warm" pull is the cold pull of scenarios 1 and 2
+
+        def run(target: procs.Target = target) -> dict[str, Any]:
+            target.start_fresh()
+            with ctx.wan_rate(None):
+                prime = _pull(ctx, target, 1)
+            if not prime["ok"]:
+                return {"ok": False, "error": f"priming pull failed: {prime.get('errors')}"}
+            out: dict[str, Any] = {"ok": True}
+            for clients in ctx.args.warm_clients:
+                out[str(clients)] = _pull(ctx, target, clients)
+                out["ok"] = out["ok"] and out[str(clients)]["ok"]
+            return out
+        results[name] = _guard(ctx, "3 warm", name, run)
+    return results
+
+
+# 4. tag resolution
+
+
+def s4_tags(ctx: Context) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for name, target in ctx.targets.items():
+        def run(target: procs.Target = target) -> dict[str, Any]:
+            target.start_fresh()
+            job = {"kind": "tags", "base_url": target.url, "repository": ctx.image.repository,
+                   "tag": ctx.image.tag, "manifest_digest": ctx.image.digest,
+                   "connections": ctx.args.tag_connections, "requests": ctx.args.tag_requests,
+                   "timeout": ctx.args.scenario_timeout}
+            with UpstreamMeter(ctx) as meter:
+                shares = puller.run_parallel(job, ctx.args.tag_workers, timeout=ctx.args.scenario_timeout + 30)
+            wall = _wall(shares)
+            ok_count = sum(s["requests_ok"] for s in shares)
+            out = {
+                "ok": all(s["ok"] for s in shares) and ok_count == ctx.args.tag_requests,
+                "requests": ctx.args.tag_requests,
+                "requests_ok": ok_count,
+                "requests_failed": sum(s["requests_failed"] for s in shares),
+                "wall_s": wall,
+                "req_per_s": ok_count / wall if wall > 0 else 0.0,
+                **meter.result,
+            }
+            if errors := [e for s in shares for e in s["errors"]][:5]:
+                out["errors"] = errors
+            return out
+        results[name] = _guard(ctx, "4 tags", name, run)
+    return results
+
+
+# 5. warm 1 GB blob, single stream, vs nginx
+
+
+async def _stream_once(url: str, blob: Blob, verify: bool, timeout: float) -> dict[str, Any]:
+    from bench.http import Client
+
+    client = Client(url, timeout=timeout)
+    try:
+        return await puller.fetch_blob(client, blob.repository, blob.digest, blob.size, verify=verify)
+    finally:
+        client.close()
+
+
+def _single_stream(ctx: Context, url: str, blob: Blob, nginx_path: str | None = None) -> dict[str, Any]:
+    runs = []
+    for _ in range(ctx.args.stream_runs):
+        if nginx_path is None:
+            got = asyncio.run(_stream_once(url, blob, False, ctx.args.request_timeout))
+        else:
+            got = asyncio.run(_nginx_once(url, nginx_path, blob, False, ctx.args.request_timeout))
+        runs.append(blob.size / got["seconds"] / MB)
+    if nginx_path is None:
+        verified = asyncio.run(_stream_once(url, blob, True, ctx.args.request_timeout))
+    else:
+        verified = asyncio.run(_nginx_once(url, nginx_path, blob, True, ctx.args.request_timeout))
+    return {"ok": True, "MBps_runs": runs, "MBps_best": max(runs), "MBps_median": statistics.median(runs),
+            "MBps_with_sha256": blob.size / verified["seconds"] / MB, "verified": True}
+
+
+async def _nginx_once(url: str, path: str, blob: Blob, verify: bool, timeout: float) -> dict[str, Any]:
+    from bench.http import Client
+
+    client = Client(url, timeout=timeout)
+    try:
+        response = await client.request("GET", path, keep_body=False, hash_body=verify)
+        if response.status != 200 or response.size != blob.size:
+            raise RuntimeError(f"nginx: HTTP {response.status}, {response.size} bytes")
+        if verify and response.sha256 != blob.digest:
+            raise RuntimeError("nginx: digest mismatch")
+        return {"seconds": response.t_end - response.t_start}
+    finally:
+        client.close()
+
+
+def s5_big_blob(ctx: Context) -> dict[str, Any]:
+    assert ctx.big_blob is not None
+    blob = ctx.big_blob
+    results: dict[str, Any] = {}
+    for name, target in ctx.targets.items():
+        if name == "direct":
+            continue
+
+        def run(target: procs.Target = target) -> dict[str, Any]:
+            target.start_fresh()
+            with ctx.wan_rate(None), UpstreamMeter(ctx):
+                asyncio.run(_stream_once(target.url, blob, True, ctx.args.request_timeout))
+            # A target that fills its cache in the background must be done before we measure.
+            with UpstreamMeter(ctx) as meter:
+                out = _single_stream(ctx, target.url, blob)
+            out["upstream_bytes_while_warm"] = meter.result["upstream_bytes"]
+            return out
+        results[name] = _guard(ctx, "5 warm 1GB", name, run)
+
+    def run_nginx() -> dict[str, Any]:
+        blob_file = ctx.upstream.blob_path(blob.digest)
+        nginx = procs.Nginx(ctx.run_dir / "nginx", blob_file.parent).start()
+        try:
+            return _single_stream(ctx, nginx.url, blob, nginx_path="/data")
+        finally:
+            nginx.stop()
+    results["nginx"] = _guard(ctx, "5 warm 1GB", "nginx", run_nginx)
+    return results
+
+
+# 6. peak RSS while 8 clients pull one cold 4 GB blob
+
+
+def s6_rss(ctx: Context) -> dict[str, Any]:
+    assert ctx.rss_blob is not None
+    blob = ctx.rss_blob
+    results: dict[str, Any] = {}
+    rate = None if ctx.args.rss_wan_rate in ("none", "off", "") else ctx.args.rss_wan_rate
+    for name, target in ctx.targets.items():
+        if name == "direct":
+            continue
+
+        def run(target: procs.Target = target) -> dict[str, Any]:
+            target.start_fresh()
+            assert target.pid is not None
+            job = {"kind": "blob", "base_url": target.url, "repository": blob.repository, "digest": blob.digest,
+                   "size": blob.size, "clients": ctx.args.rss_clients, "verify": True,
+                   "timeout": ctx.args.scenario_timeout}
+            idle = procs.RssSampler(target.pid)
+            idle.sample()
+            with ctx.wan_rate(rate), UpstreamMeter(ctx) as meter, procs.RssSampler(target.pid) as sampler:
+                results_ = puller.run_parallel(job, ctx.args.workers, timeout=ctx.args.scenario_timeout)
+            out = {
+                "ok": all(r["ok"] for r in results_) and len(results_) == ctx.args.rss_clients,
+                "clients": ctx.args.rss_clients,
+                "verified_copies": sum(1 for r in results_ if r["ok"]),
+                "wall_s": _wall(results_),
+                "idle_rss_MiB": idle.peak_rss_kb / 1024,
+                "peak_rss_MiB": sampler.peak_rss_kb / 1024,
+                "peak_hwm_MiB": sampler.peak_hwm_kb / 1024,
+                "processes": sampler.max_processes,
+                "samples": sampler.samples,
+                **meter.result,
+            }
+            out["upstream_x_blob"] = out["upstream_bytes"] / blob.size
+            if errors := _errors(results_):
+                out["errors"] = errors
+            return out
+        results[name] = _guard(ctx, "6 rss", name, run)
+    return results
+
+
+# 7. cold time to first byte
+
+
+def s7_ttfb(ctx: Context) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    layers = ctx.image.layers
+    for name, target in ctx.targets.items():
+        def run(target: procs.Target = target) -> dict[str, Any]:
+            samples, heads = [], []
+            for _ in range(ctx.args.ttfb_rounds):
+                target.start_fresh()
+                for layer in layers:
+                    blob = Blob(ctx.image.repository, layer["digest"], layer["size"])
+                    got = asyncio.run(_stream_once(target.url, blob, True, ctx.args.request_timeout))
+                    samples.append(got["ttfb"] * 1000)
+                    heads.append(got["ttfh"] * 1000)
+            return {"ok": True, "samples": len(samples), "ttfb_ms_median": statistics.median(samples),
+                    "ttfb_ms_min": min(samples), "ttfb_ms_max": max(samples),
+                    "headers_ms_median": statistics.median(heads), "ttfb_ms_all": samples}
+        results[name] = _guard(ctx, "7 ttfb", name, run)
+    return results
+
+
+SCENARIOS: dict[str, tuple[str, Callable[[Context], dict[str, Any]]]] = {
+    "1": ("cold pull, 1 client", s1_cold_one),
+    "2": ("cold pull, N concurrent clients", s2_cold_many),
+    "3": ("warm pull", s3_warm),
+    "4": ("tag resolution", s4_tags),
+    "5": ("warm big blob, single stream", s5_big_blob),
+    "6": ("peak RSS, N clients on one cold huge blob", s6_rss),
+    "7": ("cold time to first byte", s7_ttfb),
+}
