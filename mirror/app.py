@@ -12,10 +12,12 @@ from dataclasses import dataclass
 import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from mirror.accesslog import AccessLog
 from mirror.blobstore import BlobStore, iter_file
 from mirror.config import Config
 from mirror.errors import NameUnknown, NotFound, RegistryError, Unsupported
@@ -114,6 +116,7 @@ async def registry(request: Request) -> Response:
     if match is None:
         raise NotFound("no such registry API route")
     upstream, name = mirror.resolve_upstream(match["name"], request.query_params.get("ns"))
+    request.state.upstream = upstream.name
     repository = upstream.repository(parse_name(name))
     if match["kind"] == "manifests":
         return await _manifest(request, mirror, upstream, repository, match["reference"])
@@ -149,7 +152,7 @@ async def _blob(request: Request, mirror: Mirror, upstream: Upstream, repository
     if request.method == "HEAD":
         size = await mirror.proxy.blob_size(upstream, repository, digest)
         return Response(b"", headers={API_VERSION_HEADER[0]: API_VERSION_HEADER[1], **blob_headers(str(digest), size)})
-    source = await mirror.proxy.blob(upstream, repository, digest)
+    source, cache_status = await mirror.proxy.blob(upstream, repository, digest)
     range_header = request.headers.get("range")
     if isinstance(source, CachedBlob):
         total: int | None = source.size
@@ -157,7 +160,7 @@ async def _blob(request: Request, mirror: Mirror, upstream: Upstream, repository
         # Without a Range the body can start before the size is known (chunked); with one, wait for it.
         total = source.size if range_header is None else await source.wait_size()
     headers = {API_VERSION_HEADER[0]: API_VERSION_HEADER[1], **blob_headers(str(digest), total)}
-    headers["X-Cache"] = "HIT" if isinstance(source, CachedBlob) else "MISS"
+    headers["X-Cache"] = cache_status
     start, end, status = 0, total, 200
     byte_range = parse_range(range_header, total) if total is not None else None
     if byte_range is not None:
@@ -233,4 +236,5 @@ def create_app(config: Config) -> Starlette:
         Route("/healthz", healthz),
     ]
     handlers = {RegistryError: registry_error, HTTPException: http_error, Exception: internal_error}
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
+    middleware = [Middleware(AccessLog, json_format=config.log.format == "json")]
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers, middleware=middleware)

@@ -67,6 +67,7 @@ def serve(config: Config) -> int:
         port=config.server.port,
         log_level=config.server.log_level,
         log_config=None,
+        access_log=False,  # mirror.access logs each request, with its cache status
         timeout_graceful_shutdown=5,
         server_header=False,
     )

@@ -41,6 +41,11 @@ class CacheConfig:
 
 
 @dataclass(frozen=True)
+class LogConfig:
+    format: str = "text"
+
+
+@dataclass(frozen=True)
 class UpstreamConfig:
     name: str
     url: str
@@ -61,6 +66,7 @@ class UpstreamConfig:
 class Config:
     server: ServerConfig = ServerConfig()
     cache: CacheConfig = CacheConfig()
+    log: LogConfig = LogConfig()
     upstreams: dict[str, UpstreamConfig] = field(
         default_factory=lambda: {DOCKER_HUB: UpstreamConfig(DOCKER_HUB, DOCKER_HUB_URL)}
     )
@@ -199,6 +205,12 @@ def from_dict(data: dict[str, Any]) -> Config:
         raise ConfigError(cache_table.key("max_age"), "must be more than zero; leave it out to keep content forever")
     cache_table.finish()
 
+    log_table = root.table("log")
+    log_format = log_table.get("format", str, "text")
+    if log_format not in ("text", "json"):
+        raise ConfigError(log_table.key("format"), f"expected 'text' or 'json', got {log_format!r}")
+    log_table.finish()
+
     upstreams_table = root.table("upstreams")
     upstreams = {
         name: _upstream(name, upstreams_table.table(name)) for name in upstreams_table.data
@@ -213,6 +225,7 @@ def from_dict(data: dict[str, Any]) -> Config:
     return Config(
         server=ServerConfig(host, port, default_upstream, log_level),
         cache=CacheConfig(directory, tag_ttl, max_size, max_age),
+        log=LogConfig(log_format),
         upstreams=upstreams,
     )
 

@@ -155,26 +155,28 @@ class Proxy:
 
     # Blobs
 
-    async def blob(self, upstream: Upstream, repository: str, digest: Digest) -> CachedBlob | Download:
-        """A complete cached file, or the download (new or joined) that is fetching it."""
+    async def blob(self, upstream: Upstream, repository: str, digest: Digest) -> tuple[CachedBlob | Download, str]:
+        """A complete cached file, or the download (new or joined) that is fetching it; and how."""
         while True:
             opened = await self.store.open(digest)
             if opened is not None:
                 self.stats.blob_hits += 1
-                return CachedBlob(*opened)
+                return CachedBlob(*opened), "HIT"
             download = self.inflight.get(digest)
             if download is not None:
                 self.stats.coalesced += 1
+                status = "COALESCED"
                 break
             # open() paused, so the blob may have landed meanwhile (then: open it). This check
             # and the start below run without a pause: no second download can slip in between.
             if self.store.size_now(digest) is None:
                 self.stats.blob_misses += 1
                 download = self.inflight.start(digest, lambda: upstream.open_blob(repository, digest))
+                status = "MISS"
                 break
         # Shielded: one client leaving must not cancel the download the others share.
         await asyncio.shield(download.ready)
-        return download
+        return download, status
 
     async def blob_size(self, upstream: Upstream, repository: str, digest: Digest) -> int | None:
         """The size of a blob for HEAD, without downloading it."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import socket
+from pathlib import Path
 
 import httpx
 import pytest
@@ -157,3 +159,35 @@ def test_stats_and_metrics(mirror: MirrorProcess, images: dict[str, Image]) -> N
     assert "mirror_blob_hits_total 1" in metrics.text
     assert "# TYPE mirror_cached_bytes gauge" in metrics.text
     assert httpx.get(f"{mirror.url}/healthz").json() == {"status": "ok"}
+
+
+def test_access_log_names_the_cache_status(mirror: MirrorProcess, images: dict[str, Image]) -> None:
+    digest, data = next(iter(images["demo"].blobs.items()))
+    url = f"{mirror.url}/v2/library/demo/blobs/{digest}"
+    httpx.get(url)
+    mirror.wait_idle()
+    httpx.get(url)
+    httpx.get(f"{mirror.url}/v2/library/demo/blobs/sha256:{'0' * 64}")
+    lines = [line for line in mirror.log_path.read_text().splitlines() if "mirror.access" in line]
+    blob_lines = [line for line in lines if digest in line]
+    assert f" 200 {len(data)} " in blob_lines[0] and " MISS docker.io" in blob_lines[0]
+    assert " HIT docker.io" in blob_lines[1]
+    assert any(" 404 " in line for line in lines)
+
+
+def test_json_access_log(tmp_path: Path, registry: Registry, images: dict[str, Image]) -> None:
+    process = MirrorProcess(tmp_path / "m", {"docker.io": registry.url}, extra_config='[log]\nformat = "json"').start()
+    try:
+        httpx.get(f"{process.url}/v2/library/demo/manifests/latest", headers={"Accept": images["demo"].media_type})
+    finally:
+        process.stop()
+    records = [
+        json.loads(line.split("mirror.access: ", 1)[1])
+        for line in process.log_path.read_text().splitlines()
+        if "mirror.access: {" in line
+    ]
+    [record] = [r for r in records if "/manifests/" in r["path"]]
+    assert record["cache"] == "MISS"
+    assert record["status"] == 200
+    assert record["upstream"] == "docker.io"
+    assert record["bytes"] == len(images["demo"].manifest)
