@@ -110,6 +110,10 @@ def _start_upstream(root: Path, name: str, seed: int, credentials: tuple[str, st
                 else:
                     names = {kind: ("org/app", f"{client}-{kind}") for kind in ("schema2", "oci", "list", "index")}
                 images[client] = seed_kinds(pusher, names, base)
+            if name == "docker.io":
+                # For the cross-client tag test: one image no other test pulls.
+                tagged = pusher.image("library/tagged", "latest", [4096], seed=seed + 900)
+                images["cross-client"] = {"schema2": tagged}
         issuer = TokenIssuer(root / "issuer", credentials=credentials)
         cdn = StaticCDN(registry.root / "data")
         enable_token_auth(registry, issuer, cdn)

@@ -650,6 +650,7 @@ def cold_and_warm(
     with measure(upstreams, mirror) as warm:
         client.pull(reference)
     client.check(reference, image)
+    client.remove(reference)
     row = Row(client.name, registry, kind, reference, cold, warm)
 
     # Cold: the pull went through the mirror, and the upstream sent each blob exactly once.
