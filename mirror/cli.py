@@ -9,7 +9,7 @@ from pathlib import Path
 
 import uvicorn
 
-from mirror import __version__, clientconfig
+from mirror import __version__, clientconfig, maintenance
 from mirror.app import create_app
 from mirror.config import DOCKER_HUB, Config, ConfigError, load
 
@@ -37,7 +37,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     client.add_argument("--config", type=Path, help="mirror config file, for its upstreams")
     client.add_argument("--output", type=Path, metavar="DIR", help="containerd: write DIR/<registry>/hosts.toml")
+    for name, text in [
+        ("gc", "remove stale temp files, invalid files and orphaned metadata"),
+        ("verify", "re-hash every cached blob and remove those that do not match"),
+        ("stats", "print the cache statistics as a table"),
+    ]:
+        command = commands.add_parser(name, help=text)
+        command.add_argument("--config", type=Path, help="the config file `mirror serve` uses")
     return parser
+
+
+def maintain(command: str, config: Config) -> int:
+    if command == "stats":
+        sys.stdout.write(maintenance.format_table(maintenance.stats(config)))
+        return 0
+    report = maintenance.gc(config) if command == "gc" else maintenance.verify(config)
+    print(f"{command}: checked {report.checked}, removed {report.removed} ({report.removed_bytes} bytes)")
+    return 0
 
 
 def client_config(args: argparse.Namespace) -> int:
@@ -79,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "client-config":
             return client_config(args)
+        if args.command in ("gc", "verify", "stats"):
+            return maintain(args.command, load(args.config))
         config = load(args.config, listen=args.listen, cache_dir=args.cache_dir)
     except ConfigError as exc:
         print(f"mirror: config error: {exc}", file=sys.stderr)
