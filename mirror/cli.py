@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def maintain(command: str, config: Config) -> int:
 
 
 def client_config(args: argparse.Namespace) -> int:
-    config = load(args.config)
+    config = load(args.config, env=os.environ)
     registries = args.registry or list(config.upstreams)
     try:
         text = clientconfig.render(args.client, args.url, registries, config.server.default_upstream, args.output)
@@ -96,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "client-config":
             return client_config(args)
         if args.command in ("gc", "verify", "stats"):
-            return maintain(args.command, load(args.config))
-        config = load(args.config, listen=args.listen, cache_dir=args.cache_dir)
+            return maintain(args.command, load(args.config, env=os.environ))
+        config = load(args.config, listen=args.listen, cache_dir=args.cache_dir, env=os.environ)
     except ConfigError as exc:
         print(f"mirror: config error: {exc}", file=sys.stderr)
         return 2

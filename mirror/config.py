@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -230,8 +231,50 @@ def from_dict(data: dict[str, Any]) -> Config:
     )
 
 
-def load(path: Path | None, *, listen: str | None = None, cache_dir: str | None = None) -> Config:
-    """Load the config file (or the defaults), then apply command-line overrides."""
+# Keys that environment variables may set: MIRROR_<TABLE>_<KEY>, and for an upstream
+# MIRROR_UPSTREAM_<HOST>_<KEY> with the host's dots, dashes and colons as underscores.
+ENV_KEYS = {
+    "server": ("listen", "default_upstream", "log_level"),
+    "cache": ("directory", "tag_ttl", "max_size", "max_age"),
+    "log": ("format",),
+}
+UPSTREAM_ENV_KEYS = ("url", "username", "password", "connect_timeout", "read_timeout")
+
+
+def env_name(*parts: str) -> str:
+    return "MIRROR_" + "_".join(re.sub(r"[^A-Za-z0-9]", "_", part).upper() for part in parts)
+
+
+def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """The config data with environment variables laid over it (they win over the file)."""
+    data = {key: dict(value) if isinstance(value, dict) else value for key, value in data.items()}
+    for table, keys in ENV_KEYS.items():
+        for key in keys:
+            value = env.get(env_name(table, key))
+            if value is not None:
+                data.setdefault(table, {})[key] = value
+    upstreams = data.get("upstreams")
+    if not isinstance(upstreams, dict):
+        upstreams = {DOCKER_HUB: {"url": DOCKER_HUB_URL}}
+    upstreams = {name: dict(table) if isinstance(table, dict) else table for name, table in upstreams.items()}
+    for name, table in upstreams.items():
+        for key in UPSTREAM_ENV_KEYS:
+            value = env.get(env_name("upstream", name, key))
+            if value is not None and isinstance(table, dict):
+                table[key] = value
+    if "upstreams" in data or upstreams != {DOCKER_HUB: {"url": DOCKER_HUB_URL}}:
+        data["upstreams"] = upstreams
+    return data
+
+
+def load(
+    path: Path | None,
+    *,
+    listen: str | None = None,
+    cache_dir: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Config:
+    """Load the config file (or the defaults), then environment variables, then command-line flags."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -240,7 +283,7 @@ def load(path: Path | None, *, listen: str | None = None, cache_dir: str | None 
             raise ConfigError(str(path), f"cannot read: {exc.strerror}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(str(path), f"invalid TOML: {exc}") from exc
-    config = from_dict(data)
+    config = from_dict(apply_env(data, env or {}))
     if listen is not None:
         host, port = parse_listen(listen, "--listen")
         config = replace(config, server=replace(config.server, host=host, port=port))

@@ -80,3 +80,38 @@ def test_leftover_temp_files_are_swept_at_start(tmp_path: Path) -> None:
         assert not leftover.exists()
     finally:
         process.stop()
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[cache]\ntag_ttl = "60s"\n[upstreams."ghcr.io"]\nurl = "https://ghcr.io"\n')
+    env = {
+        "MIRROR_CACHE_TAG_TTL": "5m",
+        "MIRROR_CACHE_MAX_SIZE": "1GiB",
+        "MIRROR_SERVER_LISTEN": "127.0.0.1:6000",
+        "MIRROR_SERVER_DEFAULT_UPSTREAM": "ghcr.io",
+        "MIRROR_UPSTREAM_GHCR_IO_USERNAME": "bot",
+        "MIRROR_UPSTREAM_GHCR_IO_PASSWORD": "token",
+        "MIRROR_LOG_FORMAT": "json",
+    }
+    config = load(path, env=env)
+    assert config.cache.tag_ttl == 300
+    assert config.cache.max_size == 1 << 30
+    assert config.listen == "127.0.0.1:6000"
+    assert config.upstreams["ghcr.io"].username == "bot"
+    assert config.upstreams["ghcr.io"].password == "token"
+    assert config.log.format == "json"
+    # Command-line flags win over both.
+    assert load(path, env=env, listen="0.0.0.0:7000").listen == "0.0.0.0:7000"
+
+
+def test_environment_credentials_for_the_default_upstream() -> None:
+    config = load(None, env={"MIRROR_UPSTREAM_DOCKER_IO_USERNAME": "u", "MIRROR_UPSTREAM_DOCKER_IO_PASSWORD": "p"})
+    assert config.upstreams["docker.io"].username == "u"
+    assert config.upstreams["docker.io"].url == "https://registry-1.docker.io"
+
+
+def test_bad_environment_value_names_the_key() -> None:
+    with pytest.raises(ConfigError) as error:
+        load(None, env={"MIRROR_CACHE_TAG_TTL": "soon"})
+    assert error.value.key == "cache.tag_ttl"
