@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from mirror import inventory
 from mirror.accesslog import AccessLog
 from mirror.blobstore import BlobStore, iter_file
 from mirror.config import Config
@@ -188,6 +189,15 @@ async def metrics_route(request: Request) -> Response:
     return PlainTextResponse(prometheus(_mirror(request).snapshot()), media_type="text/plain; version=0.0.4")
 
 
+async def images_route(request: Request) -> Response:
+    mirror = _mirror(request)
+    # Some registry APIs spell a repository's slashes as `$`; accept both.
+    repository = request.path_params.get("repository") or request.query_params.get("repository")
+    repository = repository.replace("$", "/") if repository else None
+    rows = await anyio.to_thread.run_sync(inventory.list_images, mirror.config.cache.directory, repository)
+    return JSONResponse(rows)
+
+
 async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
@@ -234,6 +244,8 @@ def create_app(config: Config) -> Starlette:
         Route("/stats", stats_route),
         Route("/metrics", metrics_route),
         Route("/healthz", healthz),
+        Route("/api/images", images_route),
+        Route("/api/images/{repository:path}", images_route),
     ]
     handlers = {RegistryError: registry_error, HTTPException: http_error, Exception: internal_error}
     middleware = [Middleware(AccessLog, json_format=config.log.format == "json")]

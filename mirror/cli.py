@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import uvicorn
 
-from mirror import __version__, clientconfig, maintenance
+from mirror import __version__, clientconfig, inventory, maintenance
 from mirror.app import create_app
 from mirror.config import DOCKER_HUB, Config, ConfigError, load
 
@@ -45,7 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
     ]:
         command = commands.add_parser(name, help=text)
         command.add_argument("--config", type=Path, help="the config file `mirror serve` uses")
+    ls = commands.add_parser("ls", help="list cached images: tags, digests, sizes, last pull, platforms")
+    ls.add_argument("repository", nargs="?", help="only this repository (e.g. library/alpine or ghcr.io/org/app)")
+    ls.add_argument("--config", type=Path, help="the config file `mirror serve` uses")
+    ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
+
+
+def list_cached(args: argparse.Namespace, config: Config) -> int:
+    rows = inventory.list_images(config.cache.directory, args.repository)
+    sys.stdout.write(json.dumps(rows, indent=2) + "\n" if args.json else inventory.format_rows(rows))
+    return 0
 
 
 def maintain(command: str, config: Config) -> int:
@@ -96,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "client-config":
             return client_config(args)
+        if args.command == "ls":
+            return list_cached(args, load(args.config, env=os.environ))
         if args.command in ("gc", "verify", "stats"):
             return maintain(args.command, load(args.config, env=os.environ))
         config = load(args.config, listen=args.listen, cache_dir=args.cache_dir, env=os.environ)

@@ -1,0 +1,119 @@
+"""What the cache holds: repositories, tags, digests, sizes, last pull and platforms."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import diskcache
+
+from mirror.errors import RegistryError
+from mirror.manifests import TagEntry
+from mirror.reference import parse_digest
+
+
+def _read_json(cache: Path, digest: str) -> dict[str, Any] | None:
+    try:
+        path = cache / "blobs" / Path(*_blob_parts(digest))
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError, RegistryError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _blob_parts(digest: str) -> tuple[str, str, str]:
+    parsed = parse_digest(digest)
+    return parsed.algorithm, parsed.hex[:2], parsed.hex
+
+
+def _platform(value: object) -> str:
+    if not isinstance(value, dict):
+        return "unknown"
+    parts = [str(value.get("os", "?")), str(value.get("architecture", "?"))]
+    if value.get("variant"):
+        parts.append(str(value["variant"]))
+    return "/".join(parts)
+
+
+def describe(cache: Path, digest: str) -> tuple[int | None, list[str]]:
+    """Total size and platforms of a cached manifest (an index lists its children's platforms)."""
+    manifest = _read_json(cache, digest)
+    if manifest is None:
+        return None, []
+    if isinstance(manifest.get("manifests"), list):
+        children = [m for m in manifest["manifests"] if isinstance(m, dict)]
+        platforms = [_platform(m.get("platform")) for m in children]
+        return sum(int(m.get("size", 0)) for m in children), [p for p in platforms if p != "unknown/unknown"]
+    config: dict[str, Any] = manifest["config"] if isinstance(manifest.get("config"), dict) else {}
+    layers = [layer for layer in manifest.get("layers", []) if isinstance(layer, dict)]
+    size = int(config.get("size", 0)) + sum(int(layer.get("size", 0)) for layer in layers)
+    config_json = _read_json(cache, str(config.get("digest", ""))) if config.get("digest") else None
+    return size, [_platform(config_json)] if config_json is not None else []
+
+
+def list_images(cache: Path, repository: str | None = None) -> list[dict[str, Any]]:
+    """Every cached tag, newest first within each repository."""
+    rows: list[dict[str, Any]] = []
+    meta_dir = cache / "meta"
+    if not meta_dir.is_dir():
+        return rows
+    with diskcache.Cache(str(meta_dir)) as meta:
+        for key in meta.iterkeys():
+            if not (isinstance(key, tuple) and len(key) == 4 and key[0] == "tag"):
+                continue
+            _, upstream, repo, tag = key
+            if repository is not None and repository not in (repo, f"{upstream}/{repo}"):
+                continue
+            entries = meta.get(key) or {}
+            seen = set()
+            for entry in sorted(entries.values(), key=lambda e: e.fetched_at, reverse=True):
+                if not isinstance(entry, TagEntry) or entry.digest in seen:
+                    continue
+                seen.add(entry.digest)
+                size, platforms = describe(cache, entry.digest)
+                rows.append(
+                    {
+                        "upstream": upstream,
+                        "repository": repo,
+                        "tag": tag,
+                        "digest": entry.digest,
+                        "media_type": entry.media_type,
+                        "size": size,
+                        "platforms": platforms,
+                        "last_pull": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry.fetched_at)),
+                    }
+                )
+    rows.sort(key=lambda r: (r["upstream"], r["repository"], r["tag"]))
+    return rows
+
+
+def format_rows(rows: list[dict[str, Any]]) -> str:
+    header = ["REPOSITORY", "TAG", "DIGEST", "SIZE", "LAST PULL", "PLATFORMS"]
+    table = [header] + [
+        [
+            f"{r['upstream']}/{r['repository']}",
+            r["tag"],
+            r["digest"][:19],
+            _human(r["size"]),
+            r["last_pull"],
+            ",".join(r["platforms"]) or "-",
+        ]
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    return "".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() + "\n" for row in table
+    )
+
+
+def _human(size: int | None) -> str:
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return f"{value:.1f}TiB"
