@@ -48,6 +48,24 @@ def accept_key(accepted: frozenset[str]) -> str:
     return ",".join(sorted(accepted))
 
 
+INDEX_TYPES = frozenset({DOCKER_MANIFEST_LIST, OCI_INDEX})
+
+
+def same_answer(entry_accept: str, media_type: str, accepted: frozenset[str]) -> bool:
+    """Whether the upstream would answer a client with `accepted` as it answered `entry_accept`.
+
+    Registries only change their answer by Accept when the tag is an index the client cannot
+    read. So an answer is shared when the new client names its type and either it is an
+    index, or the new client accepts no index type the first one did not.
+    """
+    if entry_accept == accept_key(accepted):
+        return True
+    if media_type not in accepted:
+        return False
+    first = frozenset(entry_accept.split(",")) if entry_accept else frozenset()
+    return media_type in INDEX_TYPES or (accepted & INDEX_TYPES) <= first
+
+
 @dataclass(frozen=True)
 class Manifest:
     digest: str

@@ -19,6 +19,7 @@ from mirror.manifests import (
     accepted_types,
     admits,
     manifest_digest,
+    same_answer,
 )
 from mirror.reference import Digest, parse_digest
 from mirror.stats import Stats
@@ -74,7 +75,7 @@ class Proxy:
                 key, lambda: self._fetch_by_digest(upstream, repository, reference, accept, cached)
             )
         entries = await self.manifests.tag_entries(upstream.name, repository, reference)
-        entry = entries.get(accept_key(accepted))
+        entry = _answer_for(entries, accepted)
         if entry is not None and time.time() - entry.fetched_at < self.tag_ttl:
             cached = await self.manifests.get(parse_digest(entry.digest))
             if cached is not None:
@@ -106,7 +107,7 @@ class Proxy:
         accepted = accepted_types(accept)
         key = accept_key(accepted)
         entries = await self.manifests.tag_entries(upstream.name, repository, tag)
-        entry = entries.get(key)
+        entry = _answer_for(entries, accepted)
         try:
             if entry is not None:
                 head = await upstream.head_manifest(repository, tag, accept)
@@ -193,3 +194,12 @@ class Proxy:
 
     async def tags(self, upstream: Upstream, repository: str, params: dict[str, str]) -> tuple[bytes, str | None]:
         return await upstream.tags_list(repository, params)
+
+
+def _answer_for(entries: dict[str, TagEntry], accepted: frozenset[str]) -> TagEntry | None:
+    """The newest cached answer for this tag that the upstream would also give this client."""
+    exact = entries.get(accept_key(accepted))
+    if exact is not None:
+        return exact
+    shared = [e for key, e in entries.items() if same_answer(key, e.media_type, accepted)]
+    return max(shared, key=lambda e: e.fetched_at, default=None)

@@ -67,11 +67,6 @@ def test_shared_image_comes_from_the_mirror(
         assert served[0][digest] + served[1][digest] <= 2  # one registry 307 + one CDN GET at most
 
 
-@pytest.mark.xfail(
-    reason="the mirror keys its tag cache by the client's exact Accept set: another kind of client misses "
-    "and the mirror GETs the manifest upstream again (a counted pull on Docker Hub) within tag_ttl",
-    strict=True,
-)
 def test_a_tag_one_client_pulled_is_fresh_for_another(
     containerd_client: Client, podman_client: Client, upstreams: dict[str, Upstream], e2e_mirror: MirrorProcess
 ) -> None:
