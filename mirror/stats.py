@@ -19,6 +19,7 @@ class Stats:
     bytes_fetched_from_upstream: int = 0
     upstream_requests: int = 0
     upstream_errors: int = 0
+    upstream_retries: int = 0
     digest_mismatches: int = 0
     evictions: int = 0
     evicted_bytes: int = 0
@@ -53,6 +54,7 @@ _HELP = {
     "bytes_fetched_from_upstream": "Bytes downloaded from upstream registries.",
     "upstream_requests": "HTTP requests sent to upstream registries.",
     "upstream_errors": "Upstream requests that failed or returned a server error.",
+    "upstream_retries": "Upstream requests sent again after a transient failure.",
     "digest_mismatches": "Upstream downloads discarded because their digest did not match.",
     "evictions": "Blobs and manifests removed to keep the cache within max_size or max_age.",
     "evicted_bytes": "Bytes removed from the cache by eviction.",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Mapping
@@ -30,6 +31,10 @@ from mirror.stats import Stats
 log = logging.getLogger(__name__)
 
 MANIFEST_SIZE_LIMIT = 4 * 1024 * 1024
+# Transient upstream failures are retried this many times, after 0.25 s, then 0.5 s.
+RETRIES = 2
+RETRY_BACKOFF = 0.25
+_RETRY_STATUSES = frozenset({500, 502, 503, 504})
 _ERROR_BODY_LIMIT = 64 * 1024
 
 
@@ -116,15 +121,36 @@ class Upstream:
         headers: list[tuple[str, str]] | None = None,
         params: Mapping[str, str] | None = None,
     ) -> AsyncIterator[httpx.Response]:
-        request = self.client.build_request(method, path, headers=headers, params=params)
-        try:
-            response = await self.client.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            raise self.failure(exc) from exc
+        response = await self._send_with_retries(method, path, headers, params)
         try:
             yield response
         finally:
             await response.aclose()
+
+    async def _send_with_retries(
+        self,
+        method: str,
+        path: str,
+        headers: list[tuple[str, str]] | None,
+        params: Mapping[str, str] | None,
+    ) -> httpx.Response:
+        """Send, retrying transient failures with backoff; no byte has reached a client yet."""
+        for attempt in range(RETRIES + 1):
+            request = self.client.build_request(method, path, headers=headers, params=params)
+            try:
+                response = await self.client.send(request, stream=True)
+            except httpx.HTTPError as exc:
+                if attempt == RETRIES or not isinstance(exc, httpx.TransportError):
+                    raise self.failure(exc) from exc
+                log.info("upstream %s: %s on %s %s, retrying", self.name, type(exc).__name__, method, path)
+            else:
+                if response.status_code not in _RETRY_STATUSES or attempt == RETRIES:
+                    return response
+                await response.aclose()
+                log.info("upstream %s answered %d to %s %s, retrying", self.name, response.status_code, method, path)
+            self.stats.upstream_retries += 1
+            await asyncio.sleep(RETRY_BACKOFF * 2**attempt)
+        raise AssertionError("unreachable")
 
     async def _raise_for_status(self, response: httpx.Response, not_found: type[RegistryError]) -> None:
         status = response.status_code

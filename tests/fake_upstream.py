@@ -69,6 +69,8 @@ class FakeUpstream:
         # When set, requests need this Basic credential, as a Basic-auth registry would.
         self.basic_auth: tuple[str, str] | None = None
         self.authorizations: list[str | None] = []
+        # The next this-many blob requests get a 503, as an overloaded registry would answer.
+        self.blob_failures = 0
         self.port = free_port()
         routes = [
             Route("/v2/", lambda r: JSONResponse({})),
@@ -121,6 +123,9 @@ class FakeUpstream:
         self.requests[(request.method, digest)] += 1
         if denied := self._unauthorized(request):
             return denied
+        if self.blob_failures > 0:
+            self.blob_failures -= 1
+            return JSONResponse({"errors": [{"code": "UNAVAILABLE", "message": "busy"}]}, status_code=503)
         blob = self.blobs.get(digest)
         if blob is None:
             return JSONResponse({"errors": [{"code": "BLOB_UNKNOWN", "message": "blob unknown"}]}, status_code=404)

@@ -135,3 +135,22 @@ def test_memory_stays_flat_for_a_large_blob(fake_upstream: FakeUpstream, fake_mi
     assert growth_mib < 40, f"mirror grew by {growth_mib:.1f} MiB while streaming {size_gib} GiB"
     fake_mirror.wait_idle()
     assert os.path.getsize(fake_mirror.blob_path(digest)) == blob.size
+
+
+def test_transient_upstream_failures_are_retried(fake_upstream: FakeUpstream, fake_mirror: MirrorProcess) -> None:
+    digest = fake_upstream.add_blob(FakeBlob(b"worth the wait" * 1000))
+    fake_upstream.blob_failures = 2
+    response = httpx.get(f"{fake_mirror.url}/v2/library/x/blobs/{digest}")
+    assert response.status_code == 200
+    assert fake_upstream.gets(digest) == 3
+    assert fake_mirror.stats()["upstream_retries"] == 2
+
+
+def test_persistent_upstream_failure_is_a_clear_503(fake_upstream: FakeUpstream, fake_mirror: MirrorProcess) -> None:
+    digest = fake_upstream.add_blob(FakeBlob(b"never"))
+    fake_upstream.blob_failures = 10
+    response = httpx.get(f"{fake_mirror.url}/v2/library/x/blobs/{digest}")
+    assert response.status_code == 503
+    assert "docker.io answered 503" in response.json()["errors"][0]["message"]
+    assert fake_upstream.gets(digest) == 3  # the first try and two retries
+    assert not fake_mirror.blob_path(digest).exists()
