@@ -11,7 +11,7 @@ from pathlib import Path
 
 import uvicorn
 
-from mirror import __version__, clientconfig, inventory, maintenance
+from mirror import __version__, clientconfig, inventory, maintenance, prefetch
 from mirror.app import create_app
 from mirror.config import DOCKER_HUB, Config, ConfigError, load
 
@@ -46,11 +46,32 @@ def build_parser() -> argparse.ArgumentParser:
     ]:
         command = commands.add_parser(name, help=text)
         command.add_argument("--config", type=Path, help="the config file `mirror serve` uses")
+    warm = commands.add_parser("prefetch", help="warm the cache with images, through the running mirror")
+    warm.add_argument("images", nargs="*", metavar="IMAGE", help="e.g. alpine:3.19 or ghcr.io/org/app:1.0")
+    warm.add_argument("--file", type=Path, help="a file with one image per line (# comments allowed)")
+    warm.add_argument("--platform", action="append", metavar="OS/ARCH", help="platforms to fetch (default linux/amd64)")
+    warm.add_argument("--all-platforms", action="store_true", help="fetch every platform of an index")
+    warm.add_argument("--config", type=Path, help="the config file `mirror serve` uses (for its address)")
+    warm.add_argument("--url", help="the mirror's URL (default: from the config's listen address)")
     ls = commands.add_parser("ls", help="list cached images: tags, digests, sizes, last pull, platforms")
     ls.add_argument("repository", nargs="?", help="only this repository (e.g. library/alpine or ghcr.io/org/app)")
     ls.add_argument("--config", type=Path, help="the config file `mirror serve` uses")
     ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
+
+
+def prefetch_images(args: argparse.Namespace, config: Config) -> int:
+    images = list(args.images)
+    if args.file is not None:
+        lines = args.file.read_text().splitlines()
+        images += [line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()]
+    if not images:
+        print("mirror prefetch: name at least one image, or --file", file=sys.stderr)
+        return 2
+    host = "127.0.0.1" if config.server.host in ("0.0.0.0", "::") else config.server.host
+    url = args.url or f"http://{host}:{config.server.port}"
+    platforms = None if args.all_platforms else set(args.platform or ["linux/amd64"])
+    return prefetch.run(url, images, platforms)
 
 
 def list_cached(args: argparse.Namespace, config: Config) -> int:
@@ -107,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "client-config":
             return client_config(args)
+        if args.command == "prefetch":
+            return prefetch_images(args, load(args.config, env=os.environ))
         if args.command == "ls":
             return list_cached(args, load(args.config, env=os.environ))
         if args.command in ("gc", "verify", "stats"):

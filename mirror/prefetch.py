@@ -1,0 +1,129 @@
+"""`mirror prefetch`: warm the cache through the running mirror's own registry API."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import httpx
+
+from mirror.manifests import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, INDEX_TYPES, OCI_INDEX, OCI_MANIFEST
+
+ACCEPT = ", ".join([OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST])
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    registry: str | None  # None: the mirror's default upstream
+    repository: str
+    reference: str  # tag or digest
+
+
+def parse_image(text: str) -> ImageRef:
+    """Docker's short forms: `alpine`, `alpine:3.19`, `ghcr.io/org/app:1.0`, `app@sha256:…`."""
+    name, _, digest = text.partition("@")
+    first, _, rest = name.partition("/")
+    registry = first if rest and ("." in first or ":" in first or first == "localhost") else None
+    path = rest if registry else name
+    repository, _, tag = path.rpartition(":") if ":" in path.rsplit("/", 1)[-1] else (path, "", "latest")
+    if registry is None and "/" not in repository:
+        repository = f"library/{repository}"
+    return ImageRef(registry, repository, digest or tag)
+
+
+@dataclass
+class Progress:
+    out: TextIO
+    total: int = 0
+    done: int = 0
+    cached_blobs: int = 0
+    fetched_blobs: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def show(self, final: bool = False) -> None:
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        speed = self.done / elapsed
+        eta = (self.total - self.done) / speed if speed > 0 and self.total > self.done else 0.0
+        line = f"{self.done / 1e6:9.1f} / {self.total / 1e6:.1f} MB  {speed / 1e6:7.1f} MB/s  ETA {eta:5.0f}s"
+        self.out.write(f"\r{line}" + ("\n" if final else ""))
+        self.out.flush()
+
+
+class Prefetcher:
+    def __init__(self, url: str, platforms: set[str] | None, out: TextIO = sys.stderr) -> None:
+        self.client = httpx.Client(base_url=url.rstrip("/"), timeout=httpx.Timeout(60, connect=10), trust_env=False)
+        self.platforms = platforms  # None: every platform
+        self.progress = Progress(out)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _path(self, image: ImageRef, kind: str, reference: str) -> str:
+        prefix = f"{image.registry}/" if image.registry else ""
+        return f"/v2/{prefix}{image.repository}/{kind}/{reference}"
+
+    def _manifest(self, image: ImageRef, reference: str) -> tuple[dict[str, Any], str]:
+        response = self.client.get(self._path(image, "manifests", reference), headers={"Accept": ACCEPT})
+        if response.status_code != 200:
+            raise RuntimeError(f"{image.repository}:{reference}: {response.status_code} {response.text[:200]}")
+        return json.loads(response.content), response.headers.get("content-type", "").split(";")[0]
+
+    def blobs_of(self, image: ImageRef) -> list[tuple[str, int]]:
+        """(digest, size) of every config and layer for the chosen platforms."""
+        manifest, media_type = self._manifest(image, image.reference)
+        manifests = [manifest]
+        if media_type in INDEX_TYPES or isinstance(manifest.get("manifests"), list):
+            manifests = []
+            for child in manifest.get("manifests", []):
+                platform = child.get("platform") or {}
+                name = f"{platform.get('os', '?')}/{platform.get('architecture', '?')}"
+                variant = f"{name}/{platform['variant']}" if platform.get("variant") else name
+                if self.platforms is None or name in self.platforms or variant in self.platforms:
+                    manifests.append(self._manifest(image, child["digest"])[0])
+        blobs = []
+        for m in manifests:
+            for descriptor in [m.get("config"), *m.get("layers", [])]:
+                if isinstance(descriptor, dict) and "digest" in descriptor:
+                    blobs.append((descriptor["digest"], int(descriptor.get("size", 0))))
+        return blobs
+
+    def fetch(self, image: ImageRef, blobs: list[tuple[str, int]]) -> None:
+        for digest, _ in blobs:
+            with self.client.stream("GET", self._path(image, "blobs", digest)) as response:
+                if response.status_code != 200:
+                    raise RuntimeError(f"{digest}: {response.status_code}")
+                if response.headers.get("x-cache") == "HIT":
+                    self.progress.cached_blobs += 1
+                else:
+                    self.progress.fetched_blobs += 1
+                for chunk in response.iter_raw(1024 * 1024):
+                    self.progress.done += len(chunk)
+                    self.progress.show()
+
+
+def run(url: str, images: list[str], platforms: set[str] | None, out: TextIO = sys.stderr) -> int:
+    prefetcher = Prefetcher(url, platforms, out)
+    try:
+        plan = []
+        for text in images:
+            image = parse_image(text)
+            blobs = list(dict.fromkeys(prefetcher.blobs_of(image)))
+            plan.append((image, blobs))
+            prefetcher.progress.total += sum(size for _, size in blobs)
+        for image, blobs in plan:
+            prefetcher.fetch(image, blobs)
+        progress = prefetcher.progress
+        progress.show(final=True)
+        out.write(
+            f"prefetched {len(images)} image(s): {progress.fetched_blobs} blobs fetched, "
+            f"{progress.cached_blobs} already cached\n"
+        )
+        return 0
+    except (RuntimeError, httpx.HTTPError) as exc:
+        out.write(f"\nmirror prefetch: {exc}\n")
+        return 1
+    finally:
+        prefetcher.close()
