@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag-connections", type=int, default=32, help="scenario 4 connections (default %(default)s)")
     p.add_argument("--tag-workers", type=int, default=2, help="scenario 4 client processes (default %(default)s)")
     p.add_argument("--big-blob-mb", type=int, default=1024, help="scenario 5 blob size in MiB (default %(default)s)")
-    p.add_argument("--stream-runs", type=int, default=3, help="scenario 5 timed runs per target (default %(default)s)")
+    p.add_argument("--stream-runs", type=int, default=5, help="scenario 5 timed runs per target (default %(default)s)")
     p.add_argument("--rss-blob-mb", type=int, default=4096, help="scenario 6 blob size in MiB (default %(default)s)")
     p.add_argument("--rss-clients", type=int, default=8, help="scenario 6 clients (default %(default)s)")
     p.add_argument("--rss-wan-rate", default="none",
@@ -105,12 +105,29 @@ def main(argv: list[str] | None = None) -> int:
 # Outer: namespaces and cleanup
 
 
-class _Terminated(Exception):
-    pass
+class _Terminated(BaseException):
+    """SIGTERM or SIGHUP: like KeyboardInterrupt, not caught by `except Exception`."""
 
 
 def _raise_terminated(signum: int, frame: object) -> None:
     raise _Terminated(signal.Signals(signum).name)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _install_signal_handlers() -> None:
+    # Explicit, so Ctrl-C works even when started with SIGINT ignored (e.g. `cmd &` in a script).
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    signal.signal(signal.SIGHUP, _raise_terminated)
+
+
+def _ignore_signals() -> None:
+    """While cleaning up, a second Ctrl-C must not cut the cleanup short."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def outer(args: argparse.Namespace, argv: list[str]) -> int:
@@ -148,8 +165,7 @@ def outer(args: argparse.Namespace, argv: list[str]) -> int:
             shutil.rmtree(run_dir, ignore_errors=True)
 
     atexit.register(cleanup)
-    signal.signal(signal.SIGTERM, _raise_terminated)
-    signal.signal(signal.SIGHUP, _raise_terminated)
+    _install_signal_handlers()
     try:
         wan.create(args.wan_rate)
         print(f"bench: namespaces {wan.up_ns} / {wan.client_ns}, {wan.qdisc()}", flush=True)
@@ -164,11 +180,19 @@ def outer(args: argparse.Namespace, argv: list[str]) -> int:
     except (KeyboardInterrupt, _Terminated) as exc:
         # The inner process got the same Ctrl-C (same process group) and is cleaning up.
         print(f"bench: interrupted ({type(exc).__name__}), cleaning up", file=sys.stderr)
-        if child is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired, KeyboardInterrupt):
+        _ignore_signals()
+        if child is not None and isinstance(exc, KeyboardInterrupt):
+            # Ctrl-C reached the inner process too (same process group): let it clean up first.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(30)
+        if child is not None and child.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(60)
         return 130
     finally:
+        _ignore_signals()
         cleanup()
 
 
@@ -212,6 +236,19 @@ def machine_info() -> dict[str, Any]:
             "os": _os_release()}
 
 
+def _git_state() -> str:
+    """The mirror code measured: commit, and whether the working tree differed from it."""
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "mirror"],
+                               capture_output=True, text=True, timeout=10).stdout.split("\n")
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    changed = [line[3:] for line in dirty if line.strip()]
+    return head + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
+
+
 def _os_release() -> str:
     with contextlib.suppress(OSError):
         for line in Path("/etc/os-release").read_text().splitlines():
@@ -228,8 +265,7 @@ def inner(args: argparse.Namespace) -> int:
     else:
         run_dir = Path(args.run_dir)
     procs.set_pid_file(run_dir / "pids")
-    signal.signal(signal.SIGTERM, _raise_terminated)
-    signal.signal(signal.SIGHUP, _raise_terminated)
+    _install_signal_handlers()
     atexit.register(procs.stop_all)
     try:
         return _run(args, run_dir)
@@ -237,6 +273,7 @@ def inner(args: argparse.Namespace) -> int:
         print("bench: interrupted, stopping processes", file=sys.stderr)
         return 130
     finally:
+        _ignore_signals()
         procs.stop_all()
         if own_run_dir:
             if args.keep:
@@ -299,6 +336,8 @@ def _run(args: argparse.Namespace, run_dir: Path) -> int:
                 "ttfb_rounds": args.ttfb_rounds, "client_workers": args.workers,
                 "mirror_tag_ttl": procs.Mirror.tag_ttl,
             },
+            "mirror_source": _git_state(),
+            "loadavg_at_start": os.getloadavg(),
             "targets": target_names,
             "scenarios": scenario_ids,
         },
@@ -318,6 +357,7 @@ def _run(args: argparse.Namespace, run_dir: Path) -> int:
             target.stop()
         upstream.stop()
         results["meta"]["runtime_s"] = time.monotonic() - started
+        results["meta"]["loadavg_at_end"] = os.getloadavg()
         results["meta"]["notes"] = ctx.notes
 
     out_dir = args.out or (BENCH_DIR / "out" if args.smoke or args.no_wan else BENCH_DIR)

@@ -214,6 +214,12 @@ def render(results: dict[str, Any]) -> str:
     out.append(f"- Machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory_GiB']} GiB RAM, {m['os']}, "
                f"kernel {m['kernel']}, Python {m['python']}")
     out.append("- Versions: " + "; ".join(f"{k}: `{v}`" for k, v in meta["versions"].items()))
+    if meta.get("loadavg_at_start"):
+        out.append(f"- Load average (1/5/15 min) at start {', '.join(f'{v:.2f}' for v in meta['loadavg_at_start'])}"
+                   f", at end {', '.join(f'{v:.2f}' for v in meta.get('loadavg_at_end', []))} "
+                   "(other work on the machine shows here)")
+    if meta.get("mirror_source"):
+        out.append(f"- mirror source measured: git `{meta['mirror_source']}`")
     if s.get("wan"):
         out.append(f"- WAN: upstream in its own network namespace behind a veth pair, `{s['wan']['qdisc']}` "
                    f"on the upstream side (what it sends). Targets and clients in a second namespace on loopback.")

@@ -67,8 +67,9 @@ class UpstreamMeter:
         self.rx0 = self.ctx.wan.client_rx_bytes() if self.ctx.wan else None
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.settle()
+    def __exit__(self, exc_type: object, *exc_info: object) -> None:
+        if exc_type is None:
+            self.settle()
 
     def settle(self, quiet: float = 1.0, limit: float = 120.0) -> None:
         """Wait until the upstream has been quiet for `quiet` s (background fills finish), bounded."""
@@ -110,6 +111,9 @@ def _guard(ctx: Context, name: str, target: str, fn: Callable[[], dict[str, Any]
         ctx.log(f"  [{name}] {target} FAILED: {exc}")
         traceback.print_exc()
         out = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        if target in ctx.targets:  # nothing left running to compete for the 2 CPUs
+            ctx.targets[target].stop()
     ctx.log(f"  [{name}] {target} done in {time.monotonic() - started:.1f}s: "
             + ", ".join(f"{k}={_short(v)}" for k, v in out.items() if not isinstance(v, (list, dict))))
     return out
