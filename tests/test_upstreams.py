@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ import httpx
 import pytest
 from fake_upstream import FakeBlob, FakeUpstream
 from support import ALL_MANIFESTS, Image, MirrorProcess, Pusher, Registry, seed_standard_images
+from test_pull import skopeo_copy
 from token_upstream import StaticCDN, TokenIssuer, enable_token_auth
 
 
@@ -64,20 +64,10 @@ def two_mirror(tmp_path: Path, upstreams: Upstreams) -> Iterator[MirrorProcess]:
         process.stop()
 
 
-def skopeo_copy(reference: str, out: Path) -> None:
-    result = subprocess.run(
-        ["skopeo", "copy", "--src-tls-verify=false", f"docker://{reference}", f"dir:{out}"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-
-
 def test_token_auth_and_cdn_redirect(two_mirror: MirrorProcess, upstreams: Upstreams, tmp_path: Path) -> None:
     image = upstreams.images["oci"]
     issued, cdn_seen = len(upstreams.hub_issuer.requests), len(upstreams.hub_cdn.requests)
-    skopeo_copy(f"127.0.0.1:{two_mirror.port}/library/ocidemo:latest", tmp_path / "out")
+    skopeo_copy(two_mirror, "library/ocidemo:latest", tmp_path / "out")
     cdn_gets = [r.path.split("/")[-2] for r in upstreams.hub_cdn.requests[cdn_seen:] if r.method == "GET"]
     assert sorted(cdn_gets) == sorted(d.split(":")[1] for d in image.blobs), "every blob once, from the CDN"
     # One token for the repository, reused for the manifest and every blob.
@@ -86,7 +76,7 @@ def test_token_auth_and_cdn_redirect(two_mirror: MirrorProcess, upstreams: Upstr
 
 
 def test_credentials_go_to_the_realm_only(two_mirror: MirrorProcess, upstreams: Upstreams, tmp_path: Path) -> None:
-    skopeo_copy(f"127.0.0.1:{two_mirror.port}/ghcr.io/org/app:1.0", tmp_path / "out")
+    skopeo_copy(two_mirror, "ghcr.io/org/app:1.0", tmp_path / "out")
     token_requests = upstreams.ghcr_issuer.requests
     assert token_requests, "the ghcr stand-in was asked for a token"
     assert all(r.headers.get("Authorization", "").startswith("Basic ") for r in token_requests)
