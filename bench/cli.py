@@ -37,10 +37,14 @@ def _csv_ints(value: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--smoke", action="store_true",
-                   help="quick check of the mirror only (+ direct), tiny sizes, loopback; exit 1 on misbehaviour")
+    p = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="quick check of the mirror only (+ direct), tiny sizes, loopback; exit 1 on misbehaviour",
+    )
     p.add_argument("--targets", default=",".join(ALL_TARGETS), help="comma list of %(default)s")
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma list of 1..7 (default: all)")
     p.add_argument("--wan-rate", default="200mbit", help="tc tbf rate of the upstream's link (default %(default)s)")
@@ -48,8 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int, default=5, help="layers in the test image (default %(default)s)")
     p.add_argument("--layer-mb", type=float, default=20, help="MiB of random data per layer (default %(default)s)")
     p.add_argument("--cold-clients", type=_csv_ints, default=[8, 32], help="scenario 2 client counts (default 8,32)")
-    p.add_argument("--direct-max-clients", type=int, default=32,
-                   help="skip direct in scenario 2 above this many clients (default %(default)s)")
+    p.add_argument(
+        "--direct-max-clients",
+        type=int,
+        default=32,
+        help="skip direct in scenario 2 above this many clients (default %(default)s)",
+    )
     p.add_argument("--warm-clients", type=_csv_ints, default=[1, 32], help="scenario 3 client counts (default 1,32)")
     p.add_argument("--tag-requests", type=int, default=10_000, help="scenario 4 requests (default %(default)s)")
     p.add_argument("--tag-connections", type=int, default=32, help="scenario 4 connections (default %(default)s)")
@@ -58,19 +66,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream-runs", type=int, default=5, help="scenario 5 timed runs per target (default %(default)s)")
     p.add_argument("--rss-blob-mb", type=int, default=4096, help="scenario 6 blob size in MiB (default %(default)s)")
     p.add_argument("--rss-clients", type=int, default=8, help="scenario 6 clients (default %(default)s)")
-    p.add_argument("--rss-wan-rate", default="none",
-                   help="WAN rate during scenario 6; 'none' lifts the limit (default %(default)s)")
-    p.add_argument("--ttfb-rounds", type=int, default=2,
-                   help="scenario 7: fresh caches x one cold GET per layer (default %(default)s)")
+    p.add_argument(
+        "--rss-wan-rate",
+        default="none",
+        help="WAN rate during scenario 6; 'none' lifts the limit (default %(default)s)",
+    )
+    p.add_argument(
+        "--ttfb-rounds",
+        type=int,
+        default=2,
+        help="scenario 7: fresh caches x one cold GET per layer (default %(default)s)",
+    )
     p.add_argument("--workers", type=int, default=4, help="client processes for concurrent pulls (default %(default)s)")
     p.add_argument("--no-skopeo", action="store_true", help="skip the skopeo copy realism check")
     p.add_argument("--request-timeout", type=float, default=600.0, help="per request, seconds")
     p.add_argument("--scenario-timeout", type=float, default=900.0, help="per scenario step, seconds")
     p.add_argument("--total-timeout", type=float, default=3600.0, help="whole run, seconds (outer process)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="directory for RESULTS.md and results.json (default bench/; smoke: bench/out/)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="directory for RESULTS.md and results.json (default bench/; smoke: bench/out/)",
+    )
     p.add_argument("--work-dir", type=Path, default=Path("/var/tmp"), help="where the temp run dir goes")
     p.add_argument("--keep", action="store_true", help="keep the temp run dir (logs, caches)")
+    p.add_argument(
+        "--render", type=Path, metavar="RESULTS_JSON", help="only re-render RESULTS.md next to an existing results.json"
+    )
     p.add_argument("--_wan", help=argparse.SUPPRESS)
     p.add_argument("--_run-dir", dest="run_dir", help=argparse.SUPPRESS)
     return p
@@ -90,6 +112,10 @@ def apply_smoke(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.render is not None:
+        results = json.loads(args.render.read_text())
+        (args.render.parent / args.render.name.replace("results.json", "RESULTS.md")).write_text(report.render(results))
+        return 0
     if args.smoke:
         apply_smoke(args)
     targets = [t for t in args.targets.split(",") if t]
@@ -169,8 +195,9 @@ def outer(args: argparse.Namespace, argv: list[str]) -> int:
     try:
         wan.create(args.wan_rate)
         print(f"bench: namespaces {wan.up_ns} / {wan.client_ns}, {wan.qdisc()}", flush=True)
-        command = netns.in_ns(wan.client_ns, sys.executable, "-m", "bench", *argv, *wan.as_args(),
-                              "--_run-dir", str(run_dir))
+        command = netns.in_ns(
+            wan.client_ns, sys.executable, "-m", "bench", *argv, *wan.as_args(), "--_run-dir", str(run_dir)
+        )
         child = subprocess.Popen(command, cwd=REPO)
         try:
             return child.wait(args.total_timeout)
@@ -231,18 +258,41 @@ def machine_info() -> dict[str, Any]:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal:"):
                 mem_kb = int(line.split()[1])
-    return {"nproc": os.cpu_count(), "memory_GiB": round(mem_kb / 1024 / 1024, 1), "cpu": cpu,
-            "kernel": platform.release(), "python": platform.python_version(),
-            "os": _os_release()}
+    return {
+        "nproc": os.cpu_count(),
+        "memory_GiB": round(mem_kb / 1024 / 1024, 1),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "os": _os_release(),
+    }
+
+
+def _public_argv() -> list[str]:
+    """The user's flags, without the ones the outer process adds for the inner one."""
+    argv, out, skip = sys.argv[1:], [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--_wan", "--_run-dir"):
+            skip = True
+        else:
+            out.append(arg)
+    return out
 
 
 def _git_state() -> str:
     """The mirror code measured: commit, and whether the working tree differed from it."""
     try:
-        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "mirror"],
-                               capture_output=True, text=True, timeout=10).stdout.split("\n")
+        head = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "mirror"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.split("\n")
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     changed = [line[3:] for line in dirty if line.strip()]
@@ -320,23 +370,28 @@ def _run(args: argparse.Namespace, run_dir: Path) -> int:
     ctx = Context(args, run_dir, upstream, wan, image, targets, big_blob, rss_blob, log=log)
     results: dict[str, Any] = {
         "meta": {
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "machine": machine_info(),
             "versions": {name: target.version() for name, target in targets.items()}
             | {"nginx": procs.Nginx.version(), "skopeo": procs.version_of(["skopeo", "--version"])},
             "settings": {
                 "smoke": args.smoke,
-                "wan": None if wan is None else {"rate": args.wan_rate, "qdisc": wan.qdisc(),
-                                                 "upstream": upstream.url},
+                "wan": None if wan is None else {"rate": args.wan_rate, "qdisc": wan.qdisc(), "upstream": upstream.url},
                 "image": {"layers": args.layers, "layer_MiB": args.layer_mb, "bytes": image.size},
-                "cold_clients": args.cold_clients, "warm_clients": args.warm_clients,
-                "tag_requests": args.tag_requests, "tag_connections": args.tag_connections,
-                "big_blob_MiB": args.big_blob_mb, "rss_blob_MiB": args.rss_blob_mb,
-                "rss_clients": args.rss_clients, "rss_wan_rate": args.rss_wan_rate,
-                "ttfb_rounds": args.ttfb_rounds, "client_workers": args.workers,
+                "cold_clients": args.cold_clients,
+                "warm_clients": args.warm_clients,
+                "tag_requests": args.tag_requests,
+                "tag_connections": args.tag_connections,
+                "big_blob_MiB": args.big_blob_mb,
+                "rss_blob_MiB": args.rss_blob_mb,
+                "rss_clients": args.rss_clients,
+                "rss_wan_rate": args.rss_wan_rate,
+                "ttfb_rounds": args.ttfb_rounds,
+                "client_workers": args.workers,
                 "mirror_tag_ttl": procs.Mirror.tag_ttl,
             },
             "mirror_source": _git_state(),
+            "command": " ".join([".venv/bin/python -m bench", *_public_argv()]),
             "loadavg_at_start": os.getloadavg(),
             "targets": target_names,
             "scenarios": scenario_ids,

@@ -241,11 +241,11 @@ class Connection:
         self.transport, self.protocol = transport, protocol
 
     @classmethod
-    async def open(cls, host: str, port: int, timeout: float = 10.0) -> Connection:
+    async def open(cls, host: str, port: int, connect_timeout: float = 10.0) -> Connection:
         if host not in ALLOWED_HOSTS:
             raise HTTPError(f"refusing to connect to {host}: not loopback or the bench's veth")
         loop = asyncio.get_running_loop()
-        transport, protocol = await asyncio.wait_for(loop.create_connection(_Protocol, host, port), timeout)
+        transport, protocol = await asyncio.wait_for(loop.create_connection(_Protocol, host, port), connect_timeout)
         assert isinstance(transport, asyncio.Transport)
         return cls(host, port, transport, protocol)
 
@@ -261,7 +261,7 @@ class Connection:
         *,
         keep_body: bool = True,
         hash_body: bool = False,
-        timeout: float = 300.0,
+        response_timeout: float = 300.0,
     ) -> Response:
         exchange = _Exchange(method, keep_body, hash_body)
         self.protocol.exchange = exchange
@@ -269,7 +269,7 @@ class Connection:
         lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
         self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         try:
-            response = await asyncio.wait_for(exchange.future, timeout)
+            response = await asyncio.wait_for(exchange.future, response_timeout)
         except BaseException:
             self.close()
             raise
@@ -320,7 +320,7 @@ class Client:
         for _ in range(max_redirects + 1):
             connection = await self._acquire(host, port)
             response = await connection.request(
-                method, target, headers, keep_body=keep_body, hash_body=hash_body, timeout=self.timeout
+                method, target, headers, keep_body=keep_body, hash_body=hash_body, response_timeout=self.timeout
             )
             self._release(connection)
             if response.status in (301, 302, 303, 307, 308) and "location" in response.headers:

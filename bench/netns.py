@@ -50,8 +50,21 @@ class Wan:
         _run("ip", "netns", "add", self.up_ns)
         _run("ip", "netns", "add", self.client_ns)
         # Created directly inside the namespaces: nothing appears in the host namespace.
-        _run("ip", "link", "add", self.up_dev, "netns", self.up_ns, "type", "veth",
-             "peer", "name", self.client_dev, "netns", self.client_ns)
+        _run(
+            "ip",
+            "link",
+            "add",
+            self.up_dev,
+            "netns",
+            self.up_ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            self.client_dev,
+            "netns",
+            self.client_ns,
+        )
         _run("ip", "-n", self.up_ns, "addr", "add", f"{UP_ADDRESS}/{PREFIX}", "dev", self.up_dev)
         _run("ip", "-n", self.client_ns, "addr", "add", f"{CLIENT_ADDRESS}/{PREFIX}", "dev", self.client_dev)
         for ns, dev in ((self.up_ns, self.up_dev), (self.client_ns, self.client_dev)):
@@ -62,13 +75,30 @@ class Wan:
     def set_rate(self, rate: str | None) -> None:
         """Shape what the upstream sends (its veth's egress); None lifts the limit."""
         if rate is None:
-            subprocess.run(in_ns(self.up_ns, "tc", "qdisc", "del", "dev", self.up_dev, "root"),
-                           capture_output=True, timeout=30)
+            subprocess.run(
+                in_ns(self.up_ns, "tc", "qdisc", "del", "dev", self.up_dev, "root"), capture_output=True, timeout=30
+            )
             return
         if not RATE_RE.match(rate):
             raise ValueError(f"bad rate {rate!r}: use tc units such as 200mbit")
-        _run(*in_ns(self.up_ns, "tc", "qdisc", "replace", "dev", self.up_dev, "root",
-                    "tbf", "rate", rate, "burst", "256kb", "latency", "50ms"))
+        _run(
+            *in_ns(
+                self.up_ns,
+                "tc",
+                "qdisc",
+                "replace",
+                "dev",
+                self.up_dev,
+                "root",
+                "tbf",
+                "rate",
+                rate,
+                "burst",
+                "256kb",
+                "latency",
+                "50ms",
+            )
+        )
 
     def qdisc(self) -> str:
         return _run(*in_ns(self.up_ns, "tc", "qdisc", "show", "dev", self.up_dev)).strip()

@@ -41,16 +41,22 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def spawn(argv: list[str], *, log: Path, netns: str | None = None, env: dict[str, str] | None = None,
-          cwd: Path | None = None) -> subprocess.Popen[bytes]:
+def spawn(
+    argv: list[str], *, log: Path, netns: str | None = None, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
     """Start argv (inside the named network namespace if given), logging stdout+stderr to `log`."""
     if netns is not None:
         argv = ["nsenter", f"--net=/var/run/netns/{netns}", "--", *argv]
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         process = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True,
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+            start_new_session=True,
         )
     _live.append(process)
     if PID_FILE is not None:
@@ -83,7 +89,7 @@ def wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{process.args} exited with {process.returncode} before answering {url}")
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode} before answering {url}")
         try:
             httpx.get(url, timeout=1.0)
             return
@@ -161,10 +167,14 @@ class Upstream:
                     continue
                 match = _ACCESS_RE.search(raw.decode("latin-1"))
                 if match:
-                    found.append({
-                        "method": match["method"], "path": match["path"], "status": int(match["status"]),
-                        "bytes": 0 if match["bytes"] == "-" else int(match["bytes"]),
-                    })
+                    found.append(
+                        {
+                            "method": match["method"],
+                            "path": match["path"],
+                            "status": int(match["status"]),
+                            "bytes": 0 if match["bytes"] == "-" else int(match["bytes"]),
+                        }
+                    )
         return found
 
 
@@ -321,7 +331,10 @@ class Mirror(Target):
 
 
 TARGET_CLASSES: dict[str, type[Target]] = {
-    "direct": Direct, "distribution": Distribution, "drayage": Drayage, "mirror": Mirror,
+    "direct": Direct,
+    "distribution": Distribution,
+    "drayage": Drayage,
+    "mirror": Mirror,
 }
 
 
@@ -386,7 +399,8 @@ def _children(pid: int) -> list[int]:
 
 
 def process_tree(pid: int) -> list[int]:
-    tree, todo = [], [pid]
+    tree: list[int] = []
+    todo = [pid]
     while todo and len(tree) < 1000:
         current = todo.pop()
         tree.append(current)

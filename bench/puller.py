@@ -101,11 +101,17 @@ async def pull_blob(base_url: str, job: dict[str, Any]) -> dict[str, Any]:
     client = Client(base_url, timeout=job.get("timeout", 600.0))
     start = time.monotonic()
     try:
-        got = await fetch_blob(client, job["repository"], job["digest"], job.get("size"), verify=job.get("verify", True))
+        verify = job.get("verify", True)
+        got = await fetch_blob(client, job["repository"], job["digest"], job.get("size"), verify=verify)
         return {"ok": True, "errors": [], **got}
     except Exception as exc:
-        return {"ok": False, "errors": [f"{type(exc).__name__}: {exc}"], "bytes": 0, "start": start,
-                "end": time.monotonic()}
+        return {
+            "ok": False,
+            "errors": [f"{type(exc).__name__}: {exc}"],
+            "bytes": 0,
+            "start": start,
+            "end": time.monotonic(),
+        }
     finally:
         client.close()
 
@@ -146,8 +152,14 @@ async def resolve_tags(base_url: str, job: dict[str, Any], connections: int, req
     start = time.monotonic()
     await asyncio.gather(*(connection_loop() for _ in range(connections)))
     end = time.monotonic()
-    return {"ok": counts["failed"] == 0 and counts["ok"] == requests, "requests_ok": counts["ok"],
-            "requests_failed": counts["failed"], "errors": errors, "start": start, "end": end}
+    return {
+        "ok": counts["failed"] == 0 and counts["ok"] == requests,
+        "requests_ok": counts["ok"],
+        "requests_failed": counts["failed"],
+        "errors": errors,
+        "start": start,
+        "end": end,
+    }
 
 
 async def run_job(job: dict[str, Any]) -> list[dict[str, Any]]:

@@ -49,9 +49,15 @@ class Context:
             self.wan.set_rate(self.args.wan_rate)
 
     def image_job(self, base_url: str, clients: int) -> dict[str, Any]:
-        return {"kind": "image", "base_url": base_url, "repository": self.image.repository,
-                "tag": self.image.tag, "manifest_digest": self.image.digest, "clients": clients,
-                "timeout": self.args.request_timeout}
+        return {
+            "kind": "image",
+            "base_url": base_url,
+            "repository": self.image.repository,
+            "tag": self.image.tag,
+            "manifest_digest": self.image.digest,
+            "clients": clients,
+            "timeout": self.args.request_timeout,
+        }
 
 
 class UpstreamMeter:
@@ -95,7 +101,7 @@ class UpstreamMeter:
 
 
 def _wall(results: list[dict[str, Any]]) -> float:
-    return max(r["end"] for r in results) - min(r["start"] for r in results)
+    return float(max(r["end"] for r in results) - min(r["start"] for r in results))
 
 
 def _errors(results: list[dict[str, Any]]) -> list[str]:
@@ -114,8 +120,10 @@ def _guard(ctx: Context, name: str, target: str, fn: Callable[[], dict[str, Any]
     finally:
         if target in ctx.targets:  # nothing left running to compete for the 2 CPUs
             ctx.targets[target].stop()
-    ctx.log(f"  [{name}] {target} done in {time.monotonic() - started:.1f}s: "
-            + ", ".join(f"{k}={_short(v)}" for k, v in out.items() if not isinstance(v, (list, dict))))
+    ctx.log(
+        f"  [{name}] {target} done in {time.monotonic() - started:.1f}s: "
+        + ", ".join(f"{k}={_short(v)}" for k, v in out.items() if not isinstance(v, (list, dict)))
+    )
     return out
 
 
@@ -151,8 +159,15 @@ def skopeo_copy(ctx: Context, target: procs.Target) -> dict[str, Any]:
     dest = ctx.run_dir / f"skopeo-{target.name}"
     shutil.rmtree(dest, ignore_errors=True)
     host = target.url.removeprefix("http://")
-    argv = ["skopeo", "copy", "--src-tls-verify=false", "--retry-times", "0",
-            f"docker://{host}/{ctx.image.repository}:{ctx.image.tag}", f"dir:{dest}"]
+    argv = [
+        "skopeo",
+        "copy",
+        "--src-tls-verify=false",
+        "--retry-times",
+        "0",
+        f"docker://{host}/{ctx.image.repository}:{ctx.image.tag}",
+        f"dir:{dest}",
+    ]
     with UpstreamMeter(ctx) as meter:
         started = time.monotonic()
         done = subprocess.run(argv, capture_output=True, text=True, timeout=ctx.args.scenario_timeout)
@@ -184,6 +199,7 @@ def skopeo_copy(ctx: Context, target: procs.Target) -> dict[str, Any]:
 def s1_cold_one(ctx: Context) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for name, target in ctx.targets.items():
+
         def run(target: procs.Target = target) -> dict[str, Any]:
             target.start_fresh()
             out = _pull(ctx, target, 1)
@@ -192,6 +208,7 @@ def s1_cold_one(ctx: Context) -> dict[str, Any]:
                 out["skopeo"] = skopeo_copy(ctx, target)
                 out["ok"] = out["ok"] and out["skopeo"]["ok"]
             return out
+
         results[name] = _guard(ctx, "1 cold x1", name, run)
     return results
 
@@ -204,12 +221,14 @@ def s2_cold_many(ctx: Context) -> dict[str, Any]:
     for clients in ctx.args.cold_clients:
         for name, target in ctx.targets.items():
             if name == "direct" and clients > ctx.args.direct_max_clients:
-                results.setdefault(name, {})[str(clients)] = {"skipped": f"direct capped at {ctx.args.direct_max_clients} clients"}
+                skipped = f"direct capped at {ctx.args.direct_max_clients} clients"
+                results.setdefault(name, {})[str(clients)] = {"skipped": skipped}
                 continue
 
             def run(target: procs.Target = target, clients: int = clients) -> dict[str, Any]:
                 target.start_fresh()
                 return _pull(ctx, target, clients)
+
             results.setdefault(name, {})[str(clients)] = _guard(ctx, f"2 cold x{clients}", name, run)
     return results
 
@@ -234,6 +253,7 @@ def s3_warm(ctx: Context) -> dict[str, Any]:
                 out[str(clients)] = _pull(ctx, target, clients)
                 out["ok"] = out["ok"] and out[str(clients)]["ok"]
             return out
+
         results[name] = _guard(ctx, "3 warm", name, run)
     return results
 
@@ -244,12 +264,19 @@ def s3_warm(ctx: Context) -> dict[str, Any]:
 def s4_tags(ctx: Context) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for name, target in ctx.targets.items():
+
         def run(target: procs.Target = target) -> dict[str, Any]:
             target.start_fresh()
-            job = {"kind": "tags", "base_url": target.url, "repository": ctx.image.repository,
-                   "tag": ctx.image.tag, "manifest_digest": ctx.image.digest,
-                   "connections": ctx.args.tag_connections, "requests": ctx.args.tag_requests,
-                   "timeout": ctx.args.scenario_timeout}
+            job = {
+                "kind": "tags",
+                "base_url": target.url,
+                "repository": ctx.image.repository,
+                "tag": ctx.image.tag,
+                "manifest_digest": ctx.image.digest,
+                "connections": ctx.args.tag_connections,
+                "requests": ctx.args.tag_requests,
+                "timeout": ctx.args.scenario_timeout,
+            }
             with UpstreamMeter(ctx) as meter:
                 shares = puller.run_parallel(job, ctx.args.tag_workers, timeout=ctx.args.scenario_timeout + 30)
             wall = _wall(shares)
@@ -266,6 +293,7 @@ def s4_tags(ctx: Context) -> dict[str, Any]:
             if errors := [e for s in shares for e in s["errors"]][:5]:
                 out["errors"] = errors
             return out
+
         results[name] = _guard(ctx, "4 tags", name, run)
     return results
 
@@ -273,10 +301,10 @@ def s4_tags(ctx: Context) -> dict[str, Any]:
 # 5. warm 1 GB blob, single stream, vs nginx
 
 
-async def _stream_once(url: str, blob: Blob, verify: bool, timeout: float) -> dict[str, Any]:
+async def _stream_once(url: str, blob: Blob, verify: bool, limit_s: float) -> dict[str, Any]:
     from bench.http import Client
 
-    client = Client(url, timeout=timeout)
+    client = Client(url, timeout=limit_s)
     try:
         return await puller.fetch_blob(client, blob.repository, blob.digest, blob.size, verify=verify)
     finally:
@@ -295,14 +323,20 @@ def _single_stream(ctx: Context, url: str, blob: Blob, nginx_path: str | None = 
         verified = asyncio.run(_stream_once(url, blob, True, ctx.args.request_timeout))
     else:
         verified = asyncio.run(_nginx_once(url, nginx_path, blob, True, ctx.args.request_timeout))
-    return {"ok": True, "MBps_runs": runs, "MBps_best": max(runs), "MBps_median": statistics.median(runs),
-            "MBps_with_sha256": blob.size / verified["seconds"] / MB, "verified": True}
+    return {
+        "ok": True,
+        "MBps_runs": runs,
+        "MBps_best": max(runs),
+        "MBps_median": statistics.median(runs),
+        "MBps_with_sha256": blob.size / verified["seconds"] / MB,
+        "verified": True,
+    }
 
 
-async def _nginx_once(url: str, path: str, blob: Blob, verify: bool, timeout: float) -> dict[str, Any]:
+async def _nginx_once(url: str, path: str, blob: Blob, verify: bool, limit_s: float) -> dict[str, Any]:
     from bench.http import Client
 
-    client = Client(url, timeout=timeout)
+    client = Client(url, timeout=limit_s)
     try:
         response = await client.request("GET", path, keep_body=False, hash_body=verify)
         if response.status != 200 or response.size != blob.size:
@@ -331,6 +365,7 @@ def s5_big_blob(ctx: Context) -> dict[str, Any]:
                 out = _single_stream(ctx, target.url, blob)
             out["upstream_bytes_while_warm"] = meter.result["upstream_bytes"]
             return out
+
         results[name] = _guard(ctx, "5 warm 1GB", name, run)
 
     def run_nginx() -> dict[str, Any]:
@@ -340,6 +375,7 @@ def s5_big_blob(ctx: Context) -> dict[str, Any]:
             return _single_stream(ctx, nginx.url, blob, nginx_path="/data")
         finally:
             nginx.stop()
+
     results["nginx"] = _guard(ctx, "5 warm 1GB", "nginx", run_nginx)
     return results
 
@@ -359,9 +395,16 @@ def s6_rss(ctx: Context) -> dict[str, Any]:
         def run(target: procs.Target = target) -> dict[str, Any]:
             target.start_fresh()
             assert target.pid is not None
-            job = {"kind": "blob", "base_url": target.url, "repository": blob.repository, "digest": blob.digest,
-                   "size": blob.size, "clients": ctx.args.rss_clients, "verify": True,
-                   "timeout": ctx.args.scenario_timeout}
+            job = {
+                "kind": "blob",
+                "base_url": target.url,
+                "repository": blob.repository,
+                "digest": blob.digest,
+                "size": blob.size,
+                "clients": ctx.args.rss_clients,
+                "verify": True,
+                "timeout": ctx.args.scenario_timeout,
+            }
             idle = procs.RssSampler(target.pid)
             idle.sample()
             with ctx.wan_rate(rate), UpstreamMeter(ctx) as meter, procs.RssSampler(target.pid) as sampler:
@@ -382,6 +425,7 @@ def s6_rss(ctx: Context) -> dict[str, Any]:
             if errors := _errors(results_):
                 out["errors"] = errors
             return out
+
         results[name] = _guard(ctx, "6 rss", name, run)
     return results
 
@@ -393,6 +437,7 @@ def s7_ttfb(ctx: Context) -> dict[str, Any]:
     results: dict[str, Any] = {}
     layers = ctx.image.layers
     for name, target in ctx.targets.items():
+
         def run(target: procs.Target = target) -> dict[str, Any]:
             samples, heads = [], []
             for _ in range(ctx.args.ttfb_rounds):
@@ -402,9 +447,16 @@ def s7_ttfb(ctx: Context) -> dict[str, Any]:
                     got = asyncio.run(_stream_once(target.url, blob, True, ctx.args.request_timeout))
                     samples.append(got["ttfb"] * 1000)
                     heads.append(got["ttfh"] * 1000)
-            return {"ok": True, "samples": len(samples), "ttfb_ms_median": statistics.median(samples),
-                    "ttfb_ms_min": min(samples), "ttfb_ms_max": max(samples),
-                    "headers_ms_median": statistics.median(heads), "ttfb_ms_all": samples}
+            return {
+                "ok": True,
+                "samples": len(samples),
+                "ttfb_ms_median": statistics.median(samples),
+                "ttfb_ms_min": min(samples),
+                "ttfb_ms_max": max(samples),
+                "headers_ms_median": statistics.median(heads),
+                "ttfb_ms_all": samples,
+            }
+
         results[name] = _guard(ctx, "7 ttfb", name, run)
     return results
 

@@ -38,15 +38,20 @@ class Image:
     @property
     def size(self) -> int:
         """Every byte a full pull transfers: manifest, config and layers."""
-        return len(self.manifest) + sum(blob["size"] for blob in self.blobs)
+        return len(self.manifest) + sum(int(blob["size"]) for blob in self.blobs)
 
     @property
     def layers(self) -> list[dict[str, Any]]:
         return self.blobs[1:]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"repository": self.repository, "tag": self.tag, "manifest_digest": self.digest,
-                "size": self.size, "blobs": self.blobs}
+        return {
+            "repository": self.repository,
+            "tag": self.tag,
+            "manifest_digest": self.digest,
+            "size": self.size,
+            "blobs": self.blobs,
+        }
 
 
 @dataclass
@@ -104,7 +109,7 @@ def write_layer(path: Path, size: int, seed: int) -> tuple[str, int, str]:
 
     with open(path, "wb") as raw:
         hashed_gz = _Hashing(raw)
-        with gzip.GzipFile(fileobj=hashed_gz, mode="wb", compresslevel=1, mtime=0) as gz:  # type: ignore[arg-type]
+        with gzip.GzipFile(fileobj=hashed_gz, mode="wb", compresslevel=1, mtime=0) as gz:
             hashed_tar = _Hashing(gz)
             with tarfile.open(fileobj=hashed_tar, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
                 info = tarfile.TarInfo(f"data/layer-{seed}.bin")
@@ -162,15 +167,17 @@ class Pusher:
             raise RuntimeError(f"upload start: HTTP {start.status_code} {start.text[:200]}")
         done = self.client.put(
             httpx.URL(start.headers["location"]).copy_merge_params({"digest": digest}),
-            content=data, headers={"Content-Type": "application/octet-stream"},
+            content=data,
+            headers={"Content-Type": "application/octet-stream"},
         )
         if done.status_code != 201:
             raise RuntimeError(f"upload of {digest}: HTTP {done.status_code} {done.text[:200]}")
         return digest
 
     def manifest(self, repository: str, tag: str, body: bytes) -> None:
-        response = self.client.put(f"/v2/{repository}/manifests/{tag}", content=body,
-                                   headers={"Content-Type": DOCKER_MANIFEST})
+        response = self.client.put(
+            f"/v2/{repository}/manifests/{tag}", content=body, headers={"Content-Type": DOCKER_MANIFEST}
+        )
         if response.status_code != 201:
             raise RuntimeError(f"manifest push: HTTP {response.status_code} {response.text[:200]}")
 
