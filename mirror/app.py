@@ -22,7 +22,7 @@ from mirror.accesslog import AccessLog
 from mirror.blobstore import BlobStore, iter_file
 from mirror.config import Config
 from mirror.errors import NameUnknown, NotFound, RegistryError, Unsupported
-from mirror.inflight import InflightDownloads
+from mirror.inflight import InflightDownloads, PassThrough
 from mirror.manifests import ManifestCache
 from mirror.proxy import CachedBlob, ManifestAnswer, Proxy
 from mirror.reference import Digest, parse_digest, parse_name, parse_reference
@@ -154,6 +154,11 @@ async def _blob(request: Request, mirror: Mirror, upstream: Upstream, repository
         size = await mirror.proxy.blob_size(upstream, repository, digest)
         return Response(b"", headers={API_VERSION_HEADER[0]: API_VERSION_HEADER[1], **blob_headers(str(digest), size)})
     source, cache_status = await mirror.proxy.blob(upstream, repository, digest)
+    if isinstance(source, PassThrough):
+        # No room to cache it: the whole blob, straight from the upstream (a Range is ignored).
+        headers = {API_VERSION_HEADER[0]: API_VERSION_HEADER[1], **blob_headers(str(digest), source.size)}
+        headers["X-Cache"] = cache_status
+        return BlobResponse(source.chunks(), 200, headers, str(digest), cleanup=source.aclose)
     range_header = request.headers.get("range")
     if isinstance(source, CachedBlob):
         total: int | None = source.size

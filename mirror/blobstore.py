@@ -47,6 +47,8 @@ class BlobStore:
         self._evicting: set[Digest] = set()
         self.total_bytes = 0
         self.reserved = 0
+        # Room kept free on the cache's filesystem beyond a download's size.
+        self.disk_margin = 64 * 1024 * 1024
 
     @property
     def count(self) -> int:
@@ -73,6 +75,8 @@ class BlobStore:
                             continue
                         stat = entry.stat()
                         found.append((stat.st_mtime, digest, stat.st_size))
+        filesystem = os.statvfs(self.root)
+        self.disk_margin = min(self.disk_margin, filesystem.f_blocks * filesystem.f_frsize // 50)
         found.sort(key=lambda item: item[0])
         self._lru = OrderedDict((digest, (size, mtime)) for mtime, digest, size in found)
         self.total_bytes = sum(size for _, _, size in found)
@@ -130,13 +134,41 @@ class BlobStore:
     def committed(self, digest: Digest, size: int) -> None:
         self._used(digest, size)
 
-    async def reserve(self, size: int) -> bool:
-        """Make room for a blob about to be written; False if it can never fit the budget."""
-        if self.max_size is not None and size > self.max_size:
+    async def make_room(self, size: int | None) -> bool:
+        """Reserve room for a blob about to be written, within max_size and on the disk.
+
+        False when it cannot fit: larger than max_size, or the disk stays too full after
+        evicting least recently used blobs. The caller then streams it without caching.
+        """
+        if size is not None and self.max_size is not None and size > self.max_size:
             return False
-        self.reserved += size
+        self.reserved += size or 0
         await self.evict_to_fit()
+        need = (size or 0) + self.disk_margin
+        shortfall = need - await anyio.to_thread.run_sync(self.free_bytes)
+        if shortfall > 0:
+            await self.evict_bytes(shortfall)
+            shortfall = need - await anyio.to_thread.run_sync(self.free_bytes)
+        if shortfall > 0:
+            self.reserved -= size or 0
+            self.stats.disk_full += 1
+            log.warning("cache disk is full: %d more bytes needed; streaming without caching", shortfall)
+            return False
         return True
+
+    def free_bytes(self) -> int:
+        stat = os.statvfs(self.root)
+        return stat.f_bavail * stat.f_frsize
+
+    async def evict_bytes(self, amount: int) -> None:
+        """Remove least recently used blobs totalling at least `amount` bytes, if there are that many."""
+        victims: list[Digest] = []
+        for digest, (size, _) in self._lru.items():
+            if amount <= 0:
+                break
+            victims.append(digest)
+            amount -= size
+        await self._evict(victims)
 
     def release(self, size: int) -> None:
         self.reserved -= size

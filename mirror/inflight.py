@@ -8,10 +8,12 @@ before its digest is verified, so a corrupt or cut-off download never looks comp
 from __future__ import annotations
 
 import asyncio
+import errno
+import hashlib
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import Any, Generic, Protocol, TypeVar
 
 from mirror.blobstore import READ_CHUNK, BlobStore, BlobWriter
@@ -38,6 +40,51 @@ OpenSource = Callable[[], AbstractAsyncContextManager[BlobSource]]
 
 class DownloadFailed(UpstreamFailed):
     """Raised to readers of a download that broke off or did not verify."""
+
+
+class NoRoom(Exception):
+    """The cache cannot take this blob (larger than max_size, or the disk is full)."""
+
+
+class PassThrough:
+    """A blob streamed from the upstream straight to one client, verified but never stored.
+
+    Used when the cache has no room for it. The last chunk is held back until the digest
+    matched, as for cached downloads.
+    """
+
+    def __init__(self, digest: Digest, open_source: OpenSource, stats: Stats) -> None:
+        self.digest = digest
+        self._open_source = open_source
+        self._stack = AsyncExitStack()
+        self._source: BlobSource | None = None
+        self.stats = stats
+        self.size: int | None = None
+
+    async def open(self) -> None:
+        self._source = await self._stack.enter_async_context(self._open_source())
+        self.size = self._source.size
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        assert self._source is not None
+        hasher = hashlib.new(self.digest.algorithm)
+        held = b""
+        received = 0
+        async for chunk in self._source.chunks():
+            hasher.update(chunk)
+            received += len(chunk)
+            self.stats.bytes_fetched_from_upstream += len(chunk)
+            if held:
+                yield held
+            held = chunk
+        if hasher.hexdigest() != self.digest.hex or (self.size is not None and received != self.size):
+            self.stats.digest_mismatches += 1
+            raise DownloadFailed(f"upstream content for {self.digest} does not match its digest")
+        if held:
+            yield held
+
+    async def aclose(self) -> None:
+        await self._stack.aclose()
 
 
 class Download:
@@ -70,10 +117,9 @@ class Download:
         try:
             async with open_source() as source:
                 self.size = source.size
-                cacheable = True
-                if source.size is not None:
-                    cacheable = await self.store.reserve(source.size)
-                    reserved = source.size if cacheable else 0
+                if not await self.store.make_room(source.size):
+                    raise NoRoom(f"no room in the cache for {self.digest}")
+                reserved = source.size or 0
                 self.writer = self.store.writer(self.digest)
                 self.ready.set_result(None)
                 async for chunk in source.chunks():
@@ -84,10 +130,6 @@ class Download:
             self.writer.verify(self.size)
             self.verified = True
             self._notify()
-            if not cacheable:
-                self.stats.uncached_downloads += 1
-                log.warning("%s (%d bytes) is larger than the cache; served without caching", self.digest, self.written)
-                return
             # Clients already have every byte; the fsync and rename below only make it durable.
             await self.writer.commit(self.size)
             self.ok = True
@@ -100,7 +142,11 @@ class Download:
                 self.ready.set_exception(exc)
             if isinstance(exc, RegistryError) and exc.code == "DIGEST_INVALID":
                 self.stats.digest_mismatches += 1
-            if not isinstance(exc, asyncio.CancelledError):
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                self.stats.disk_full += 1
+                # Make room for the next try; this one's clients are cut off and will retry.
+                await self.store.evict_bytes(self.written + self.store.disk_margin)
+            if not isinstance(exc, asyncio.CancelledError | NoRoom):
                 log.warning("download of %s failed after %d bytes: %s", self.digest, self.written, exc)
             if not isinstance(exc, Exception):
                 raise

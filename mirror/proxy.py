@@ -10,7 +10,7 @@ from io import FileIO
 
 from mirror.blobstore import BlobStore
 from mirror.errors import DigestInvalid, TooManyRequests, UpstreamUnavailable
-from mirror.inflight import Download, InflightDownloads, SingleFlight
+from mirror.inflight import Download, InflightDownloads, NoRoom, PassThrough, SingleFlight
 from mirror.manifests import (
     Manifest,
     ManifestCache,
@@ -156,7 +156,9 @@ class Proxy:
 
     # Blobs
 
-    async def blob(self, upstream: Upstream, repository: str, digest: Digest) -> tuple[CachedBlob | Download, str]:
+    async def blob(
+        self, upstream: Upstream, repository: str, digest: Digest
+    ) -> tuple[CachedBlob | Download | PassThrough, str]:
         """A complete cached file, or the download (new or joined) that is fetching it; and how."""
         while True:
             opened = await self.store.open(digest)
@@ -175,8 +177,14 @@ class Proxy:
                 download = self.inflight.start(digest, lambda: upstream.open_blob(repository, digest))
                 status = "MISS"
                 break
-        # Shielded: one client leaving must not cancel the download the others share.
-        await asyncio.shield(download.ready)
+        try:
+            # Shielded: one client leaving must not cancel the download the others share.
+            await asyncio.shield(download.ready)
+        except NoRoom:
+            self.stats.uncached_downloads += 1
+            passthrough = PassThrough(digest, lambda: upstream.open_blob(repository, digest), self.stats)
+            await passthrough.open()
+            return passthrough, "BYPASS"
         return download, status
 
     async def blob_size(self, upstream: Upstream, repository: str, digest: Digest) -> int | None:

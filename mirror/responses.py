@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.responses import Response, StreamingResponse
-from starlette.types import Send
+from starlette.types import Receive, Scope, Send
 
 from mirror.errors import RangeInvalid, RegistryError
 from mirror.inflight import DownloadFailed
@@ -69,9 +69,24 @@ def blob_headers(digest: str, size: int | None) -> dict[str, str]:
 class BlobResponse(StreamingResponse):
     """Streams blob bytes; when the download behind them fails, the connection is cut."""
 
-    def __init__(self, body: AsyncIterator[bytes], status_code: int, headers: dict[str, str], digest: str) -> None:
+    def __init__(
+        self,
+        body: AsyncIterator[bytes],
+        status_code: int,
+        headers: dict[str, str],
+        digest: str,
+        cleanup: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         super().__init__(body, status_code=status_code, headers=headers)
         self.digest = digest
+        self.cleanup = cleanup
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self.cleanup is not None:
+                await self.cleanup()
 
     async def stream_response(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})

@@ -24,6 +24,7 @@ class Stats:
     evictions: int = 0
     evicted_bytes: int = 0
     uncached_downloads: int = 0
+    disk_full: int = 0
     started_at: float = field(default_factory=time.time)
 
     def counters(self) -> dict[str, int]:
@@ -59,6 +60,7 @@ _HELP = {
     "evictions": "Blobs and manifests removed to keep the cache within max_size or max_age.",
     "evicted_bytes": "Bytes removed from the cache by eviction.",
     "uncached_downloads": "Downloads streamed to clients without being cached (too large, or no space).",
+    "disk_full": "Times the cache's disk had no room for a download, even after eviction.",
 }
 
 
