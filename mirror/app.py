@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from mirror import inventory
+from mirror.access import AccessControl, Htpasswd, load_htpasswd
 from mirror.accesslog import AccessLog
 from mirror.blobstore import BlobStore, iter_file
 from mirror.config import Config
@@ -253,5 +254,12 @@ def create_app(config: Config) -> Starlette:
         Route("/api/images/{repository:path}", images_route),
     ]
     handlers = {RegistryError: registry_error, HTTPException: http_error, Exception: internal_error}
-    middleware = [Middleware(AccessLog, json_format=config.log.format == "json")]
+    clients, admins = (
+        Htpasswd(load_htpasswd(path, key)) if path is not None else None
+        for path, key in ((config.auth.htpasswd, "auth.htpasswd"), (config.auth.admin_htpasswd, "auth.admin_htpasswd"))
+    )
+    middleware = [
+        Middleware(AccessLog, json_format=config.log.format == "json"),
+        Middleware(AccessControl, clients=clients, admins=admins),
+    ]
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers, middleware=middleware)

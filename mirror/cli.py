@@ -110,14 +110,21 @@ def client_config(args: argparse.Namespace) -> int:
 def serve(config: Config) -> int:
     logging.basicConfig(level=config.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        app = create_app(config)
+    except ConfigError as exc:
+        print(f"mirror: config error: {exc}", file=sys.stderr)
+        return 2
     uvicorn.run(
-        create_app(config),
+        app,
         host=config.server.host,
         port=config.server.port,
         log_level=config.server.log_level,
         log_config=None,
         access_log=False,  # mirror.access logs each request, with its cache status
         timeout_graceful_shutdown=5,
+        ssl_certfile=config.server.tls_cert,
+        ssl_keyfile=config.server.tls_key,
         server_header=False,
     )
     return 0

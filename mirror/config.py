@@ -31,6 +31,8 @@ class ServerConfig:
     port: int = 5000
     default_upstream: str = DOCKER_HUB
     log_level: str = "info"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,12 @@ class CacheConfig:
     tag_ttl: float = 60.0
     max_size: int | None = None
     max_age: float | None = None
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    htpasswd: Path | None = None  # registry clients must log in (bcrypt htpasswd)
+    admin_htpasswd: Path | None = None  # for /stats, /metrics, /api/* and the dashboard
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,7 @@ class Config:
     server: ServerConfig = ServerConfig()
     cache: CacheConfig = CacheConfig()
     log: LogConfig = LogConfig()
+    auth: AuthConfig = AuthConfig()
     upstreams: dict[str, UpstreamConfig] = field(
         default_factory=lambda: {DOCKER_HUB: UpstreamConfig(DOCKER_HUB, DOCKER_HUB_URL)}
     )
@@ -160,6 +169,17 @@ class _Table:
                 raise ConfigError(self.key(name), "unknown key")
 
 
+def _file(table: _Table, name: str) -> Path | None:
+    """An optional path key whose file must exist and be readable."""
+    value = table.get(name, str)
+    if value is None:
+        return None
+    path = Path(value)
+    if not path.is_file():
+        raise ConfigError(table.key(name), f"no such file: {value}")
+    return path
+
+
 def _upstream(name: str, table: _Table) -> UpstreamConfig:
     url = table.get("url", str)
     if url is None:
@@ -193,7 +213,14 @@ def from_dict(data: dict[str, Any]) -> Config:
     log_level = server_table.get("log_level", str, "info").lower()
     if log_level not in ("critical", "error", "warning", "info", "debug"):
         raise ConfigError(server_table.key("log_level"), f"expected debug, info, warning or error, got {log_level!r}")
+    tls_cert, tls_key = (_file(server_table, name) for name in ("tls_cert", "tls_key"))
+    if (tls_cert is None) != (tls_key is None):
+        raise ConfigError(server_table.key("tls_key" if tls_cert else "tls_cert"), "tls_cert and tls_key go together")
     server_table.finish()
+
+    auth_table = root.table("auth")
+    auth = AuthConfig(_file(auth_table, "htpasswd"), _file(auth_table, "admin_htpasswd"))
+    auth_table.finish()
 
     cache_table = root.table("cache")
     directory = Path(cache_table.get("directory", str, DEFAULT_CACHE_DIR))
@@ -224,9 +251,10 @@ def from_dict(data: dict[str, Any]) -> Config:
         raise ConfigError(server_table.key("default_upstream"), f"{default_upstream!r} is not a configured upstream")
     root.finish()
     return Config(
-        server=ServerConfig(host, port, default_upstream, log_level),
+        server=ServerConfig(host, port, default_upstream, log_level, tls_cert, tls_key),
         cache=CacheConfig(directory, tag_ttl, max_size, max_age),
         log=LogConfig(log_format),
+        auth=auth,
         upstreams=upstreams,
     )
 
@@ -234,7 +262,8 @@ def from_dict(data: dict[str, Any]) -> Config:
 # Keys that environment variables may set: MIRROR_<TABLE>_<KEY>, and for an upstream
 # MIRROR_UPSTREAM_<HOST>_<KEY> with the host's dots, dashes and colons as underscores.
 ENV_KEYS = {
-    "server": ("listen", "default_upstream", "log_level"),
+    "server": ("listen", "default_upstream", "log_level", "tls_cert", "tls_key"),
+    "auth": ("htpasswd", "admin_htpasswd"),
     "cache": ("directory", "tag_ttl", "max_size", "max_age"),
     "log": ("format",),
 }
