@@ -123,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"bench: unknown targets {sorted(unknown)}", file=sys.stderr)
         return 2
+    if "drayage" in targets and args._wan is None:
+        # Here, in the host namespace: the bench namespace has no route to PyPI.
+        procs.ensure_drayage()
     if args._wan is not None or args.no_wan:
         return inner(args)
     return outer(args, argv if argv is not None else sys.argv[1:])
@@ -341,8 +344,6 @@ def _run(args: argparse.Namespace, run_dir: Path) -> int:
     wan = netns.Wan.from_arg(args._wan) if args._wan else None
     target_names = [t for t in args.targets.split(",") if t]
     scenario_ids = [s for s in args.scenarios.split(",") if s]
-    if "drayage" in target_names:
-        procs.ensure_drayage()
 
     if wan is not None:
         upstream = procs.Upstream(run_dir / "upstream", host=netns.UP_ADDRESS, port=5000, netns=wan.up_ns)
