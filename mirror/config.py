@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -100,8 +101,8 @@ def parse_duration(value: object, key: str) -> float:
         seconds = sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_RE.findall(value.replace(" ", "")))
     else:
         raise ConfigError(key, f"expected a duration like '60s', '5m' or '1h', got {value!r}")
-    if seconds < 0:
-        raise ConfigError(key, f"must not be negative, got {value!r}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ConfigError(key, f"must be a finite duration of zero or more, got {value!r}")
     return seconds
 
 
