@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -52,6 +53,25 @@ class FetchedManifest:
     digest: str | None
 
 
+@dataclass
+class Health:
+    """What the dashboard shows of an upstream: its last answer, its last failure, failures in a row."""
+
+    last_success: float | None = None
+    last_error: float | None = None
+    last_error_message: str | None = None
+    consecutive_failures: int = 0
+
+    def succeeded(self) -> None:
+        self.last_success = time.time()
+        self.consecutive_failures = 0
+
+    def failed(self, message: str) -> None:
+        self.last_error = time.time()
+        self.last_error_message = message[:300]
+        self.consecutive_failures += 1
+
+
 class BlobBody:
     """A blob response being streamed: its announced size and its raw (undecoded) bytes."""
 
@@ -76,6 +96,7 @@ class Upstream:
         self.url = config.url
         self.stats = stats
         self.host = httpx.URL(config.url).host
+        self.health = Health()
         self.client = httpx.AsyncClient(
             base_url=config.url,
             auth=RegistryAuth(self.host, config.username, config.password),
@@ -98,6 +119,7 @@ class Upstream:
         """Translate an httpx error into ours, naming the upstream but never its credentials."""
         self.stats.upstream_errors += 1
         reason = type(exc).__name__
+        self.health.failed(f"{during}: {reason}: {exc}" if str(exc) else f"{during}: {reason}")
         if isinstance(exc, httpx.TooManyRedirects):
             return UpstreamUnavailable(
                 f"upstream {self.name} redirected too many times", detail={"upstream": self.name}
@@ -144,6 +166,8 @@ class Upstream:
                     raise self.failure(exc) from exc
                 log.info("upstream %s: %s on %s %s, retrying", self.name, type(exc).__name__, method, path)
             else:
+                if response.status_code < 500 and response.status_code != 429:
+                    self.health.succeeded()
                 if response.status_code not in _RETRY_STATUSES or attempt == RETRIES:
                     return response
                 await response.aclose()
@@ -168,6 +192,7 @@ class Upstream:
         code, message, detail = _parse_error_body(body)
         headers = {}
         if status == 429:
+            self.health.failed("answered 429 (rate limited)")
             if "retry-after" in response.headers:
                 headers["Retry-After"] = response.headers["retry-after"]
             raise TooManyRequests(message or f"upstream {self.name} is rate limiting", detail=detail, headers=headers)
@@ -190,6 +215,7 @@ class Upstream:
                 detail=detail,
             )
         self.stats.upstream_errors += 1
+        self.health.failed(f"answered {status}")
         raise UpstreamUnavailable(
             f"upstream {self.name} answered {status}", detail={"upstream": self.name, "status": status}
         )
