@@ -7,7 +7,7 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio.to_thread
 from starlette.applications import Starlette
@@ -22,6 +22,7 @@ from mirror.access import AccessControl, Htpasswd, load_htpasswd
 from mirror.accesslog import AccessLog
 from mirror.blobstore import BlobStore, iter_file
 from mirror.config import Config
+from mirror.dashboard import Dashboard, dashboard_routes
 from mirror.errors import NameUnknown, NotFound, RegistryError, Unsupported
 from mirror.inflight import InflightDownloads, PassThrough
 from mirror.manifests import ManifestCache
@@ -48,6 +49,7 @@ class Mirror:
     inflight: InflightDownloads
     proxy: Proxy
     upstreams: dict[str, Upstream]
+    dashboard: Dashboard = field(default_factory=Dashboard)
 
     @classmethod
     async def open(cls, config: Config) -> Mirror:
@@ -120,6 +122,7 @@ async def registry(request: Request) -> Response:
     upstream, name = mirror.resolve_upstream(match["name"], request.query_params.get("ns"))
     request.state.upstream = upstream.name
     repository = upstream.repository(parse_name(name))
+    mirror.dashboard.count(upstream.name, repository)
     if match["kind"] == "manifests":
         return await _manifest(request, mirror, upstream, repository, match["reference"])
     if match["kind"] == "blobs":
@@ -236,9 +239,11 @@ def create_app(config: Config) -> Starlette:
         expiry = None
         if config.cache.max_age is not None:
             expiry = asyncio.create_task(mirror.expire_forever(config.cache.max_age))
+        sampler = asyncio.create_task(mirror.dashboard.sample_forever(mirror.stats))
         try:
             yield
         finally:
+            sampler.cancel()
             if expiry is not None:
                 expiry.cancel()
             await mirror.close()
@@ -252,6 +257,7 @@ def create_app(config: Config) -> Starlette:
         Route("/healthz", healthz),
         Route("/api/images", images_route),
         Route("/api/images/{repository:path}", images_route),
+        *dashboard_routes,
     ]
     handlers = {RegistryError: registry_error, HTTPException: http_error, Exception: internal_error}
     clients, admins = (
