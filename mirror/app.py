@@ -181,10 +181,12 @@ async def _blob(request: Request, mirror: Mirror, upstream: Upstream, repository
         body = _counted(iter_file(source.file, start, source.size if end is None else end), mirror.stats)
     else:
         body = source.iter_range(start, end)
+        if cache_status == "COALESCED":  # bytes another client's download already fetched
+            body = _counted(body, mirror.stats)
     return BlobResponse(body, status, headers, str(digest))
 
 
-async def _counted(chunks: AsyncIterator[bytes], stats: Stats) -> AsyncIterator[bytes]:
+async def _counted(chunks: AsyncIterator[bytes | memoryview], stats: Stats) -> AsyncIterator[bytes | memoryview]:
     async for chunk in chunks:
         stats.bytes_served_from_cache += len(chunk)
         yield chunk

@@ -71,7 +71,7 @@ class BlobResponse(StreamingResponse):
 
     def __init__(
         self,
-        body: AsyncIterator[bytes],
+        body: AsyncIterator[bytes | memoryview],
         status_code: int,
         headers: dict[str, str],
         digest: str,
