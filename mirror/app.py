@@ -119,7 +119,9 @@ async def registry(request: Request) -> Response:
     match = _REGISTRY_PATH_RE.match(request.path_params["path"])
     if match is None:
         raise NotFound("no such registry API route")
-    upstream, name = mirror.resolve_upstream(match["name"], request.query_params.get("ns"))
+    # Most requests have no query string: skip parsing one.
+    ns = request.query_params.get("ns") if request.scope["query_string"] else None
+    upstream, name = mirror.resolve_upstream(match["name"], ns)
     request.state.upstream = upstream.name
     repository = upstream.repository(parse_name(name))
     mirror.dashboard.count(upstream.name, repository)
@@ -266,8 +268,7 @@ def create_app(config: Config) -> Starlette:
         Htpasswd(load_htpasswd(path, key)) if path is not None else None
         for path, key in ((config.auth.htpasswd, "auth.htpasswd"), (config.auth.admin_htpasswd, "auth.admin_htpasswd"))
     )
-    middleware = [
-        Middleware(AccessLog, json_format=config.log.format == "json"),
-        Middleware(AccessControl, clients=clients, admins=admins),
-    ]
+    middleware = [Middleware(AccessLog, json_format=config.log.format == "json")]
+    if clients is not None or admins is not None:
+        middleware.append(Middleware(AccessControl, clients=clients, admins=admins))
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers, middleware=middleware)
