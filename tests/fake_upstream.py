@@ -30,6 +30,7 @@ class FakeBlob:
     cut_at: int | None = None  # close the connection after this many bytes
     gate_at: int | None = None  # pause after this many bytes until `gate` is set
     gate: threading.Event = field(default_factory=threading.Event)
+    delay: float = 0.0  # seconds between chunks: a slow drip
 
     @property
     def size(self) -> int:
@@ -56,6 +57,8 @@ class FakeBlob:
                     yield piece[: self.cut_at - sent]
                     raise ConnectionAbortedError("fake upstream cuts the connection")
                 sent += len(piece)
+                if self.delay:
+                    await asyncio.sleep(self.delay)
                 yield piece
 
 
@@ -71,6 +74,10 @@ class FakeUpstream:
         self.authorizations: list[str | None] = []
         # The next this-many blob requests get a 503, as an overloaded registry would answer.
         self.blob_failures = 0
+        # Blob requests redirect back to themselves, forever.
+        self.redirect_loop = False
+        # Seconds to wait before answering a blob request at all.
+        self.header_delay = 0.0
         self.port = free_port()
         routes = [
             Route("/v2/", lambda r: JSONResponse({})),
@@ -123,6 +130,10 @@ class FakeUpstream:
         self.requests[(request.method, digest)] += 1
         if denied := self._unauthorized(request):
             return denied
+        if self.redirect_loop:
+            return Response(status_code=307, headers={"Location": str(request.url)})
+        if self.header_delay:
+            await asyncio.sleep(self.header_delay)
         if self.blob_failures > 0:
             self.blob_failures -= 1
             return JSONResponse({"errors": [{"code": "UNAVAILABLE", "message": "busy"}]}, status_code=503)

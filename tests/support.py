@@ -309,6 +309,7 @@ class MirrorProcess:
     process: subprocess.Popen[bytes] | None = None
     credentials: dict[str, tuple[str, str]] = field(default_factory=dict)
     server_config: str = ""  # more [server] keys, e.g. tls_cert and tls_key
+    upstream_config: str = ""  # more keys for every upstream, e.g. read_timeout
     scheme: str = "http"
 
     @property
@@ -329,7 +330,7 @@ class MirrorProcess:
         text = f'[server]\nlisten = "127.0.0.1:{self.port}"\n{self.server_config}\n'
         text += f'[cache]\ndirectory = "{self.cache_dir}"\n' + self.extra_config + "\n"
         for name, url in self.upstreams.items():
-            text += f'[upstreams."{name}"]\nurl = "{url}"\n'
+            text += f'[upstreams."{name}"]\nurl = "{url}"\n{self.upstream_config}\n'
             if name in self.credentials:
                 username, password = self.credentials[name]
                 text += f'username = "{username}"\npassword = "{password}"\n'
