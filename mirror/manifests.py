@@ -120,10 +120,11 @@ class ManifestCache:
         self._media_types[manifest.digest] = manifest.media_type
         self._bodies[manifest.digest] = manifest.body
 
-    async def tag_entries(self, upstream: str, repository: str, tag: str) -> dict[str, TagEntry]:
+    async def tag_entries(self, upstream: str, repository: str, tag: str, reload: bool = False) -> dict[str, TagEntry]:
+        """A tag's cached answers; `reload` rereads them (`mirror import` may have changed them meanwhile)."""
         key = (upstream, repository, tag)
         entries = self._tags.get(key)
-        if entries is None:
+        if entries is None or reload:
             stored = await anyio.to_thread.run_sync(self._db.get, ("tag", *key))
             entries = dict(stored) if isinstance(stored, dict) else {}
             self._tags[key] = entries

@@ -106,7 +106,7 @@ class Proxy:
     async def _resolve_tag(self, upstream: Upstream, repository: str, tag: str, accept: list[str]) -> ManifestAnswer:
         accepted = accepted_types(accept)
         key = accept_key(accepted)
-        entries = await self.manifests.tag_entries(upstream.name, repository, tag)
+        entries = await self.manifests.tag_entries(upstream.name, repository, tag, reload=True)
         entry = _answer_for(entries, accepted)
         try:
             if entry is not None:
