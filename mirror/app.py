@@ -31,6 +31,7 @@ from mirror.reference import Digest, parse_digest, parse_name, parse_reference
 from mirror.responses import API_VERSION_HEADER, BlobResponse, blob_headers, error_response, parse_range
 from mirror.stats import Stats, prometheus
 from mirror.upstream import Upstream
+from mirror.warmer import keep_warm
 
 log = logging.getLogger(__name__)
 
@@ -240,16 +241,17 @@ def create_app(config: Config) -> Starlette:
         mirror = await Mirror.open(config)
         app.state.mirror = mirror
         await mirror.store.evict_to_fit()  # max_size may have shrunk since the last run
-        expiry = None
+        background = [mirror.dashboard.sample_forever(mirror.stats)]
         if config.cache.max_age is not None:
-            expiry = asyncio.create_task(mirror.expire_forever(config.cache.max_age))
-        sampler = asyncio.create_task(mirror.dashboard.sample_forever(mirror.stats))
+            background.append(mirror.expire_forever(config.cache.max_age))
+        background += [keep_warm(mirror, entry) for entry in config.prefetch]
+        tasks = [asyncio.create_task(work) for work in background]
         try:
             yield
         finally:
-            sampler.cancel()
-            if expiry is not None:
-                expiry.cancel()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await mirror.close()
 
     all_methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import uvicorn
 
-from mirror import __version__, clientconfig, inventory, maintenance, prefetch
+from mirror import __version__, archive, clientconfig, inventory, maintenance, prefetch
 from mirror.app import create_app
 from mirror.config import DOCKER_HUB, Config, ConfigError, load
 
@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("repository", nargs="?", help="only this repository (e.g. library/alpine or ghcr.io/org/app)")
     ls.add_argument("--config", type=Path, help="the config file `mirror serve` uses")
     ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    archive.add_commands(commands)
     return parser
 
 
@@ -137,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             return client_config(args)
         if args.command == "prefetch":
             return prefetch_images(args, load(args.config, env=os.environ))
+        if args.command in ("export", "import"):
+            return archive.main(args, load(args.config, env=os.environ))
         if args.command == "ls":
             return list_cached(args, load(args.config, env=os.environ))
         if args.command in ("gc", "verify", "stats"):

@@ -51,6 +51,15 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class PrefetchConfig:
+    """An image kept warm in the background: re-resolved every `refresh`, new digests fetched."""
+
+    image: str
+    platforms: tuple[str, ...] | None = ("linux/amd64",)  # None: every platform
+    refresh: float = 3600.0
+
+
+@dataclass(frozen=True)
 class LogConfig:
     format: str = "text"
 
@@ -78,6 +87,7 @@ class Config:
     cache: CacheConfig = CacheConfig()
     log: LogConfig = LogConfig()
     auth: AuthConfig = AuthConfig()
+    prefetch: tuple[PrefetchConfig, ...] = ()
     upstreams: dict[str, UpstreamConfig] = field(
         default_factory=lambda: {DOCKER_HUB: UpstreamConfig(DOCKER_HUB, DOCKER_HUB_URL)}
     )
@@ -170,6 +180,29 @@ class _Table:
                 raise ConfigError(self.key(name), "unknown key")
 
 
+def _prefetch(root: _Table) -> tuple[PrefetchConfig, ...]:
+    entries = root.raw("prefetch", [])
+    if not isinstance(entries, list):
+        raise ConfigError("prefetch", "expected a list of [[prefetch]] tables")
+    found = []
+    for number, data in enumerate(entries):
+        table = _Table(data, f"prefetch[{number}]")
+        image = table.get("image", str)
+        if not image:
+            raise ConfigError(table.key("image"), "missing: the image to keep warm, e.g. 'alpine:3.19'")
+        platforms = table.get("platforms", list, ["linux/amd64"])
+        if not all(isinstance(p, str) and re.fullmatch(r"[a-z0-9]+/[a-z0-9]+(/[a-z0-9]+)?|all", p) for p in platforms):
+            raise ConfigError(
+                table.key("platforms"), f"expected platforms like 'linux/arm64' or 'all', got {platforms!r}"
+            )
+        refresh = parse_duration(table.raw("refresh", "1h"), table.key("refresh"))
+        if refresh <= 0:
+            raise ConfigError(table.key("refresh"), "must be more than zero")
+        table.finish()
+        found.append(PrefetchConfig(image, None if "all" in platforms else tuple(platforms), refresh))
+    return tuple(found)
+
+
 def _file(table: _Table, name: str) -> Path | None:
     """An optional path key whose file must exist and be readable."""
     value = table.get(name, str)
@@ -248,6 +281,7 @@ def from_dict(data: dict[str, Any]) -> Config:
         if not re.fullmatch(r"[A-Za-z0-9.-]+(:\d+)?", name):
             raise ConfigError(f"upstreams.{name}", "the table name must be a registry host, like 'docker.io'")
     upstreams_table.finish()
+    prefetch = _prefetch(root)
     if default_upstream not in upstreams:
         raise ConfigError(server_table.key("default_upstream"), f"{default_upstream!r} is not a configured upstream")
     root.finish()
@@ -256,6 +290,7 @@ def from_dict(data: dict[str, Any]) -> Config:
         cache=CacheConfig(directory, tag_ttl, max_size, max_age),
         log=LogConfig(log_format),
         auth=auth,
+        prefetch=prefetch,
         upstreams=upstreams,
     )
 
