@@ -15,6 +15,7 @@ from types import FrameType
 import pytest
 from e2e_parts import (
     CLIENTS,
+    KINDS,
     RESULTS,
     SHARED,
     Client,
@@ -114,6 +115,8 @@ def _start_upstream(root: Path, name: str, seed: int, credentials: tuple[str, st
                 # For the cross-client tag test: one image no other test pulls.
                 tagged = pusher.image("library/tagged", "latest", [4096], seed=seed + 900)
                 images["cross-client"] = {"schema2": tagged}
+                # For the archive test (export, docker load, docker save, import): images only it pulls.
+                images["archive"] = seed_kinds(pusher, {k: ("library/archived", k) for k in KINDS}, seed + 950)
         issuer = TokenIssuer(root / "issuer", credentials=credentials)
         cdn = StaticCDN(registry.root / "data")
         enable_token_auth(registry, issuer, cdn)
