@@ -35,7 +35,9 @@ from mirror.warmer import keep_warm
 
 log = logging.getLogger(__name__)
 
-_REGISTRY_PATH_RE = re.compile(r"^(?P<name>.+?)/(?:(?P<kind>manifests|blobs)/(?P<reference>[^/]+)|tags/list)$")
+_REGISTRY_PATH_RE = re.compile(
+    r"^(?P<name>.+?)/(?:(?P<kind>manifests|blobs)/(?P<reference>[^/]+)|tags/list)$", re.DOTALL
+)
 _READ_METHODS = ("GET", "HEAD")
 
 

@@ -14,6 +14,7 @@ import uvicorn
 from mirror import __version__, archive, clientconfig, inventory, maintenance, prefetch
 from mirror.app import create_app
 from mirror.config import DOCKER_HUB, Config, ConfigError, load
+from mirror.server import bounded_protocol
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,6 +128,7 @@ def serve(config: Config) -> int:
         ssl_certfile=config.server.tls_cert,
         ssl_keyfile=config.server.tls_key,
         server_header=False,
+        http=bounded_protocol(config.server.head_timeout),
     )
     return 0
 

@@ -34,6 +34,7 @@ class ServerConfig:
     log_level: str = "info"
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    head_timeout: float = 30.0  # a client must send its request line and headers within this
 
 
 @dataclass(frozen=True)
@@ -250,6 +251,9 @@ def from_dict(data: dict[str, Any]) -> Config:
     tls_cert, tls_key = (_file(server_table, name) for name in ("tls_cert", "tls_key"))
     if (tls_cert is None) != (tls_key is None):
         raise ConfigError(server_table.key("tls_key" if tls_cert else "tls_cert"), "tls_cert and tls_key go together")
+    head_timeout = parse_duration(server_table.raw("head_timeout", 30), server_table.key("head_timeout"))
+    if head_timeout <= 0:
+        raise ConfigError(server_table.key("head_timeout"), "must be more than zero")
     server_table.finish()
 
     auth_table = root.table("auth")
@@ -286,7 +290,7 @@ def from_dict(data: dict[str, Any]) -> Config:
         raise ConfigError(server_table.key("default_upstream"), f"{default_upstream!r} is not a configured upstream")
     root.finish()
     return Config(
-        server=ServerConfig(host, port, default_upstream, log_level, tls_cert, tls_key),
+        server=ServerConfig(host, port, default_upstream, log_level, tls_cert, tls_key, head_timeout),
         cache=CacheConfig(directory, tag_ttl, max_size, max_age),
         log=LogConfig(log_format),
         auth=auth,
@@ -298,7 +302,7 @@ def from_dict(data: dict[str, Any]) -> Config:
 # Keys that environment variables may set: MIRROR_<TABLE>_<KEY>, and for an upstream
 # MIRROR_UPSTREAM_<HOST>_<KEY> with the host's dots, dashes and colons as underscores.
 ENV_KEYS = {
-    "server": ("listen", "default_upstream", "log_level", "tls_cert", "tls_key"),
+    "server": ("listen", "default_upstream", "log_level", "tls_cert", "tls_key", "head_timeout"),
     "auth": ("htpasswd", "admin_htpasswd"),
     "cache": ("directory", "tag_ttl", "max_size", "max_age"),
     "log": ("format",),
