@@ -13,7 +13,7 @@ import uvicorn
 
 from mirror import __version__, archive, clientconfig, inventory, maintenance, prefetch
 from mirror.app import create_app
-from mirror.config import DOCKER_HUB, Config, ConfigError, load
+from mirror.config import DOCKER_HUB, Config, ConfigError, load, render
 from mirror.server import bounded_protocol
 
 
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--config", type=Path, help="mirror config file, for its upstreams")
     client.add_argument("--output", type=Path, metavar="DIR", help="containerd: write DIR/<registry>/hosts.toml")
     for name, text in [
+        ("config", "print the effective config (file, environment and defaults), secrets masked"),
         ("gc", "remove stale temp files, invalid files and orphaned metadata"),
         ("verify", "re-hash every cached blob and remove those that do not match"),
         ("stats", "print the cache statistics as a table"),
@@ -144,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
             return archive.main(args, load(args.config, env=os.environ))
         if args.command == "ls":
             return list_cached(args, load(args.config, env=os.environ))
+        if args.command == "config":
+            sys.stdout.write(render(load(args.config, env=os.environ)))
+            return 0
         if args.command in ("gc", "verify", "stats"):
             return maintain(args.command, load(args.config, env=os.environ))
         config = load(args.config, listen=args.listen, cache_dir=args.cache_dir, env=os.environ)

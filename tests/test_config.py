@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -115,3 +117,25 @@ def test_bad_environment_value_names_the_key() -> None:
     with pytest.raises(ConfigError) as error:
         load(None, env={"MIRROR_CACHE_TAG_TTL": "soon"})
     assert error.value.key == "cache.tag_ttl"
+
+
+def test_config_command_prints_the_effective_config_masked(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[upstreams."ghcr.io"]\nurl = "https://ghcr.io"\nusername = "bot"\npassword = "s3cret"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "mirror", "config", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "MIRROR_CACHE_TAG_TTL": "2m", "MIRROR_SERVER_DEFAULT_UPSTREAM": "ghcr.io"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "s3cret" not in result.stdout
+    printed = tomllib.loads(result.stdout)
+    assert printed["upstreams"]["ghcr.io"]["password"] == "***"
+    assert printed["cache"]["tag_ttl"] == 120
+    # What it prints loads back as the same config (but for the masked secret).
+    again = from_dict(printed)
+    env = {"MIRROR_CACHE_TAG_TTL": "2m", "MIRROR_SERVER_DEFAULT_UPSTREAM": "ghcr.io"}
+    assert again.cache == load(path, env=env).cache
+    assert again.upstreams["ghcr.io"].username == "bot"
