@@ -42,6 +42,8 @@ from mirror.manifests import (
     TagEntry,
     accept_key,
     manifest_digest,
+    platform_matches,
+    platform_name,
 )
 from mirror.prefetch import parse_image
 from mirror.reference import TAG_RE, Digest, parse_digest, parse_name
@@ -105,21 +107,6 @@ def parse_image_name(text: str) -> ImageName:
     except RegistryError as exc:
         raise ArchiveError(f"invalid image name {text!r}: {exc.message}") from None
     return ImageName(upstream, repository, ref.reference)
-
-
-def _platform(value: object) -> str:
-    if not isinstance(value, dict):
-        return "unknown/unknown"
-    parts = [str(value.get("os", "unknown")), str(value.get("architecture", "unknown"))]
-    if value.get("variant"):
-        parts.append(str(value["variant"]))
-    return "/".join(parts)
-
-
-def _matches(platform: str, wanted: str) -> bool:
-    """`linux/arm64` matches `linux/arm64/v8`; `linux/arm/v7` only itself."""
-    parts, want = platform.split("/"), wanted.strip("/").split("/")
-    return parts[: len(want)] == want
 
 
 def _descriptors(manifest: dict[str, Any]) -> list[dict[str, Any]]:
@@ -258,19 +245,19 @@ class Exporter:
         children = [c for c in top["manifests"] if isinstance(c, dict) and isinstance(c.get("digest"), str)]
         wanted = self.platforms
         if single and wanted is None:
-            wanted = self._default_platform(children)
+            wanted = self._defaultplatform_name(children)
             if wanted is None:
                 self.missing.append(f"{name}: several platforms are cached; name one with --platform")
                 return None
         image = ExportImage(name, digest, media_type, size, [digest])
         found_before = len(self.missing)
         for want in wanted or []:
-            if not any(_matches(_platform(c.get("platform")), want) for c in children):
-                platforms = ", ".join(_platform(c.get("platform")) for c in children)
+            if not any(platform_matches(platform_name(c.get("platform")), want) for c in children):
+                platforms = ", ".join(platform_name(c.get("platform")) for c in children)
                 self.missing.append(f"{name}: the index has no platform {want} (it has {platforms})")
         for child in children:
-            platform = _platform(child.get("platform"))
-            if wanted is not None and not any(_matches(platform, want) for want in wanted):
+            platform = platform_name(child.get("platform"))
+            if wanted is not None and not any(platform_matches(platform, want) for want in wanted):
                 continue
             # Asked for (a platform named, or --all-platforms): it must be cached; else take what is.
             required = wanted is not None or (self.all_platforms and platform != "unknown/unknown")
@@ -291,11 +278,11 @@ class Exporter:
             return None
         return image
 
-    def _default_platform(self, children: list[dict[str, Any]]) -> list[str] | None:
+    def _defaultplatform_name(self, children: list[dict[str, Any]]) -> list[str] | None:
         """For the docker format without --platform: linux/amd64 if cached, else the only platform cached."""
         cached = []
         for child in children:
-            platform = _platform(child.get("platform"))
+            platform = platform_name(child.get("platform"))
             probe = Exporter(self.cache, None, False)
             if platform != "unknown/unknown" and probe.image_blobs(child["digest"], "") is not None:
                 cached.append(platform)
@@ -663,10 +650,10 @@ class Planner:
                     continue
                 child_digest = _digest(child.get("digest"), label)
                 if self.reader.member(_blob_name(child_digest)) is None:
-                    platform = _platform(child.get("platform"))
+                    platform = platform_name(child.get("platform"))
                     plan.notes.append(f"{label}: platform {platform} ({child_digest}) is not in the archive")
                     continue
-                self.walk(child, f"{label} ({_platform(child.get('platform'))})", plan)
+                self.walk(child, f"{label} ({platform_name(child.get('platform'))})", plan)
         else:
             media_type = media_type or OCI_MANIFEST
             for blob in _descriptors(manifest):

@@ -10,7 +10,7 @@ from typing import Any
 import diskcache
 
 from mirror.errors import RegistryError
-from mirror.manifests import TagEntry
+from mirror.manifests import TagEntry, platform_name
 from mirror.reference import parse_digest
 
 
@@ -28,15 +28,6 @@ def _blob_parts(digest: str) -> tuple[str, str, str]:
     return parsed.algorithm, parsed.hex[:2], parsed.hex
 
 
-def _platform(value: object) -> str:
-    if not isinstance(value, dict):
-        return "unknown"
-    parts = [str(value.get("os", "?")), str(value.get("architecture", "?"))]
-    if value.get("variant"):
-        parts.append(str(value["variant"]))
-    return "/".join(parts)
-
-
 def describe(cache: Path, digest: str) -> tuple[int | None, list[str]]:
     """Total size and platforms of a cached manifest (an index lists its children's platforms)."""
     manifest = _read_json(cache, digest)
@@ -44,13 +35,13 @@ def describe(cache: Path, digest: str) -> tuple[int | None, list[str]]:
         return None, []
     if isinstance(manifest.get("manifests"), list):
         children = [m for m in manifest["manifests"] if isinstance(m, dict)]
-        platforms = [_platform(m.get("platform")) for m in children]
+        platforms = [platform_name(m.get("platform")) for m in children]
         return sum(int(m.get("size", 0)) for m in children), [p for p in platforms if p != "unknown/unknown"]
     config: dict[str, Any] = manifest["config"] if isinstance(manifest.get("config"), dict) else {}
     layers = [layer for layer in manifest.get("layers", []) if isinstance(layer, dict)]
     size = int(config.get("size", 0)) + sum(int(layer.get("size", 0)) for layer in layers)
     config_json = _read_json(cache, str(config.get("digest", ""))) if config.get("digest") else None
-    return size, [_platform(config_json)] if config_json is not None else []
+    return size, [platform_name(config_json)] if config_json is not None else []
 
 
 def list_images(cache: Path, repository: str | None = None) -> list[dict[str, Any]]:

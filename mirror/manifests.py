@@ -44,6 +44,21 @@ def admits(accepted: frozenset[str], media_type: str) -> bool:
     return f"{media_type.split('/')[0]}/*" in accepted
 
 
+def platform_name(platform: object) -> str:
+    """`os/architecture[/variant]` of a descriptor's `platform` or an image config."""
+    if not isinstance(platform, dict):
+        return "unknown/unknown"
+    parts = [str(platform.get("os", "unknown")), str(platform.get("architecture", "unknown"))]
+    if platform.get("variant"):
+        parts.append(str(platform["variant"]))
+    return "/".join(parts)
+
+
+def platform_matches(platform: str, wanted: str) -> bool:
+    """`linux/arm64` matches `linux/arm64/v8`; `linux/arm/v7` only itself."""
+    return platform.split("/")[: len(want := wanted.strip("/").split("/"))] == want
+
+
 def accept_key(accepted: frozenset[str]) -> str:
     return ",".join(sorted(accepted))
 

@@ -10,7 +10,15 @@ from typing import Any, TextIO
 
 import httpx
 
-from mirror.manifests import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, INDEX_TYPES, OCI_INDEX, OCI_MANIFEST
+from mirror.manifests import (
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    INDEX_TYPES,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    platform_matches,
+    platform_name,
+)
 
 ACCEPT = ", ".join([OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST])
 
@@ -78,10 +86,8 @@ class Prefetcher:
         if media_type in INDEX_TYPES or isinstance(manifest.get("manifests"), list):
             manifests = []
             for child in manifest.get("manifests", []):
-                platform = child.get("platform") or {}
-                name = f"{platform.get('os', '?')}/{platform.get('architecture', '?')}"
-                variant = f"{name}/{platform['variant']}" if platform.get("variant") else name
-                if self.platforms is None or name in self.platforms or variant in self.platforms:
+                name = platform_name(child.get("platform"))
+                if self.platforms is None or any(platform_matches(name, want) for want in self.platforms):
                     manifests.append(self._manifest(image, child["digest"])[0])
         blobs = []
         for m in manifests:

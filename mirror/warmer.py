@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mirror.config import PrefetchConfig
 from mirror.errors import RegistryError
 from mirror.inflight import Download, PassThrough
+from mirror.manifests import platform_matches, platform_name
 from mirror.prefetch import ACCEPT, parse_image
 from mirror.proxy import CachedBlob
 from mirror.reference import parse_digest, parse_name, parse_reference
@@ -18,12 +19,6 @@ if TYPE_CHECKING:
     from mirror.app import Mirror
 
 log = logging.getLogger(__name__)
-
-
-def _platform(descriptor: dict[str, Any]) -> set[str]:
-    platform = descriptor.get("platform") or {}
-    name = f"{platform.get('os', '?')}/{platform.get('architecture', '?')}"
-    return {name, f"{name}/{platform['variant']}"} if platform.get("variant") else {name}
 
 
 async def warm_once(mirror: Mirror, entry: PrefetchConfig) -> int:
@@ -37,7 +32,10 @@ async def warm_once(mirror: Mirror, entry: PrefetchConfig) -> int:
     manifests = [json.loads(answer.manifest.body)]
     if isinstance(manifests[0].get("manifests"), list):
         children = [
-            m for m in manifests[0]["manifests"] if entry.platforms is None or _platform(m) & set(entry.platforms)
+            m
+            for m in manifests[0]["manifests"]
+            if entry.platforms is None
+            or any(platform_matches(platform_name(m.get("platform")), want) for want in entry.platforms)
         ]
         manifests = []
         for child in children:
