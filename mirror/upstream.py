@@ -36,6 +36,8 @@ MANIFEST_SIZE_LIMIT = 4 * 1024 * 1024
 RETRIES = 2
 RETRY_BACKOFF = 0.25
 _RETRY_STATUSES = frozenset({500, 502, 503, 504})
+FAILURES_BEFORE_COOLDOWN = 3
+COOLDOWN = 15.0
 _ERROR_BODY_LIMIT = 64 * 1024
 
 
@@ -61,15 +63,26 @@ class Health:
     last_error: float | None = None
     last_error_message: str | None = None
     consecutive_failures: int = 0
+    # After FAILURES_BEFORE_COOLDOWN failures in a row the upstream is not asked at all until
+    # this time (monotonic): requests fail at once, so cached tags are served without waiting
+    # for timeouts. The first request after it is a probe.
+    down_until: float = 0.0
 
     def succeeded(self) -> None:
         self.last_success = time.time()
         self.consecutive_failures = 0
+        self.down_until = 0.0
 
     def failed(self, message: str) -> None:
         self.last_error = time.time()
         self.last_error_message = message[:300]
         self.consecutive_failures += 1
+        if self.consecutive_failures >= FAILURES_BEFORE_COOLDOWN:
+            self.down_until = time.monotonic() + COOLDOWN
+
+    def cooling_down(self) -> float:
+        """Seconds left before the upstream is asked again; 0 when it may be asked now."""
+        return max(0.0, self.down_until - time.monotonic())
 
 
 class BlobBody:
@@ -157,6 +170,12 @@ class Upstream:
         params: Mapping[str, str] | None,
     ) -> httpx.Response:
         """Send, retrying transient failures with backoff; no byte has reached a client yet."""
+        if wait := self.health.cooling_down():
+            raise UpstreamUnavailable(
+                f"upstream {self.name} failed {self.health.consecutive_failures} times in a row; "
+                f"not asking it again for {wait:.0f} s",
+                detail={"upstream": self.name},
+            )
         for attempt in range(RETRIES + 1):
             request = self.client.build_request(method, path, headers=headers, params=params)
             try:

@@ -108,3 +108,32 @@ def test_mirror_starts_and_serves_its_cache_while_the_upstream_is_down(
         assert httpx.get(f"{process.url}/v2/library/multi/manifests/latest").status_code == 503
     finally:
         process.stop()
+
+
+def test_a_dead_upstream_is_not_waited_for_again_and_again(tmp_path: Path, fake_upstream: FakeUpstream) -> None:
+    body = b'{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "layers": []}'
+    fake_upstream.manifests["cached"] = (body, "application/vnd.oci.image.manifest.v1+json")
+    process = MirrorProcess(
+        tmp_path / "m",
+        {"docker.io": fake_upstream.url},
+        extra_config='tag_ttl = "0s"',
+        upstream_config='read_timeout = "1s"',
+    ).start()
+    try:
+        assert httpx.get(f"{process.url}/v2/x/y/manifests/cached").status_code == 200
+        fake_upstream.header_delay = 30  # every blob request now stalls past the read timeout
+        digest = fake_upstream.add_blob(FakeBlob(b"stalled"))
+        for _ in range(3):
+            assert httpx.get(f"{process.url}/v2/x/y/blobs/{digest}", timeout=30).status_code == 503
+        asked = fake_upstream.gets(digest)
+        started = time.monotonic()
+        failed_fast = httpx.get(f"{process.url}/v2/x/y/blobs/{digest}", timeout=30)
+        assert time.monotonic() - started < 0.5
+        assert failed_fast.status_code == 503
+        assert "not asking it again" in failed_fast.json()["errors"][0]["message"]
+        assert fake_upstream.gets(digest) == asked
+        stale = httpx.get(f"{process.url}/v2/x/y/manifests/cached")  # a cached tag: served at once
+        assert stale.headers["x-cache"] == "STALE"
+    finally:
+        fake_upstream.header_delay = 0
+        process.stop()
