@@ -117,6 +117,9 @@ def _start_upstream(root: Path, name: str, seed: int, credentials: tuple[str, st
                 images["cross-client"] = {"schema2": tagged}
                 # For the archive test (export, docker load, docker save, import): images only it pulls.
                 images["archive"] = seed_kinds(pusher, {k: ("library/archived", k) for k in KINDS}, seed + 950)
+                # For the access-control and TLS tests: images only they pull, through mirrors of their own.
+                images["auth"] = seed_kinds(pusher, {k: ("library/guarded", k) for k in KINDS}, seed + 970)
+                images["tls"] = seed_kinds(pusher, {k: ("library/private-ca", k) for k in KINDS}, seed + 980)
         issuer = TokenIssuer(root / "issuer", credentials=credentials)
         cdn = StaticCDN(registry.root / "data")
         enable_token_auth(registry, issuer, cdn)

@@ -244,6 +244,8 @@ class DockerEngine:
         self.env = {**os.environ, "DOCKER_CONFIG": str(root / "cli")}
         self.env.pop("DOCKER_HOST", None)
         self.docker_cli = shutil.which("docker") or "docker"
+        # dockerd always creates /run/docker/plugins: give it a private /run. Tests may add more binds.
+        self.binds: list[tuple[Path, str]] = [(root / "run", "/run")]
 
     def daemon_json(self) -> dict[str, object]:
         config: dict[str, object] = json.loads(client_config("docker", self.mirror_url))
@@ -277,8 +279,7 @@ class DockerEngine:
         config.write_text(json.dumps(self.daemon_json(), indent=2))
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                # dockerd always creates /run/docker/plugins: give it a private /run.
-                private_mounts([(self.root / "run", "/run")], ["dockerd", "--config-file", str(config)]),
+                private_mounts(self.binds, ["dockerd", "--config-file", str(config)]),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -340,6 +341,8 @@ class Podman:
             "TMPDIR": str(root / "tmp"),
         }
         self.env.pop("XDG_RUNTIME_DIR", None)
+        # Its SHM lock file would go to the host's /dev/shm: give it a private one. Tests may add more binds.
+        self.binds: list[tuple[Path, str]] = [(root / "shm", "/dev/shm")]
 
     def podman(self, *args: str, check: bool = True, timeout: float = PULL_TIMEOUT) -> subprocess.CompletedProcess[str]:
         argv = [
@@ -353,8 +356,7 @@ class Podman:
             "--network-config-dir", str(self.root / "net"),
             *args,
         ]  # fmt: skip
-        # Its SHM lock file would go to the host's /dev/shm: give it a private one.
-        return run(private_mounts([(self.root / "shm", "/dev/shm")], argv), env=self.env, timeout=timeout, check=check)
+        return run(private_mounts(self.binds, argv), env=self.env, timeout=timeout, check=check)
 
     def stop(self) -> None:
         # No daemon; storage is vfs directories under root.
