@@ -110,6 +110,19 @@ class ManifestCache:
     def close(self) -> None:
         self._db.close()
 
+    def get_in_memory(self, key: str) -> Manifest | None:
+        """A manifest whose media type and bytes are both held in memory: no I/O, no await."""
+        media_type = self._media_types.get(key)
+        body = self._bodies.get(key)
+        if media_type is None or body is None:
+            return None
+        algorithm, _, hex_digest = key.partition(":")
+        self.store.touch(Digest(algorithm, hex_digest))
+        return Manifest(key, media_type, body)
+
+    def tag_entries_in_memory(self, upstream: str, repository: str, tag: str) -> dict[str, TagEntry] | None:
+        return self._tags.get((upstream, repository, tag))
+
     async def get(self, digest: Digest) -> Manifest | None:
         key = str(digest)
         media_type = self._media_types.get(key)
