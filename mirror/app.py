@@ -165,8 +165,8 @@ def manifest_headers(manifest: Manifest, cache_status: str) -> dict[str, str]:
 
 class WarmManifests:
     """ASGI middleware answering GET/HEAD of a manifest that is fresh in memory, the
-    commonest request of all, without routing or Request/Response objects (about 1.5× the
-    requests/s). Anything else (a miss, a query string, bad input) goes on to the app,
+    commonest request of all, without routing or Request/Response objects (+8 % req/s
+    measured). Anything else (a miss, a query string, bad input) goes on to the app,
     which answers the same, more slowly."""
 
     _PATH_RE = re.compile(r"^/v2/(?P<name>.+?)/manifests/(?P<reference>[^/]+)$")

@@ -105,6 +105,10 @@ class Proxy:
     async def _fetch_by_digest(
         self, upstream: Upstream, repository: str, digest: Digest, accept: list[str], cached: Manifest | None
     ) -> ManifestAnswer:
+        stored = await self.manifests.get(digest)  # another request's flight may have stored it
+        if stored is not None and admits(accepted_types(accept), stored.media_type):
+            self.stats.manifest_hits += 1
+            return ManifestAnswer(stored, "HIT")
         try:
             fetched = await upstream.get_manifest(repository, str(digest), accept)
         except _FALLBACK_ERRORS:
@@ -126,6 +130,12 @@ class Proxy:
         key = accept_key(accepted)
         entries = await self.manifests.tag_entries(upstream.name, repository, tag, reload=True)
         entry = _answer_for(entries, accepted)
+        if entry is not None and time.time() - entry.fetched_at < self.tag_ttl:
+            # Another request's flight stored this while ours was on its way here.
+            cached = await self.manifests.get(parse_digest(entry.digest))
+            if cached is not None:
+                self.stats.manifest_hits += 1
+                return ManifestAnswer(cached, "HIT")
         try:
             if entry is not None:
                 head = await upstream.head_manifest(repository, tag, accept)

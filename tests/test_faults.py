@@ -137,3 +137,27 @@ def test_a_dead_upstream_is_not_waited_for_again_and_again(tmp_path: Path, fake_
     finally:
         fake_upstream.header_delay = 0
         process.stop()
+
+
+def test_faults_leak_no_file_handles(fake_upstream: FakeUpstream, impatient: MirrorProcess) -> None:
+    assert impatient.process is not None
+    fds = Path(f"/proc/{impatient.process.pid}/fd")
+    good = fake_upstream.add_blob(FakeBlob(b"fine" * 1000))
+    httpx.get(f"{impatient.url}/v2/x/y/blobs/{good}")
+    impatient.wait_idle()
+    before = len(list(fds.iterdir()))
+    for round_ in range(5):
+        cut = fake_upstream.add_blob(FakeBlob(random.Random(round_).randbytes(1 << 20), cut_at=1 << 19))
+        wrong = fake_upstream.add_blob(FakeBlob(random.Random(round_ + 9).randbytes(1 << 16), wrong_bytes=True))
+        stalled = fake_upstream.add_blob(FakeBlob(random.Random(round_ + 99).randbytes(1 << 20), gate_at=1 << 19))
+        for digest in (cut, wrong, stalled):
+            with pytest.raises(httpx.HTTPError), httpx.stream("GET", f"{impatient.url}/v2/x/y/blobs/{digest}") as r:
+                b"".join(r.iter_raw())
+        with httpx.stream("GET", f"{impatient.url}/v2/x/y/blobs/{good}") as r:  # a client that leaves early
+            next(r.iter_raw())
+    impatient.wait_idle()
+    time.sleep(0.5)
+    after = len(list(fds.iterdir()))
+    assert after <= before + 2, f"{after - before} more file descriptors after 20 faults"
+    assert impatient.stats()["inflight_downloads"] == 0
+    assert list((impatient.cache_dir / "tmp").iterdir()) == []

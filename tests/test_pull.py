@@ -183,3 +183,21 @@ def test_upstream_down_serves_what_is_cached(tmp_path: Path, images: dict[str, I
             process.stop()
     finally:
         registry.stop()
+
+
+def test_a_burst_on_a_cold_tag_makes_one_upstream_request(tmp_path: Path, registry: Registry) -> None:
+    with Pusher(registry.url) as pusher:
+        image = pusher.image("library/burst", "latest", [1024], seed=808)
+    process = MirrorProcess(tmp_path / "m", {"docker.io": registry.url}).start()
+    try:
+        mark = registry.mark()
+
+        def get(_: int) -> int:
+            url = f"{process.url}/v2/library/burst/manifests/latest"
+            return httpx.get(url, headers={"Accept": image.media_type}).status_code
+
+        with ThreadPoolExecutor(32) as pool:
+            assert set(pool.map(get, range(64))) == {200}
+        assert registry.requests_since(mark) == [("GET", "/v2/library/burst/manifests/latest", 200)]
+    finally:
+        process.stop()
