@@ -24,7 +24,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     # uvicorn narrows asyncio.BaseTransport to Transport here too, hence the override ignore.
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(CorkedTransport(transport, self.loop))  # type: ignore[arg-type]  # a stand-in
         self._head_bytes = 0
         self._in_head = True
         self._head_timer: asyncio.TimerHandle | None = self.loop.call_later(self.head_timeout, self._head_too_slow)
@@ -72,3 +72,51 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         )
         self.transport.write(head.encode() + body)
         self.transport.close()
+
+
+class CorkedTransport:
+    """Holds a small response head until the first body write, so both leave in one send().
+
+    uvicorn writes a response's head and body separately: two system calls for every small
+    response, which were a third of the CPU time of a warm tag resolution. Anything that
+    is not a lone head passes straight through; a head with no body (HEAD) is sent on the
+    next turn of the event loop, or when the connection closes.
+    """
+
+    _MAX_HEAD = 16 * 1024
+    _MAX_JOIN = 64 * 1024
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: bytes | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            if len(data) <= self._MAX_JOIN:
+                self._transport.write(pending + bytes(data))
+                return
+            self._transport.write(pending)
+        elif (
+            isinstance(data, bytes)
+            and len(data) <= self._MAX_HEAD
+            and data.startswith(b"HTTP/1.1 ")
+            and data.endswith(b"\r\n\r\n")
+        ):
+            self._pending = data
+            self._loop.call_soon(self._flush)
+            return
+        self._transport.write(data)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None and not self._transport.is_closing():
+            self._transport.write(pending)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._transport, name)

@@ -82,3 +82,24 @@ def test_a_client_that_does_not_read_costs_no_memory(
         grown = rss_mib(mirror) - before
         assert sock.recv(100).startswith(b"HTTP/1.1 200")
     assert grown < 16, f"the mirror grew by {grown:.1f} MiB for a client that reads nothing"
+
+
+def test_keep_alive_mixes_heads_gets_and_ranges_on_one_connection(
+    mirror: MirrorProcess, images: dict[str, Image]
+) -> None:
+    # Response heads are held back to leave with their body in one send(); a HEAD has no
+    # body, so its head must still go out, in order, before the next answer.
+    demo = images["demo"]
+    digest, data = max(demo.blobs.items(), key=lambda item: len(item[1]))
+    manifest_url = f"{mirror.url}/v2/library/demo/manifests/latest"
+    with httpx.Client(headers={"Accept": demo.media_type}) as client:
+        for _ in range(3):
+            assert client.head(manifest_url).headers["docker-content-digest"] == demo.digest
+            assert client.get(manifest_url).content == demo.manifest
+            assert client.head(f"{mirror.url}/v2/library/demo/blobs/{digest}").headers["content-length"] == str(
+                len(data)
+            )
+            assert client.get(f"{mirror.url}/v2/library/demo/blobs/{digest}").content == data
+            ranged = client.get(f"{mirror.url}/v2/library/demo/blobs/{digest}", headers={"Range": "bytes=5-9"})
+            assert ranged.content == data[5:10]
+            assert client.get(f"{mirror.url}/v2/nosuch/x/blobs/sha256:{'0' * 64}").status_code == 404
