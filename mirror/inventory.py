@@ -29,19 +29,27 @@ def _blob_parts(digest: str) -> tuple[str, str, str]:
 
 
 def describe(cache: Path, digest: str) -> tuple[int | None, list[str]]:
-    """Total size and platforms of a cached manifest (an index lists its children's platforms)."""
+    """Size and platforms of a cached image; for an index, the sum over its cached children."""
     manifest = _read_json(cache, digest)
     if manifest is None:
         return None, []
     if isinstance(manifest.get("manifests"), list):
-        children = [m for m in manifest["manifests"] if isinstance(m, dict)]
+        children = [m for m in manifest["manifests"] if isinstance(m, dict) and isinstance(m.get("digest"), str)]
         platforms = [platform_name(m.get("platform")) for m in children]
-        return sum(int(m.get("size", 0)) for m in children), [p for p in platforms if p != "unknown/unknown"]
+        sizes = [size for m in children if (size := _image_size(cache, m["digest"])) is not None]
+        return (sum(sizes) if sizes else None), [p for p in platforms if p != "unknown/unknown"]
     config: dict[str, Any] = manifest["config"] if isinstance(manifest.get("config"), dict) else {}
-    layers = [layer for layer in manifest.get("layers", []) if isinstance(layer, dict)]
-    size = int(config.get("size", 0)) + sum(int(layer.get("size", 0)) for layer in layers)
     config_json = _read_json(cache, str(config.get("digest", ""))) if config.get("digest") else None
-    return size, [platform_name(config_json)] if config_json is not None else []
+    return _image_size(cache, digest, manifest), [platform_name(config_json)] if config_json is not None else []
+
+
+def _image_size(cache: Path, digest: str, manifest: dict[str, Any] | None = None) -> int | None:
+    """Config plus layers of an image manifest (None when the manifest is not cached)."""
+    manifest = manifest if manifest is not None else _read_json(cache, digest)
+    if manifest is None:
+        return None
+    descriptors = [manifest.get("config"), *manifest.get("layers", [])]
+    return sum(int(d.get("size", 0)) for d in descriptors if isinstance(d, dict))
 
 
 def list_images(cache: Path, repository: str | None = None) -> list[dict[str, Any]]:

@@ -52,6 +52,8 @@ class Progress:
     started: float = field(default_factory=time.monotonic)
 
     def show(self, final: bool = False) -> None:
+        if not final and not self.out.isatty():
+            return  # a log file gets the summary, not a line per chunk
         elapsed = max(time.monotonic() - self.started, 1e-6)
         speed = self.done / elapsed
         eta = (self.total - self.done) / speed if speed > 0 and self.total > self.done else 0.0

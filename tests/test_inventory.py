@@ -14,6 +14,8 @@ def test_ls_and_api_list_tags_digests_sizes_and_platforms(mirror: MirrorProcess,
     accept = [("Accept", a) for a in ALL_MANIFESTS]
     for repository in ("library/demo", "library/multi"):
         httpx.get(f"{mirror.url}/v2/{repository}/manifests/latest", headers=accept)
+    amd64 = images["list"].children[0]
+    httpx.get(f"{mirror.url}/v2/library/multi/manifests/{amd64.digest}", headers=accept)
     demo = images["demo"]
     config_digest = json.loads(demo.manifest)["config"]["digest"]
     httpx.get(f"{mirror.url}/v2/library/demo/blobs/{config_digest}")
@@ -26,6 +28,8 @@ def test_ls_and_api_list_tags_digests_sizes_and_platforms(mirror: MirrorProcess,
     assert by_repo["library/demo"]["size"] == sum(len(b) for b in demo.blobs.values())
     assert sorted(by_repo["library/multi"]["platforms"]) == ["linux/amd64", "linux/arm64"]
     assert by_repo["library/multi"]["media_type"] == images["list"].media_type
+    # An index's size: its cached children's images (here only amd64's).
+    assert by_repo["library/multi"]["size"] == sum(len(b) for b in amd64.blobs.values())
 
     only = httpx.get(f"{mirror.url}/api/images/library$multi").json()
     assert [row["repository"] for row in only] == ["library/multi"]
