@@ -83,40 +83,32 @@ class Proxy:
         if fresh is not None:
             self.stats.manifest_hits += 1
             return ManifestAnswer(fresh, "HIT")
+        # Not in memory: one flight per question looks on disk, then asks the upstream. Looking
+        # inside the flight also catches an answer that a flight which just ended stored.
+        key = (upstream.name, repository, str(reference), accept_key(accepted))
         if isinstance(reference, Digest):
-            cached = await self.manifests.get(reference)
-            if cached is not None and admits(accepted, cached.media_type):
-                self.stats.manifest_hits += 1
-                return ManifestAnswer(cached, "HIT")
-            key = (upstream.name, repository, str(reference), accept_key(accepted))
+            digest = reference
             return await self._manifest_fetches.run(
-                key, lambda: self._fetch_by_digest(upstream, repository, reference, accept, cached)
+                key, lambda: self._fetch_by_digest(upstream, repository, digest, accept)
             )
-        entries = await self.manifests.tag_entries(upstream.name, repository, reference)
-        entry = _answer_for(entries, accepted)
-        if entry is not None and time.time() - entry.fetched_at < self.tag_ttl:
-            cached = await self.manifests.get(parse_digest(entry.digest))
-            if cached is not None:
-                self.stats.manifest_hits += 1
-                return ManifestAnswer(cached, "HIT")
-        key = (upstream.name, repository, reference, accept_key(accepted))
-        return await self._manifest_fetches.run(key, lambda: self._resolve_tag(upstream, repository, reference, accept))
+        tag = reference
+        return await self._manifest_fetches.run(key, lambda: self._resolve_tag(upstream, repository, tag, accept))
 
     async def _fetch_by_digest(
-        self, upstream: Upstream, repository: str, digest: Digest, accept: list[str], cached: Manifest | None
+        self, upstream: Upstream, repository: str, digest: Digest, accept: list[str]
     ) -> ManifestAnswer:
-        stored = await self.manifests.get(digest)  # another request's flight may have stored it
+        stored = await self.manifests.get(digest)
         if stored is not None and admits(accepted_types(accept), stored.media_type):
             self.stats.manifest_hits += 1
             return ManifestAnswer(stored, "HIT")
         try:
             fetched = await upstream.get_manifest(repository, str(digest), accept)
         except _FALLBACK_ERRORS:
-            if cached is None:
+            if stored is None:
                 raise
             log.warning("upstream %s failed; serving cached manifest %s", upstream.name, digest)
             self.stats.manifest_stale += 1
-            return ManifestAnswer(cached, "STALE")
+            return ManifestAnswer(stored, "STALE")
         self.stats.manifest_misses += 1
         if manifest_digest(fetched.body) != str(digest):
             self.stats.digest_mismatches += 1
@@ -131,7 +123,6 @@ class Proxy:
         entries = await self.manifests.tag_entries(upstream.name, repository, tag, reload=True)
         entry = _answer_for(entries, accepted)
         if entry is not None and time.time() - entry.fetched_at < self.tag_ttl:
-            # Another request's flight stored this while ours was on its way here.
             cached = await self.manifests.get(parse_digest(entry.digest))
             if cached is not None:
                 self.stats.manifest_hits += 1
