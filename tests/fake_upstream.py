@@ -72,8 +72,9 @@ class FakeUpstream:
         # When set, requests need this Basic credential, as a Basic-auth registry would.
         self.basic_auth: tuple[str, str] | None = None
         self.authorizations: list[str | None] = []
-        # The next this-many blob requests get a 503, as an overloaded registry would answer.
+        # The next this-many blob requests get `failure_status`, as an overloaded registry answers.
         self.blob_failures = 0
+        self.failure_status = 503
         # Blob requests redirect back to themselves, forever.
         self.redirect_loop = False
         # Seconds to wait before answering a blob request at all.
@@ -136,7 +137,8 @@ class FakeUpstream:
             await asyncio.sleep(self.header_delay)
         if self.blob_failures > 0:
             self.blob_failures -= 1
-            return JSONResponse({"errors": [{"code": "UNAVAILABLE", "message": "busy"}]}, status_code=503)
+            body = {"errors": [{"code": "UNAVAILABLE", "message": "busy"}]}
+            return JSONResponse(body, status_code=self.failure_status)
         blob = self.blobs.get(digest)
         if blob is None:
             return JSONResponse({"errors": [{"code": "BLOB_UNKNOWN", "message": "blob unknown"}]}, status_code=404)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from pathlib import Path
@@ -38,6 +39,10 @@ def test_oversized_request_head_is_refused(mirror: MirrorProcess) -> None:
             pass
         reply = read_reply(sock)
     assert reply.startswith(b"HTTP/1.1 431")
+    with socket.create_connection(("127.0.0.1", mirror.port)) as sock:  # a URL of 1 MiB
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(b"GET /v2/" + b"a" * (1 << 20) + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_reply(sock).startswith((b"HTTP/1.1 431", b"HTTP/1.1 400"))
     assert rss_mib(mirror) - before < 10
 
 

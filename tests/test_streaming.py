@@ -137,9 +137,13 @@ def test_memory_stays_flat_for_a_large_blob(fake_upstream: FakeUpstream, fake_mi
     assert os.path.getsize(fake_mirror.blob_path(digest)) == blob.size
 
 
-def test_transient_upstream_failures_are_retried(fake_upstream: FakeUpstream, fake_mirror: MirrorProcess) -> None:
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+def test_transient_upstream_failures_are_retried(
+    fake_upstream: FakeUpstream, fake_mirror: MirrorProcess, status: int
+) -> None:
     digest = fake_upstream.add_blob(FakeBlob(b"worth the wait" * 1000))
     fake_upstream.blob_failures = 2
+    fake_upstream.failure_status = status
     response = httpx.get(f"{fake_mirror.url}/v2/library/x/blobs/{digest}")
     assert response.status_code == 200
     assert fake_upstream.gets(digest) == 3
