@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from support import Image, MirrorProcess, Pusher, Registry
+from support import Image, MirrorProcess, Pusher, Registry, stop_process
 from token_upstream import StaticCDN, TokenIssuer
 
 MIRROR_CLI = str(Path(sys.executable).parent / "mirror")
@@ -76,16 +75,6 @@ def existing_parent(path: str) -> str:
     while not os.path.exists(path):
         path = os.path.dirname(path)
     return path
-
-
-def stop_pid(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
 
 
 def wait_until(check: object, what: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
@@ -226,7 +215,7 @@ class Containerd:
 
     def stop(self) -> None:
         if self.process is not None:
-            stop_pid(self.process)
+            stop_process(self.process, timeout=30.0)
             self.process = None
         shutil.rmtree(self.root / "root", ignore_errors=True)
 
@@ -298,7 +287,7 @@ class DockerEngine:
     def stop(self) -> None:
         try:
             if self.process is not None:
-                stop_pid(self.process)
+                stop_process(self.process, timeout=30.0)
                 self.process = None
         finally:
             self.containerd.stop()
