@@ -45,32 +45,47 @@ class AccessLog:
 
     def _write(self, scope: Scope, status: int, sent: int, cache: str, duration_ms: float) -> None:
         client = scope.get("client") or ("-", 0)
-        upstream = scope.get("state", {}).get("upstream", "-")
         path = scope.get("path", "")
         if scope.get("query_string"):
             path += "?" + scope["query_string"].decode("latin-1")
-        if self.json_format:
-            record = {
-                "client": client[0],
-                "method": scope["method"],
-                "path": path,
-                "status": status,
-                "bytes": sent,
-                "duration_ms": round(duration_ms, 2),
-                "cache": cache,
-                "upstream": upstream,
-            }
-            log.info(json.dumps(record))
-        else:
-            # repr-style quoting keeps a crafted path from forging extra log lines.
-            log.info(
-                '%s "%s %s" %d %d %.1fms %s %s',
-                client[0],
-                scope["method"],
-                json.dumps(path)[1:-1],
-                status,
-                sent,
-                duration_ms,
-                cache,
-                upstream,
-            )
+        upstream = scope.get("state", {}).get("upstream", "-")
+        write_line(self.json_format, client[0], scope["method"], path, status, sent, duration_ms, cache, upstream)
+
+
+def write_line(
+    json_format: bool,
+    client: str,
+    method: str,
+    path: str,
+    status: int,
+    sent: int,
+    duration_ms: float,
+    cache: str,
+    upstream: str,
+) -> None:
+    """One request's line, as JSON or as text."""
+    if json_format:
+        record = {
+            "client": client,
+            "method": method,
+            "path": path,
+            "status": status,
+            "bytes": sent,
+            "duration_ms": round(duration_ms, 2),
+            "cache": cache,
+            "upstream": upstream,
+        }
+        log.info(json.dumps(record))
+    else:
+        # repr-style quoting keeps a crafted path from forging extra log lines.
+        log.info(
+            '%s "%s %s" %d %d %.1fms %s %s',
+            client,
+            method,
+            json.dumps(path)[1:-1],
+            status,
+            sent,
+            duration_ms,
+            cache,
+            upstream,
+        )

@@ -14,6 +14,7 @@ import uvicorn
 from mirror import __version__, archive, clientconfig, inventory, maintenance, prefetch
 from mirror.app import create_app
 from mirror.config import DOCKER_HUB, Config, ConfigError, load, render
+from mirror.fastpath import warm_answers
 from mirror.server import bounded_protocol
 
 
@@ -129,7 +130,7 @@ def serve(config: Config) -> int:
         ssl_certfile=config.server.tls_cert,
         ssl_keyfile=config.server.tls_key,
         server_header=False,
-        http=bounded_protocol(config.server.head_timeout),
+        http=bounded_protocol(config.server.head_timeout, warm_answers(app, config)),
     )
     return 0
 

@@ -7,6 +7,7 @@ warm tag resolution touches neither SQLite nor the disk.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,11 @@ _MEMORY_BYTES = 64 * 1024 * 1024
 
 def accepted_types(accept_values: list[str]) -> frozenset[str]:
     """The media types named by all `Accept` headers; q=0 excludes, other parameters are dropped."""
+    return _accepted_types(tuple(accept_values))
+
+
+@functools.lru_cache(maxsize=256)  # clients send a handful of distinct Accept sets, on every request
+def _accepted_types(accept_values: tuple[str, ...]) -> frozenset[str]:
     types: set[str] = set()
     for value in accept_values:
         for item in value.split(","):

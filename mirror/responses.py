@@ -11,6 +11,7 @@ from starlette.types import Receive, Scope, Send
 
 from mirror.errors import RangeInvalid, RegistryError
 from mirror.inflight import DownloadFailed
+from mirror.manifests import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,17 @@ def error_response(error: RegistryError) -> Response:
     headers = {API_VERSION_HEADER[0]: API_VERSION_HEADER[1], **error.headers}
     body = json.dumps(error.body()).encode()
     return Response(body, status_code=error.status, headers=headers, media_type="application/json")
+
+
+def manifest_headers(manifest: Manifest, cache_status: str) -> dict[str, str]:
+    return {
+        API_VERSION_HEADER[0]: API_VERSION_HEADER[1],
+        "Content-Type": manifest.media_type,
+        "Docker-Content-Digest": manifest.digest,
+        "Content-Length": str(len(manifest.body)),
+        "ETag": f'"{manifest.digest}"',
+        "X-Cache": cache_status,
+    }
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:

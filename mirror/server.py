@@ -1,26 +1,50 @@
-"""uvicorn's httptools protocol with bounds on request heads, in size and in time.
+"""uvicorn's httptools protocol with bounds on request heads, and warm answers without ASGI.
 
-Without them a client could send headers forever (memory) or one byte a minute (a
-connection held open for good): uvicorn bounds neither with httptools.
+Without the bounds a client could send headers forever (memory) or one byte a minute (a
+connection held open for good): uvicorn bounds neither with httptools. The warm answers
+(see `mirror.fastpath`) skip the per-request task and ASGI cycle for the commonest request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any, Protocol
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 MAX_HEAD_BYTES = 64 * 1024
 
+_MAX_REMEMBERED = 1024  # request heads remembered, each at most _MAX_REMEMBERED_BYTES
+_MAX_REMEMBERED_BYTES = 4096
 
-def bounded_protocol(head_timeout: float) -> type[BoundedHttpToolsProtocol]:
-    """The protocol class for uvicorn, with the configured time limit for a request head."""
-    return type("BoundedHttpToolsProtocol", (BoundedHttpToolsProtocol,), {"head_timeout": head_timeout})
+
+class WarmAnswerer(Protocol):
+    """The app's side of warm answers (`mirror.fastpath.WarmAnswers`)."""
+
+    def question(self, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]]) -> Any | None: ...
+
+    def answer(self, question: Any, client: tuple[str, int] | None) -> tuple[bytes, bytes] | None: ...
+
+
+def bounded_protocol(head_timeout: float, answerer: WarmAnswerer | None = None) -> type[BoundedHttpToolsProtocol]:
+    """The protocol class for uvicorn: the time limit for a request head, and warm answers."""
+    attributes: dict[str, object] = {"head_timeout": head_timeout, "answerer": answerer, "remembered": {}}
+    return type("BoundedHttpToolsProtocol", (BoundedHttpToolsProtocol,), attributes)
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """Bounds on request heads; warm answers written straight from the parsed head.
+
+    Clients repeat the very same request bytes (same path, same headers), so a request head
+    that was parsed and found answerable is remembered, bytes -> question: the next identical
+    chunk is answered without parsing it again. Identical bytes parse identically; only a
+    chunk that is exactly one request head, with no body, is remembered.
+    """
+
     head_timeout = 30.0
+    answerer: WarmAnswerer | None = None
+    remembered: dict[bytes, Any] = {}  # noqa: RUF012  # one per server, made by bounded_protocol
 
     # uvicorn narrows asyncio.BaseTransport to Transport here too, hence the override ignore.
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -28,8 +52,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._in_head = True
         self._head_timer: asyncio.TimerHandle | None = self.loop.call_later(self.head_timeout, self._head_too_slow)
+        self._answered = False  # the current request was answered by the answerer
+        self._chunk: bytes | None = None  # the chunk that began the current request head
 
     def data_received(self, data: bytes) -> None:
+        if self._in_head and self._head_bytes == 0:
+            question = self.remembered.get(data)
+            if question is not None and self._answer(question):
+                return
+            self._chunk = data
         if self._in_head:
             if self._head_timer is None:
                 self._head_timer = self.loop.call_later(self.head_timeout, self._head_too_slow)
@@ -42,10 +73,53 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._cancel_head_timer()
+        chunk, self._chunk = self._chunk, None
+        if self.answerer is not None and self._answer_parsed(self.answerer, chunk):
+            return
         super().on_headers_complete()
 
+    def _answer_parsed(self, answerer: WarmAnswerer, chunk: bytes | None) -> bool:
+        if self.parser.get_http_version() != "1.1" or not self.parser.should_keep_alive():
+            return False
+        question = answerer.question(self.parser.get_method(), self.url, self.headers)
+        if question is None or not self._answer(question):
+            return False
+        self._answered = True
+        if (
+            chunk is not None
+            and len(chunk) <= _MAX_REMEMBERED_BYTES
+            and chunk.endswith(b"\r\n\r\n")
+            and chunk.count(b"\r\n\r\n") == 1  # exactly this request's head (the answerer refuses bodies)
+        ):
+            if len(self.remembered) >= _MAX_REMEMBERED:
+                self.remembered.clear()
+            self.remembered[chunk] = question
+        return True
+
+    def _answer(self, question: Any) -> bool:
+        """Write the whole response now if the answer is in memory; False passes the request on."""
+        if self.pipeline or (self.cycle is not None and not self.cycle.response_complete) or self.flow.write_paused:
+            return False  # responses must leave in order; the ASGI cycle handles the rest
+        assert self.answerer is not None
+        answer = self.answerer.answer(question, self.client)
+        if answer is None:
+            return False
+        head, body = answer
+        self._unset_keepalive_if_required()
+        defaults = b"".join(name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers)
+        self.transport.write(b"".join((STATUS_LINE[200], defaults, head, b"\r\n", body)))
+        self.on_response_complete()  # counts it, arms the keep-alive timer
+        return True
+
+    def on_body(self, body: bytes) -> None:
+        if not self._answered:
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
-        super().on_message_complete()
+        if self._answered:
+            self._answered = False
+        else:
+            super().on_message_complete()
         self._in_head = True
         self._head_bytes = 0
 

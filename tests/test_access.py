@@ -59,6 +59,18 @@ def test_clients_must_log_in(guarded: MirrorProcess, images: dict[str, Image], t
     assert allowed.returncode == 0, allowed.stderr
 
 
+def test_a_warm_manifest_still_needs_the_credential(guarded: MirrorProcess, images: dict[str, Image]) -> None:
+    # Warm manifests skip the app when clients need no credential; here they must not.
+    url = f"{guarded.url}/v2/library/demo/manifests/latest"
+    accept = {"Accept": images["demo"].media_type}
+    with httpx.Client(headers=accept) as client:
+        for _ in range(3):
+            assert client.get(url, auth=("ci", "pull-secret")).content == images["demo"].manifest
+        for _ in range(3):
+            assert client.get(url).status_code == 401
+            assert client.get(url, auth=("ci", "wrong")).status_code == 401
+
+
 def test_admin_pages_need_the_admin_credential(guarded: MirrorProcess) -> None:
     for path in ("/stats", "/metrics", "/api/images"):
         assert httpx.get(guarded.url + path).status_code == 401

@@ -1,0 +1,167 @@
+"""Answers for the commonest request of all: GET or HEAD of a manifest fresh in memory.
+
+Our own work for a warm tag is a few dictionary lookups; uvicorn's ASGI machinery around
+it (a scope, a task, a request-response cycle, a dozen awaits) cost four times as much.
+So the HTTP protocol (`mirror.server`) asks `WarmAnswers` first, with the parsed request
+head, and writes the whole response itself when the answer is in memory. The middleware
+`WarmManifests` does the same inside the app, for requests the protocol passes on
+(pipelined, HTTP/1.0, behind client auth, another ASGI server). Anything else (a miss,
+a query string, a body, bad input) goes on to the app, which answers the same, more slowly.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from mirror import accesslog
+from mirror.config import Config
+from mirror.errors import RegistryError
+from mirror.manifests import Manifest, accepted_types
+from mirror.reference import Digest, parse_name, parse_reference
+from mirror.responses import manifest_headers
+from mirror.upstream import Upstream
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
+    from mirror.app import Mirror
+
+_PATH_RE = re.compile(r"^/v2/(?P<name>.+?)/manifests/(?P<reference>[^/]+)$")
+
+
+@dataclass(frozen=True, slots=True)
+class WarmQuestion:
+    """A manifest request, parsed and validated: what a warm answer depends on."""
+
+    method: str
+    path: str
+    upstream: Upstream
+    repository: str
+    reference: str | Digest
+    accepted: frozenset[str]
+
+
+def warm_question(mirror: Mirror, method: str, path: str, accept: list[str]) -> WarmQuestion | None:
+    """The question a GET or HEAD of a manifest asks, or None for any other request or bad input."""
+    match = _PATH_RE.match(path)
+    if match is None:
+        return None
+    try:
+        upstream, name = mirror.resolve_upstream(match["name"], None)
+        repository = upstream.repository(parse_name(name))
+        reference = parse_reference(match["reference"])
+    except RegistryError:
+        return None
+    return WarmQuestion(method, path, upstream, repository, reference, accepted_types(accept))
+
+
+def warm_manifest(mirror: Mirror, question: WarmQuestion) -> Manifest | None:
+    """The manifest when it is fresh in memory, counted as a hit; else None.
+
+    No I/O and no await: safe to call from a protocol callback.
+    """
+    upstream = question.upstream
+    manifest = mirror.proxy.fresh_manifest(upstream, question.repository, question.reference, question.accepted)
+    if manifest is None:
+        return None
+    mirror.stats.requests += 1
+    mirror.stats.manifest_hits += 1
+    if question.method == "GET":
+        mirror.stats.bytes_served_from_cache += len(manifest.body)
+    mirror.dashboard.count(upstream.name, question.repository)
+    return manifest
+
+
+class WarmManifests:
+    """ASGI middleware: a warm manifest without routing or Request/Response objects."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD") and not scope["query_string"]:
+            mirror: Mirror = scope["app"].state.mirror
+            accept = [value.decode("latin-1") for key, value in scope["headers"] if key == b"accept"]
+            question = warm_question(mirror, scope["method"], scope["path"], accept)
+            manifest = warm_manifest(mirror, question) if question is not None else None
+            if question is not None and manifest is not None:
+                scope.setdefault("state", {})["upstream"] = question.upstream.name
+                headers = [(k.lower().encode(), v.encode()) for k, v in manifest_headers(manifest, "HIT").items()]
+                await send({"type": "http.response.start", "status": 200, "headers": headers})
+                await send({"type": "http.response.body", "body": manifest.body if scope["method"] == "GET" else b""})
+                return
+        await self.app(scope, receive, send)
+
+
+class WarmAnswers:
+    """For the HTTP protocol: a warm manifest's response headers and body, from a request head."""
+
+    # A request with a body, an upgrade or a proxy's client address takes the app's road.
+    _PASS_ON = frozenset((b"content-length", b"transfer-encoding", b"expect", b"upgrade", b"x-forwarded-for"))
+
+    _MAX_HEADS = 4096
+
+    def __init__(self, app: Starlette, *, json_log: bool) -> None:
+        self._app = app
+        self._json_log = json_log
+        # The log level is set once, before the server starts.
+        self._log_access = accesslog.log.isEnabledFor(logging.INFO)
+        self._heads: dict[tuple[str, str], bytes] = {}  # (digest, media type) -> header lines
+
+    def question(self, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]]) -> WarmQuestion | None:
+        """What the request asks, if a warm answer might do; None passes it on to the app.
+
+        Depends only on the request's bytes and the config, so the protocol may remember it.
+        """
+        mirror: Mirror | None = getattr(self._app.state, "mirror", None)  # None until the lifespan ran
+        if mirror is None or method not in (b"GET", b"HEAD") or not url.startswith(b"/v2/"):
+            return None
+        if b"?" in url or b"%" in url or b"#" in url or not url.isascii():
+            return None
+        accept = []
+        for name, value in headers:
+            if name == b"accept":
+                accept.append(value.decode("latin-1"))
+            elif name in self._PASS_ON:
+                return None
+        return warm_question(mirror, method.decode(), url.decode(), accept)
+
+    def answer(self, question: WarmQuestion, client: tuple[str, int] | None) -> tuple[bytes, bytes] | None:
+        """(header lines, body) of a 200 when the answer is fresh in memory, else None."""
+        started = time.perf_counter()
+        manifest = warm_manifest(self._app.state.mirror, question)
+        if manifest is None:
+            return None
+        head = self._head(manifest)
+        body = manifest.body if question.method == "GET" else b""
+        if self._log_access:
+            took_ms = (time.perf_counter() - started) * 1000
+            address = client[0] if client else "-"
+            upstream = question.upstream.name
+            accesslog.write_line(
+                self._json_log, address, question.method, question.path, 200, len(body), took_ms, "HIT", upstream
+            )
+        return head, body
+
+    def _head(self, manifest: Manifest) -> bytes:
+        key = (manifest.digest, manifest.media_type)
+        head = self._heads.get(key)
+        if head is None:
+            if len(self._heads) >= self._MAX_HEADS:
+                self._heads.clear()
+            headers = manifest_headers(manifest, "HIT").items()
+            head = self._heads[key] = "".join(f"{k.lower()}: {v}\r\n" for k, v in headers).encode()
+        return head
+
+
+def warm_answers(app: Starlette, config: Config) -> WarmAnswers | None:
+    """The protocol's answerer, unless registry clients must authenticate (the app checks that)."""
+    if config.auth.htpasswd is not None:
+        return None
+    return WarmAnswers(app, json_log=config.log.format == "json")

@@ -1,0 +1,183 @@
+"""Warm manifests answered by the HTTP protocol itself (`mirror.server`, `mirror.fastpath`).
+
+The protocol answers a warm manifest without the ASGI app, and answers a request whose bytes
+it has seen before without parsing them again. Its answers must be the app's, but for the
+Date; and every request it passes on (a query, a body, HTTP/1.0, pipelining) must still get
+the app's answer on a connection that stays in step.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import httpx
+from support import Image, MirrorProcess, Pusher, Registry
+
+
+def raw_request(path: str, *, method: str = "GET", accept: str = "", extra: str = "", version: str = "1.1") -> bytes:
+    head = f"{method} {path} HTTP/{version}\r\nHost: mirror\r\nUser-Agent: fastpath-test\r\n"
+    if accept:
+        head += f"Accept: {accept}\r\n"
+    return (head + extra + "\r\n").encode()
+
+
+class Connection:
+    """One raw keep-alive connection: send bytes as they are, read whole responses."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buffer = b""
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.sock.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def response(self, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+        while b"\r\n\r\n" not in self.buffer:
+            self._read()
+        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+        length = 0 if method == "HEAD" else int(headers["content-length"])
+        while len(self.buffer) < length:
+            self._read()
+        body, self.buffer = self.buffer[:length], self.buffer[length:]
+        return int(status_line.split()[1]), headers, body
+
+    def exchange(self, data: bytes, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+        self.send(data)
+        return self.response(method)
+
+    def _read(self) -> None:
+        data = self.sock.recv(65536)
+        assert data, "connection closed"
+        self.buffer += data
+
+
+def without_date(headers: dict[str, str]) -> dict[str, str]:
+    return {name: value for name, value in headers.items() if name != "date"}
+
+
+def warm(mirror: MirrorProcess, image: Image, path: str) -> None:
+    response = httpx.get(f"{mirror.url}{path}", headers={"Accept": image.media_type})
+    assert response.status_code == 200 and response.headers["x-cache"] == "MISS"
+
+
+def test_protocol_answers_are_the_apps(mirror: MirrorProcess, images: dict[str, Image]) -> None:
+    demo = images["demo"]
+    path = "/v2/library/demo/manifests/latest"
+    warm(mirror, demo, path)
+    before = mirror.stats()
+    with Connection(mirror.port) as connection:
+        # First parsed and answered by the protocol, then remembered and answered unparsed.
+        answers = [connection.exchange(raw_request(path, accept=demo.media_type)) for _ in range(3)]
+        # A query string takes the app's road (routing, Request, Response).
+        by_app = connection.exchange(raw_request(path + "?ns=docker.io", accept=demo.media_type))
+        heads = [
+            connection.exchange(raw_request(path, method="HEAD", accept=demo.media_type), "HEAD") for _ in range(2)
+        ]
+    for status, headers, body in [*answers, by_app]:
+        assert status == 200
+        assert body == demo.manifest
+        assert without_date(headers) == without_date(by_app[1])
+        assert headers["date"]
+    assert by_app[1]["x-cache"] == "HIT"
+    assert by_app[1]["docker-content-digest"] == demo.digest
+    for status, headers, body in heads:
+        assert (status, body) == (200, b"")
+        assert without_date(headers) == without_date(by_app[1])
+    after = mirror.stats()
+    assert after["manifest_hits"] - before["manifest_hits"] == 6
+    assert after["requests"] - before["requests"] == 6
+    assert after["bytes_served_from_cache"] - before["bytes_served_from_cache"] == 4 * len(demo.manifest)
+
+
+def test_requests_passed_on_keep_the_connection_in_step(mirror: MirrorProcess, images: dict[str, Image]) -> None:
+    demo = images["demo"]
+    path = "/v2/library/demo/manifests/latest"
+    warm(mirror, demo, path)
+    digest, blob = next(iter(demo.blobs.items()))
+    manifest = raw_request(path, accept=demo.media_type)
+    with Connection(mirror.port) as connection:
+        connection.exchange(manifest)  # now remembered
+        # Pipelined: four requests in one send, answered in order.
+        connection.send(
+            manifest
+            + raw_request(f"/v2/library/demo/blobs/{digest}")
+            + raw_request(path, method="HEAD", accept=demo.media_type)
+            + manifest
+        )
+        assert connection.response()[2] == demo.manifest
+        assert connection.response()[2] == blob
+        assert connection.response("HEAD")[1]["docker-content-digest"] == demo.digest
+        assert connection.response()[2] == demo.manifest
+        # A body (which a GET may carry) goes to the app, which reads past it.
+        status, _, body = connection.exchange(
+            raw_request(path, accept=demo.media_type, extra="Content-Length: 5\r\n") + b"hello"
+        )
+        assert (status, body) == (200, demo.manifest)
+        # A head that arrives in pieces is parsed as usual.
+        connection.send(manifest[:20])
+        time.sleep(0.05)
+        assert connection.exchange(manifest[20:])[2] == demo.manifest
+        assert connection.exchange(manifest)[2] == demo.manifest
+    with Connection(mirror.port) as connection:
+        status, _, body = connection.exchange(raw_request(path, accept=demo.media_type, version="1.0"))
+        assert (status, body) == (200, demo.manifest)
+
+
+def test_remembered_requests_still_expire_with_the_tag_ttl(
+    tmp_path: Path, registry: Registry, images: dict[str, Image]
+) -> None:
+    with Pusher(registry.url) as pusher:
+        first = pusher.image("library/moving", "v1", [4096], seed=810)
+    path = "/v2/library/moving/manifests/v1"
+    process = MirrorProcess(tmp_path / "m", {"docker.io": registry.url}, extra_config='tag_ttl = "1s"').start()
+    try:
+        warm(process, first, path)
+        request = raw_request(path, accept=first.media_type)
+        with Connection(process.port) as connection:
+            for _ in range(3):
+                assert connection.exchange(request)[1]["docker-content-digest"] == first.digest
+            with Pusher(registry.url) as pusher:
+                second = pusher.image("library/moving", "v1", [4096], seed=811)
+            mark = registry.mark()
+            time.sleep(1.2)
+            for _ in range(3):
+                assert connection.exchange(request)[1]["docker-content-digest"] == second.digest
+        # One revalidation for all three: a HEAD, then a GET of the new manifest.
+        manifest_requests = [method for method, path, _ in registry.requests_since(mark) if "/manifests/" in path]
+        assert manifest_requests == ["HEAD", "GET"]
+    finally:
+        process.stop()
+
+
+def test_protocol_answers_are_logged(tmp_path: Path, registry: Registry, images: dict[str, Image]) -> None:
+    demo = images["demo"]
+    path = "/v2/library/demo/manifests/latest"
+    process = MirrorProcess(tmp_path / "m", {"docker.io": registry.url}, server_config='log_level = "info"').start()
+    try:
+        warm(process, demo, path)
+        with Connection(process.port) as connection:
+            for _ in range(3):
+                connection.exchange(raw_request(path, accept=demo.media_type))
+        deadline = time.monotonic() + 5
+        while True:
+            lines = [line for line in process.log_path.read_text().splitlines() if "mirror.access" in line]
+            hits = [
+                line for line in lines if f'"GET {path}" 200 {len(demo.manifest)} ' in line and "HIT docker.io" in line
+            ]
+            if len(hits) == 3 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert len(hits) == 3, lines
+        assert all(line.split("mirror.access: ")[1].startswith("127.0.0.1 ") for line in hits)
+    finally:
+        process.stop()
