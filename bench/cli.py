@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import netns, procs, report, seed
+from bench import h2load, netns, procs, report, seed
 from bench.scenarios import SCENARIOS, Context
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warm-clients", type=_csv_ints, default=[1, 32], help="scenario 3 client counts (default 1,32)")
     p.add_argument("--tag-requests", type=int, default=10_000, help="scenario 4 requests (default %(default)s)")
     p.add_argument("--tag-connections", type=int, default=32, help="scenario 4 connections (default %(default)s)")
-    p.add_argument("--tag-workers", type=int, default=2, help="scenario 4 client processes (default %(default)s)")
+    p.add_argument("--tag-workers", type=int, default=2, help="scenario 4 h2load threads (default %(default)s)")
+    p.add_argument("--tag-rounds", type=int, default=5, help="scenario 4 rounds, at most, per target (default 5)")
     p.add_argument("--big-blob-mb", type=int, default=1024, help="scenario 5 blob size in MiB (default %(default)s)")
     p.add_argument("--stream-runs", type=int, default=5, help="scenario 5 timed runs per target (default %(default)s)")
     p.add_argument("--rss-blob-mb", type=int, default=4096, help="scenario 6 blob size in MiB (default %(default)s)")
@@ -103,7 +104,7 @@ def apply_smoke(args: argparse.Namespace) -> None:
     args.targets = "direct,mirror"
     args.layers, args.layer_mb = 3, 1
     args.cold_clients, args.warm_clients = [8], [1, 8]
-    args.tag_requests, args.tag_connections = 500, 8
+    args.tag_requests, args.tag_connections, args.tag_rounds = 500, 8, 2
     args.big_blob_mb, args.stream_runs = 32, 1
     args.rss_blob_mb, args.rss_clients = 64, 4
     args.ttfb_rounds, args.workers, args.tag_workers = 1, 2, 1
@@ -122,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(targets) - set(ALL_TARGETS)
     if unknown:
         print(f"bench: unknown targets {sorted(unknown)}", file=sys.stderr)
+        return 2
+    if "4" in args.scenarios.split(",") and not h2load.available():
+        print("bench: h2load not found (Debian nghttp2-client; scripts/bench installs it)", file=sys.stderr)
         return 2
     if "drayage" in targets and args._wan is None:
         # Here, in the host namespace: the bench namespace has no route to PyPI.
@@ -374,7 +378,8 @@ def _run(args: argparse.Namespace, run_dir: Path) -> int:
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "machine": machine_info(),
             "versions": {name: target.version() for name, target in targets.items()}
-            | {"nginx": procs.Nginx.version(), "skopeo": procs.version_of(["skopeo", "--version"])},
+            | {"nginx": procs.Nginx.version(), "skopeo": procs.version_of(["skopeo", "--version"])}
+            | ({"h2load": procs.version_of(["h2load", "--version"])} if h2load.available() else {}),
             "settings": {
                 "smoke": args.smoke,
                 "wan": None if wan is None else {"rate": args.wan_rate, "qdisc": wan.qdisc(), "upstream": upstream.url},
@@ -383,6 +388,8 @@ def _run(args: argparse.Namespace, run_dir: Path) -> int:
                 "warm_clients": args.warm_clients,
                 "tag_requests": args.tag_requests,
                 "tag_connections": args.tag_connections,
+                "tag_rounds": args.tag_rounds,
+                "tag_threads": args.tag_workers,
                 "big_blob_MiB": args.big_blob_mb,
                 "rss_blob_MiB": args.rss_blob_mb,
                 "rss_clients": args.rss_clients,

@@ -1,4 +1,4 @@
-"""The bench's clients: pull an image (manifest → config → layers), one blob, or tags.
+"""The bench's clients: pull an image (manifest → config → layers), or one blob.
 
 Every blob is hashed as it arrives and checked against its digest and size; bytes are
 discarded. Jobs run in-process (`run_job`) or spread over worker processes
@@ -116,52 +116,6 @@ async def pull_blob(base_url: str, job: dict[str, Any]) -> dict[str, Any]:
         client.close()
 
 
-async def resolve_tags(base_url: str, job: dict[str, Any], connections: int, requests: int) -> dict[str, Any]:
-    """`requests` manifest-by-tag GETs over `connections` keep-alive connections."""
-    repo, tag = job["repository"], job["tag"]
-    deadline = time.monotonic() + job.get("timeout", 300.0)
-    counts = {"ok": 0, "failed": 0}
-    errors: list[str] = []
-    remaining = [requests]
-
-    async def connection_loop() -> None:
-        client = Client(base_url, timeout=30.0)
-        try:
-            while remaining[0] > 0 and time.monotonic() < deadline:
-                remaining[0] -= 1
-                try:
-                    response = await client.request("GET", f"/v2/{repo}/manifests/{tag}", {"Accept": MANIFEST_ACCEPT})
-                    good = response.status == 200 and (
-                        not job.get("manifest_digest")
-                        or "sha256:" + hashlib.sha256(response.body).hexdigest() == job["manifest_digest"]
-                    )
-                except Exception as exc:
-                    good = False
-                    response = None
-                    if len(errors) < 5:
-                        errors.append(f"{type(exc).__name__}: {exc}")
-                if good:
-                    counts["ok"] += 1
-                else:
-                    counts["failed"] += 1
-                    if response is not None and len(errors) < 5:
-                        errors.append(f"HTTP {response.status}")
-        finally:
-            client.close()
-
-    start = time.monotonic()
-    await asyncio.gather(*(connection_loop() for _ in range(connections)))
-    end = time.monotonic()
-    return {
-        "ok": counts["failed"] == 0 and counts["ok"] == requests,
-        "requests_ok": counts["ok"],
-        "requests_failed": counts["failed"],
-        "errors": errors,
-        "start": start,
-        "end": end,
-    }
-
-
 async def run_job(job: dict[str, Any]) -> list[dict[str, Any]]:
     """Run `job["clients"]` clients of `job["kind"]` concurrently in this process."""
     kind, base = job["kind"], job["base_url"]
@@ -170,8 +124,6 @@ async def run_job(job: dict[str, Any]) -> list[dict[str, Any]]:
         return list(await asyncio.gather(*(pull_image(base, job) for _ in range(clients))))
     if kind == "blob":
         return list(await asyncio.gather(*(pull_blob(base, job) for _ in range(clients))))
-    if kind == "tags":
-        return [await resolve_tags(base, job, job["connections"], job["requests"])]
     raise ValueError(f"unknown job kind {kind}")
 
 
@@ -180,16 +132,9 @@ def split(total: int, parts: int) -> list[int]:
 
 
 def run_parallel(job: dict[str, Any], workers: int, timeout: float) -> list[dict[str, Any]]:
-    """Spread a job's clients (or tag connections/requests) over worker processes started together."""
-    if job["kind"] == "tags":
-        workers = max(1, min(workers, job["connections"]))
-        shares = [
-            {**job, "connections": c, "requests": r}
-            for c, r in zip(split(job["connections"], workers), split(job["requests"], workers), strict=True)
-        ]
-    else:
-        workers = max(1, min(workers, job.get("clients", 1)))
-        shares = [{**job, "clients": n} for n in split(job.get("clients", 1), workers)]
+    """Spread a job's clients over worker processes started together."""
+    workers = max(1, min(workers, job.get("clients", 1)))
+    shares = [{**job, "clients": n} for n in split(job.get("clients", 1), workers)]
     processes: list[subprocess.Popen[bytes]] = []
     try:
         for share in shares:

@@ -170,14 +170,16 @@ def _s4(res: dict[str, Any], meta: dict[str, Any]) -> str:
     for t in _targets(res):
         e = res[t]
         if "req_per_s" not in e:
-            rows.append([t, _failed(e) or "not run"] + [""] * 5)
+            rows.append([t, _failed(e) or "not run"] + [""] * 7)
             continue
         rows.append(
             [
                 t,
                 _fmt(e.get("req_per_s"), 0),
-                f"{e.get('requests_ok')}/{e.get('requests')}",
+                ", ".join(f"{v:,.0f}" for v in e.get("req_per_s_runs", [])),
+                f"{e.get('requests_ok')}/{e.get('requests')}" + ("" if e.get("body_verified") else " (digest wrong)"),
                 _fmt(e.get("wall_s")),
+                _fmt(e.get("client_cpu_us_per_request"), 1),
                 _fmt(e.get("upstream_requests")),
                 _fmt(e.get("upstream_manifest_requests")),
                 _fmt(_ratio(mirror.get("req_per_s"), e.get("req_per_s"))),
@@ -186,9 +188,11 @@ def _s4(res: dict[str, Any], meta: dict[str, Any]) -> str:
     return _table(
         [
             "target",
-            "requests/s",
+            "requests/s (median)",
+            "each round, req/s",
             "ok",
-            "wall s",
+            "wall s (all rounds)",
+            "h2load CPU µs/request",
             "upstream requests",
             "upstream manifest requests",
             "mirror req/s ÷ target req/s",
@@ -302,8 +306,11 @@ NOTES = {
     "3": "The target is primed with one pull (WAN limit lifted while priming), then N clients pull at once. "
     "The clients hash every byte and share the 2 CPUs with the target: ~1.2 GB/s aggregate is about the "
     "ceiling of this machine for hashed pulls (nginx + hashing client: see scenario 5's sha256 column).",
-    "4": "A fresh target; GET /v2/<name>/manifests/<tag> over keep-alive connections spread over client "
-    "processes. Upstream requests = every request the upstream logged meanwhile.",
+    "4": "A fresh target; rounds of GET /v2/<name>/manifests/<tag> by h2load (C++, HTTP/1.1 keep-alive; a "
+    "Python client cost as much CPU per request as the servers it measured). The first round meets a "
+    "cold cache. Rounds stop at the round limit or once 15 s have been spent (distribution: one round). "
+    "Every body's length is checked (h2load's byte count), one body's digest after the rounds. "
+    "Upstream requests = every request the upstream logged meanwhile, over all rounds.",
     "5": "A blob primed into the cache (WAN lifted), then read by one client on one connection, bytes counted "
     "but not hashed (the client reads ~2 GB/s); a further run hashes sha256. nginx (sendfile on) serves "
     "the same file from the upstream's storage.",
@@ -372,7 +379,10 @@ def render(results: dict[str, Any]) -> str:
         if sid == "5":
             out.append(f"Blob: {s['big_blob_MiB']} MiB.\n")
         if sid == "4":
-            out.append(f"{s['tag_requests']:,} requests over {s['tag_connections']} connections.\n")
+            out.append(
+                f"{s['tag_requests']:,} requests per round over {s['tag_connections']} connections, "
+                f"h2load with {s.get('tag_threads', 1)} threads, at most {s.get('tag_rounds', 1)} rounds.\n"
+            )
         out.append(RENDERERS[sid](scenario["results"], meta))
     return "\n".join(out) + "\n"
 
@@ -516,6 +526,8 @@ def check_mirror(results: dict[str, Any], *, smoke: bool) -> list[str]:
             problems.append(f"scenario {sid} {label}: failed: {e.get('error') or e.get('errors')}")
         if sid in ("1", "2") and "upstream_x_image" in e and e["upstream_bytes"] > image_bytes:
             problems.append(f"scenario {sid} {label}: upstream served {e['upstream_x_image']:.4f} × the image")
+        if sid == "4" and e.get("upstream_manifest_requests", 0) > 1:
+            problems.append(f"scenario 4: {e['upstream_manifest_requests']} upstream manifest requests for one tag")
         if sid == "6" and "upstream_x_blob" in e and e["upstream_x_blob"] > 1.0:
             problems.append(f"scenario 6: upstream served {e['upstream_x_blob']:.4f} × the blob")
         for key, value in e.items():
