@@ -105,6 +105,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if answer is None:
             return False
         head, body = answer
+        self._cancel_head_timer()  # armed for a new connection's first head, which this was
         self._unset_keepalive_if_required()
         defaults = b"".join(name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers)
         self.transport.write(b"".join((STATUS_LINE[200], defaults, head, b"\r\n", body)))

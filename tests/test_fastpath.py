@@ -133,6 +133,26 @@ def test_requests_passed_on_keep_the_connection_in_step(mirror: MirrorProcess, i
         assert (status, body) == (200, demo.manifest)
 
 
+def test_a_remembered_first_request_disarms_the_head_timer(
+    tmp_path: Path, registry: Registry, images: dict[str, Image]
+) -> None:
+    demo = images["demo"]
+    path = "/v2/library/demo/manifests/latest"
+    config = 'head_timeout = "1s"'
+    process = MirrorProcess(tmp_path / "m", {"docker.io": registry.url}, server_config=config).start()
+    try:
+        warm(process, demo, path)
+        request = raw_request(path, accept=demo.media_type)
+        with Connection(process.port) as connection:
+            connection.exchange(request)  # parsed, then remembered
+        with Connection(process.port) as connection:
+            assert connection.exchange(request)[2] == demo.manifest  # remembered, on a new connection
+            time.sleep(1.5)  # past head_timeout, within keep-alive
+            assert connection.exchange(request)[2] == demo.manifest
+    finally:
+        process.stop()
+
+
 def test_remembered_requests_still_expire_with_the_tag_ttl(
     tmp_path: Path, registry: Registry, images: dict[str, Image]
 ) -> None:
