@@ -65,6 +65,7 @@ def platform_matches(platform: str, wanted: str) -> bool:
     return platform.split("/")[: len(want := wanted.strip("/").split("/"))] == want
 
 
+@functools.lru_cache(maxsize=256)  # called for every tag request, with a handful of distinct sets
 def accept_key(accepted: frozenset[str]) -> str:
     return ",".join(sorted(accepted))
 
@@ -87,14 +88,14 @@ def same_answer(entry_accept: str, media_type: str, accepted: frozenset[str]) ->
     return media_type in INDEX_TYPES or (accepted & INDEX_TYPES) <= first
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Manifest:
     digest: str
     media_type: str
     body: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True)  # pickled in the cache's metadata: its layout stays as it is
 class TagEntry:
     digest: str
     media_type: str
@@ -110,49 +111,50 @@ class ManifestCache:
         self.store = store
         self._db = diskcache.Cache(str(directory / "meta"))
         self._media_types: LRUCache[str, str] = LRUCache(maxsize=100_000)
-        self._bodies: LRUCache[str, bytes] = LRUCache(maxsize=_MEMORY_BYTES, getsizeof=len)
+        # Manifests held whole in memory (with their blob's Digest), the answers to warm requests.
+        self._held: LRUCache[str, tuple[Manifest, Digest]] = LRUCache(
+            maxsize=_MEMORY_BYTES, getsizeof=lambda held: len(held[0].body)
+        )
         self._tags: LRUCache[tuple[str, str, str], dict[str, TagEntry]] = LRUCache(maxsize=100_000)
 
     def close(self) -> None:
         self._db.close()
 
     def get_in_memory(self, key: str) -> Manifest | None:
-        """A manifest whose media type and bytes are both held in memory: no I/O, no await."""
-        media_type = self._media_types.get(key)
-        body = self._bodies.get(key)
-        if media_type is None or body is None:
+        """A manifest held in memory: no I/O, no await."""
+        held = self._held.get(key)
+        if held is None:
             return None
-        algorithm, _, hex_digest = key.partition(":")
-        self.store.touch(Digest(algorithm, hex_digest))
-        return Manifest(key, media_type, body)
+        self.store.touch(held[1])
+        return held[0]
 
     def tag_entries_in_memory(self, upstream: str, repository: str, tag: str) -> dict[str, TagEntry] | None:
         return self._tags.get((upstream, repository, tag))
 
     async def get(self, digest: Digest) -> Manifest | None:
         key = str(digest)
+        held = self.get_in_memory(key)
+        if held is not None:
+            return held
         media_type = self._media_types.get(key)
         if media_type is None:
             media_type = await anyio.to_thread.run_sync(self._db.get, ("manifest", key))
             if not isinstance(media_type, str):
                 return None
-        body = self._bodies.get(key)
-        if body is not None:
-            self.store.touch(digest)
-        else:
-            body = await self.store.read(digest)
-            if body is None:
-                return None
-            self._bodies[key] = body
+        body = await self.store.read(digest)
+        if body is None:
+            return None
+        manifest = Manifest(key, media_type, body)
         self._media_types[key] = media_type
-        return Manifest(key, media_type, body)
+        self._held[key] = (manifest, digest)
+        return manifest
 
     async def put(self, digest: Digest, manifest: Manifest) -> None:
         if await self.store.stat(digest) is None:
             await self.store.put(digest, manifest.body)
         await anyio.to_thread.run_sync(self._db.set, ("manifest", manifest.digest), manifest.media_type)
         self._media_types[manifest.digest] = manifest.media_type
-        self._bodies[manifest.digest] = manifest.body
+        self._held[manifest.digest] = (manifest, digest)
 
     async def tag_entries(self, upstream: str, repository: str, tag: str, reload: bool = False) -> dict[str, TagEntry]:
         """A tag's cached answers; `reload` rereads them (`mirror import` may have changed them meanwhile)."""

@@ -54,6 +54,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = self.loop.call_later(self.head_timeout, self._head_too_slow)
         self._answered = False  # the current request was answered by the answerer
         self._chunk: bytes | None = None  # the chunk that began the current request head
+        self._last_answer = float("-inf")  # loop time of the last answer from memory
 
     def data_received(self, data: bytes) -> None:
         if self._in_head and self._head_bytes == 0:
@@ -105,12 +106,29 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if answer is None:
             return False
         head, body = answer
-        self._cancel_head_timer()  # armed for a new connection's first head, which this was
-        self._unset_keepalive_if_required()
+        if self._head_timer is not None:  # armed for a new connection's first head, which this was
+            self._cancel_head_timer()
         defaults = b"".join(name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers)
         self.transport.write(b"".join((STATUS_LINE[200], defaults, head, b"\r\n", body)))
-        self.on_response_complete()  # counts it, arms the keep-alive timer
+        self.server_state.total_requests += 1
+        # uvicorn cancels and re-creates the keep-alive timer for every response, a sixth of
+        # the CPU time of an answer. Here the armed timer stays and, when it fires, sees when
+        # the last answer left (timeout_keep_alive_handler).
+        self._last_answer = self.loop.time()
+        if self.timeout_keep_alive_task is None:
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
         return True
+
+    def timeout_keep_alive_handler(self) -> None:
+        idle = self.loop.time() - self._last_answer
+        if idle < self.timeout_keep_alive:
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive - idle, self.timeout_keep_alive_handler
+            )
+            return
+        super().timeout_keep_alive_handler()
 
     def on_body(self, body: bytes) -> None:
         if not self._answered:

@@ -153,6 +153,27 @@ def test_a_remembered_first_request_disarms_the_head_timer(
         process.stop()
 
 
+def test_keep_alive_holds_while_answers_flow_and_ends_when_idle(
+    mirror: MirrorProcess, images: dict[str, Image]
+) -> None:
+    # Answers from memory leave the keep-alive timer (5 s) armed; it must look at the last answer.
+    demo = images["demo"]
+    path = "/v2/library/demo/manifests/latest"
+    warm(mirror, demo, path)
+    request = raw_request(path, accept=demo.media_type)
+    with Connection(mirror.port) as connection:
+        connection.exchange(request)  # parsed, then remembered
+    with Connection(mirror.port) as connection:
+        started = time.monotonic()
+        while time.monotonic() - started < 7:
+            assert connection.exchange(request)[2] == demo.manifest
+            time.sleep(0.5)
+        idle_since = time.monotonic()
+        connection.sock.settimeout(15)
+        assert connection.sock.recv(1) == b"", "an idle connection is closed"
+        assert 4.5 < time.monotonic() - idle_since < 8
+
+
 def test_remembered_requests_still_expire_with_the_tag_ttl(
     tmp_path: Path, registry: Registry, images: dict[str, Image]
 ) -> None:
