@@ -135,9 +135,11 @@ class WarmAnswers:
     def answer(self, question: WarmQuestion, client: tuple[str, int] | None) -> tuple[bytes, bytes] | None:
         """(header lines, body) of a 200 when the answer is fresh in memory, else None."""
         started = time.perf_counter()
-        manifest = warm_manifest(self._app.state.mirror, question)
+        mirror: Mirror = self._app.state.mirror
+        manifest = warm_manifest(mirror, question)
         if manifest is None:
             return None
+        mirror.stats.protocol_answers += 1
         head = self._head(manifest)
         body = manifest.body if question.method == "GET" else b""
         if self._log_access:

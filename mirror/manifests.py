@@ -27,12 +27,19 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 _MEMORY_BYTES = 64 * 1024 * 1024
 
 
+# Clients send a handful of distinct Accept sets, on every request: the parsed sets are
+# cached, but only short ones (a header may be 64 KiB; 256 of those would pin megabytes).
+_CACHED_ACCEPT_CHARS = 1024
+
+
 def accepted_types(accept_values: list[str]) -> frozenset[str]:
     """The media types named by all `Accept` headers; q=0 excludes, other parameters are dropped."""
-    return _accepted_types(tuple(accept_values))
+    values = tuple(accept_values)
+    if sum(map(len, values)) <= _CACHED_ACCEPT_CHARS:
+        return _cached_accepted_types(values)
+    return _accepted_types(values)
 
 
-@functools.lru_cache(maxsize=256)  # clients send a handful of distinct Accept sets, on every request
 def _accepted_types(accept_values: tuple[str, ...]) -> frozenset[str]:
     types: set[str] = set()
     for value in accept_values:
@@ -41,6 +48,9 @@ def _accepted_types(accept_values: tuple[str, ...]) -> frozenset[str]:
             if media_type and not any(p.replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000") for p in params):
                 types.add(media_type.lower())
     return frozenset(types)
+
+
+_cached_accepted_types = functools.lru_cache(maxsize=256)(_accepted_types)
 
 
 def admits(accepted: frozenset[str], media_type: str) -> bool:
@@ -65,9 +75,17 @@ def platform_matches(platform: str, wanted: str) -> bool:
     return platform.split("/")[: len(want := wanted.strip("/").split("/"))] == want
 
 
-@functools.lru_cache(maxsize=256)  # called for every tag request, with a handful of distinct sets
 def accept_key(accepted: frozenset[str]) -> str:
+    if sum(map(len, accepted)) <= _CACHED_ACCEPT_CHARS:
+        return _cached_accept_key(accepted)
+    return _accept_key(accepted)
+
+
+def _accept_key(accepted: frozenset[str]) -> str:
     return ",".join(sorted(accepted))
+
+
+_cached_accept_key = functools.lru_cache(maxsize=256)(_accept_key)
 
 
 INDEX_TYPES = frozenset({DOCKER_MANIFEST_LIST, OCI_INDEX})

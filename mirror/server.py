@@ -11,6 +11,7 @@ import asyncio
 import json
 from typing import Any, Protocol
 
+import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 MAX_HEAD_BYTES = 64 * 1024
@@ -36,10 +37,12 @@ def bounded_protocol(head_timeout: float, answerer: WarmAnswerer | None = None) 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """Bounds on request heads; warm answers written straight from the parsed head.
 
-    Clients repeat the very same request bytes (same path, same headers), so a request head
-    that was parsed and found answerable is remembered, bytes -> question: the next identical
-    chunk is answered without parsing it again. Identical bytes parse identically; only a
-    chunk that is exactly one request head, with no body, is remembered.
+    Clients repeat the very same request bytes (same path, same headers), so a request that
+    was parsed and found answerable is remembered, bytes -> question, and the next identical
+    chunk is answered without parsing it again. That holds because identical bytes parse
+    identically from the same parser state: a chunk is remembered only if it reached the
+    parser at a message boundary and, parsed again on its own, is exactly that one request
+    with no body; it is looked up only at a message boundary.
     """
 
     head_timeout = 30.0
@@ -53,15 +56,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True
         self._head_timer: asyncio.TimerHandle | None = self.loop.call_later(self.head_timeout, self._head_too_slow)
         self._answered = False  # the current request was answered by the answerer
-        self._chunk: bytes | None = None  # the chunk that began the current request head
+        self._idle = True  # the parser is between messages, holding no byte of the next one
+        self._chunk: bytes | None = None  # the chunk being parsed, if it arrived while idle
         self._last_answer = float("-inf")  # loop time of the last answer from memory
 
     def data_received(self, data: bytes) -> None:
-        if self._in_head and self._head_bytes == 0:
+        if self._idle:
             question = self.remembered.get(data)
             if question is not None and self._answer(question):
                 return
-            self._chunk = data
+        self._chunk = data if self._idle else None
         if self._in_head:
             if self._head_timer is None:
                 self._head_timer = self.loop.call_later(self.head_timeout, self._head_too_slow)
@@ -71,12 +75,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 return
         super().data_received(data)
 
+    def on_message_begin(self) -> None:
+        self._idle = False
+        super().on_message_begin()
+
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._cancel_head_timer()
         chunk, self._chunk = self._chunk, None
         if self.answerer is not None and self._answer_parsed(self.answerer, chunk):
             return
+        # An answer earlier in this chunk armed the keep-alive timer; no timer runs during a request.
+        self._unset_keepalive_if_required()
         super().on_headers_complete()
 
     def _answer_parsed(self, answerer: WarmAnswerer, chunk: bytes | None) -> bool:
@@ -89,8 +99,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if (
             chunk is not None
             and len(chunk) <= _MAX_REMEMBERED_BYTES
-            and chunk.endswith(b"\r\n\r\n")
-            and chunk.count(b"\r\n\r\n") == 1  # exactly this request's head (the answerer refuses bodies)
+            and parse_alone(chunk) == (self.parser.get_method(), self.url, self.headers)
         ):
             if len(self.remembered) >= _MAX_REMEMBERED:
                 self.remembered.clear()
@@ -122,6 +131,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         return True
 
     def timeout_keep_alive_handler(self) -> None:
+        if self.pipeline or (self.cycle is not None and not self.cycle.response_complete):
+            self.timeout_keep_alive_task = None  # a request is being served: it re-arms the timer when done
+            return
         idle = self.loop.time() - self._last_answer
         if idle < self.timeout_keep_alive:
             self.timeout_keep_alive_task = self.loop.call_later(
@@ -135,6 +147,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self._idle = True
         if self._answered:
             self._answered = False
         else:
@@ -165,6 +178,50 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         )
         self.transport.write(head.encode() + body)
         self.transport.close()
+
+
+class _Alone:
+    """httptools callbacks that record one chunk parsed on its own (see parse_alone)."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpRequestParser(self)
+        self.begun = self.completed = 0
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.method = b""
+        self.keep_alive = self.body = False
+
+    def on_message_begin(self) -> None:
+        self.begun += 1
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self.method = self.parser.get_method()
+        self.keep_alive = self.parser.get_http_version() == "1.1" and self.parser.should_keep_alive()
+
+    def on_body(self, body: bytes) -> None:
+        self.body = True
+
+    def on_message_complete(self) -> None:
+        self.completed += 1
+
+
+def parse_alone(chunk: bytes) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]] | None:
+    """(method, URL, headers) if a fresh parser finds exactly one whole keep-alive HTTP/1.1
+    request without a body in `chunk` and nothing after it (but line ends); else None."""
+    alone = _Alone()
+    try:
+        alone.parser.feed_data(chunk)
+    except httptools.HttpParserError:  # HttpParserUpgrade is one too
+        return None
+    if alone.begun != 1 or alone.completed != 1 or alone.body or not alone.keep_alive:
+        return None
+    return alone.method, alone.url, alone.headers
 
 
 class CorkedTransport:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields
 class Stats:
     requests: int = 0
     manifest_hits: int = 0
+    protocol_answers: int = 0
     manifest_misses: int = 0
     manifest_stale: int = 0
     blob_hits: int = 0
@@ -46,6 +47,7 @@ class Stats:
 _HELP = {
     "requests": "Registry API requests received.",
     "manifest_hits": "Manifest requests answered from the cache.",
+    "protocol_answers": "Manifest hits answered from memory by the HTTP layer, without the web framework.",
     "manifest_misses": "Manifest requests that needed the upstream.",
     "manifest_stale": "Manifest requests answered from the cache because the upstream failed.",
     "blob_hits": "Blob requests answered from the cache.",

@@ -94,6 +94,7 @@ def test_protocol_answers_are_the_apps(mirror: MirrorProcess, images: dict[str, 
         assert (status, body) == (200, b"")
         assert without_date(headers) == without_date(by_app[1])
     after = mirror.stats()
+    assert after["protocol_answers"] - before["protocol_answers"] == 5, "all but the query answered by the protocol"
     assert after["manifest_hits"] - before["manifest_hits"] == 6
     assert after["requests"] - before["requests"] == 6
     assert after["bytes_served_from_cache"] - before["bytes_served_from_cache"] == 4 * len(demo.manifest)
@@ -171,7 +172,7 @@ def test_keep_alive_holds_while_answers_flow_and_ends_when_idle(
         idle_since = time.monotonic()
         connection.sock.settimeout(15)
         assert connection.sock.recv(1) == b"", "an idle connection is closed"
-        assert 4.5 < time.monotonic() - idle_since < 8
+        assert 4 < time.monotonic() - idle_since < 10
 
 
 def test_remembered_requests_still_expire_with_the_tag_ttl(
@@ -220,5 +221,67 @@ def test_protocol_answers_are_logged(tmp_path: Path, registry: Registry, images:
             time.sleep(0.05)
         assert len(hits) == 3, lines
         assert all(line.split("mirror.access: ")[1].startswith("127.0.0.1 ") for line in hits)
+    finally:
+        process.stop()
+
+
+def test_only_whole_requests_at_a_message_boundary_are_remembered(
+    mirror: MirrorProcess, images: dict[str, Image]
+) -> None:
+    # A chunk that completes a head begun by an earlier chunk must not be remembered as the
+    # request it looks like: every other client sending those bytes would get this answer.
+    demo, oci = images["demo"], images["oci"]
+    accept = f"{demo.media_type}, {oci.media_type}"
+    demo_path, oci_path = "/v2/library/demo/manifests/latest", "/v2/library/ocidemo/manifests/latest"
+    for image, path in ((demo, demo_path), (oci, oci_path)):
+        response = httpx.get(f"{mirror.url}{path}", headers={"Accept": accept})
+        assert response.headers["docker-content-digest"] == image.digest
+    looks_like_demo = raw_request(demo_path, accept=accept)
+    with Connection(mirror.port) as connection:
+        connection.send(raw_request(demo_path, accept=accept) + f"GET {oci_path} HTTP/1.1\r\nX-A: ".encode())
+        time.sleep(0.1)
+        connection.send(looks_like_demo)  # ends the oci request's head
+        assert connection.response()[1]["docker-content-digest"] == demo.digest
+        assert connection.response()[1]["docker-content-digest"] == oci.digest
+        # Line ends alone, then a request: the line ends are no request.
+        connection.send(b"\r\n\r\n")
+        time.sleep(0.1)
+        assert connection.exchange(raw_request(oci_path, accept=accept))[1]["docker-content-digest"] == oci.digest
+    for _ in range(2):
+        with Connection(mirror.port) as connection:
+            assert connection.exchange(looks_like_demo)[1]["docker-content-digest"] == demo.digest
+    with Connection(mirror.port) as connection:
+        connection.send(b"\r\n\r\n")
+        connection.sock.settimeout(0.5)
+        try:
+            data = connection.sock.recv(1)
+        except TimeoutError:
+            data = b""
+        assert data == b"", "line ends alone get no answer"
+
+
+def test_a_request_after_an_answer_in_the_same_chunk_is_not_timed_out(
+    tmp_path: Path, registry: Registry, images: dict[str, Image]
+) -> None:
+    # The answer arms the keep-alive timer (5 s); the blob request after it, in the same
+    # chunk, is served by the app for longer than that while the client reads slowly.
+    demo = images["demo"]
+    with Pusher(registry.url) as pusher:
+        big = pusher.image("library/bigger", "v1", [24 * 1024 * 1024], seed=820)
+    digest, data = max(big.blobs.items(), key=lambda item: len(item[1]))
+    path = "/v2/library/demo/manifests/latest"
+    process = MirrorProcess(tmp_path / "m", {"docker.io": registry.url}, server_config='log_level = "warning"').start()
+    try:
+        warm(process, demo, path)
+        assert httpx.get(f"{process.url}/v2/library/bigger/blobs/{digest}").content == data
+        process.wait_idle()
+        with Connection(process.port) as connection:
+            connection.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            connection.send(
+                raw_request(path, accept=demo.media_type) + raw_request(f"/v2/library/bigger/blobs/{digest}")
+            )
+            time.sleep(6.5)  # not reading: the blob's response waits on the client
+            assert connection.response()[2] == demo.manifest
+            assert connection.response()[2] == data
     finally:
         process.stop()
