@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 
     from mirror.app import Mirror
 
+# Real clients send one Accept header of a few hundred characters.
+_MAX_ACCEPT_HEADERS = 8
+_MAX_ACCEPT_CHARS = 1024
+
 _PATH_RE = re.compile(r"^/v2/(?P<name>.+?)/manifests/(?P<reference>[^/]+)$")
 
 
@@ -130,6 +134,8 @@ class WarmAnswers:
                 accept.append(value.decode("latin-1"))
             elif name in self._PASS_ON:
                 return None
+        if len(accept) > _MAX_ACCEPT_HEADERS or sum(map(len, accept)) > _MAX_ACCEPT_CHARS:
+            return None  # questions are remembered: an odd Accept takes the app's road instead
         return warm_question(mirror, method.decode(), url.decode(), accept)
 
     def answer(self, question: WarmQuestion, client: tuple[str, int] | None) -> tuple[bytes, bytes] | None:

@@ -7,7 +7,6 @@ warm tag resolution touches neither SQLite nor the disk.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,17 +26,28 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 _MEMORY_BYTES = 64 * 1024 * 1024
 
 
-# Clients send a handful of distinct Accept sets, on every request: the parsed sets are
-# cached, but only short ones (a header may be 64 KiB; 256 of those would pin megabytes).
-_CACHED_ACCEPT_CHARS = 1024
+# Clients send a handful of distinct Accept sets, on every request, so parsed sets are
+# cached: only small ones, since a request head may carry 64 KiB of Accept.
+_CACHE_ENTRIES = 256
+_CACHED_VALUES = 8
+_CACHED_CHARS = 1024
+_CACHED_TYPES = 32
+_accepted_cache: dict[tuple[str, ...], frozenset[str]] = {}
+_accept_key_cache: dict[frozenset[str], str] = {}
 
 
 def accepted_types(accept_values: list[str]) -> frozenset[str]:
     """The media types named by all `Accept` headers; q=0 excludes, other parameters are dropped."""
     values = tuple(accept_values)
-    if sum(map(len, values)) <= _CACHED_ACCEPT_CHARS:
-        return _cached_accepted_types(values)
-    return _accepted_types(values)
+    cached = _accepted_cache.get(values)
+    if cached is not None:
+        return cached
+    types = _accepted_types(values)
+    if len(values) <= _CACHED_VALUES and sum(map(len, values)) <= _CACHED_CHARS and len(types) <= _CACHED_TYPES:
+        if len(_accepted_cache) >= _CACHE_ENTRIES:
+            _accepted_cache.clear()
+        _accepted_cache[values] = types
+    return types
 
 
 def _accepted_types(accept_values: tuple[str, ...]) -> frozenset[str]:
@@ -48,9 +58,6 @@ def _accepted_types(accept_values: tuple[str, ...]) -> frozenset[str]:
             if media_type and not any(p.replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000") for p in params):
                 types.add(media_type.lower())
     return frozenset(types)
-
-
-_cached_accepted_types = functools.lru_cache(maxsize=256)(_accepted_types)
 
 
 def admits(accepted: frozenset[str], media_type: str) -> bool:
@@ -76,16 +83,14 @@ def platform_matches(platform: str, wanted: str) -> bool:
 
 
 def accept_key(accepted: frozenset[str]) -> str:
-    if sum(map(len, accepted)) <= _CACHED_ACCEPT_CHARS:
-        return _cached_accept_key(accepted)
-    return _accept_key(accepted)
-
-
-def _accept_key(accepted: frozenset[str]) -> str:
-    return ",".join(sorted(accepted))
-
-
-_cached_accept_key = functools.lru_cache(maxsize=256)(_accept_key)
+    key = _accept_key_cache.get(accepted)
+    if key is None:
+        key = ",".join(sorted(accepted))
+        if len(accepted) <= _CACHED_TYPES and len(key) <= _CACHED_CHARS:
+            if len(_accept_key_cache) >= _CACHE_ENTRIES:
+                _accept_key_cache.clear()
+            _accept_key_cache[accepted] = key
+    return key
 
 
 INDEX_TYPES = frozenset({DOCKER_MANIFEST_LIST, OCI_INDEX})

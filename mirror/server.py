@@ -147,7 +147,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
-        self._idle = True
+        # Not idle if the message ended the connection (a trailer can say Connection: close):
+        # the parser drops what follows, so nothing may be answered either.
+        self._idle = self.parser.should_keep_alive()
         if self._answered:
             self._answered = False
         else:
@@ -171,6 +173,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: int, reason: str, message: str) -> None:
         self._cancel_head_timer()
+        if self.cycle is not None and not self.cycle.response_complete:
+            # Never write into a response under way: it ends the connection when it is done.
+            self.cycle.keep_alive = False
+            return
         body = json.dumps({"errors": [{"code": "UNSUPPORTED", "message": message}]}).encode()
         head = (
             f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"

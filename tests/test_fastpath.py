@@ -98,6 +98,12 @@ def test_protocol_answers_are_the_apps(mirror: MirrorProcess, images: dict[str, 
     assert after["manifest_hits"] - before["manifest_hits"] == 6
     assert after["requests"] - before["requests"] == 6
     assert after["bytes_served_from_cache"] - before["bytes_served_from_cache"] == 4 * len(demo.manifest)
+    # An odd Accept (questions are remembered, so they are kept small) takes the app's road.
+    odd = demo.media_type + ", " + ", ".join(f"application/x-{n}" for n in range(100))
+    with Connection(mirror.port) as connection:
+        status, headers, body = connection.exchange(raw_request(path, accept=odd))
+    assert (status, body, headers["x-cache"]) == (200, demo.manifest, "HIT")
+    assert mirror.stats()["protocol_answers"] == after["protocol_answers"]
 
 
 def test_requests_passed_on_keep_the_connection_in_step(mirror: MirrorProcess, images: dict[str, Image]) -> None:
@@ -285,3 +291,58 @@ def test_a_request_after_an_answer_in_the_same_chunk_is_not_timed_out(
             assert connection.response()[2] == data
     finally:
         process.stop()
+
+
+def test_a_refusal_is_never_written_into_a_response_under_way(
+    tmp_path: Path, registry: Registry, images: dict[str, Image]
+) -> None:
+    # A blob response the client is slow to read, then the start of a head that never ends:
+    # the head timeout must not put a 408 in the middle of the blob's bytes.
+    with Pusher(registry.url) as pusher:
+        big = pusher.image("library/bigger", "v1", [24 * 1024 * 1024], seed=820)
+    digest, data = max(big.blobs.items(), key=lambda item: len(item[1]))
+    config = 'log_level = "warning"\nhead_timeout = "1s"'
+    process = MirrorProcess(tmp_path / "m", {"docker.io": registry.url}, server_config=config).start()
+    try:
+        assert httpx.get(f"{process.url}/v2/library/bigger/blobs/{digest}").content == data
+        process.wait_idle()
+        with Connection(process.port) as connection:
+            connection.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            connection.send(raw_request(f"/v2/library/bigger/blobs/{digest}"))
+            time.sleep(0.2)
+            connection.send(b"GET /v2/ HT")  # a later chunk: the head timer starts
+            time.sleep(2.5)  # past head_timeout, the blob still waiting on the client
+            status, _, body = connection.response()
+            assert (status, body == data) == (200, True)
+            assert connection.buffer == b""
+            connection.sock.settimeout(10)
+            assert connection.sock.recv(1) == b"", "the connection ends after the response"
+    finally:
+        process.stop()
+
+
+def test_nothing_is_answered_after_a_message_that_ends_the_connection(
+    mirror: MirrorProcess, images: dict[str, Image]
+) -> None:
+    # A chunked request whose trailer says Connection: close: the parser drops what follows,
+    # so a remembered request after it must not be answered either.
+    demo = images["demo"]
+    path = "/v2/library/demo/manifests/latest"
+    warm(mirror, demo, path)
+    request = raw_request(path, accept=demo.media_type)
+    with Connection(mirror.port) as connection:
+        connection.exchange(request)  # parsed, then remembered
+    before = mirror.stats()["protocol_answers"]
+    with Connection(mirror.port) as connection:
+        chunked = raw_request(path, accept=demo.media_type, extra="Transfer-Encoding: chunked\r\n")
+        connection.send(chunked + b"0\r\nConnection: close\r\n\r\n")
+        assert connection.response()[2] == demo.manifest
+        time.sleep(0.1)
+        connection.send(request)
+        connection.sock.settimeout(1)
+        try:
+            data = connection.sock.recv(65536)
+        except TimeoutError:
+            data = b""
+        assert not data.startswith(b"HTTP/1.1 200"), data[:200]
+    assert mirror.stats()["protocol_answers"] == before
