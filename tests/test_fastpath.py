@@ -70,6 +70,15 @@ def warm(mirror: MirrorProcess, image: Image, path: str) -> None:
     assert response.status_code == 200 and response.headers["x-cache"] == "MISS"
 
 
+def remembered(mirror: MirrorProcess, image: Image, path: str) -> bytes:
+    """A request for a warm manifest, sent once so that the mirror remembers its bytes."""
+    warm(mirror, image, path)
+    request = raw_request(path, accept=image.media_type)
+    with Connection(mirror.port) as connection:
+        assert connection.exchange(request)[2] == image.manifest  # parsed, then remembered
+    return request
+
+
 def test_protocol_answers_are_the_apps(mirror: MirrorProcess, images: dict[str, Image]) -> None:
     demo = images["demo"]
     path = "/v2/library/demo/manifests/latest"
@@ -148,10 +157,7 @@ def test_a_remembered_first_request_disarms_the_head_timer(
     config = 'head_timeout = "1s"'
     process = MirrorProcess(tmp_path / "m", {"docker.io": registry.url}, server_config=config).start()
     try:
-        warm(process, demo, path)
-        request = raw_request(path, accept=demo.media_type)
-        with Connection(process.port) as connection:
-            connection.exchange(request)  # parsed, then remembered
+        request = remembered(process, demo, path)
         with Connection(process.port) as connection:
             assert connection.exchange(request)[2] == demo.manifest  # remembered, on a new connection
             time.sleep(1.5)  # past head_timeout, within keep-alive
@@ -165,11 +171,7 @@ def test_keep_alive_holds_while_answers_flow_and_ends_when_idle(
 ) -> None:
     # Answers from memory leave the keep-alive timer (5 s) armed; it must look at the last answer.
     demo = images["demo"]
-    path = "/v2/library/demo/manifests/latest"
-    warm(mirror, demo, path)
-    request = raw_request(path, accept=demo.media_type)
-    with Connection(mirror.port) as connection:
-        connection.exchange(request)  # parsed, then remembered
+    request = remembered(mirror, demo, "/v2/library/demo/manifests/latest")
     with Connection(mirror.port) as connection:
         started = time.monotonic()
         while time.monotonic() - started < 7:
@@ -328,10 +330,7 @@ def test_nothing_is_answered_after_a_message_that_ends_the_connection(
     # so a remembered request after it must not be answered either.
     demo = images["demo"]
     path = "/v2/library/demo/manifests/latest"
-    warm(mirror, demo, path)
-    request = raw_request(path, accept=demo.media_type)
-    with Connection(mirror.port) as connection:
-        connection.exchange(request)  # parsed, then remembered
+    request = remembered(mirror, demo, path)
     before = mirror.stats()["protocol_answers"]
     with Connection(mirror.port) as connection:
         chunked = raw_request(path, accept=demo.media_type, extra="Transfer-Encoding: chunked\r\n")
