@@ -33,7 +33,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from e2e_parts import DockerEngine, Podman, Upstream, assert_loopback_only, config_digest, run
+from e2e_parts import DockerClient, DockerEngine, Podman, Upstream, assert_loopback_only, config_digest, run
 from support import Image, MirrorProcess
 
 pytestmark = pytest.mark.e2e
@@ -118,6 +118,15 @@ def guarded_docker(tmp_path_factory: pytest.TempPathFactory, guarded: MirrorProc
         engine.stop()
 
 
+def pull_and_check(engine: DockerEngine, mirror: MirrorProcess, reference: str, image: Image) -> None:
+    client = DockerClient(engine, mirror)
+    client.pull(reference)
+    try:
+        client.check(reference, image)
+    finally:
+        engine.docker("rmi", reference, check=False)
+
+
 def test_docker_login_to_a_guarded_mirror(guarded: MirrorProcess, guarded_docker: DockerEngine, hub: Upstream) -> None:
     engine = guarded_docker
     image = hub.images["auth"]["schema2"]
@@ -137,13 +146,7 @@ def test_docker_login_to_a_guarded_mirror(guarded: MirrorProcess, guarded_docker
     auths = json.loads((engine.root / "cli" / "config.json").read_text())["auths"]
     assert base64.b64decode(auths[host]["auth"]).decode() == f"{USER}:{PASSWORD}"
 
-    engine.docker("pull", reference)
-    try:
-        assert engine.docker("image", "inspect", "--format", "{{.Id}}", reference).stdout.strip() == config_digest(
-            image
-        )
-    finally:
-        engine.docker("rmi", reference, check=False)
+    pull_and_check(engine, guarded, reference, image)
 
     engine.docker("logout", host)
     assert "no basic auth credentials" in engine.docker("pull", reference, check=False).stderr
@@ -185,13 +188,7 @@ def test_registry_mirrors_send_only_docker_hub_credentials(
         token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
         config["auths"]["https://index.docker.io/v1/"] = {"auth": token}
         config_path.write_text(json.dumps(config))
-        engine.docker("pull", reference)
-        try:
-            assert engine.docker("image", "inspect", "--format", "{{.Id}}", reference).stdout.strip() == config_digest(
-                image
-            )
-        finally:
-            engine.docker("rmi", reference, check=False)
+        pull_and_check(engine, guarded, reference, image)
         assert pulled_through(guarded, image)
     finally:
         engine.docker("logout", host, check=False)
