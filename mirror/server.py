@@ -108,15 +108,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _answer(self, question: Any) -> bool:
         """Write the whole response now if the answer is in memory; False passes the request on."""
-        if self.pipeline or (self.cycle is not None and not self.cycle.response_complete) or self.flow.write_paused:
+        if self._serving() or self.flow.write_paused:
             return False  # responses must leave in order; the ASGI cycle handles the rest
         assert self.answerer is not None
         answer = self.answerer.answer(question, self.client)
         if answer is None:
             return False
         head, body = answer
-        if self._head_timer is not None:  # armed for a new connection's first head, which this was
-            self._cancel_head_timer()
+        self._cancel_head_timer()  # armed for a new connection's first head, if this was it
         defaults = b"".join(name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers)
         self.transport.write(b"".join((STATUS_LINE[200], defaults, head, b"\r\n", body)))
         self.server_state.total_requests += 1
@@ -130,8 +129,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             )
         return True
 
+    def _serving(self) -> bool:
+        """Whether the app is serving a request on this connection, or has more queued."""
+        return bool(self.pipeline) or (self.cycle is not None and not self.cycle.response_complete)
+
     def timeout_keep_alive_handler(self) -> None:
-        if self.pipeline or (self.cycle is not None and not self.cycle.response_complete):
+        if self._serving():
             self.timeout_keep_alive_task = None  # a request is being served: it re-arms the timer when done
             return
         idle = self.loop.time() - self._last_answer
@@ -173,7 +176,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: int, reason: str, message: str) -> None:
         self._cancel_head_timer()
-        if self.cycle is not None and not self.cycle.response_complete:
+        if self._serving():
             # Never write into a response under way: it ends the connection when it is done.
             self.cycle.keep_alive = False
             return
