@@ -38,7 +38,7 @@ from mirror.responses import (
     parse_range,
 )
 from mirror.stats import Stats, prometheus
-from mirror.upstream import Upstream
+from mirror.upstream import Upstream, anonymous_quota_warning
 from mirror.warmer import keep_warm
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,11 @@ class Mirror:
         manifests = await anyio.to_thread.run_sync(ManifestCache, config.cache.directory, store)
         inflight = InflightDownloads(store, stats)
         proxy = Proxy(store, manifests, inflight, stats, config.cache.tag_ttl)
-        upstreams = {name: Upstream(upstream, stats) for name, upstream in config.upstreams.items()}
+        upstreams = {name: Upstream(upstream, stats, config.proxy_env) for name, upstream in config.upstreams.items()}
+        for upstream in upstreams.values():
+            log.info("upstream %s at %s, %s", upstream.name, upstream.url, upstream.route.describe())
+        for warning in filter(None, map(anonymous_quota_warning, config.upstreams.values())):
+            log.warning("%s", warning)
         log.info("cache %s holds %d blobs (%d bytes)", config.cache.directory, store.count, store.total_bytes)
         return cls(config, stats, store, manifests, inflight, proxy, upstreams)
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 import re
+import ssl
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
+
+from mirror.proxyenv import ProxyEnvironment, ProxyURLError, mask_url, parse_proxy_url
 
 DEFAULT_LISTEN = "0.0.0.0:5000"
 DEFAULT_CACHE_DIR = "mirror-cache"
@@ -73,12 +76,19 @@ class UpstreamConfig:
     password: str | None = field(default=None, repr=False)
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
+    proxy: str | None = field(default=None, repr=False)  # None: the environment's; "": direct
+    ca_file: Path | None = None  # trusted besides the system store
+    client_cert: Path | None = None  # for upstreams that require mutual TLS
+    client_key: Path | None = None
 
     def __repr__(self) -> str:
         secret = "'***'" if self.password is not None else "None"
+        proxy = None if self.proxy is None else mask_url(self.proxy)
         return (
             f"UpstreamConfig(name={self.name!r}, url={self.url!r}, username={self.username!r}, "
-            f"password={secret}, connect_timeout={self.connect_timeout}, read_timeout={self.read_timeout})"
+            f"password={secret}, connect_timeout={self.connect_timeout}, read_timeout={self.read_timeout}, "
+            f"proxy={proxy!r}, ca_file={self.ca_file!r}, client_cert={self.client_cert!r}, "
+            f"client_key={self.client_key!r})"
         )
 
 
@@ -92,6 +102,7 @@ class Config:
     upstreams: dict[str, UpstreamConfig] = field(
         default_factory=lambda: {DOCKER_HUB: UpstreamConfig(DOCKER_HUB, DOCKER_HUB_URL)}
     )
+    proxy_env: ProxyEnvironment = field(default_factory=ProxyEnvironment)  # HTTPS_PROXY, HTTP_PROXY, NO_PROXY
 
     @property
     def listen(self) -> str:
@@ -215,6 +226,57 @@ def _file(table: _Table, name: str) -> Path | None:
     return path
 
 
+def _secret(table: _Table, name: str) -> str | None:
+    """`name`, or the first line of the file `<name>_file` names (kept out of the config file)."""
+    value = table.get(name, str)
+    path = _file(table, f"{name}_file")
+    if path is None:
+        return value  # type: ignore[no-any-return]  # _Table.get checked it is a str
+    if value is not None:
+        raise ConfigError(table.key(f"{name}_file"), f"give {name} or {name}_file, not both")
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(table.key(f"{name}_file"), f"cannot read {path}: {exc}") from exc
+    if not lines or not lines[0]:
+        raise ConfigError(table.key(f"{name}_file"), f"{path} is empty")
+    return lines[0]
+
+
+def _proxy(table: _Table) -> str | None:
+    """The upstream's `proxy` URL, with `proxy_password_file`'s password put into it."""
+    proxy = table.get("proxy", str)
+    password = _secret(table, "proxy_password") if "proxy_password_file" in table.data else None
+    if proxy is None or proxy == "":
+        if password is not None:
+            raise ConfigError(table.key("proxy_password_file"), "needs a proxy URL with a user name")
+        return proxy  # type: ignore[no-any-return]  # _Table.get checked it is a str
+    try:
+        proxy = parse_proxy_url(proxy)
+    except ProxyURLError as exc:
+        raise ConfigError(table.key("proxy"), str(exc)) from exc
+    if password is not None:
+        parts = urlsplit(proxy)
+        if not parts.username or parts.password is not None:
+            raise ConfigError(table.key("proxy_password_file"), "needs a proxy URL with a user name and no password")
+        host = parts.netloc.rpartition("@")[2]
+        proxy = parts._replace(netloc=f"{parts.username}:{quote(password, safe='')}@{host}").geturl()
+    return proxy
+
+
+def _check_pem(kind: str, path: Path, key: Path | None = None) -> str | None:
+    """Why a CA or certificate file cannot be used, or None when it loads."""
+    context = ssl.create_default_context()
+    try:
+        if kind == "ca":
+            context.load_verify_locations(cafile=str(path))
+        else:
+            context.load_cert_chain(str(path), str(key) if key else None)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        return str(exc) or type(exc).__name__
+    return None
+
+
 def _upstream(name: str, table: _Table) -> UpstreamConfig:
     url = table.get("url", str)
     if url is None:
@@ -225,9 +287,16 @@ def _upstream(name: str, table: _Table) -> UpstreamConfig:
     if parts.path not in ("", "/") or parts.query or parts.username or parts.password:
         raise ConfigError(table.key("url"), "give only scheme, host and port; credentials go in username/password")
     username = table.get("username", str)
-    password = table.get("password", str)
+    password = _secret(table, "password")
     if (username is None) != (password is None):
         raise ConfigError(table.key("password" if username else "username"), "username and password go together")
+    ca_file, client_cert, client_key = (_file(table, name) for name in ("ca_file", "client_cert", "client_key"))
+    if client_key is not None and client_cert is None:
+        raise ConfigError(table.key("client_cert"), "client_key needs client_cert")
+    for key, kind, path in (("ca_file", "ca", ca_file), ("client_cert", "cert", client_cert)):
+        problem = None if path is None else _check_pem(kind, path, client_key)
+        if problem is not None:
+            raise ConfigError(table.key(key), f"cannot load {path}: {problem}")
     upstream = UpstreamConfig(
         name=name,
         url=url.rstrip("/"),
@@ -235,12 +304,16 @@ def _upstream(name: str, table: _Table) -> UpstreamConfig:
         password=password,
         connect_timeout=parse_duration(table.raw("connect_timeout", 10), table.key("connect_timeout")),
         read_timeout=parse_duration(table.raw("read_timeout", 60), table.key("read_timeout")),
+        proxy=_proxy(table),
+        ca_file=ca_file,
+        client_cert=client_cert,
+        client_key=client_key,
     )
     table.finish()
     return upstream
 
 
-def from_dict(data: dict[str, Any]) -> Config:
+def from_dict(data: dict[str, Any], proxy_env: ProxyEnvironment | None = None) -> Config:
     root = _Table(data, "")
     server_table = root.table("server")
     host, port = parse_listen(server_table.raw("listen", DEFAULT_LISTEN), server_table.key("listen"))
@@ -296,7 +369,18 @@ def from_dict(data: dict[str, Any]) -> Config:
         auth=auth,
         prefetch=prefetch,
         upstreams=upstreams,
+        proxy_env=_proxy_env(proxy_env or ProxyEnvironment()),
     )
+
+
+def _proxy_env(env: ProxyEnvironment) -> ProxyEnvironment:
+    for name, value in (("HTTP_PROXY", env.http_proxy), ("HTTPS_PROXY", env.https_proxy)):
+        if value is not None:
+            try:
+                parse_proxy_url(value)
+            except ProxyURLError as exc:
+                raise ConfigError(name, str(exc)) from exc
+    return env
 
 
 # Keys that environment variables may set: MIRROR_<TABLE>_<KEY>, and for an upstream
@@ -307,7 +391,19 @@ ENV_KEYS = {
     "cache": ("directory", "tag_ttl", "max_size", "max_age"),
     "log": ("format",),
 }
-UPSTREAM_ENV_KEYS = ("url", "username", "password", "connect_timeout", "read_timeout")
+UPSTREAM_ENV_KEYS = (
+    "url",
+    "username",
+    "password",
+    "password_file",
+    "connect_timeout",
+    "read_timeout",
+    "proxy",
+    "proxy_password_file",
+    "ca_file",
+    "client_cert",
+    "client_key",
+)
 
 
 def env_name(*parts: str) -> str:
@@ -352,7 +448,7 @@ def load(
             raise ConfigError(str(path), f"cannot read: {exc.strerror}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(str(path), f"invalid TOML: {exc}") from exc
-    config = from_dict(apply_env(data, env or {}))
+    config = from_dict(apply_env(data, env or {}), ProxyEnvironment.read(env or {}))
     if listen is not None:
         host, port = parse_listen(listen, "--listen")
         config = replace(config, server=replace(config.server, host=host, port=port))
@@ -412,9 +508,17 @@ def render(config: Config) -> str:
                     "password": "***" if upstream.password is not None else None,
                     "connect_timeout": upstream.connect_timeout,
                     "read_timeout": upstream.read_timeout,
+                    "proxy": None if upstream.proxy is None else mask_url(upstream.proxy),
+                    "ca_file": upstream.ca_file,
+                    "client_cert": upstream.client_cert,
+                    "client_key": upstream.client_key,
                 },
             )
         )
+    shown = config.proxy_env.masked()
+    if shown:
+        lines = [f"# {name}={value}" for name, value in shown.items()]
+        parts.append("# From the environment; upstreams without `proxy` follow these:\n" + "\n".join(lines) + "\n")
     for entry in config.prefetch:
         platforms = entry.platforms if entry.platforms is not None else ("all",)
         parts.append(table("[prefetch]", {"image": entry.image, "platforms": platforms, "refresh": entry.refresh}))

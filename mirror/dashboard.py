@@ -21,10 +21,10 @@ from starlette.routing import Route
 
 from mirror.errors import NotFound
 from mirror.stats import Stats
+from mirror.upstream import Upstream, anonymous_quota_warning
 
 if TYPE_CHECKING:
     from mirror.app import Mirror
-    from mirror.upstream import Upstream
 
 STATIC_DIR = Path(__file__).parent / "static"
 SAMPLE_INTERVAL = 5.0
@@ -149,9 +149,26 @@ def upstream_health(upstreams: Iterable[Upstream]) -> list[dict[str, object]]:
                 "last_error": health.last_error,
                 "last_error_message": health.last_error_message,
                 "consecutive_failures": health.consecutive_failures,
+                "route": upstream.route.describe(),
+                "requests": upstream.counters.requests,
+                "manifest_gets": upstream.counters.manifest_gets,
+                "quota": _quota(upstream),
             }
         )
     return rows
+
+
+def _quota(upstream: Upstream) -> dict[str, object] | None:
+    counters = upstream.counters
+    if counters.ratelimit_seen_at is None:
+        return None
+    return {
+        "limit": counters.ratelimit_limit,
+        "remaining": counters.ratelimit_remaining,
+        "window_seconds": counters.ratelimit_window_seconds,
+        "source": counters.ratelimit_source,
+        "seen_at": counters.ratelimit_seen_at,
+    }
 
 
 def payload(mirror: Mirror) -> dict[str, Any]:
@@ -177,6 +194,7 @@ def payload(mirror: Mirror) -> dict[str, Any]:
         "inflight": mirror.inflight.progress(),
         "top_repositories": mirror.dashboard.top(),
         "upstreams": upstream_health(mirror.upstreams.values()),
+        "warnings": [w for w in map(anonymous_quota_warning, mirror.config.upstreams.values()) if w],
     }
 
 

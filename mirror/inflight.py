@@ -73,7 +73,6 @@ class PassThrough:
         async for chunk in self._source.chunks():
             hasher.update(chunk)
             received += len(chunk)
-            self.stats.bytes_fetched_from_upstream += len(chunk)
             if held:
                 yield held
             held = chunk
@@ -125,7 +124,6 @@ class Download:
                 async for chunk in source.chunks():
                     self.writer.write(chunk)
                     self.written += len(chunk)
-                    self.stats.bytes_fetched_from_upstream += len(chunk)
                     self._notify()
             self.writer.verify(self.size)
             self.verified = True

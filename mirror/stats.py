@@ -5,6 +5,52 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, fields
 
+# Counters kept per upstream; /stats also shows their sums under these names.
+UPSTREAM_TOTALS = {
+    "upstream_requests": "requests",
+    "upstream_errors": "errors",
+    "upstream_retries": "retries",
+    "bytes_fetched_from_upstream": "bytes_fetched",
+}
+
+
+@dataclass
+class UpstreamStats:
+    """What one upstream cost, and the pull quota it last announced (Docker Hub's `ratelimit-*`)."""
+
+    requests: int = 0
+    errors: int = 0
+    retries: int = 0
+    bytes_fetched: int = 0
+    manifest_gets: int = 0  # what Docker Hub counts as pulls
+    ratelimit_limit: int | None = None
+    ratelimit_remaining: int | None = None
+    ratelimit_window_seconds: int | None = None
+    ratelimit_source: str | None = None
+    ratelimit_seen_at: float | None = None
+
+    def saw_ratelimit(self, limit: str | None, remaining: str | None, source: str | None) -> None:
+        """Keep the headers of an answer that carried them: `100;w=21600`, `76;w=21600`."""
+        if limit is None and remaining is None:
+            return
+        self.ratelimit_limit, window = _quota(limit)
+        self.ratelimit_remaining, window_remaining = _quota(remaining)
+        self.ratelimit_window_seconds = window or window_remaining
+        self.ratelimit_source = source[:100] if source else None
+        self.ratelimit_seen_at = time.time()
+
+    def snapshot(self) -> dict[str, object]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _quota(value: str | None) -> tuple[int | None, int | None]:
+    if value is None:
+        return None, None
+    amount, _, params = value.partition(";")
+    window = next((p.strip()[2:] for p in params.split(";") if p.strip().startswith("w=")), "")
+    amount = amount.strip()
+    return (int(amount) if amount.isdigit() else None), (int(window) if window.isdigit() else None)
+
 
 @dataclass
 class Stats:
@@ -17,19 +63,29 @@ class Stats:
     blob_misses: int = 0
     coalesced: int = 0
     bytes_served_from_cache: int = 0
-    bytes_fetched_from_upstream: int = 0
-    upstream_requests: int = 0
-    upstream_errors: int = 0
-    upstream_retries: int = 0
     digest_mismatches: int = 0
     evictions: int = 0
     evicted_bytes: int = 0
     uncached_downloads: int = 0
     disk_full: int = 0
     started_at: float = field(default_factory=time.time)
+    upstreams: dict[str, UpstreamStats] = field(default_factory=dict)
+
+    def upstream(self, name: str) -> UpstreamStats:
+        return self.upstreams.setdefault(name, UpstreamStats())
+
+    def total(self, name: str) -> int:
+        """The sum over upstreams of one of UPSTREAM_TOTALS."""
+        counter = UPSTREAM_TOTALS[name]
+        return sum(getattr(upstream, counter) for upstream in self.upstreams.values())
+
+    @property
+    def bytes_fetched_from_upstream(self) -> int:
+        return self.total("bytes_fetched_from_upstream")
 
     def counters(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "started_at"}
+        counters = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("started_at", "upstreams")}
+        return counters | {name: self.total(name) for name in UPSTREAM_TOTALS}
 
     def snapshot(
         self, *, inflight: int, cached_blobs: int, cached_bytes: int, max_size: int | None
@@ -41,6 +97,7 @@ class Stats:
             "cached_bytes": cached_bytes,
             "max_size_bytes": max_size or 0,
             "uptime_seconds": round(time.time() - self.started_at, 3),
+            "upstreams": {name: upstream.snapshot() for name, upstream in self.upstreams.items()},
         }
 
 
@@ -54,10 +111,6 @@ _HELP = {
     "blob_misses": "Blob requests that started an upstream download.",
     "coalesced": "Blob requests that joined a download already in flight.",
     "bytes_served_from_cache": "Bytes of blobs and manifests sent to clients from the cache.",
-    "bytes_fetched_from_upstream": "Bytes downloaded from upstream registries.",
-    "upstream_requests": "HTTP requests sent to upstream registries.",
-    "upstream_errors": "Upstream requests that failed or returned a server error.",
-    "upstream_retries": "Upstream requests sent again after a transient failure.",
     "digest_mismatches": "Upstream downloads discarded because their digest did not match.",
     "evictions": "Blobs and manifests removed to keep the cache within max_size or max_age.",
     "evicted_bytes": "Bytes removed from the cache by eviction.",
@@ -66,10 +119,48 @@ _HELP = {
 }
 
 
+_UPSTREAM_HELP = {
+    "requests": (
+        "mirror_upstream_requests_total",
+        "counter",
+        "HTTP requests sent to the upstream (tokens, redirects and retries included).",
+    ),
+    "errors": ("mirror_upstream_errors_total", "counter", "Upstream requests that failed or returned a server error."),
+    "retries": ("mirror_upstream_retries_total", "counter", "Upstream requests sent again after a transient failure."),
+    "bytes_fetched": ("mirror_bytes_fetched_from_upstream_total", "counter", "Bytes downloaded from the upstream."),
+    "manifest_gets": (
+        "mirror_upstream_manifest_gets_total",
+        "counter",
+        "Manifest GETs sent to the upstream: what Docker Hub counts as pulls.",
+    ),
+    "ratelimit_limit": (
+        "mirror_upstream_ratelimit_limit",
+        "gauge",
+        "Pulls the upstream allows per window (its ratelimit-limit header).",
+    ),
+    "ratelimit_remaining": (
+        "mirror_upstream_ratelimit_remaining",
+        "gauge",
+        "Pulls left in the window (its ratelimit-remaining header).",
+    ),
+    "ratelimit_window_seconds": (
+        "mirror_upstream_ratelimit_window_seconds",
+        "gauge",
+        "The quota's window (w= in its ratelimit headers).",
+    ),
+}
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
 def prometheus(snapshot: dict[str, object]) -> str:
     """Render a snapshot in the Prometheus text exposition format."""
     lines: list[str] = []
     for name, value in snapshot.items():
+        if name in UPSTREAM_TOTALS or name == "upstreams":
+            continue  # rendered per upstream below
         metric = f"mirror_{name}"
         if name in _HELP:
             metric += "_total"
@@ -77,4 +168,20 @@ def prometheus(snapshot: dict[str, object]) -> str:
         else:
             lines.append(f"# TYPE {metric} gauge")
         lines.append(f"{metric} {value}")
+    upstreams = snapshot.get("upstreams")
+    assert isinstance(upstreams, dict)
+    for key, (metric, kind, text) in _UPSTREAM_HELP.items():
+        lines += [f"# HELP {metric} {text}", f"# TYPE {metric} {kind}"]
+        for upstream, values in upstreams.items():
+            if values[key] is not None:
+                lines.append(f'{metric}{{upstream="{_label(upstream)}"}} {values[key]}')
+    lines += [
+        "# HELP mirror_upstream_ratelimit_source_info The address the upstream counts pulls against"
+        " (its docker-ratelimit-source header).",
+        "# TYPE mirror_upstream_ratelimit_source_info gauge",
+    ]
+    for upstream, values in upstreams.items():
+        if values["ratelimit_source"]:
+            labels = f'upstream="{_label(upstream)}",source="{_label(values["ratelimit_source"])}"'
+            lines.append(f"mirror_upstream_ratelimit_source_info{{{labels}}} 1")
     return "\n".join(lines) + "\n"

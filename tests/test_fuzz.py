@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import MirrorProcess
 
-from mirror.auth import parse_challenge
+from mirror.upstream.auth import parse_challenge
 from mirror.config import ConfigError, from_dict, parse_duration, parse_size
 from mirror.errors import RegistryError
 from mirror.manifests import accepted_types

@@ -249,12 +249,14 @@ function renderUpstreams(upstreams, now) {
       head.appendChild(el("span", "row-title", u.name));
       head.appendChild(el("span", "pill pill-" + u.status, u.status));
       li.appendChild(head);
-      li.appendChild(el("div", "muted small mono", u.url));
+      li.appendChild(el("div", "muted small mono", `${u.url} · ${u.route}`));
       let detail = `last answer ${ago(u.last_success, now)}`;
       if (u.consecutive_failures) {
         detail += ` · ${u.consecutive_failures} ${u.consecutive_failures === 1 ? "failure" : "failures in a row"}`;
       }
       li.appendChild(el("div", "muted small", detail));
+      li.appendChild(el("div", "muted small", `${u.requests} requests · ${u.manifest_gets} manifest GETs (pulls, to Docker Hub)`));
+      if (u.quota) li.appendChild(quotaLine(u.quota, now));
       if (u.last_error_message) {
         li.appendChild(el("div", "error-text", `${ago(u.last_error, now)}: ${u.last_error_message}`));
       }
@@ -263,7 +265,23 @@ function renderUpstreams(upstreams, now) {
   );
 }
 
+function quotaLine(q, now) {
+  const window = q.window_seconds ? ` per ${duration(q.window_seconds)}` : "";
+  const left = q.remaining === null ? "?" : q.remaining;
+  const of = q.limit === null ? "" : ` of ${q.limit}`;
+  const source = q.source ? ` · counted against ${q.source}` : "";
+  const line = el("div", "small quota", `pull quota: ${left} left${of}${window}${source} (${ago(q.seen_at, now)})`);
+  if (q.limit && q.remaining !== null && q.remaining < q.limit * 0.1) line.classList.add("warn-text");
+  return line;
+}
+
+function renderWarnings(warnings) {
+  $("warnings").replaceChildren(...warnings.map((w) => el("li", "warning", w)));
+  $("warnings").hidden = warnings.length === 0;
+}
+
 function render(data) {
+  renderWarnings(data.warnings);
   renderKpis(data);
   renderCharts(data);
   renderRepositories(data.top_repositories);

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import httpx
 
 from mirror import __version__
-from mirror.auth import RegistryAuth
 from mirror.config import UpstreamConfig
 from mirror.errors import (
     BlobUnknown,
@@ -26,8 +25,12 @@ from mirror.errors import (
     UpstreamFailed,
     UpstreamUnavailable,
 )
+from mirror.proxyenv import ProxyEnvironment
 from mirror.reference import Digest, docker_hub_name
-from mirror.stats import Stats
+from mirror.stats import Stats, UpstreamStats
+from mirror.upstream import trust
+from mirror.upstream.auth import RegistryAuth
+from mirror.upstream.egress import EgressTransport, ProxyRoute
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,7 @@ class BlobBody:
 
     def __init__(self, upstream: Upstream, response: httpx.Response) -> None:
         self._upstream = upstream
+        self._counters = upstream.counters
         self._response = response
         length = response.headers.get("content-length", "")
         self.size: int | None = int(length) if length.isdigit() else None
@@ -98,51 +102,82 @@ class BlobBody:
         # Raw bytes: a decoded body would not match the digest.
         try:
             async for chunk in self._response.aiter_raw():
+                self._counters.bytes_fetched += len(chunk)
                 yield chunk
         except httpx.HTTPError as exc:
             raise self._upstream.failure(exc, during="download") from exc
 
 
 class Upstream:
-    def __init__(self, config: UpstreamConfig, stats: Stats) -> None:
+    def __init__(self, config: UpstreamConfig, stats: Stats, proxy_env: ProxyEnvironment | None = None) -> None:
         self.name = config.name
         self.url = config.url
-        self.stats = stats
+        self.counters: UpstreamStats = stats.upstream(config.name)
         self.host = httpx.URL(config.url).host
         self.health = Health()
+        self.route = ProxyRoute.for_upstream(config.proxy, proxy_env or ProxyEnvironment())
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
+        context = trust.ssl_context(config.ca_file, config.client_cert, config.client_key)
         self.client = httpx.AsyncClient(
             base_url=config.url,
             auth=RegistryAuth(self.host, config.username, config.password),
             follow_redirects=True,
             max_redirects=5,
             timeout=httpx.Timeout(config.read_timeout, connect=config.connect_timeout, pool=config.connect_timeout),
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+            transport=EgressTransport(self.route, context, limits),
             headers={"User-Agent": f"mirror/{__version__}", "Accept-Encoding": "identity"},
-            event_hooks={"request": [self._count_request]},
+            event_hooks={"request": [self._count_request], "response": [self._read_quota]},
             trust_env=False,
         )
 
     async def _count_request(self, request: httpx.Request) -> None:
-        self.stats.upstream_requests += 1
+        self.counters.requests += 1
+        if request.method == "GET" and "/manifests/" in request.url.path:
+            self.counters.manifest_gets += 1
+
+    async def _read_quota(self, response: httpx.Response) -> None:
+        headers = response.headers
+        self.counters.saw_ratelimit(
+            headers.get("ratelimit-limit"), headers.get("ratelimit-remaining"), headers.get("docker-ratelimit-source")
+        )
 
     def repository(self, name: str) -> str:
         return docker_hub_name(name) if self.name == "docker.io" else name
 
     def failure(self, exc: httpx.HTTPError, *, during: str = "request") -> RegistryError:
         """Translate an httpx error into ours, naming the upstream but never its credentials."""
-        self.stats.upstream_errors += 1
+        self.counters.errors += 1
         reason = type(exc).__name__
+        tls = trust.tls_failure(exc)
+        if tls is not None:
+            message, setting = trust.explain(tls, self.name, _where(exc))
+            self.health.failed(message)
+            return UpstreamUnavailable(message, detail={"upstream": self.name, "setting": setting})
         self.health.failed(f"{during}: {reason}: {exc}" if str(exc) else f"{during}: {reason}")
         if isinstance(exc, httpx.TooManyRedirects):
             return UpstreamUnavailable(
                 f"upstream {self.name} redirected too many times", detail={"upstream": self.name}
             )
+        if isinstance(exc, httpx.ProxyError):
+            return self.proxy_refused(str(exc), _where(exc))
         if during == "download":
             return UpstreamFailed(
                 f"upstream {self.name} broke off the download: {reason}", detail={"upstream": self.name}
             )
         return UpstreamUnavailable(
             f"upstream {self.name} ({self.url}) is unreachable: {reason}", detail={"upstream": self.name}
+        )
+
+    def proxy_refused(self, answer: str, where: str) -> UpstreamUnavailable:
+        setting = f'[upstreams."{self.name}"] proxy' if self.route.http != self.route.https else "the proxy setting"
+        if answer.startswith("407"):
+            hint = f"check the credentials in {setting} or HTTPS_PROXY/HTTP_PROXY"
+        else:
+            hint = "the proxy could not reach it"
+        return UpstreamUnavailable(
+            f"upstream {self.name}: the egress proxy ({self.route.describe()}) answered {answer[:100]} "
+            f"for {where}; {hint}",
+            detail={"upstream": self.name, "setting": "proxy"},
         )
 
     async def aclose(self) -> None:
@@ -181,7 +216,7 @@ class Upstream:
             try:
                 response = await self.client.send(request, stream=True)
             except httpx.HTTPError as exc:
-                if attempt == RETRIES or not isinstance(exc, httpx.TransportError):
+                if attempt == RETRIES or not _transient(exc):
                     raise self.failure(exc) from exc
                 log.info("upstream %s: %s on %s %s, retrying", self.name, type(exc).__name__, method, path)
             else:
@@ -191,7 +226,7 @@ class Upstream:
                     return response
                 await response.aclose()
                 log.info("upstream %s answered %d to %s %s, retrying", self.name, response.status_code, method, path)
-            self.stats.upstream_retries += 1
+            self.counters.retries += 1
             await asyncio.sleep(RETRY_BACKOFF * 2**attempt)
         raise AssertionError("unreachable")
 
@@ -215,6 +250,10 @@ class Upstream:
             if "retry-after" in response.headers:
                 headers["Retry-After"] = response.headers["retry-after"]
             raise TooManyRequests(message or f"upstream {self.name} is rate limiting", detail=detail, headers=headers)
+        if status == 407:  # an http:// upstream forwarded by a proxy that wants credentials
+            self.counters.errors += 1
+            self.health.failed("the egress proxy answered 407")
+            raise self.proxy_refused("407 Proxy Authentication Required", response.request.url.host)
         if status == 401:
             raise Unauthorized(message or f"upstream {self.name} refused our credentials", code=code or "UNAUTHORIZED")
         if status == 403:
@@ -226,6 +265,14 @@ class Upstream:
             if code in ("NAME_UNKNOWN", "MANIFEST_UNKNOWN", "BLOB_UNKNOWN"):
                 error.code = code
             raise error
+        if status == 400 and b"SSL certificate" in body:
+            # nginx's answer to a client without a certificate, where ssl_verify_client is on
+            self.health.failed("answered 400: a client certificate is required")
+            raise UpstreamUnavailable(
+                f"upstream {self.name} requires a TLS client certificate; set "
+                f'[upstreams."{self.name}"] client_cert and client_key',
+                detail={"upstream": self.name, "setting": "client_cert"},
+            )
         if 400 <= status < 500:
             raise RegistryError(
                 message or f"upstream {self.name} answered {status}",
@@ -233,7 +280,7 @@ class Upstream:
                 status=status,
                 detail=detail,
             )
-        self.stats.upstream_errors += 1
+        self.counters.errors += 1
         self.health.failed(f"answered {status}")
         raise UpstreamUnavailable(
             f"upstream {self.name} answered {status}", detail={"upstream": self.name, "status": status}
@@ -265,7 +312,7 @@ class Upstream:
                         raise ManifestInvalid(f"upstream manifest is larger than {MANIFEST_SIZE_LIMIT} bytes")
             except httpx.HTTPError as exc:
                 raise self.failure(exc) from exc
-            self.stats.bytes_fetched_from_upstream += len(body)
+            self.counters.bytes_fetched += len(body)
             return FetchedManifest(bytes(body), _media_type(response), response.headers.get("docker-content-digest"))
 
     @asynccontextmanager
@@ -288,6 +335,35 @@ class Upstream:
             except httpx.HTTPError as exc:
                 raise self.failure(exc) from exc
             return body, response.headers.get("link")
+
+
+def anonymous_quota_warning(config: UpstreamConfig) -> str | None:
+    """What pulling Docker Hub without an account means for a site, when that is how it is set up."""
+    if config.name != "docker.io" or config.username is not None:
+        return None
+    return (
+        "docker.io has no credentials: Docker Hub counts anonymous pulls against a small hourly quota "
+        "per source IP address, which every client behind this site's NAT shares, and answers 429 "
+        "once it is spent. Each cache miss of a manifest counts as a pull (cache hits do not). "
+        'Set [upstreams."docker.io"] username and password (an access token) for the account\'s larger quota; '
+        "the dashboard and /metrics show the quota Docker Hub reports."
+    )
+
+
+def _transient(exc: httpx.HTTPError) -> bool:
+    """Worth another try: a network failure, not a certificate or a proxy's refusal."""
+    if not isinstance(exc, httpx.TransportError) or trust.tls_failure(exc) is not None:
+        return False
+    return not (isinstance(exc, httpx.ProxyError) and str(exc).startswith("407"))
+
+
+def _where(exc: httpx.HTTPError) -> str:
+    """host:port of the request that failed, which may be a CDN's rather than the upstream's."""
+    try:
+        url = exc.request.url
+    except RuntimeError:  # an error raised before any request was made
+        return "the upstream"
+    return f"{url.host}:{url.port or (443 if url.scheme == 'https' else 80)}"
 
 
 def _media_type(response: httpx.Response) -> str:

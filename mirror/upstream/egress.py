@@ -1,0 +1,174 @@
+"""Which egress proxy a request goes through: Go's `httpproxy` rules, as Docker's daemon applies them.
+
+`HTTPS_PROXY` serves https URLs and `HTTP_PROXY` http ones (upper case wins over lower case).
+No proxy is used for `localhost`, loopback addresses, or a host that `NO_PROXY` names:
+`*` (everything), a CIDR range (`10.0.0.0/8`), an IP (`192.0.2.1`, `[2001:db8::1]:443`),
+a domain and its subdomains (`corp.example`, `.corp.example`, `*.corp.example`; a leading dot
+or `*.` leaves the domain itself out), each optionally with a port.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import ssl
+from dataclasses import dataclass, field
+
+import httpx
+
+from mirror.proxyenv import ProxyEnvironment, mask_url, parse_proxy_url
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class _Domain:
+    suffix: str  # always starts with "."
+    port: int | None
+    match_host: bool  # the bare domain matches too (the entry had no leading dot)
+
+    def matches(self, host: str, port: int) -> bool:
+        found = host.endswith(self.suffix) or (self.match_host and host == self.suffix[1:])
+        return found and self.port in (None, port)
+
+
+@dataclass(frozen=True)
+class _IP:
+    address: Address
+    port: int | None
+
+    def matches(self, address: Address, port: int) -> bool:
+        return address == self.address and self.port in (None, port)
+
+
+@dataclass(frozen=True)
+class NoProxy:
+    """A parsed `NO_PROXY` list."""
+
+    everything: bool = False
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    addresses: tuple[_IP, ...] = ()
+    domains: tuple[_Domain, ...] = ()
+
+    @classmethod
+    def parse(cls, value: str) -> NoProxy:
+        networks, addresses, domains = [], [], []
+        for entry in (e.strip().lower() for e in value.split(",")):
+            if not entry:
+                continue
+            if entry == "*":
+                return cls(everything=True)
+            if "/" in entry:
+                try:
+                    networks.append(ipaddress.ip_network(entry, strict=False))
+                except ValueError:
+                    pass  # Go's ParseCIDR failed too: the entry is then read as a host
+                else:
+                    continue
+            host, port = _split_host_port(entry)
+            if not host:
+                continue
+            try:
+                addresses.append(_IP(ipaddress.ip_address(host), port))
+                continue
+            except ValueError:
+                pass
+            if host.startswith("*."):
+                host = host[1:]
+            match_host = not host.startswith(".")
+            domains.append(_Domain(host if host.startswith(".") else "." + host, port, match_host))
+        return cls(False, tuple(networks), tuple(addresses), tuple(domains))
+
+    def exempts(self, host: str, port: int) -> bool:
+        """Whether a request to host:port goes direct."""
+        host = host.strip().lower()
+        if host == "localhost":
+            return True
+        try:
+            address: Address | None = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            address = None
+        if address is not None and address.is_loopback:
+            return True
+        if self.everything:
+            return True
+        if address is not None and (
+            any(address in network for network in self.networks)
+            or any(entry.matches(address, port) for entry in self.addresses)
+        ):
+            return True
+        return any(entry.matches(host, port) for entry in self.domains)
+
+
+def _split_host_port(entry: str) -> tuple[str, int | None]:
+    """`host`, `host:port`, `[v6]:port` or a bare IPv6 address; a port that is not a number is kept as host."""
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+        return host, int(port) if port.isdigit() else None
+    if entry.count(":") == 1:
+        host, _, port = entry.partition(":")
+        if port.isdigit():
+            return host, int(port)
+    return entry, None
+
+
+@dataclass(frozen=True)
+class ProxyRoute:
+    """For one upstream: which proxy (if any) each URL goes through."""
+
+    http: str | None = None
+    https: str | None = None
+    no_proxy: NoProxy = field(default_factory=NoProxy)
+
+    @classmethod
+    def for_upstream(cls, setting: str | None, env: ProxyEnvironment) -> ProxyRoute:
+        """`setting` is the upstream's `proxy`: None follows the environment, "" is direct."""
+        no_proxy = NoProxy.parse(env.no_proxy)
+        if setting == "":
+            return cls()
+        if setting is not None:
+            proxy = parse_proxy_url(setting)
+            return cls(proxy, proxy, no_proxy)
+        http = None if env.cgi or not env.http_proxy else parse_proxy_url(env.http_proxy)
+        https = parse_proxy_url(env.https_proxy) if env.https_proxy else None
+        return cls(http, https, no_proxy)
+
+    def proxy_for(self, url: httpx.URL) -> str | None:
+        proxy = self.https if url.scheme == "https" else self.http if url.scheme == "http" else None
+        if proxy is None:
+            return None
+        port = url.port or DEFAULT_PORTS.get(url.scheme, 0)
+        return None if self.no_proxy.exempts(url.host, port) else proxy
+
+    def describe(self) -> str:
+        proxies = {mask_url(p) for p in (self.http, self.https) if p}
+        return "direct" if not proxies else "via " + " and ".join(sorted(proxies))
+
+
+class EgressTransport(httpx.AsyncBaseTransport):
+    """Sends each request direct or through its proxy, one pooled transport per route.
+
+    Redirects (a CDN) and token requests pass through here too, so they take the same way out.
+    """
+
+    def __init__(self, route: ProxyRoute, ssl_context: ssl.SSLContext, limits: httpx.Limits) -> None:
+        self.route = route
+        self._ssl_context = ssl_context
+        self._limits = limits
+        self._transports: dict[str | None, httpx.AsyncHTTPTransport] = {}
+
+    def _transport(self, proxy: str | None) -> httpx.AsyncHTTPTransport:
+        transport = self._transports.get(proxy)
+        if transport is None:
+            via = None if proxy is None else httpx.Proxy(proxy, ssl_context=self._ssl_context)
+            transport = httpx.AsyncHTTPTransport(verify=self._ssl_context, limits=self._limits, proxy=via)
+            self._transports[proxy] = transport
+        return transport
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self._transport(self.route.proxy_for(request.url)).handle_async_request(request)
+
+    async def aclose(self) -> None:
+        for transport in self._transports.values():
+            await transport.aclose()
