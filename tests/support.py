@@ -78,10 +78,13 @@ class Registry:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     extra_config: str = ""
+    host: str = "127.0.0.1"
+    tls: tuple[Path, Path] | None = None  # certificate and key: serve https
+    headers: dict[str, str] = field(default_factory=dict)  # added to every response
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     @property
     def log_path(self) -> Path:
@@ -94,7 +97,11 @@ class Registry:
             "version: 0.1\n"
             "log:\n  level: error\n  accesslog:\n    disabled: false\n"
             f"storage:\n  filesystem:\n    rootdirectory: {self.root / 'data'}\n  delete:\n    enabled: true\n"
-            f"http:\n  addr: 127.0.0.1:{self.port}\n  secret: test-secret\n" + self.extra_config
+            f"http:\n  addr: {self.host}:{self.port}\n  secret: test-secret\n"
+            + (f"  tls:\n    certificate: {self.tls[0]}\n    key: {self.tls[1]}\n" if self.tls else "")
+            + ("  headers:\n" if self.headers else "")
+            + "".join(f"    {name}: [{json.dumps(value)}]\n" for name, value in self.headers.items())
+            + self.extra_config
         )
         with open(self.log_path, "ab") as out, open(self.root / "registry.err", "ab") as err:
             self.process = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=out, stderr=err)
@@ -116,6 +123,13 @@ class Registry:
             if match:
                 found.append((match["method"], match["path"], int(match["status"])))
         return found
+
+    def client_addresses(self) -> list[str]:
+        """The remote address of every request the registry has logged so far."""
+        if not self.log_path.exists():
+            return []
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return [line.split(" ", 1)[0] for line in lines if _ACCESS_RE.search(line)]
 
     def blob_gets(self) -> Counter[str]:
         """How many GETs each blob digest received."""
@@ -311,6 +325,9 @@ class MirrorProcess:
     server_config: str = ""  # more [server] keys, e.g. tls_cert and tls_key
     upstream_config: str = ""  # more keys for every upstream, e.g. read_timeout
     scheme: str = "http"
+    upstream_keys: dict[str, str] = field(default_factory=dict)  # more keys for one upstream, by name
+    env: dict[str, str] = field(default_factory=dict)  # laid over this process's environment
+    wrapper: list[str] = field(default_factory=list)  # a command that execs the mirror (same PID)
 
     @property
     def url(self) -> str:
@@ -331,6 +348,7 @@ class MirrorProcess:
         text += f'[cache]\ndirectory = "{self.cache_dir}"\n' + self.extra_config + "\n"
         for name, url in self.upstreams.items():
             text += f'[upstreams."{name}"]\nurl = "{url}"\n{self.upstream_config}\n'
+            text += self.upstream_keys.get(name, "") + "\n"
             if name in self.credentials:
                 username, password = self.credentials[name]
                 text += f'username = "{username}"\npassword = "{password}"\n'
@@ -341,10 +359,10 @@ class MirrorProcess:
         config = self.write_config()
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "mirror", "serve", "--config", str(config)],
+                [*self.wrapper, sys.executable, "-m", "mirror", "serve", "--config", str(config)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             )
         wait_for_http(f"{self.url}/healthz", self.process)
         return self

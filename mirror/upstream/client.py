@@ -132,10 +132,11 @@ class Upstream:
 
     async def _count_request(self, request: httpx.Request) -> None:
         self.counters.requests += 1
-        if request.method == "GET" and "/manifests/" in request.url.path:
-            self.counters.manifest_gets += 1
 
     async def _read_quota(self, response: httpx.Response) -> None:
+        request = response.request
+        if request.method == "GET" and response.status_code < 400 and "/manifests/" in request.url.path:
+            self.counters.manifest_gets += 1  # what Docker Hub counts as a pull (HEADs and refusals are free)
         headers = response.headers
         self.counters.saw_ratelimit(
             headers.get("ratelimit-limit"), headers.get("ratelimit-remaining"), headers.get("docker-ratelimit-source")

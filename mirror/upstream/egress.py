@@ -161,7 +161,10 @@ class EgressTransport(httpx.AsyncBaseTransport):
     def _transport(self, proxy: str | None) -> httpx.AsyncHTTPTransport:
         transport = self._transports.get(proxy)
         if transport is None:
-            via = None if proxy is None else httpx.Proxy(proxy, ssl_context=self._ssl_context)
+            via = None
+            if proxy is not None:  # TLS to an https:// proxy trusts what the upstream does
+                context = self._ssl_context if proxy.startswith("https:") else None
+                via = httpx.Proxy(proxy, ssl_context=context)
             transport = httpx.AsyncHTTPTransport(verify=self._ssl_context, limits=self._limits, proxy=via)
             self._transports[proxy] = transport
         return transport
