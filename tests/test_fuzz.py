@@ -13,12 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import MirrorProcess
 
-from mirror.upstream.auth import parse_challenge
 from mirror.config import ConfigError, from_dict, parse_duration, parse_size
 from mirror.errors import RegistryError
 from mirror.manifests import accepted_types
 from mirror.reference import NAME_RE, Digest, parse_digest, parse_name, parse_reference
 from mirror.responses import parse_range
+from mirror.upstream.auth import parse_challenge
 
 FUZZ = settings(max_examples=400, deadline=None)
 text = st.text(alphabet=st.characters(codec="utf-8"), max_size=300)

@@ -1,0 +1,132 @@
+"""Docker Hub's pull quota in view: its rate-limit headers as gauges, manifest GETs counted, per upstream.
+
+The upstream is the token-auth Docker Hub look-alike (distribution, a token issuer, a CDN),
+told to send Docker Hub's `ratelimit-*` headers with every answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from support import ALL_MANIFESTS, Image, MirrorProcess, Registry, seed_standard_images
+from test_pull import skopeo_copy
+from token_upstream import StaticCDN, TokenIssuer, enable_token_auth
+
+
+def quota_headers(remaining: int) -> dict[str, str]:
+    return {
+        "RateLimit-Limit": "100;w=21600",
+        "RateLimit-Remaining": f"{remaining};w=21600",
+        "Docker-RateLimit-Source": "203.0.113.7",
+    }
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Registry, dict[str, Image]]]:
+    root = tmp_path_factory.mktemp("hub")
+    registry = Registry(root / "registry").start()
+    issuer = TokenIssuer(root / "issuer")
+    cdn = StaticCDN(registry.root / "data")
+    try:
+        images = seed_standard_images(registry.url)
+        registry.headers = quota_headers(76)
+        enable_token_auth(registry, issuer, cdn)
+        yield registry, images
+    finally:
+        for part in (registry, issuer, cdn):
+            part.stop()
+
+
+def samples(mirror: MirrorProcess) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Every sample of /metrics, parsed by Prometheus' own text-format parser, by family."""
+    text = httpx.get(f"{mirror.url}/metrics").text
+    return {
+        family.name: [(sample.labels, sample.value) for sample in family.samples]
+        for family in text_string_to_metric_families(text)
+    }
+
+
+def test_quota_gauges_follow_the_upstream(
+    hub: tuple[Registry, dict[str, Image]], tmp_path: Path, started_mirror: MirrorProcess
+) -> None:
+    registry, images = hub
+    mirror = started_mirror
+    mark = registry.mark()
+    skopeo_copy(mirror, "library/demo:latest", tmp_path / "demo")
+
+    quota = mirror.stats()["upstreams"]["docker.io"]  # type: ignore[index]  # a nested object
+    assert quota["ratelimit_limit"] == 100
+    assert quota["ratelimit_remaining"] == 76
+    assert quota["ratelimit_window_seconds"] == 21600
+    assert quota["ratelimit_source"] == "203.0.113.7"
+
+    # The upstream's count goes down: the gauge follows on the next answer.
+    registry.stop()
+    registry.headers = quota_headers(75)
+    registry.start()
+    response = httpx.get(
+        f"{mirror.url}/v2/library/multi/manifests/latest", headers={"Accept": ", ".join(ALL_MANIFESTS)}
+    )
+    assert response.status_code == 200
+
+    metrics = samples(mirror)
+    docker_io = {"upstream": "docker.io"}
+    assert metrics["mirror_upstream_ratelimit_remaining"] == [(docker_io, 75.0)]
+    assert metrics["mirror_upstream_ratelimit_limit"] == [(docker_io, 100.0)]
+    assert metrics["mirror_upstream_ratelimit_window_seconds"] == [(docker_io, 21600.0)]
+    assert metrics["mirror_upstream_ratelimit_source_info"] == [(docker_io | {"source": "203.0.113.7"}, 1.0)]
+
+    # What Docker Hub counts as pulls: the manifest GETs it answered (HEADs and 401s are free).
+    pulls = [
+        path
+        for method, path, status in registry.requests()[mark:]
+        if method == "GET" and "/manifests/" in path and status == 200
+    ]
+    assert len(pulls) >= 2
+    assert metrics["mirror_upstream_manifest_gets"] == [(docker_io, float(len(pulls)))]
+
+    # Every metric about an upstream carries the label; the totals in /stats are their sums.
+    upstream_families = [name for name in metrics if name.startswith(("mirror_upstream", "mirror_bytes_fetched"))]
+    assert len(upstream_families) >= 8
+    for name in upstream_families:
+        assert all(labels.get("upstream") == "docker.io" for labels, _ in metrics[name]), name
+    stats = mirror.stats()
+    assert metrics["mirror_upstream_requests"] == [(docker_io, float(stats["upstream_requests"]))]
+    assert metrics["mirror_bytes_fetched_from_upstream"] == [(docker_io, float(stats["bytes_fetched_from_upstream"]))]
+    assert stats["bytes_fetched_from_upstream"] >= sum(len(b) for b in images["demo"].blobs.values())
+
+    dashboard = httpx.get(f"{mirror.url}/api/dashboard").json()
+    row = dashboard["upstreams"][0]
+    assert row["quota"]["remaining"] == 75 and row["quota"]["source"] == "203.0.113.7"
+    assert row["manifest_gets"] == len(pulls)
+
+
+@pytest.fixture
+def started_mirror(hub: tuple[Registry, dict[str, Image]], tmp_path: Path) -> Iterator[MirrorProcess]:
+    process = MirrorProcess(tmp_path / "mirror", {"docker.io": hub[0].url}).start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def test_anonymous_docker_hub_is_warned_about(
+    hub: tuple[Registry, dict[str, Image]], started_mirror: MirrorProcess, tmp_path: Path
+) -> None:
+    log = started_mirror.log_path.read_text()
+    assert "WARNING" in log and "docker.io has no credentials" in log
+    warnings = httpx.get(f"{started_mirror.url}/api/dashboard").json()["warnings"]
+    assert len(warnings) == 1 and "quota" in warnings[0]
+
+    with_account = MirrorProcess(
+        tmp_path / "with-account", {"docker.io": hub[0].url}, credentials={"docker.io": ("ci", "token")}
+    ).start()
+    try:
+        assert httpx.get(f"{with_account.url}/api/dashboard").json()["warnings"] == []
+        assert "no credentials" not in with_account.log_path.read_text()
+    finally:
+        with_account.stop()
