@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -378,8 +379,9 @@ class MirrorProcess:
             self.process.wait()
             self.process = None
 
-    def stats(self) -> dict[str, int]:
-        stats: dict[str, int] = httpx.get(f"{self.url}/stats").json()
+    def stats(self) -> dict[str, Any]:
+        """/stats: counters, and `upstreams` with each upstream's own counters and quota."""
+        stats: dict[str, Any] = httpx.get(f"{self.url}/stats").json()
         return stats
 
     def wait_idle(self, timeout: float = 20.0) -> None:

@@ -58,7 +58,7 @@ def test_quota_gauges_follow_the_upstream(
     mark = registry.mark()
     skopeo_copy(mirror, "library/demo:latest", tmp_path / "demo")
 
-    quota = mirror.stats()["upstreams"]["docker.io"]  # type: ignore[index]  # a nested object
+    quota = mirror.stats()["upstreams"]["docker.io"]
     assert quota["ratelimit_limit"] == 100
     assert quota["ratelimit_remaining"] == 76
     assert quota["ratelimit_window_seconds"] == 21600

@@ -255,7 +255,8 @@ function renderUpstreams(upstreams, now) {
         detail += ` · ${u.consecutive_failures} ${u.consecutive_failures === 1 ? "failure" : "failures in a row"}`;
       }
       li.appendChild(el("div", "muted small", detail));
-      li.appendChild(el("div", "muted small", `${u.requests} requests · ${u.manifest_gets} manifest GETs (pulls, to Docker Hub)`));
+      const pulls = u.name === "docker.io" ? " (what Docker Hub counts as pulls)" : "";
+      li.appendChild(el("div", "muted small", `${u.requests} requests · ${u.manifest_gets} manifest GETs${pulls}`));
       if (u.quota) li.appendChild(quotaLine(u.quota, now));
       if (u.last_error_message) {
         li.appendChild(el("div", "error-text", `${ago(u.last_error, now)}: ${u.last_error_message}`));

@@ -40,6 +40,11 @@ from token_upstream import StaticCDN, TokenIssuer, enable_token_auth
 HERE = Path(__file__).parent
 ENABLED = os.environ.get("MIRROR_E2E") == "1"
 GHCR_CREDENTIALS = ("alice", "s3cret")
+DOCKER_HUB_QUOTA = {
+    "RateLimit-Limit": "100;w=21600",
+    "RateLimit-Remaining": "42;w=21600",
+    "Docker-RateLimit-Source": "198.51.100.23",
+}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -122,6 +127,8 @@ def _start_upstream(root: Path, name: str, seed: int, credentials: tuple[str, st
                 images["tls"] = seed_kinds(pusher, {k: ("library/private-ca", k) for k in KINDS}, seed + 980)
         issuer = TokenIssuer(root / "issuer", credentials=credentials)
         cdn = StaticCDN(registry.root / "data")
+        if name == "docker.io":
+            registry.headers = DOCKER_HUB_QUOTA  # Docker Hub's pull-quota headers, with every answer
         enable_token_auth(registry, issuer, cdn)
         return Upstream(name, registry, issuer, cdn, images)
     except BaseException:

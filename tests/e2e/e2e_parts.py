@@ -440,7 +440,11 @@ def measure(upstreams: list[Upstream], mirror: MirrorProcess) -> Iterator[Cost]:
         cost.served.update(cdn_gets)
         cost.registry_log.extend(requests)
     stats_after = mirror.stats()
-    cost.mirror = {key: stats_after[key] - stats_before[key] for key in stats_before if key != "uptime_seconds"}
+    cost.mirror = {
+        key: stats_after[key] - value
+        for key, value in stats_before.items()
+        if isinstance(value, int) and key != "uptime_seconds"
+    }
 
 
 SHARED: list[tuple[str, str, Cost]] = []  # (client, reference, cost) of the image every client pulls

@@ -9,6 +9,7 @@ mirror), and the totals are checked: no blob left an upstream twice, no credenti
 
 from __future__ import annotations
 
+import httpx
 import pytest
 from e2e_parts import (
     CLIENTS,
@@ -100,3 +101,18 @@ def test_credentials_never_reach_a_cdn(upstreams: dict[str, Upstream], e2e_mirro
     assert "s3cret" not in e2e_mirror.log_path.read_text(errors="replace")
     # And, over the whole session, no blob left an upstream twice.
     assert_each_blob_served_at_most_once(list(upstreams.values()))
+
+
+def test_docker_hub_quota_in_view(
+    docker_client: Client, upstreams: dict[str, Upstream], e2e_mirror: MirrorProcess
+) -> None:
+    """Docker pulls through the mirror; the quota Docker Hub's look-alike reports shows per upstream."""
+    image = upstreams["docker.io"].images["docker"]["schema2"]
+    docker_client.pull(docker_client.reference("docker.io", image))
+    hub = e2e_mirror.stats()["upstreams"]["docker.io"]
+    assert (hub["ratelimit_limit"], hub["ratelimit_remaining"], hub["ratelimit_window_seconds"]) == (100, 42, 21600)
+    assert hub["ratelimit_source"] == "198.51.100.23"
+    assert hub["manifest_gets"] >= 1
+    metrics = httpx.get(f"{e2e_mirror.url}/metrics").text
+    assert 'mirror_upstream_ratelimit_remaining{upstream="docker.io"} 42' in metrics
+    assert 'mirror_upstream_ratelimit_remaining{upstream="ghcr.io"}' not in metrics, "ghcr.io sent no quota"
