@@ -8,10 +8,9 @@ import time
 from dataclasses import dataclass
 from io import FileIO
 
-from mirror.blobstore import BlobStore
-from mirror.errors import DigestInvalid, TooManyRequests, UpstreamUnavailable
-from mirror.inflight import Download, InflightDownloads, NoRoom, PassThrough, SingleFlight
-from mirror.manifests import (
+from mirror.cache.blobs import BlobStore
+from mirror.cache.downloads import Download, InflightDownloads, NoRoom, PassThrough, SingleFlight
+from mirror.cache.metadata import (
     Manifest,
     ManifestCache,
     TagEntry,
@@ -21,7 +20,8 @@ from mirror.manifests import (
     manifest_digest,
     same_answer,
 )
-from mirror.reference import Digest, parse_digest
+from mirror.registry.errors import DigestInvalid, TooManyRequests, UpstreamUnavailable
+from mirror.registry.reference import Digest, parse_digest
 from mirror.stats import Stats
 from mirror.upstream import Upstream
 

@@ -7,16 +7,16 @@ import json
 import logging
 from typing import TYPE_CHECKING
 
+from mirror.cache.downloads import Download, PassThrough
+from mirror.cache.metadata import platform_matches, platform_name
+from mirror.commands.prefetch import ACCEPT, parse_image
 from mirror.config import PrefetchConfig
-from mirror.errors import RegistryError
-from mirror.inflight import Download, PassThrough
-from mirror.manifests import platform_matches, platform_name
-from mirror.prefetch import ACCEPT, parse_image
 from mirror.proxy import CachedBlob
-from mirror.reference import parse_digest, parse_name, parse_reference
+from mirror.registry.errors import RegistryError
+from mirror.registry.reference import parse_digest, parse_name, parse_reference
 
 if TYPE_CHECKING:
-    from mirror.app import Mirror
+    from mirror.http.app import Mirror
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mirror.manifests import (
+from mirror.cache.metadata import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
     OCI_INDEX,

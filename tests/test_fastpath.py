@@ -1,4 +1,4 @@
-"""Warm manifests answered by the HTTP protocol itself (`mirror.server`, `mirror.fastpath`).
+"""Warm manifests answered by the HTTP protocol itself (`mirror.http.server`, `mirror.http.fastpath`).
 
 The protocol answers a warm manifest without the ASGI app, and answers a request whose bytes
 it has seen before without parsing them again. Its answers must be the app's, but for the

@@ -14,7 +14,8 @@ import httpx
 
 from mirror import __version__
 from mirror.config import UpstreamConfig
-from mirror.errors import (
+from mirror.proxyenv import ProxyEnvironment
+from mirror.registry.errors import (
     BlobUnknown,
     ManifestInvalid,
     ManifestUnknown,
@@ -25,8 +26,7 @@ from mirror.errors import (
     UpstreamFailed,
     UpstreamUnavailable,
 )
-from mirror.proxyenv import ProxyEnvironment
-from mirror.reference import Digest, docker_hub_name
+from mirror.registry.reference import Digest, docker_hub_name
 from mirror.stats import Stats, UpstreamStats
 from mirror.upstream import trust
 from mirror.upstream.auth import RegistryAuth

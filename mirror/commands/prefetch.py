@@ -10,7 +10,7 @@ from typing import Any, TextIO
 
 import httpx
 
-from mirror.manifests import (
+from mirror.cache.metadata import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
     INDEX_TYPES,

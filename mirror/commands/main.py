@@ -11,11 +11,13 @@ from pathlib import Path
 
 import uvicorn
 
-from mirror import __version__, archive, clientconfig, inventory, maintenance, prefetch
-from mirror.app import create_app
+from mirror import __version__
+from mirror.cache import inventory, maintenance
+from mirror.commands import archive, clientconfig, prefetch
 from mirror.config import DOCKER_HUB, Config, ConfigError, load, render
-from mirror.fastpath import warm_answers
-from mirror.server import bounded_protocol
+from mirror.http.app import create_app
+from mirror.http.fastpath import warm_answers
+from mirror.http.server import bounded_protocol
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,8 +12,8 @@ import diskcache
 import httpx
 
 from mirror.config import Config
-from mirror.errors import RegistryError
-from mirror.reference import parse_digest
+from mirror.registry.errors import RegistryError
+from mirror.registry.reference import parse_digest
 
 # A temp file untouched this long belongs to no live download (their read timeout is far shorter).
 STALE_TEMP_SECONDS = 3600.0

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import anyio.to_thread
 
-from mirror.errors import DigestInvalid, RegistryError
-from mirror.reference import Digest, parse_digest
+from mirror.registry.errors import DigestInvalid, RegistryError
+from mirror.registry.reference import Digest, parse_digest
 from mirror.stats import Stats
 
 log = logging.getLogger(__name__)

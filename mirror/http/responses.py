@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from mirror.errors import RangeInvalid, RegistryError
-from mirror.inflight import DownloadFailed
-from mirror.manifests import Manifest
+from mirror.cache.downloads import DownloadFailed
+from mirror.cache.metadata import Manifest
+from mirror.registry.errors import RangeInvalid, RegistryError
 
 log = logging.getLogger(__name__)
 

@@ -28,10 +28,8 @@ from typing import IO, Any, BinaryIO
 
 import diskcache
 
-from mirror.blobstore import BlobStore
-from mirror.config import DOCKER_HUB, Config
-from mirror.errors import RegistryError
-from mirror.manifests import (
+from mirror.cache.blobs import BlobStore
+from mirror.cache.metadata import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
     INDEX_TYPES,
@@ -45,8 +43,10 @@ from mirror.manifests import (
     platform_matches,
     platform_name,
 )
-from mirror.prefetch import parse_image
-from mirror.reference import TAG_RE, Digest, parse_digest, parse_name
+from mirror.commands.prefetch import parse_image
+from mirror.config import DOCKER_HUB, Config
+from mirror.registry.errors import RegistryError
+from mirror.registry.reference import TAG_RE, Digest, parse_digest, parse_name
 
 CHUNK = 1024 * 1024
 MAX_MANIFEST = 4 * 1024 * 1024  # the distribution registry's own limit

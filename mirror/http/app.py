@@ -17,19 +17,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from mirror import inventory
-from mirror.access import AccessControl, Htpasswd, load_htpasswd
-from mirror.accesslog import AccessLog
-from mirror.blobstore import BlobStore, iter_file
+from mirror.cache import inventory
+from mirror.cache.blobs import BlobStore, iter_file
+from mirror.cache.downloads import InflightDownloads, PassThrough
+from mirror.cache.metadata import ManifestCache
 from mirror.config import Config
-from mirror.dashboard import Dashboard, dashboard_routes
-from mirror.errors import NameUnknown, NotFound, RegistryError, Unsupported
-from mirror.fastpath import WarmManifests
-from mirror.inflight import InflightDownloads, PassThrough
-from mirror.manifests import ManifestCache
-from mirror.proxy import CachedBlob, ManifestAnswer, Proxy
-from mirror.reference import Digest, parse_digest, parse_name, parse_reference
-from mirror.responses import (
+from mirror.http.access import AccessControl, Htpasswd, load_htpasswd
+from mirror.http.accesslog import AccessLog
+from mirror.http.dashboard import Dashboard, dashboard_routes
+from mirror.http.fastpath import WarmManifests
+from mirror.http.responses import (
     API_VERSION_HEADER,
     BlobResponse,
     blob_headers,
@@ -37,6 +34,9 @@ from mirror.responses import (
     manifest_headers,
     parse_range,
 )
+from mirror.proxy import CachedBlob, ManifestAnswer, Proxy
+from mirror.registry.errors import NameUnknown, NotFound, RegistryError, Unsupported
+from mirror.registry.reference import Digest, parse_digest, parse_name, parse_reference
 from mirror.stats import Stats, prometheus
 from mirror.upstream import Upstream, anonymous_quota_warning
 from mirror.warmer import keep_warm

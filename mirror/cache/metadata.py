@@ -15,8 +15,8 @@ import anyio.to_thread
 import diskcache
 from cachetools import LRUCache
 
-from mirror.blobstore import BlobStore
-from mirror.reference import Digest
+from mirror.cache.blobs import BlobStore
+from mirror.registry.reference import Digest
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"

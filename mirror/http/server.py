@@ -2,7 +2,7 @@
 
 Without the bounds a client could send headers forever (memory) or one byte a minute (a
 connection held open for good): uvicorn bounds neither with httptools. The warm answers
-(see `mirror.fastpath`) skip the per-request task and ASGI cycle for the commonest request.
+(see `mirror.http.fastpath`) skip the per-request task and ASGI cycle for the commonest request.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ _MAX_REMEMBERED_BYTES = 4096
 
 
 class WarmAnswerer(Protocol):
-    """The app's side of warm answers (`mirror.fastpath.WarmAnswers`)."""
+    """The app's side of warm answers (`mirror.http.fastpath.WarmAnswers`)."""
 
     def question(self, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]]) -> Any | None: ...
 

@@ -1,6 +1,6 @@
 """The dashboard: a page at `/`, its static files, and the JSON it polls at `/api/dashboard`.
 
-The page (mirror/static/) is plain HTML, CSS and JS served by the mirror itself: it needs
+The page (mirror/http/static/) is plain HTML, CSS and JS served by the mirror itself: it needs
 no network beyond the mirror. Counters are sampled every few seconds into an in-memory
 ring buffer (the last hour), so the charts need no external metrics store.
 """
@@ -19,12 +19,12 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from mirror.errors import NotFound
+from mirror.registry.errors import NotFound
 from mirror.stats import Stats
 from mirror.upstream import Upstream, anonymous_quota_warning
 
 if TYPE_CHECKING:
-    from mirror.app import Mirror
+    from mirror.http.app import Mirror
 
 STATIC_DIR = Path(__file__).parent / "static"
 SAMPLE_INTERVAL = 5.0

@@ -2,7 +2,7 @@
 
 Our own work for a warm tag is a few dictionary lookups; uvicorn's ASGI machinery around
 it (a scope, a task, a request-response cycle, a dozen awaits) cost four times as much.
-So the HTTP protocol (`mirror.server`) asks `WarmAnswers` first, with the parsed request
+So the HTTP protocol (`mirror.http.server`) asks `WarmAnswers` first, with the parsed request
 head, and writes the whole response itself when the answer is in memory. The middleware
 `WarmManifests` does the same inside the app, for requests the protocol passes on
 (pipelined, HTTP/1.0, behind client auth, another ASGI server). Anything else (a miss,
@@ -19,18 +19,18 @@ from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mirror import accesslog
+from mirror.cache.metadata import Manifest, accepted_types
 from mirror.config import Config
-from mirror.errors import RegistryError
-from mirror.manifests import Manifest, accepted_types
-from mirror.reference import Digest, parse_name, parse_reference
-from mirror.responses import manifest_headers
+from mirror.http import accesslog
+from mirror.http.responses import manifest_headers
+from mirror.registry.errors import RegistryError
+from mirror.registry.reference import Digest, parse_name, parse_reference
 from mirror.upstream import Upstream
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
 
-    from mirror.app import Mirror
+    from mirror.http.app import Mirror
 
 # Real clients send one Accept header of a few hundred characters.
 _MAX_ACCEPT_HEADERS = 8

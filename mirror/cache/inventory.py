@@ -9,9 +9,9 @@ from typing import Any
 
 import diskcache
 
-from mirror.errors import RegistryError
-from mirror.manifests import TagEntry, platform_name
-from mirror.reference import parse_digest
+from mirror.cache.metadata import TagEntry, platform_name
+from mirror.registry.errors import RegistryError
+from mirror.registry.reference import parse_digest
 
 
 def _read_json(cache: Path, digest: str) -> dict[str, Any] | None:

@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import Any, Generic, Protocol, TypeVar
 
-from mirror.blobstore import READ_CHUNK, BlobStore, BlobWriter
-from mirror.errors import RegistryError, UpstreamFailed
-from mirror.reference import Digest
+from mirror.cache.blobs import READ_CHUNK, BlobStore, BlobWriter
+from mirror.registry.errors import RegistryError, UpstreamFailed
+from mirror.registry.reference import Digest
 from mirror.stats import Stats
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""The ASGI app, its routes, the fast path, access control, the access log and the dashboard."""
