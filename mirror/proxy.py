@@ -10,17 +10,9 @@ from io import FileIO
 
 from mirror.cache.blobs import BlobStore
 from mirror.cache.downloads import Download, InflightDownloads, NoRoom, PassThrough, SingleFlight
-from mirror.cache.metadata import (
-    Manifest,
-    ManifestCache,
-    TagEntry,
-    accept_key,
-    accepted_types,
-    admits,
-    manifest_digest,
-    same_answer,
-)
+from mirror.cache.metadata import Manifest, ManifestCache, TagEntry, manifest_digest, same_answer
 from mirror.registry.errors import DigestInvalid, TooManyRequests, UpstreamUnavailable
+from mirror.registry.mediatypes import accept_key, accepted_types, admits
 from mirror.registry.reference import Digest, parse_digest
 from mirror.stats import Stats
 from mirror.upstream import Upstream

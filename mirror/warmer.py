@@ -5,30 +5,27 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from mirror.cache.downloads import Download, PassThrough
-from mirror.cache.metadata import platform_matches, platform_name
-from mirror.commands.prefetch import ACCEPT, parse_image
 from mirror.config import PrefetchConfig
-from mirror.proxy import CachedBlob
+from mirror.proxy import CachedBlob, Proxy
 from mirror.registry.errors import RegistryError
-from mirror.registry.reference import parse_digest, parse_name, parse_reference
+from mirror.registry.mediatypes import ACCEPT_ALL, platform_matches, platform_name
+from mirror.registry.reference import parse_digest, parse_image, parse_name, parse_reference
+from mirror.upstream import Upstream
 
-if TYPE_CHECKING:
-    from mirror.http.app import Mirror
+UpstreamFor = Callable[[str | None], Upstream]  # a registry host (None: the default) to its upstream
 
 log = logging.getLogger(__name__)
 
 
-async def warm_once(mirror: Mirror, entry: PrefetchConfig) -> int:
+async def warm_once(proxy: Proxy, upstream_for: UpstreamFor, entry: PrefetchConfig) -> int:
     """Resolve the image through the proxy and fetch what is missing; returns blobs fetched."""
     image = parse_image(entry.image)
-    upstream = mirror.upstreams.get(image.registry or mirror.config.server.default_upstream)
-    if upstream is None:
-        raise RegistryError(f"prefetch {entry.image}: registry {image.registry} is not configured", code="NAME_UNKNOWN")
+    upstream = upstream_for(image.registry)
     repository = upstream.repository(parse_name(image.repository))
-    answer = await mirror.proxy.manifest(upstream, repository, parse_reference(image.reference), [ACCEPT])
+    answer = await proxy.manifest(upstream, repository, parse_reference(image.reference), [ACCEPT_ALL])
     manifests = [json.loads(answer.manifest.body)]
     if isinstance(manifests[0].get("manifests"), list):
         children = [
@@ -40,14 +37,14 @@ async def warm_once(mirror: Mirror, entry: PrefetchConfig) -> int:
         manifests = []
         for child in children:
             reference = parse_digest(child["digest"])
-            child_answer = await mirror.proxy.manifest(upstream, repository, reference, [ACCEPT])
+            child_answer = await proxy.manifest(upstream, repository, reference, [ACCEPT_ALL])
             manifests.append(json.loads(child_answer.manifest.body))
     fetched = 0
     for manifest in manifests:
         for descriptor in [manifest.get("config"), *manifest.get("layers", [])]:
             if not isinstance(descriptor, dict):
                 continue
-            source, status = await mirror.proxy.blob(upstream, repository, parse_digest(descriptor["digest"]))
+            source, status = await proxy.blob(upstream, repository, parse_digest(descriptor["digest"]))
             if isinstance(source, CachedBlob):
                 source.file.close()
             elif isinstance(source, PassThrough):
@@ -58,10 +55,10 @@ async def warm_once(mirror: Mirror, entry: PrefetchConfig) -> int:
     return fetched
 
 
-async def keep_warm(mirror: Mirror, entry: PrefetchConfig) -> None:
+async def keep_warm(proxy: Proxy, upstream_for: UpstreamFor, entry: PrefetchConfig) -> None:
     while True:
         try:
-            fetched = await warm_once(mirror, entry)
+            fetched = await warm_once(proxy, upstream_for, entry)
             log.info("prefetch %s: %d blobs fetched", entry.image, fetched)
         except (RegistryError, ValueError, KeyError) as exc:
             log.warning("prefetch %s failed: %s", entry.image, exc)

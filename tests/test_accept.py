@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from mirror.cache.metadata import (
+from mirror.cache.metadata import same_answer
+from mirror.registry.mediatypes import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
     OCI_INDEX,
     OCI_MANIFEST,
     accept_key,
     accepted_types,
-    same_answer,
 )
 
 DOCKERD = frozenset({DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_MANIFEST, OCI_INDEX})

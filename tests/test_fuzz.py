@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import MirrorProcess
 
-from mirror.cache.metadata import accepted_types
 from mirror.config import ConfigError, from_dict, parse_duration, parse_size
 from mirror.http.responses import parse_range
 from mirror.registry.errors import RegistryError
+from mirror.registry.mediatypes import accepted_types
 from mirror.registry.reference import NAME_RE, Digest, parse_digest, parse_name, parse_reference
 from mirror.upstream.auth import parse_challenge
 

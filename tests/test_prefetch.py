@@ -8,7 +8,7 @@ import sys
 import pytest
 from support import Image, MirrorProcess, Registry
 
-from mirror.commands.prefetch import ImageRef, parse_image
+from mirror.registry.reference import ImageRef, parse_image
 
 
 @pytest.mark.parametrize(

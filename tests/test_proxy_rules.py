@@ -7,8 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mirror.config import ConfigError, from_dict, load, render
-from mirror.proxyenv import ProxyEnvironment, mask_url, parse_proxy_url
+from mirror.config import ConfigError, ProxyEnvironment, from_dict, load, mask_url, parse_proxy_url, render
 from mirror.upstream.egress import ProxyRoute
 
 PROXY = "http://proxy.corp:3128"

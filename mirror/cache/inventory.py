@@ -9,8 +9,9 @@ from typing import Any
 
 import diskcache
 
-from mirror.cache.metadata import TagEntry, platform_name
+from mirror.cache.metadata import TagEntry
 from mirror.registry.errors import RegistryError
+from mirror.registry.mediatypes import platform_name
 from mirror.registry.reference import parse_digest
 
 

@@ -16,84 +16,10 @@ import diskcache
 from cachetools import LRUCache
 
 from mirror.cache.blobs import BlobStore
+from mirror.registry.mediatypes import INDEX_TYPES, accept_key
 from mirror.registry.reference import Digest
 
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-
 _MEMORY_BYTES = 64 * 1024 * 1024
-
-
-# Clients send a handful of distinct Accept sets, on every request, so parsed sets are
-# cached: only small ones, since a request head may carry 64 KiB of Accept.
-_CACHE_ENTRIES = 256
-_CACHED_VALUES = 8
-_CACHED_CHARS = 1024
-_CACHED_TYPES = 32
-_accepted_cache: dict[tuple[str, ...], frozenset[str]] = {}
-_accept_key_cache: dict[frozenset[str], str] = {}
-
-
-def accepted_types(accept_values: list[str]) -> frozenset[str]:
-    """The media types named by all `Accept` headers; q=0 excludes, other parameters are dropped."""
-    values = tuple(accept_values)
-    cached = _accepted_cache.get(values)
-    if cached is not None:
-        return cached
-    types = _accepted_types(values)
-    if len(values) <= _CACHED_VALUES and sum(map(len, values)) <= _CACHED_CHARS and len(types) <= _CACHED_TYPES:
-        if len(_accepted_cache) >= _CACHE_ENTRIES:
-            _accepted_cache.clear()
-        _accepted_cache[values] = types
-    return types
-
-
-def _accepted_types(accept_values: tuple[str, ...]) -> frozenset[str]:
-    types: set[str] = set()
-    for value in accept_values:
-        for item in value.split(","):
-            media_type, *params = (part.strip() for part in item.split(";"))
-            if media_type and not any(p.replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000") for p in params):
-                types.add(media_type.lower())
-    return frozenset(types)
-
-
-def admits(accepted: frozenset[str], media_type: str) -> bool:
-    """Whether a client with these accepted types can take a manifest of this type."""
-    if not accepted or "*/*" in accepted or media_type in accepted:
-        return True
-    return f"{media_type.split('/')[0]}/*" in accepted
-
-
-def platform_name(platform: object) -> str:
-    """`os/architecture[/variant]` of a descriptor's `platform` or an image config."""
-    if not isinstance(platform, dict):
-        return "unknown/unknown"
-    parts = [str(platform.get("os", "unknown")), str(platform.get("architecture", "unknown"))]
-    if platform.get("variant"):
-        parts.append(str(platform["variant"]))
-    return "/".join(parts)
-
-
-def platform_matches(platform: str, wanted: str) -> bool:
-    """`linux/arm64` matches `linux/arm64/v8`; `linux/arm/v7` only itself."""
-    return platform.split("/")[: len(want := wanted.strip("/").split("/"))] == want
-
-
-def accept_key(accepted: frozenset[str]) -> str:
-    key = _accept_key_cache.get(accepted)
-    if key is None:
-        key = ",".join(sorted(accepted))
-        if len(accepted) <= _CACHED_TYPES and len(key) <= _CACHED_CHARS:
-            if len(_accept_key_cache) >= _CACHE_ENTRIES:
-                _accept_key_cache.clear()
-            _accept_key_cache[accepted] = key
-    return key
-
-
-INDEX_TYPES = frozenset({DOCKER_MANIFEST_LIST, OCI_INDEX})
 
 
 def same_answer(entry_accept: str, media_type: str, accepted: frozenset[str]) -> bool:

@@ -14,6 +14,7 @@ import uvicorn
 from mirror import __version__
 from mirror.cache import inventory, maintenance
 from mirror.commands import archive, clientconfig, prefetch
+from mirror.composition import Mirror
 from mirror.config import DOCKER_HUB, Config, ConfigError, load, render
 from mirror.http.app import create_app
 from mirror.http.fastpath import warm_answers
@@ -117,10 +118,14 @@ def serve(config: Config) -> int:
     logging.basicConfig(level=config.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
-        app = create_app(config)
+        mirror = Mirror(config)
+        app = create_app(mirror)
     except ConfigError as exc:
         print(f"mirror: config error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"mirror: cannot open the cache in {config.cache.directory}: {exc}", file=sys.stderr)
+        return 1
     uvicorn.run(
         app,
         host=config.server.host,
@@ -132,7 +137,7 @@ def serve(config: Config) -> int:
         ssl_certfile=config.server.tls_cert,
         ssl_keyfile=config.server.tls_key,
         server_header=False,
-        http=bounded_protocol(config.server.head_timeout, warm_answers(app, config)),
+        http=bounded_protocol(config.server.head_timeout, warm_answers(mirror)),
     )
     return 0
 

@@ -10,36 +10,8 @@ from typing import Any, TextIO
 
 import httpx
 
-from mirror.cache.metadata import (
-    DOCKER_MANIFEST,
-    DOCKER_MANIFEST_LIST,
-    INDEX_TYPES,
-    OCI_INDEX,
-    OCI_MANIFEST,
-    platform_matches,
-    platform_name,
-)
-
-ACCEPT = ", ".join([OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST])
-
-
-@dataclass(frozen=True)
-class ImageRef:
-    registry: str | None  # None: the mirror's default upstream
-    repository: str
-    reference: str  # tag or digest
-
-
-def parse_image(text: str) -> ImageRef:
-    """Docker's short forms: `alpine`, `alpine:3.19`, `ghcr.io/org/app:1.0`, `app@sha256:…`."""
-    name, _, digest = text.partition("@")
-    first, _, rest = name.partition("/")
-    registry = first if rest and ("." in first or ":" in first or first == "localhost") else None
-    path = rest if registry else name
-    repository, _, tag = path.rpartition(":") if ":" in path.rsplit("/", 1)[-1] else (path, "", "latest")
-    if registry is None and "/" not in repository:
-        repository = f"library/{repository}"
-    return ImageRef(registry, repository, digest or tag)
+from mirror.registry.mediatypes import ACCEPT_ALL, INDEX_TYPES, platform_matches, platform_name
+from mirror.registry.reference import ImageRef, parse_image
 
 
 @dataclass
@@ -76,7 +48,7 @@ class Prefetcher:
         return f"/v2/{prefix}{image.repository}/{kind}/{reference}"
 
     def _manifest(self, image: ImageRef, reference: str) -> tuple[dict[str, Any], str]:
-        response = self.client.get(self._path(image, "manifests", reference), headers={"Accept": ACCEPT})
+        response = self.client.get(self._path(image, "manifests", reference), headers={"Accept": ACCEPT_ALL})
         if response.status_code != 200:
             raise RuntimeError(f"{image.repository}:{reference}: {response.status_code} {response.text[:200]}")
         return json.loads(response.content), response.headers.get("content-type", "").split(";")[0]

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 
 import anyio.to_thread
 from starlette.applications import Starlette
@@ -18,13 +16,12 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from mirror.cache import inventory
-from mirror.cache.blobs import BlobStore, iter_file
-from mirror.cache.downloads import InflightDownloads, PassThrough
-from mirror.cache.metadata import ManifestCache
-from mirror.config import Config
+from mirror.cache.blobs import iter_file
+from mirror.cache.downloads import PassThrough
+from mirror.composition import Mirror
 from mirror.http.access import AccessControl, Htpasswd, load_htpasswd
 from mirror.http.accesslog import AccessLog
-from mirror.http.dashboard import Dashboard, dashboard_routes
+from mirror.http.dashboard import dashboard_routes
 from mirror.http.fastpath import WarmManifests
 from mirror.http.responses import (
     API_VERSION_HEADER,
@@ -34,12 +31,11 @@ from mirror.http.responses import (
     manifest_headers,
     parse_range,
 )
-from mirror.proxy import CachedBlob, ManifestAnswer, Proxy
-from mirror.registry.errors import NameUnknown, NotFound, RegistryError, Unsupported
+from mirror.proxy import CachedBlob, ManifestAnswer
+from mirror.registry.errors import NotFound, RegistryError, Unsupported
 from mirror.registry.reference import Digest, parse_digest, parse_name, parse_reference
 from mirror.stats import Stats, prometheus
-from mirror.upstream import Upstream, anonymous_quota_warning
-from mirror.warmer import keep_warm
+from mirror.upstream import Upstream
 
 log = logging.getLogger(__name__)
 
@@ -47,71 +43,6 @@ _REGISTRY_PATH_RE = re.compile(
     r"^(?P<name>.+?)/(?:(?P<kind>manifests|blobs)/(?P<reference>[^/]+)|tags/list)$", re.DOTALL
 )
 _READ_METHODS = ("GET", "HEAD")
-
-
-@dataclass
-class Mirror:
-    """Everything one running mirror holds, built in the lifespan and torn down after it."""
-
-    config: Config
-    stats: Stats
-    store: BlobStore
-    manifests: ManifestCache
-    inflight: InflightDownloads
-    proxy: Proxy
-    upstreams: dict[str, Upstream]
-    dashboard: Dashboard = field(default_factory=Dashboard)
-
-    @classmethod
-    async def open(cls, config: Config) -> Mirror:
-        stats = Stats()
-        store = BlobStore(config.cache.directory, config.cache.max_size, stats)
-        await anyio.to_thread.run_sync(store.open_sync)
-        manifests = await anyio.to_thread.run_sync(ManifestCache, config.cache.directory, store)
-        inflight = InflightDownloads(store, stats)
-        proxy = Proxy(store, manifests, inflight, stats, config.cache.tag_ttl)
-        upstreams = {name: Upstream(upstream, stats, config.proxy_env) for name, upstream in config.upstreams.items()}
-        for upstream in upstreams.values():
-            log.info("upstream %s at %s, %s", upstream.name, upstream.url, upstream.route.describe())
-        for warning in filter(None, map(anonymous_quota_warning, config.upstreams.values())):
-            log.warning("%s", warning)
-        log.info("cache %s holds %d blobs (%d bytes)", config.cache.directory, store.count, store.total_bytes)
-        return cls(config, stats, store, manifests, inflight, proxy, upstreams)
-
-    async def close(self) -> None:
-        await self.inflight.close()
-        for upstream in self.upstreams.values():
-            await upstream.aclose()
-        self.manifests.close()
-
-    def resolve_upstream(self, path_name: str, ns: str | None) -> tuple[Upstream, str]:
-        """Pick the upstream by `?ns=`, else by a leading registry host, else the default."""
-        if ns is not None:
-            upstream = self.upstreams.get(ns)
-            if upstream is None:
-                raise NameUnknown(f"registry {ns[:100]!r} is not mirrored here")
-            return upstream, path_name
-        first, _, rest = path_name.partition("/")
-        if rest and ("." in first or ":" in first or first == "localhost"):
-            upstream = self.upstreams.get(first)
-            if upstream is None:
-                raise NameUnknown(f"registry {first[:100]!r} is not mirrored here")
-            return upstream, rest
-        return self.upstreams[self.config.server.default_upstream], path_name
-
-    def snapshot(self) -> dict[str, object]:
-        return self.stats.snapshot(
-            inflight=len(self.inflight),
-            cached_blobs=self.store.count,
-            cached_bytes=self.store.total_bytes,
-            max_size=self.config.cache.max_size,
-        )
-
-    async def expire_forever(self, max_age: float) -> None:
-        """Drop content nobody pulled for max_age, checking a few times per max_age."""
-        while True:
-            await self.store.expire(max_age)
-            await asyncio.sleep(min(max(max_age / 10, 1.0), 3600.0))
 
 
 def _mirror(request: Request) -> Mirror:
@@ -139,7 +70,7 @@ async def registry(request: Request) -> Response:
     upstream, name = mirror.resolve_upstream(match["name"], ns)
     request.state.upstream = upstream.name
     repository = upstream.repository(parse_name(name))
-    mirror.dashboard.count(upstream.name, repository)
+    mirror.traffic.count(upstream.name, repository)
     if match["kind"] == "manifests":
         return await _manifest(request, mirror, upstream, repository, match["reference"])
     if match["kind"] == "blobs":
@@ -242,23 +173,16 @@ async def internal_error(request: Request, exc: Exception) -> Response:
     return error_response(RegistryError("internal error"))
 
 
-def create_app(config: Config) -> Starlette:
+def create_app(mirror: Mirror) -> Starlette:
+    """The ASGI app around a built mirror; its lifespan starts and closes the mirror's background work."""
+    config = mirror.config
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        mirror = await Mirror.open(config)
-        app.state.mirror = mirror
-        await mirror.store.evict_to_fit()  # max_size may have shrunk since the last run
-        background = [mirror.dashboard.sample_forever(mirror.stats)]
-        if config.cache.max_age is not None:
-            background.append(mirror.expire_forever(config.cache.max_age))
-        background += [keep_warm(mirror, entry) for entry in config.prefetch]
-        tasks = [asyncio.create_task(work) for work in background]
+        await mirror.start()
         try:
             yield
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
             await mirror.close()
 
     all_methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -270,7 +194,7 @@ def create_app(config: Config) -> Starlette:
         Route("/healthz", healthz),
         Route("/api/images", images_route),
         Route("/api/images/{repository:path}", images_route),
-        *dashboard_routes,
+        *dashboard_routes(mirror),
     ]
     handlers = {RegistryError: registry_error, HTTPException: http_error, Exception: internal_error}
     clients, admins = (
@@ -280,5 +204,7 @@ def create_app(config: Config) -> Starlette:
     middleware = [Middleware(AccessLog, json_format=config.log.format == "json")]
     if clients is not None or admins is not None:
         middleware.append(Middleware(AccessControl, clients=clients, admins=admins))
-    middleware.append(Middleware(WarmManifests))
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers, middleware=middleware)
+    middleware.append(Middleware(WarmManifests, mirror=mirror))
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers, middleware=middleware)
+    app.state.mirror = mirror  # for the routes: Starlette's way to hand them shared state
+    return app

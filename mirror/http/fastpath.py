@@ -15,22 +15,17 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mirror.cache.metadata import Manifest, accepted_types
-from mirror.config import Config
+from mirror.cache.metadata import Manifest
+from mirror.composition import Mirror
 from mirror.http import accesslog
 from mirror.http.responses import manifest_headers
 from mirror.registry.errors import RegistryError
+from mirror.registry.mediatypes import accepted_types
 from mirror.registry.reference import Digest, parse_name, parse_reference
 from mirror.upstream import Upstream
-
-if TYPE_CHECKING:
-    from starlette.applications import Starlette
-
-    from mirror.http.app import Mirror
 
 # Real clients send one Accept header of a few hundred characters.
 _MAX_ACCEPT_HEADERS = 8
@@ -78,19 +73,20 @@ def warm_manifest(mirror: Mirror, question: WarmQuestion) -> Manifest | None:
     mirror.stats.manifest_hits += 1
     if question.method == "GET":
         mirror.stats.bytes_served_from_cache += len(manifest.body)
-    mirror.dashboard.count(upstream.name, question.repository)
+    mirror.traffic.count(upstream.name, question.repository)
     return manifest
 
 
 class WarmManifests:
     """ASGI middleware: a warm manifest without routing or Request/Response objects."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, mirror: Mirror) -> None:
         self.app = app
+        self.mirror = mirror
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] in ("GET", "HEAD") and not scope["query_string"]:
-            mirror: Mirror = scope["app"].state.mirror
+            mirror = self.mirror
             accept = [value.decode("latin-1") for key, value in scope["headers"] if key == b"accept"]
             question = warm_question(mirror, scope["method"], scope["path"], accept)
             manifest = warm_manifest(mirror, question) if question is not None else None
@@ -111,8 +107,8 @@ class WarmAnswers:
 
     _MAX_HEADS = 4096
 
-    def __init__(self, app: Starlette, *, json_log: bool) -> None:
-        self._app = app
+    def __init__(self, mirror: Mirror, *, json_log: bool) -> None:
+        self._mirror = mirror
         self._json_log = json_log
         # The log level is set once, before the server starts.
         self._log_access = accesslog.log.isEnabledFor(logging.INFO)
@@ -123,8 +119,8 @@ class WarmAnswers:
 
         Depends only on the request's bytes and the config, so the protocol may remember it.
         """
-        mirror: Mirror | None = getattr(self._app.state, "mirror", None)  # None until the lifespan ran
-        if mirror is None or method not in (b"GET", b"HEAD") or not url.startswith(b"/v2/"):
+        mirror = self._mirror
+        if method not in (b"GET", b"HEAD") or not url.startswith(b"/v2/"):
             return None
         if b"?" in url or b"%" in url or b"#" in url or not url.isascii():
             return None
@@ -141,7 +137,7 @@ class WarmAnswers:
     def answer(self, question: WarmQuestion, client: tuple[str, int] | None) -> tuple[bytes, bytes] | None:
         """(header lines, body) of a 200 when the answer is fresh in memory, else None."""
         started = time.perf_counter()
-        mirror: Mirror = self._app.state.mirror
+        mirror = self._mirror
         manifest = warm_manifest(mirror, question)
         if manifest is None:
             return None
@@ -168,8 +164,8 @@ class WarmAnswers:
         return head
 
 
-def warm_answers(app: Starlette, config: Config) -> WarmAnswers | None:
+def warm_answers(mirror: Mirror) -> WarmAnswers | None:
     """The protocol's answerer, unless registry clients must authenticate (the app checks that)."""
-    if config.auth.htpasswd is not None:
+    if mirror.config.auth.htpasswd is not None:
         return None
-    return WarmAnswers(app, json_log=config.log.format == "json")
+    return WarmAnswers(mirror, json_log=mirror.config.log.format == "json")

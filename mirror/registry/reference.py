@@ -62,3 +62,30 @@ def parse_reference(reference: str) -> str | Digest:
 def docker_hub_name(name: str) -> str:
     """Docker Hub puts single-component names under the implicit `library/` namespace."""
     return name if "/" in name else f"library/{name}"
+
+
+def is_registry_host(component: str) -> bool:
+    """Docker's rule: a first path component with a dot, a port or `localhost` names a registry."""
+    return "." in component or ":" in component or component == "localhost"
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    registry: str | None  # None: the mirror's default upstream
+    repository: str
+    reference: str  # tag or digest
+
+
+def parse_image(text: str) -> ImageRef:
+    """Docker's short forms: `alpine`, `alpine:3.19`, `ghcr.io/org/app:1.0`, `app@sha256:…`.
+
+    Only the shape is read here; callers validate the parts with parse_name and parse_reference.
+    """
+    name, _, digest = text.partition("@")
+    first, _, rest = name.partition("/")
+    registry = first if rest and is_registry_host(first) else None
+    path = rest if registry else name
+    repository, _, tag = path.rpartition(":") if ":" in path.rsplit("/", 1)[-1] else (path, "", "latest")
+    if registry is None:
+        repository = docker_hub_name(repository)
+    return ImageRef(registry, repository, digest or tag)

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 import httpx
 
 from mirror import __version__
-from mirror.config import UpstreamConfig
-from mirror.proxyenv import ProxyEnvironment
+from mirror.config import ProxyEnvironment, UpstreamConfig
 from mirror.registry.errors import (
     BlobUnknown,
     ManifestInvalid,
@@ -28,9 +27,9 @@ from mirror.registry.errors import (
 )
 from mirror.registry.reference import Digest, docker_hub_name
 from mirror.stats import Stats, UpstreamStats
-from mirror.upstream import trust
 from mirror.upstream.auth import RegistryAuth
 from mirror.upstream.egress import EgressTransport, ProxyRoute
+from mirror.upstream.trust import explain, ssl_context, tls_failure
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +116,7 @@ class Upstream:
         self.health = Health()
         self.route = ProxyRoute.for_upstream(config.proxy, proxy_env or ProxyEnvironment())
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
-        context = trust.ssl_context(config.ca_file, config.client_cert, config.client_key)
+        context = ssl_context(config.ca_file, config.client_cert, config.client_key)
         self.client = httpx.AsyncClient(
             base_url=config.url,
             auth=RegistryAuth(self.host, config.username, config.password),
@@ -149,9 +148,9 @@ class Upstream:
         """Translate an httpx error into ours, naming the upstream but never its credentials."""
         self.counters.errors += 1
         reason = type(exc).__name__
-        tls = trust.tls_failure(exc)
+        tls = tls_failure(exc)
         if tls is not None:
-            message, setting = trust.explain(tls, self.name, _where(exc))
+            message, setting = explain(tls, self.name, _where(exc))
             self.health.failed(message)
             return UpstreamUnavailable(message, detail={"upstream": self.name, "setting": setting})
         self.health.failed(f"{during}: {reason}: {exc}" if str(exc) else f"{during}: {reason}")
@@ -353,7 +352,7 @@ def anonymous_quota_warning(config: UpstreamConfig) -> str | None:
 
 def _transient(exc: httpx.HTTPError) -> bool:
     """Worth another try: a network failure, not a certificate or a proxy's refusal."""
-    if not isinstance(exc, httpx.TransportError) or trust.tls_failure(exc) is not None:
+    if not isinstance(exc, httpx.TransportError) or tls_failure(exc) is not None:
         return False
     return not (isinstance(exc, httpx.ProxyError) and str(exc).startswith("407"))
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from mirror.proxyenv import ProxyEnvironment, mask_url, parse_proxy_url
+from mirror.config import ProxyEnvironment, mask_url, parse_proxy_url
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address

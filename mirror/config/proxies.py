@@ -1,7 +1,7 @@
 """Egress proxy settings as an operator writes them: proxy URLs and the environment's variables.
 
-The rules that pick a proxy per request live in `mirror.upstream.egress`; this module only
-reads and masks, so that the config can validate and print them.
+The rules that pick a proxy per request live in `mirror.upstream.egress`; this module reads,
+validates and masks, so that the config can check and print them.
 """
 
 from __future__ import annotations

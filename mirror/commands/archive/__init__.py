@@ -1,0 +1,88 @@
+"""`mirror export` and `mirror import`: image archives for sites without internet.
+
+Export reads the cache directory only (no network, no server needed) and writes either an
+OCI image layout tar (the exact manifests and blobs, digests preserved) or a `docker save`
+tar (layers decompressed, as `docker load` wants them). Import reads an OCI layout tar, or
+a `docker save` tar, verifies every digest before anything is committed, then stores the
+blobs through `BlobStore.writer` (temp file, hash, compare, fsync, rename), the manifests
+through `ManifestCache.put`, and the tags last, so a running mirror never sees a tag whose
+content is missing. Both stream: memory stays flat whatever the archive's size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from mirror.commands.archive.export import export
+from mirror.commands.archive.importing import import_archive
+from mirror.commands.archive.names import ArchiveError
+from mirror.config import Config
+
+
+def add_commands(commands: Any) -> None:
+    """The `export` and `import` subcommands, on the CLI's subparsers."""
+    out = commands.add_parser("export", help="write cached images to an OCI layout or `docker save` tar (offline)")
+    out.add_argument("images", nargs="+", metavar="IMAGE", help="e.g. alpine:3.19 or ghcr.io/org/app:1.0")
+    out.add_argument("-o", "--output", type=Path, required=True, metavar="FILE.tar")
+    out.add_argument("--config", type=Path, help="the config file `mirror serve` uses (for the cache directory)")
+    platforms = out.add_mutually_exclusive_group()
+    platforms.add_argument("--platform", action="append", metavar="OS/ARCH", help="platforms of an index to export")
+    platforms.add_argument("--all-platforms", action="store_true", help="every platform of an index (all cached)")
+    out.add_argument("--format", choices=["oci", "docker"], default="oci", help="oci (default) or docker (docker load)")
+    into = commands.add_parser("import", help="load an OCI layout or `docker save` tar into the cache, verified")
+    into.add_argument("archive", type=Path, metavar="FILE.tar")
+    into.add_argument("--config", type=Path, help="the config file `mirror serve` uses (for the cache directory)")
+    into.add_argument(
+        "--repository",
+        metavar="IMAGE",
+        help="the image that tag-only names (skopeo oci-archive:FILE:TAG) belong to, e.g. docker.io/library/alpine",
+    )
+
+
+def main(args: argparse.Namespace, config: Config) -> int:
+    cache_dir = config.cache.directory
+    try:
+        if args.command == "export":
+            report = export(
+                cache_dir,
+                args.images,
+                args.output,
+                platforms=args.platform,
+                all_platforms=args.all_platforms,
+                fmt=args.format,
+            )
+            print(
+                f"exported {report.images} image(s) to {args.output} ({args.format}): "
+                f"{report.blobs} blobs, {report.bytes} bytes",
+                file=sys.stderr,
+            )
+            return 0
+        imported = import_archive(cache_dir, args.archive, args.repository)
+    except (ArchiveError, OSError) as exc:
+        print(f"mirror {args.command}: {exc}", file=sys.stderr)
+        return 1
+    for note in imported.notes:
+        print(f"mirror import: note: {note}", file=sys.stderr)
+    for name, _ in imported.images:
+        if name.upstream not in config.upstreams:
+            print(
+                f"mirror import: note: {name.upstream} is not a configured upstream; {name} is not served",
+                file=sys.stderr,
+            )
+    if imported.kind == "docker":
+        print(
+            "mirror import: note: a docker save archive has uncompressed layers and no manifest; the manifest "
+            "is synthesized, so digests differ from the registry's",
+            file=sys.stderr,
+        )
+    for name, digest in imported.images:
+        print(f"{name} {digest}")
+    print(
+        f"imported {args.archive}: {imported.manifests} manifests, {imported.blobs} new blobs "
+        f"({imported.bytes} bytes), {imported.already_cached} already cached",
+        file=sys.stderr,
+    )
+    return 0

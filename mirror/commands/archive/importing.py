@@ -1,0 +1,340 @@
+"""`mirror import`: a docker-archive or oci-archive tar into the cache, verified before anything is visible."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import posixpath
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import diskcache
+
+from mirror.cache.blobs import BlobStore
+from mirror.cache.metadata import Manifest, ManifestCache, TagEntry, manifest_digest
+from mirror.commands.archive.names import (
+    CONTAINERD_NAME,
+    DOCKER_CONFIG,
+    DOCKER_LAYER_UNCOMPRESSED,
+    IMPORT_ACCEPT,
+    MAX_CONFIG,
+    MAX_MANIFEST,
+    REF_NAME,
+    ArchiveError,
+    ImageName,
+    checked_digest,
+    descriptors,
+    parse_image_name,
+    parse_json,
+)
+from mirror.commands.archive.tar import read_chunks
+from mirror.registry.errors import RegistryError
+from mirror.registry.mediatypes import (
+    DOCKER_MANIFEST,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    platform_name,
+)
+from mirror.registry.reference import Digest, parse_digest
+
+
+def _normalize(name: str) -> str:
+    return posixpath.normpath(name.lstrip("/")).removeprefix("./")
+
+
+class ArchiveReader:
+    """A tar archive opened for random access: member headers indexed, data read on demand."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            self.tar = tarfile.open(path, "r:")  # noqa: SIM115 - closed by close()
+        except FileNotFoundError:
+            raise ArchiveError(f"{path}: no such file") from None
+        except tarfile.ReadError as exc:
+            raise ArchiveError(f"{path}: not a tar archive ({exc}; a compressed one? decompress it first)") from None
+        self.members: dict[str, tarfile.TarInfo] = {}
+        try:
+            for member in self.tar:
+                self.members[_normalize(member.name)] = member
+        except tarfile.TarError as exc:
+            self.tar.close()
+            raise ArchiveError(f"{path}: damaged tar archive: {exc}") from None
+
+    def close(self) -> None:
+        self.tar.close()
+
+    def member(self, name: str) -> tarfile.TarInfo | None:
+        """The regular file at `name`, following symbolic and hard links within the archive."""
+        member = self.members.get(_normalize(name))
+        for _ in range(16):
+            if member is None or member.isreg():
+                return member
+            if member.issym():
+                member = self.members.get(_normalize(posixpath.join(posixpath.dirname(member.name), member.linkname)))
+            elif member.islnk():
+                member = self.members.get(_normalize(member.linkname))
+            else:
+                return None
+        return None
+
+    def open(self, member: tarfile.TarInfo) -> IO[bytes]:
+        file = self.tar.extractfile(member)
+        if file is None:
+            raise ArchiveError(f"{member.name}: not a file")
+        return file
+
+    def read(self, name: str, limit: int) -> bytes | None:
+        member = self.member(name)
+        if member is None:
+            return None
+        if member.size > limit:
+            raise ArchiveError(f"{name}: {member.size} bytes, more than the {limit} allowed")
+        with self.open(member) as file:
+            return file.read()
+
+
+def _blob_name(digest: Digest) -> str:
+    return f"blobs/{digest.algorithm}/{digest.hex}"
+
+
+@dataclass
+class ImportPlan:
+    kind: str  # "oci" or "docker"
+    blobs: dict[str, tuple[tarfile.TarInfo, int | None]] = field(default_factory=dict)  # → member, size
+    manifests: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # children before parents
+    tags: list[tuple[ImageName, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+class Planner:
+    def __init__(self, reader: ArchiveReader, repository: ImageName | None) -> None:
+        self.reader = reader
+        self.repository = repository
+
+    def plan(self) -> ImportPlan:
+        if self.reader.member("index.json") is not None:
+            return self.plan_oci()
+        if self.reader.member("manifest.json") is not None:
+            return self.plan_docker()
+        raise ArchiveError("neither an OCI image layout (index.json) nor a `docker save` archive (manifest.json)")
+
+    def name(self, annotations: object, plan: ImportPlan) -> ImageName | None:
+        if not isinstance(annotations, dict):
+            return None
+        ref = annotations.get(CONTAINERD_NAME) or annotations.get(REF_NAME)
+        if not isinstance(ref, str) or not ref:
+            return None
+        if not any(c in ref for c in "/:@"):  # the OCI convention: a ref name is a tag only
+            if self.repository is None:
+                plan.notes.append(f"tag {ref!r} names no repository: not tagged (import with --repository IMAGE)")
+                return None
+            return ImageName(self.repository.upstream, self.repository.repository, ref)
+        name = parse_image_name(ref)
+        return None if name.is_digest else name
+
+    # OCI image layout
+
+    def plan_oci(self) -> ImportPlan:
+        plan = ImportPlan("oci")
+        layout = parse_json(self.reader.read("oci-layout", 4096) or b"{}", "oci-layout")
+        if "imageLayoutVersion" not in layout:
+            raise ArchiveError("index.json without an oci-layout file: not an OCI image layout")
+        index = parse_json(self.reader.read("index.json", MAX_MANIFEST) or b"", "index.json")
+        for descriptor in index.get("manifests") or []:
+            if not isinstance(descriptor, dict):
+                raise ArchiveError("index.json: a manifest descriptor is not an object")
+            name = self.name(descriptor.get("annotations"), plan)
+            label = str(name) if name else f"index.json entry {descriptor.get('digest')}"
+            digest = self.walk(descriptor, label, plan)
+            if name is not None:
+                plan.tags.append((name, digest))
+        if not plan.manifests:
+            raise ArchiveError("index.json lists no images")
+        return plan
+
+    def walk(self, descriptor: dict[str, Any], label: str, plan: ImportPlan) -> str:
+        """Plan one manifest and everything it references that the archive holds; its digest."""
+        digest = checked_digest(descriptor.get("digest"), label)
+        key = str(digest)
+        if key in plan.manifests:
+            return key
+        body = self.reader.read(_blob_name(digest), MAX_MANIFEST)
+        if body is None:
+            raise ArchiveError(f"{label}: manifest {key} is not in the archive")
+        if hashlib.new(digest.algorithm, body).hexdigest() != digest.hex:
+            raise ArchiveError(f"{_blob_name(digest)}: content does not match its digest (a damaged archive)")
+        if isinstance(descriptor.get("size"), int) and descriptor["size"] != len(body):
+            raise ArchiveError(
+                f"{label}: manifest {key} is {len(body)} bytes, its descriptor says {descriptor['size']}"
+            )
+        manifest = parse_json(body, f"manifest {key}")
+        media_type = descriptor.get("mediaType") or manifest.get("mediaType")
+        if isinstance(manifest.get("manifests"), list):
+            media_type = media_type or OCI_INDEX
+            for child in manifest["manifests"]:
+                if not isinstance(child, dict):
+                    continue
+                child_digest = checked_digest(child.get("digest"), label)
+                if self.reader.member(_blob_name(child_digest)) is None:
+                    platform = platform_name(child.get("platform"))
+                    plan.notes.append(f"{label}: platform {platform} ({child_digest}) is not in the archive")
+                    continue
+                self.walk(child, f"{label} ({platform_name(child.get('platform'))})", plan)
+        else:
+            media_type = media_type or OCI_MANIFEST
+            for blob in descriptors(manifest):
+                blob_digest = checked_digest(blob["digest"], label)
+                member = self.reader.member(_blob_name(blob_digest))
+                if member is None:
+                    raise ArchiveError(f"{label}: blob {blob_digest} of manifest {key} is not in the archive")
+                size = blob.get("size")
+                plan.blobs[str(blob_digest)] = (member, size if isinstance(size, int) else None)
+        plan.manifests[key] = (str(media_type), body)
+        return key
+
+    # docker save
+
+    def plan_docker(self) -> ImportPlan:
+        plan = ImportPlan("docker")
+        entries = json.loads(self.reader.read("manifest.json", MAX_MANIFEST) or b"[]")
+        if not isinstance(entries, list) or not entries:
+            raise ArchiveError("manifest.json lists no images")
+        for entry in entries:
+            if not isinstance(entry, dict) or not isinstance(entry.get("Config"), str):
+                raise ArchiveError("manifest.json: an entry without Config")
+            config_name = entry["Config"]
+            config_member = self.reader.member(config_name)
+            body = self.reader.read(config_name, MAX_CONFIG)
+            if body is None or config_member is None:
+                raise ArchiveError(f"manifest.json names {config_name}, which is not in the archive")
+            config_digest = "sha256:" + hashlib.sha256(body).hexdigest()
+            stem = posixpath.basename(config_name).removesuffix(".json").removeprefix("sha256:")
+            if len(stem) == 64 and stem != config_digest[7:]:
+                raise ArchiveError(f"{config_name}: content does not match its name (a damaged archive)")
+            config = parse_json(body, config_name)
+            diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
+            layer_names = entry.get("Layers") or []
+            if len(diff_ids) != len(layer_names):
+                raise ArchiveError(f"{config_name}: {len(diff_ids)} diff_ids for {len(layer_names)} layers")
+            layers = []
+            for layer_name, diff_id in zip(layer_names, diff_ids, strict=True):
+                member = self.reader.member(str(layer_name))
+                if member is None:
+                    raise ArchiveError(f"manifest.json names layer {layer_name}, which is not in the archive")
+                digest = str(checked_digest(diff_id, config_name))
+                plan.blobs[digest] = (member, member.size)
+                layers.append({"mediaType": DOCKER_LAYER_UNCOMPRESSED, "size": member.size, "digest": digest})
+            plan.blobs[config_digest] = (config_member, len(body))
+            manifest = {
+                "schemaVersion": 2,
+                "mediaType": DOCKER_MANIFEST,
+                "config": {"mediaType": DOCKER_CONFIG, "size": len(body), "digest": config_digest},
+                "layers": layers,
+            }
+            manifest_body = json.dumps(manifest, indent=3).encode()
+            digest = manifest_digest(manifest_body)
+            plan.manifests[digest] = (DOCKER_MANIFEST, manifest_body)
+            for tag in entry.get("RepoTags") or []:
+                name = parse_image_name(str(tag))
+                if not name.is_digest:
+                    plan.tags.append((name, digest))
+        return plan
+
+
+@dataclass
+class ImportReport:
+    kind: str = "oci"
+    images: list[tuple[ImageName, str]] = field(default_factory=list)
+    blobs: int = 0
+    bytes: int = 0
+    already_cached: int = 0
+    manifests: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def _verify(reader: ArchiveReader, plan: ImportPlan) -> None:
+    """Hash every blob in the archive; raise on the first that does not match, before anything is stored."""
+    for digest, (member, size) in plan.blobs.items():
+        algorithm, _, expected = digest.partition(":")
+        hasher = hashlib.new(algorithm)
+        count = 0
+        with reader.open(member) as file:
+            for chunk in read_chunks(file):
+                hasher.update(chunk)
+                count += len(chunk)
+        if size is not None and count != size:
+            raise ArchiveError(f"{member.name}: {count} bytes, its descriptor says {size} (a damaged archive)")
+        if hasher.hexdigest() != expected:
+            raise ArchiveError(
+                f"{member.name}: content does not match its digest {digest} (a damaged archive); nothing was imported"
+            )
+
+
+async def _commit(cache_dir: Path, reader: ArchiveReader, plan: ImportPlan, report: ImportReport) -> None:
+    store = BlobStore(cache_dir)
+    store.blobs.mkdir(parents=True, exist_ok=True)
+    store.tmp.mkdir(parents=True, exist_ok=True)
+    manifests = ManifestCache(cache_dir, store)
+    try:
+        for digest, (member, size) in plan.blobs.items():
+            parsed = parse_digest(digest)
+            if store.size_now(parsed) is not None:
+                report.already_cached += 1
+                continue
+            writer = store.writer(parsed)  # temp file, hash, compare, fsync, rename
+            try:
+                with reader.open(member) as file:
+                    for chunk in read_chunks(file):
+                        writer.write(chunk)
+                await writer.commit(size)
+            finally:
+                writer.discard()
+            report.blobs += 1
+            report.bytes += writer.size
+        for digest, (media_type, body) in plan.manifests.items():
+            await manifests.put(parse_digest(digest), Manifest(digest, media_type, body))
+            report.manifests += 1
+    finally:
+        manifests.close()
+
+
+def _set_tags(cache_dir: Path, plan: ImportPlan) -> None:
+    """Point each tag at its imported manifest; answers for other manifests of the tag are dropped."""
+    now = time.time()
+    with diskcache.Cache(str(cache_dir / "meta")) as meta:
+        for name, digest in plan.tags:
+            media_type, body = plan.manifests[digest]
+            children = parse_json(body, digest).get("manifests") or []
+            keep = {digest} | {c.get("digest") for c in children if isinstance(c, dict)}
+            key = ("tag", name.upstream, name.repository, name.reference)
+            with meta.transact():
+                stored = meta.get(key)
+                entries = {}
+                if isinstance(stored, dict):
+                    entries = {k: e for k, e in stored.items() if isinstance(e, TagEntry) and e.digest in keep}
+                entries[IMPORT_ACCEPT] = TagEntry(digest, media_type, now)
+                meta.set(key, entries)
+
+
+def import_archive(cache_dir: Path, archive: Path, repository: str | None = None) -> ImportReport:
+    """Verify the whole archive, then store its blobs, manifests and tags; raises ArchiveError."""
+    base = parse_image_name(repository) if repository else None
+    reader = ArchiveReader(archive)
+    try:
+        try:
+            plan = Planner(reader, base).plan()
+            _verify(reader, plan)
+            report = ImportReport(plan.kind, plan.tags, notes=plan.notes)
+            asyncio.run(_commit(cache_dir, reader, plan, report))
+        except (tarfile.TarError, EOFError) as exc:
+            raise ArchiveError(f"{archive}: damaged tar archive: {exc}") from None
+        except RegistryError as exc:  # a blob changed between verification and commit
+            raise ArchiveError(f"{archive}: {exc.message} {exc.detail or ''}") from None
+        _set_tags(cache_dir, plan)
+        return report
+    finally:
+        reader.close()

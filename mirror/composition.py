@@ -1,0 +1,98 @@
+"""The composition root: every part of one running mirror, built once from the config.
+
+`mirror serve` builds a `Mirror` before the server starts and hands it to the app and to
+the HTTP protocol's fast path; nothing finds it through the framework.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from mirror.cache.blobs import BlobStore
+from mirror.cache.downloads import InflightDownloads
+from mirror.cache.metadata import ManifestCache
+from mirror.config import Config
+from mirror.proxy import Proxy
+from mirror.registry.errors import NameUnknown
+from mirror.registry.reference import is_registry_host
+from mirror.stats import Stats
+from mirror.traffic import Traffic
+from mirror.upstream import Upstream, anonymous_quota_warning
+from mirror.warmer import keep_warm
+
+log = logging.getLogger(__name__)
+
+
+class Mirror:
+    """The cache, the upstreams and the proxy between them, with their counters."""
+
+    def __init__(self, config: Config) -> None:
+        """Open the cache (a directory scan: call before serving) and build the parts."""
+        self.config = config
+        self.stats = Stats()
+        self.traffic = Traffic()
+        self.store = BlobStore(config.cache.directory, config.cache.max_size, self.stats)
+        self.store.open_sync()
+        self.manifests = ManifestCache(config.cache.directory, self.store)
+        self.inflight = InflightDownloads(self.store, self.stats)
+        self.proxy = Proxy(self.store, self.manifests, self.inflight, self.stats, config.cache.tag_ttl)
+        self.upstreams = {
+            name: Upstream(upstream, self.stats, config.proxy_env) for name, upstream in config.upstreams.items()
+        }
+        self._tasks: list[asyncio.Task[None]] = []
+        for upstream in self.upstreams.values():
+            log.info("upstream %s at %s, %s", upstream.name, upstream.url, upstream.route.describe())
+        for warning in filter(None, map(anonymous_quota_warning, config.upstreams.values())):
+            log.warning("%s", warning)
+        log.info("cache %s holds %d blobs (%d bytes)", config.cache.directory, self.store.count, self.store.total_bytes)
+
+    async def start(self) -> None:
+        """Make room if max_size shrank since the last run, then start the background work."""
+        await self.store.evict_to_fit()
+        background: list[Coroutine[Any, Any, None]] = [self.traffic.sample_forever(self.stats)]
+        if self.config.cache.max_age is not None:
+            background.append(self._expire_forever(self.config.cache.max_age))
+        background += [keep_warm(self.proxy, self.upstream_for, entry) for entry in self.config.prefetch]
+        self._tasks = [asyncio.create_task(work) for work in background]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.inflight.close()
+        for upstream in self.upstreams.values():
+            await upstream.aclose()
+        self.manifests.close()
+
+    def upstream_for(self, registry: str | None) -> Upstream:
+        """The upstream of a registry host, or the default one for None."""
+        upstream = self.upstreams.get(registry or self.config.server.default_upstream)
+        if upstream is None:
+            raise NameUnknown(f"registry {str(registry)[:100]!r} is not mirrored here")
+        return upstream
+
+    def resolve_upstream(self, path_name: str, ns: str | None) -> tuple[Upstream, str]:
+        """Pick the upstream by `?ns=`, else by a leading registry host, else the default."""
+        if ns is not None:
+            return self.upstream_for(ns), path_name
+        first, _, rest = path_name.partition("/")
+        if rest and is_registry_host(first):
+            return self.upstream_for(first), rest
+        return self.upstream_for(None), path_name
+
+    def snapshot(self) -> dict[str, object]:
+        return self.stats.snapshot(
+            inflight=len(self.inflight),
+            cached_blobs=self.store.count,
+            cached_bytes=self.store.total_bytes,
+            max_size=self.config.cache.max_size,
+        )
+
+    async def _expire_forever(self, max_age: float) -> None:
+        """Drop content nobody pulled for max_age, checking a few times per max_age."""
+        while True:
+            await self.store.expire(max_age)
+            await asyncio.sleep(min(max(max_age / 10, 1.0), 3600.0))

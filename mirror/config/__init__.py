@@ -1,0 +1,83 @@
+"""Configuration: frozen dataclasses loaded once (file, then environment, then flags) and validated."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from mirror.config.environment import ENV_KEYS, UPSTREAM_ENV_KEYS, apply_env, env_name
+from mirror.config.model import (
+    DEFAULT_CACHE_DIR,
+    DEFAULT_LISTEN,
+    DOCKER_HUB,
+    DOCKER_HUB_URL,
+    AuthConfig,
+    CacheConfig,
+    Config,
+    ConfigError,
+    LogConfig,
+    PrefetchConfig,
+    ServerConfig,
+    UpstreamConfig,
+)
+from mirror.config.parse import from_dict
+from mirror.config.proxies import ProxyEnvironment, ProxyURLError, mask_url, parse_proxy_url
+from mirror.config.render import render
+from mirror.config.values import parse_duration, parse_listen, parse_size
+
+__all__ = [
+    "DEFAULT_CACHE_DIR",
+    "DEFAULT_LISTEN",
+    "DOCKER_HUB",
+    "DOCKER_HUB_URL",
+    "ENV_KEYS",
+    "UPSTREAM_ENV_KEYS",
+    "AuthConfig",
+    "CacheConfig",
+    "Config",
+    "ConfigError",
+    "LogConfig",
+    "PrefetchConfig",
+    "ProxyEnvironment",
+    "ProxyURLError",
+    "ServerConfig",
+    "UpstreamConfig",
+    "apply_env",
+    "env_name",
+    "from_dict",
+    "load",
+    "mask_url",
+    "parse_duration",
+    "parse_listen",
+    "parse_proxy_url",
+    "parse_size",
+    "render",
+]
+
+
+def load(
+    path: Path | None,
+    *,
+    listen: str | None = None,
+    cache_dir: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Config:
+    """Load the config file (or the defaults), then environment variables, then command-line flags."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise ConfigError(str(path), f"cannot read: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(str(path), f"invalid TOML: {exc}") from exc
+    config = from_dict(apply_env(data, env or {}), ProxyEnvironment.read(env or {}))
+    if listen is not None:
+        host, port = parse_listen(listen, "--listen")
+        config = replace(config, server=replace(config.server, host=host, port=port))
+    if cache_dir is not None:
+        config = replace(config, cache=replace(config.cache, directory=Path(cache_dir)))
+    return config

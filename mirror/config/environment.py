@@ -1,0 +1,57 @@
+"""Environment variables over the file: MIRROR_<TABLE>_<KEY> and MIRROR_UPSTREAM_<HOST>_<KEY>."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from mirror.config.model import DOCKER_HUB, DOCKER_HUB_URL
+
+# Keys that environment variables may set: MIRROR_<TABLE>_<KEY>, and for an upstream
+# MIRROR_UPSTREAM_<HOST>_<KEY> with the host's dots, dashes and colons as underscores.
+ENV_KEYS = {
+    "server": ("listen", "default_upstream", "log_level", "tls_cert", "tls_key", "head_timeout"),
+    "auth": ("htpasswd", "admin_htpasswd"),
+    "cache": ("directory", "tag_ttl", "max_size", "max_age"),
+    "log": ("format",),
+}
+UPSTREAM_ENV_KEYS = (
+    "url",
+    "username",
+    "password",
+    "password_file",
+    "connect_timeout",
+    "read_timeout",
+    "proxy",
+    "proxy_password_file",
+    "ca_file",
+    "client_cert",
+    "client_key",
+)
+
+
+def env_name(*parts: str) -> str:
+    return "MIRROR_" + "_".join(re.sub(r"[^A-Za-z0-9]", "_", part).upper() for part in parts)
+
+
+def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """The config data with environment variables laid over it (they win over the file)."""
+    data = {key: dict(value) if isinstance(value, dict) else value for key, value in data.items()}
+    for table, keys in ENV_KEYS.items():
+        for key in keys:
+            value = env.get(env_name(table, key))
+            if value is not None:
+                data.setdefault(table, {})[key] = value
+    upstreams = data.get("upstreams")
+    if not isinstance(upstreams, dict):
+        upstreams = {DOCKER_HUB: {"url": DOCKER_HUB_URL}}
+    upstreams = {name: dict(table) if isinstance(table, dict) else table for name, table in upstreams.items()}
+    for name, table in upstreams.items():
+        for key in UPSTREAM_ENV_KEYS:
+            value = env.get(env_name("upstream", name, key))
+            if value is not None and isinstance(table, dict):
+                table[key] = value
+    if "upstreams" in data or upstreams != {DOCKER_HUB: {"url": DOCKER_HUB_URL}}:
+        data["upstreams"] = upstreams
+    return data

@@ -1,0 +1,102 @@
+"""The config as frozen dataclasses: what every other part of the mirror reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mirror.config.proxies import ProxyEnvironment, mask_url
+
+DEFAULT_LISTEN = "0.0.0.0:5000"
+DEFAULT_CACHE_DIR = "mirror-cache"
+DOCKER_HUB = "docker.io"
+DOCKER_HUB_URL = "https://registry-1.docker.io"
+
+
+class ConfigError(Exception):
+    """A config problem, named by its key so the operator can find it."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "0.0.0.0"
+    port: int = 5000
+    default_upstream: str = DOCKER_HUB
+    log_level: str = "info"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    head_timeout: float = 30.0  # a client must send its request line and headers within this
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    directory: Path = Path(DEFAULT_CACHE_DIR)
+    tag_ttl: float = 60.0
+    max_size: int | None = None
+    max_age: float | None = None
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    htpasswd: Path | None = None  # registry clients must log in (bcrypt htpasswd)
+    admin_htpasswd: Path | None = None  # for /stats, /metrics, /api/* and the dashboard
+
+
+@dataclass(frozen=True)
+class PrefetchConfig:
+    """An image kept warm in the background: re-resolved every `refresh`, new digests fetched."""
+
+    image: str
+    platforms: tuple[str, ...] | None = ("linux/amd64",)  # None: every platform
+    refresh: float = 3600.0
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    format: str = "text"
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    name: str
+    url: str
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    proxy: str | None = field(default=None, repr=False)  # None: the environment's; "": direct
+    ca_file: Path | None = None  # trusted besides the system store
+    client_cert: Path | None = None  # for upstreams that require mutual TLS
+    client_key: Path | None = None
+
+    def __repr__(self) -> str:
+        secret = "'***'" if self.password is not None else "None"
+        proxy = None if self.proxy is None else mask_url(self.proxy)
+        return (
+            f"UpstreamConfig(name={self.name!r}, url={self.url!r}, username={self.username!r}, "
+            f"password={secret}, connect_timeout={self.connect_timeout}, read_timeout={self.read_timeout}, "
+            f"proxy={proxy!r}, ca_file={self.ca_file!r}, client_cert={self.client_cert!r}, "
+            f"client_key={self.client_key!r})"
+        )
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = ServerConfig()
+    cache: CacheConfig = CacheConfig()
+    log: LogConfig = LogConfig()
+    auth: AuthConfig = AuthConfig()
+    prefetch: tuple[PrefetchConfig, ...] = ()
+    upstreams: dict[str, UpstreamConfig] = field(
+        default_factory=lambda: {DOCKER_HUB: UpstreamConfig(DOCKER_HUB, DOCKER_HUB_URL)}
+    )
+    proxy_env: ProxyEnvironment = field(default_factory=ProxyEnvironment)  # HTTPS_PROXY, HTTP_PROXY, NO_PROXY
+
+    @property
+    def listen(self) -> str:
+        return f"{self.server.host}:{self.server.port}"

@@ -1,0 +1,174 @@
+"""From TOML data to a validated Config: every key checked, every error naming its key."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from mirror.config.model import (
+    DEFAULT_CACHE_DIR,
+    DEFAULT_LISTEN,
+    DOCKER_HUB,
+    AuthConfig,
+    CacheConfig,
+    Config,
+    ConfigError,
+    LogConfig,
+    PrefetchConfig,
+    ServerConfig,
+    UpstreamConfig,
+)
+from mirror.config.proxies import ProxyEnvironment, ProxyURLError, parse_proxy_url
+from mirror.config.values import Table, check_pem, file_key, parse_duration, parse_listen, parse_size, secret_key
+
+
+def _prefetch(root: Table) -> tuple[PrefetchConfig, ...]:
+    entries = root.raw("prefetch", [])
+    if not isinstance(entries, list):
+        raise ConfigError("prefetch", "expected a list of [[prefetch]] tables")
+    found = []
+    for number, data in enumerate(entries):
+        table = Table(data, f"prefetch[{number}]")
+        image = table.get("image", str)
+        if not image:
+            raise ConfigError(table.key("image"), "missing: the image to keep warm, e.g. 'alpine:3.19'")
+        platforms = table.get("platforms", list, ["linux/amd64"])
+        if not all(isinstance(p, str) and re.fullmatch(r"[a-z0-9]+/[a-z0-9]+(/[a-z0-9]+)?|all", p) for p in platforms):
+            raise ConfigError(
+                table.key("platforms"), f"expected platforms like 'linux/arm64' or 'all', got {platforms!r}"
+            )
+        refresh = parse_duration(table.raw("refresh", "1h"), table.key("refresh"))
+        if refresh <= 0:
+            raise ConfigError(table.key("refresh"), "must be more than zero")
+        table.finish()
+        found.append(PrefetchConfig(image, None if "all" in platforms else tuple(platforms), refresh))
+    return tuple(found)
+
+
+def proxy_key(table: Table) -> str | None:
+    """The upstream's `proxy` URL, with `proxy_password_file`'s password put into it."""
+    proxy = table.get("proxy", str)
+    password = secret_key(table, "proxy_password") if "proxy_password_file" in table.data else None
+    if proxy is None or proxy == "":
+        if password is not None:
+            raise ConfigError(table.key("proxy_password_file"), "needs a proxy URL with a user name")
+        return proxy  # type: ignore[no-any-return]  # Table.get checked it is a str
+    try:
+        proxy = parse_proxy_url(proxy)
+    except ProxyURLError as exc:
+        raise ConfigError(table.key("proxy"), str(exc)) from exc
+    if password is not None:
+        parts = urlsplit(proxy)
+        if not parts.username or parts.password is not None:
+            raise ConfigError(table.key("proxy_password_file"), "needs a proxy URL with a user name and no password")
+        host = parts.netloc.rpartition("@")[2]
+        proxy = parts._replace(netloc=f"{parts.username}:{quote(password, safe='')}@{host}").geturl()
+    return proxy
+
+
+def _upstream(name: str, table: Table) -> UpstreamConfig:
+    url = table.get("url", str)
+    if url is None:
+        raise ConfigError(table.key("url"), "missing: the upstream registry's base URL")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(table.key("url"), f"expected an http:// or https:// URL, got {url!r}")
+    if parts.path not in ("", "/") or parts.query or parts.username or parts.password:
+        raise ConfigError(table.key("url"), "give only scheme, host and port; credentials go in username/password")
+    username = table.get("username", str)
+    password = secret_key(table, "password")
+    if (username is None) != (password is None):
+        raise ConfigError(table.key("password" if username else "username"), "username and password go together")
+    ca_file, client_cert, client_key = (file_key(table, name) for name in ("ca_file", "client_cert", "client_key"))
+    if client_key is not None and client_cert is None:
+        raise ConfigError(table.key("client_cert"), "client_key needs client_cert")
+    for key, kind, path in (("ca_file", "ca", ca_file), ("client_cert", "cert", client_cert)):
+        problem = None if path is None else check_pem(kind, path, client_key)
+        if problem is not None:
+            raise ConfigError(table.key(key), f"cannot load {path}: {problem}")
+    upstream = UpstreamConfig(
+        name=name,
+        url=url.rstrip("/"),
+        username=username,
+        password=password,
+        connect_timeout=parse_duration(table.raw("connect_timeout", 10), table.key("connect_timeout")),
+        read_timeout=parse_duration(table.raw("read_timeout", 60), table.key("read_timeout")),
+        proxy=proxy_key(table),
+        ca_file=ca_file,
+        client_cert=client_cert,
+        client_key=client_key,
+    )
+    table.finish()
+    return upstream
+
+
+def from_dict(data: dict[str, Any], proxy_env: ProxyEnvironment | None = None) -> Config:
+    root = Table(data, "")
+    server_table = root.table("server")
+    host, port = parse_listen(server_table.raw("listen", DEFAULT_LISTEN), server_table.key("listen"))
+    default_upstream = server_table.get("default_upstream", str, DOCKER_HUB)
+    log_level = server_table.get("log_level", str, "info").lower()
+    if log_level not in ("critical", "error", "warning", "info", "debug"):
+        raise ConfigError(server_table.key("log_level"), f"expected debug, info, warning or error, got {log_level!r}")
+    tls_cert, tls_key = (file_key(server_table, name) for name in ("tls_cert", "tls_key"))
+    if (tls_cert is None) != (tls_key is None):
+        raise ConfigError(server_table.key("tls_key" if tls_cert else "tls_cert"), "tls_cert and tls_key go together")
+    head_timeout = parse_duration(server_table.raw("head_timeout", 30), server_table.key("head_timeout"))
+    if head_timeout <= 0:
+        raise ConfigError(server_table.key("head_timeout"), "must be more than zero")
+    server_table.finish()
+
+    auth_table = root.table("auth")
+    auth = AuthConfig(file_key(auth_table, "htpasswd"), file_key(auth_table, "admin_htpasswd"))
+    auth_table.finish()
+
+    cache_table = root.table("cache")
+    directory = Path(cache_table.get("directory", str, DEFAULT_CACHE_DIR))
+    tag_ttl = parse_duration(cache_table.raw("tag_ttl", 60), cache_table.key("tag_ttl"))
+    max_size = cache_table.raw("max_size")
+    max_size = None if max_size is None else parse_size(max_size, cache_table.key("max_size"))
+    max_age = cache_table.raw("max_age")
+    max_age = None if max_age is None else parse_duration(max_age, cache_table.key("max_age"))
+    if max_age == 0:
+        raise ConfigError(cache_table.key("max_age"), "must be more than zero; leave it out to keep content forever")
+    cache_table.finish()
+
+    log_table = root.table("log")
+    log_format = log_table.get("format", str, "text")
+    if log_format not in ("text", "json"):
+        raise ConfigError(log_table.key("format"), f"expected 'text' or 'json', got {log_format!r}")
+    log_table.finish()
+
+    upstreams_table = root.table("upstreams")
+    upstreams = {
+        name: _upstream(name, upstreams_table.table(name)) for name in upstreams_table.data
+    } or Config().upstreams
+    for name in upstreams:
+        if not re.fullmatch(r"[A-Za-z0-9.-]+(:\d+)?", name):
+            raise ConfigError(f"upstreams.{name}", "the table name must be a registry host, like 'docker.io'")
+    upstreams_table.finish()
+    prefetch = _prefetch(root)
+    if default_upstream not in upstreams:
+        raise ConfigError(server_table.key("default_upstream"), f"{default_upstream!r} is not a configured upstream")
+    root.finish()
+    return Config(
+        server=ServerConfig(host, port, default_upstream, log_level, tls_cert, tls_key, head_timeout),
+        cache=CacheConfig(directory, tag_ttl, max_size, max_age),
+        log=LogConfig(log_format),
+        auth=auth,
+        prefetch=prefetch,
+        upstreams=upstreams,
+        proxy_env=checked_proxy_env(proxy_env or ProxyEnvironment()),
+    )
+
+
+def checked_proxy_env(env: ProxyEnvironment) -> ProxyEnvironment:
+    for name, value in (("HTTP_PROXY", env.http_proxy), ("HTTPS_PROXY", env.https_proxy)):
+        if value is not None:
+            try:
+                parse_proxy_url(value)
+            except ProxyURLError as exc:
+                raise ConfigError(name, str(exc)) from exc
+    return env

@@ -1,0 +1,74 @@
+"""The effective config as TOML, secrets masked: what `mirror config` prints."""
+
+from __future__ import annotations
+
+from mirror.config.model import Config
+from mirror.config.proxies import mask_url
+
+
+def render(config: Config) -> str:
+    """The effective config as TOML, secrets masked: what `mirror config` prints."""
+
+    def value(v: object) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, tuple):
+            return "[" + ", ".join(value(item) for item in v) + "]"
+        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    def table(name: str, items: dict[str, object]) -> str:
+        lines = [f"{key} = {value(v)}" for key, v in items.items() if v is not None]
+        return f"[{name}]\n" + "\n".join(lines) + "\n"
+
+    server = config.server
+    parts = [
+        table(
+            "server",
+            {
+                "listen": config.listen,
+                "default_upstream": server.default_upstream,
+                "log_level": server.log_level,
+                "tls_cert": server.tls_cert,
+                "tls_key": server.tls_key,
+                "head_timeout": server.head_timeout,
+            },
+        ),
+        table(
+            "cache",
+            {
+                "directory": config.cache.directory,
+                "tag_ttl": config.cache.tag_ttl,
+                "max_size": config.cache.max_size,
+                "max_age": config.cache.max_age,
+            },
+        ),
+        table("log", {"format": config.log.format}),
+        table("auth", {"htpasswd": config.auth.htpasswd, "admin_htpasswd": config.auth.admin_htpasswd}),
+    ]
+    for name, upstream in config.upstreams.items():
+        parts.append(
+            table(
+                f'upstreams."{name}"',
+                {
+                    "url": upstream.url,
+                    "username": upstream.username,
+                    "password": "***" if upstream.password is not None else None,
+                    "connect_timeout": upstream.connect_timeout,
+                    "read_timeout": upstream.read_timeout,
+                    "proxy": None if upstream.proxy is None else mask_url(upstream.proxy),
+                    "ca_file": upstream.ca_file,
+                    "client_cert": upstream.client_cert,
+                    "client_key": upstream.client_key,
+                },
+            )
+        )
+    shown = config.proxy_env.masked()
+    if shown:
+        lines = [f"# {name}={value}" for name, value in shown.items()]
+        parts.append("# From the environment; upstreams without `proxy` follow these:\n" + "\n".join(lines) + "\n")
+    for entry in config.prefetch:
+        platforms = entry.platforms if entry.platforms is not None else ("all",)
+        parts.append(table("[prefetch]", {"image": entry.image, "platforms": platforms, "refresh": entry.refresh}))
+    return "\n".join(parts)

@@ -1,0 +1,97 @@
+"""The shape of the house: data flows one way through the layers, with no import circle, and files stay small."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "mirror"
+MAX_LINES = 450
+
+# Each module may import its own package and the layers below it, never above or beside.
+LAYERS = [
+    {"mirror", "mirror.registry", "mirror.stats", "mirror.config"},
+    {"mirror.traffic"},
+    {"mirror.cache", "mirror.upstream"},  # side by side: neither imports the other
+    {"mirror.proxy"},
+    {"mirror.warmer"},
+    {"mirror.composition"},
+    {"mirror.http"},
+    {"mirror.commands"},
+    {"mirror.__main__"},
+]
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def unit(module: str) -> str:
+    """The layer unit a module belongs to: its package below `mirror`, or itself."""
+    parts = module.split(".")
+    return ".".join(parts[:2])
+
+
+def layer(module: str) -> int:
+    for number, units in enumerate(LAYERS):
+        if unit(module) in units:
+            return number
+    raise AssertionError(f"{module} is in no layer: add it to LAYERS in {__file__}")
+
+
+def imports(path: Path) -> set[str]:
+    """Every mirror module a file imports, TYPE_CHECKING blocks included."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mirror"):
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.startswith("mirror"))
+    modules = {module_name(p) for p in PACKAGE.rglob("*.py")}
+    return {name for name in found if name in modules}
+
+
+def graph() -> dict[str, set[str]]:
+    return {module_name(path): imports(path) for path in PACKAGE.rglob("*.py")}
+
+
+def test_data_flows_down_the_layers() -> None:
+    wrong = [
+        f"{module} imports {target}"
+        for module, targets in graph().items()
+        for target in targets
+        if unit(target) != unit(module) and target != "mirror" and layer(target) >= layer(module)
+    ]
+    assert not wrong, "imports against the flow http → proxy → cache | upstream:\n" + "\n".join(sorted(wrong))
+
+
+def test_no_import_circle() -> None:
+    edges = graph()
+    state: dict[str, str] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = "open"
+        for target in sorted(edges.get(module, ())):
+            if target == module or target in ("mirror",):
+                continue
+            if state.get(target) == "open":
+                cycle = [*path[path.index(target) :], target] if target in path else [module, target]
+                raise AssertionError("import circle: " + " → ".join(cycle))
+            if target not in state:
+                visit(target, [*path, target])
+        state[module] = "done"
+
+    for module in sorted(edges):
+        if module not in state:
+            visit(module, [module])
+
+
+def test_modules_stay_small() -> None:
+    large = {
+        str(path.relative_to(PACKAGE.parent)): n
+        for path in PACKAGE.rglob("*.py")
+        if (n := len(path.read_text().splitlines())) > MAX_LINES
+    }
+    assert not large, f"split these by role (over {MAX_LINES} lines): {large}"
