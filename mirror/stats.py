@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field, fields
 
@@ -12,6 +13,9 @@ UPSTREAM_TOTALS = {
     "upstream_retries": "retries",
     "bytes_fetched_from_upstream": "bytes_fetched",
 }
+
+
+_DIGITS = re.compile(r"[0-9]{1,18}")
 
 
 @dataclass
@@ -48,8 +52,12 @@ def _quota(value: str | None) -> tuple[int | None, int | None]:
         return None, None
     amount, _, params = value.partition(";")
     window = next((p.strip()[2:] for p in params.split(";") if p.strip().startswith("w=")), "")
-    amount = amount.strip()
-    return (int(amount) if amount.isdigit() else None), (int(window) if window.isdigit() else None)
+    return _count(amount.strip()), _count(window)
+
+
+def _count(text: str) -> int | None:
+    """A header's non-negative integer; None for anything else (`isdigit` would take "²")."""
+    return int(text) if _DIGITS.fullmatch(text) else None
 
 
 @dataclass

@@ -12,7 +12,6 @@ import datetime
 import ipaddress
 import os
 import pwd
-import re
 import shutil
 import socket
 import subprocess
@@ -202,7 +201,11 @@ class Squid:
             self.process = subprocess.Popen(
                 ["/usr/sbin/squid", "-N", "-f", str(d / "squid.conf")], stdout=err, stderr=subprocess.STDOUT
             )
-        wait_for_port("127.0.0.1", self.port, self.process)
+        try:
+            wait_for_port("127.0.0.1", self.port, self.process)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:
@@ -269,7 +272,11 @@ class Nginx:
             self.process = subprocess.Popen(
                 ["/usr/sbin/nginx", "-c", str(d / "nginx.conf"), "-p", str(d)], stdout=err, stderr=subprocess.STDOUT
             )
-        wait_for_port("127.0.0.1", self.port, self.process)
+        try:
+            wait_for_port("127.0.0.1", self.port, self.process)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:
@@ -325,7 +332,3 @@ def with_system_ca(directory: Path, ca: Path) -> list[str]:
     assert ca.read_text().strip() in bundle, "update-ca-certificates left the test CA out"
     script = 'mount --bind "$0" /etc/ssl/certs && exec "$@"'
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(etc_certs)]
-
-
-def squid_statuses(squid: Squid) -> list[str]:
-    return [re.sub(r"^.*/", "", result) for _, _, _, result in squid.requests()]

@@ -106,7 +106,11 @@ class Registry:
         )
         with open(self.log_path, "ab") as out, open(self.root / "registry.err", "ab") as err:
             self.process = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=out, stderr=err)
-        wait_for_http(f"{self.url}/v2/", self.process)
+        try:
+            wait_for_http(f"{self.url}/v2/", self.process)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:
@@ -365,7 +369,11 @@ class MirrorProcess:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             )
-        wait_for_http(f"{self.url}/healthz", self.process)
+        try:
+            wait_for_http(f"{self.url}/healthz", self.process)
+        except BaseException:
+            self.stop()  # the caller has no handle on a process whose start failed
+            raise
         return self
 
     def stop(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,9 +56,10 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
     ca = CertificateAuthority(root / "ca", "upstream-ca")
     registry = Registry(root / "registry", host=UPSTREAM_ADDRESS)
     direct = Registry(root / "direct", host=DIRECT_ADDRESS)
-    started: list[Registry | StaticCDN | Squid] = []
+    started: list[Registry | StaticCDN | Squid] = [registry, direct]  # stopped whatever happens below
     try:
-        started += [registry.start(), direct.start()]
+        registry.start()
+        direct.start()
         images = seed_standard_images(registry.url)
         seed_standard_images(direct.url)
         cdn = StaticCDN(registry.root / "data")
@@ -70,8 +72,9 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
             f"      options:\n        baseurl: http://{CDN_HOST}:{cdn.server.port}/\n"
         )
         registry.start()
-        squid = Squid({UPSTREAM_HOST: UPSTREAM_ADDRESS, CDN_HOST: "127.0.0.1"}).start()
+        squid = Squid({UPSTREAM_HOST: UPSTREAM_ADDRESS, CDN_HOST: "127.0.0.1"})
         started.append(squid)
+        squid.start()
         yield Edge(ca, registry, cdn, direct, images, squid)
     finally:
         for part in reversed(started):
@@ -134,9 +137,12 @@ def test_pull_through_squid_with_the_proxy_setting(edge: Edge, tmp_path: Path, s
     addresses = edge.registry.client_addresses()[mark:]
     assert addresses and set(addresses) == {PROXY_OUTGOING}, "every upstream request came through squid"
     mirror.stop()  # squid logs a CONNECT when its tunnel closes
-    through = edge.squid.requests()[seen:]
     tunnel = ("CONNECT", f"{UPSTREAM_HOST}:{edge.registry.port}", PROXY_USER)
-    assert tunnel in {(method, url, user) for method, url, user, _ in through}, "https through CONNECT, as the user"
+    deadline = time.monotonic() + 10
+    while tunnel not in {(m, url, user) for m, url, user, _ in edge.squid.requests()[seen:]}:
+        assert time.monotonic() < deadline, "https goes through CONNECT, as the proxy user"
+        time.sleep(0.1)
+    through = edge.squid.requests()[seen:]
     cdn_gets = {url.split("/")[-2] for method, url, _, _ in through if method == "GET" and CDN_HOST in url}
     assert {digest.split(":")[1] for digest in image.blobs} <= cdn_gets, "CDN redirects take the same proxy"
     assert edge.cdn.blob_gets(), "the CDN served the blobs"

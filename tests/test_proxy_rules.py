@@ -6,6 +6,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
+from egress_parts import CertificateAuthority
 
 from mirror.config import ConfigError, ProxyEnvironment, from_dict, load, mask_url, parse_proxy_url, render
 from mirror.upstream.egress import ProxyRoute
@@ -25,6 +27,7 @@ CASES = [
     (PROXY, SECURE, "", "https://127.0.0.1:5000/v2/", None),
     (PROXY, SECURE, "", "https://127.8.9.10/v2/", None),
     (PROXY, SECURE, "", "https://[::1]:5000/v2/", None),
+    (PROXY, SECURE, "", "https://[::ffff:127.0.0.1]:5000/v2/", None),
     # "*" is everything
     (PROXY, SECURE, "*", "https://registry.example/v2/", None),
     # a bare domain matches itself and its subdomains, not a name that merely ends the same
@@ -41,6 +44,8 @@ CASES = [
     (PROXY, SECURE, "example.com:8443", "https://example.com/", SECURE),
     (PROXY, SECURE, "example.com:443", "https://example.com/", None),
     (PROXY, SECURE, "example.com:80", "http://example.com/", None),
+    (PROXY, SECURE, "example.com:", "https://example.com:8443/", None),
+    (PROXY, SECURE, "example.com:²", "https://example.com/", SECURE),
     # CIDR ranges and single addresses
     (PROXY, SECURE, "10.0.0.0/8", "https://10.20.30.40/", None),
     (PROXY, SECURE, "10.0.0.0/8", "https://11.0.0.1/", SECURE),
@@ -73,6 +78,7 @@ def test_environment_names() -> None:
     # A CGI request (REQUEST_METHOD set) may carry a client's "Proxy:" header as HTTP_PROXY: ignored.
     cgi = ProxyEnvironment.read({"HTTP_PROXY": PROXY, "REQUEST_METHOD": "GET"})
     assert ProxyRoute.for_upstream(None, cgi).proxy_for(httpx.URL("http://registry.example/")) is None
+    assert not ProxyEnvironment.read({"HTTP_PROXY": PROXY, "REQUEST_METHOD": ""}).cgi, "set but empty is not CGI"
 
 
 def test_the_upstream_setting_overrides_the_environment() -> None:
@@ -81,7 +87,10 @@ def test_the_upstream_setting_overrides_the_environment() -> None:
     assert ProxyRoute.for_upstream(SECURE, env).proxy_for(url) == SECURE
     assert ProxyRoute.for_upstream(SECURE, env).proxy_for(httpx.URL("http://registry.example/")) == SECURE
     assert ProxyRoute.for_upstream("", env).proxy_for(url) is None, '"" means direct'
-    assert ProxyRoute.for_upstream(SECURE, env).proxy_for(httpx.URL("https://skip.example/")) is None
+    # The environment's NO_PROXY does not undo a proxy set for this upstream; loopback stays direct.
+    assert ProxyRoute.for_upstream(SECURE, env).proxy_for(httpx.URL("https://skip.example/")) == SECURE
+    assert ProxyRoute.for_upstream(SECURE, ProxyEnvironment(None, None, "*")).proxy_for(url) == SECURE
+    assert ProxyRoute.for_upstream(SECURE, env).proxy_for(httpx.URL("https://127.0.0.1:5000/")) is None
 
 
 @pytest.mark.parametrize(
@@ -96,9 +105,27 @@ def test_proxy_urls(given: str, expected: str) -> None:
     assert parse_proxy_url(given) == expected
 
 
-def test_masking() -> None:
-    assert mask_url("http://user:pa%40ss@proxy.corp:3128") == "http://user:***@proxy.corp:3128"
-    assert mask_url("http://proxy.corp:3128") == "http://proxy.corp:3128"
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://user:pa%40ss@proxy.corp:3128", "http://user:***@proxy.corp:3128"),
+        ("user:secret@proxy.corp:3128", "user:***@proxy.corp:3128"),  # no scheme, as Go allows
+        ("http://user:pa/ss@proxy.corp:3128", "http://user:***@proxy.corp:3128"),  # unescaped /
+        ("http://user:1234/x@proxy.corp", "http://user:***@proxy.corp"),  # parses as port 1234
+        ("http://user:p#w?d@proxy.corp", "http://user:***@proxy.corp"),
+        ("http://user@proxy.corp:3128", "http://user@proxy.corp:3128"),  # no password
+        ("http://proxy.corp:3128", "http://proxy.corp:3128"),
+    ],
+)
+def test_masking(url: str, shown: str) -> None:
+    assert mask_url(url) == shown
+
+
+def test_secrets_stay_out_of_reprs() -> None:
+    env = ProxyEnvironment("http://u:hunter2@proxy:1", "u:hunter2@proxy:2", "x.example")
+    route = ProxyRoute.for_upstream(None, env)
+    shown = repr(env) + repr(route) + route.describe() + str(env.masked())
+    assert "hunter2" not in shown and "u:***@proxy:2" in shown
 
 
 def test_proxy_settings_in_the_config(tmp_path: Path) -> None:
@@ -164,3 +191,21 @@ def test_egress_settings_from_the_environment(tmp_path: Path) -> None:
     }
     hub = load(None, env=env).upstreams["docker.io"]
     assert (hub.proxy, hub.username, hub.password) == ("http://proxy.corp:3128", "ci", "dckr_pat_abc")
+
+
+def test_an_encrypted_client_key_is_refused_without_a_prompt(tmp_path: Path) -> None:
+    ca = CertificateAuthority(tmp_path / "ca", "client-ca")
+    cert, key = ca.issue("client", client=True)
+    private = serialization.load_pem_private_key(key.read_bytes(), password=None)
+    key.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"passphrase"),
+        )
+    )
+    table = {"url": "https://registry.corp", "client_cert": str(cert), "client_key": str(key)}
+    with pytest.raises(ConfigError) as raised:
+        from_dict({"upstreams": {"registry.corp": table}})
+    assert raised.value.key == "upstreams.registry.corp.client_cert"
+    assert "encrypted" in raised.value.problem

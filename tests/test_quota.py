@@ -16,6 +16,20 @@ from support import ALL_MANIFESTS, Image, MirrorProcess, Registry, seed_standard
 from test_pull import skopeo_copy
 from token_upstream import StaticCDN, TokenIssuer, enable_token_auth
 
+from mirror.stats import UpstreamStats
+
+
+def test_odd_quota_headers_are_ignored() -> None:
+    upstream = UpstreamStats()
+    upstream.saw_ratelimit("²;w=3", "-1;w=x", "203.0.113.7")  # "²".isdigit() is True; int("²") raises
+    assert (upstream.ratelimit_limit, upstream.ratelimit_remaining, upstream.ratelimit_window_seconds) == (
+        None,
+        None,
+        3,
+    )
+    upstream.saw_ratelimit("100", None, None)
+    assert upstream.ratelimit_limit == 100 and upstream.ratelimit_window_seconds is None
+
 
 def quota_headers(remaining: int) -> dict[str, str]:
     return {

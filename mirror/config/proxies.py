@@ -7,8 +7,8 @@ validates and masks, so that the config can check and print them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from urllib.parse import SplitResult, urlsplit
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 PROXY_SCHEMES = ("http", "https")
 
@@ -35,23 +35,31 @@ def parse_proxy_url(value: str) -> str:
 
 
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by `***`: safe to log and to print."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """The URL with any password replaced by `***`: safe to log and to print.
+
+    Read from the raw text, not parsed: a password with an unescaped `/`, `?` or `#`, or a
+    URL without a scheme, would fool a URL parser into showing it.
+    """
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        scheme, rest = "", url
+    userinfo, at, host = rest.rpartition("@")
+    if not at or ":" not in userinfo:
         return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return SplitResult(parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment).geturl()
+    return f"{scheme}{separator}{userinfo.partition(':')[0]}:***@{host}"
 
 
 @dataclass(frozen=True)
 class ProxyEnvironment:
     """The proxy variables of a process environment, read once at start-up."""
 
-    http_proxy: str | None = None
-    https_proxy: str | None = None
+    http_proxy: str | None = field(default=None, repr=False)
+    https_proxy: str | None = field(default=None, repr=False)
     no_proxy: str = ""
     cgi: bool = False  # REQUEST_METHOD is set: Go then ignores HTTP_PROXY (httpoxy)
+
+    def __repr__(self) -> str:
+        return f"ProxyEnvironment({self.masked()!r}, cgi={self.cgi})"
 
     @classmethod
     def read(cls, env: Mapping[str, str]) -> ProxyEnvironment:
@@ -62,7 +70,7 @@ class ProxyEnvironment:
             http_proxy=first("HTTP_PROXY", "http_proxy"),
             https_proxy=first("HTTPS_PROXY", "https_proxy"),
             no_proxy=first("NO_PROXY", "no_proxy") or "",
-            cgi="REQUEST_METHOD" in env,
+            cgi=bool(env.get("REQUEST_METHOD")),
         )
 
     def masked(self) -> dict[str, str]:

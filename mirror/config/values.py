@@ -121,6 +121,10 @@ def secret_key(table: Table, name: str) -> str | None:
     return lines[0]
 
 
+def _no_passphrase() -> str:
+    raise ValueError("the key is encrypted; give it unencrypted (openssl pkey -in KEY -out KEY.plain)")
+
+
 def check_pem(kind: str, path: Path, key: Path | None = None) -> str | None:
     """Why a CA or certificate file cannot be used, or None when it loads."""
     context = ssl.create_default_context()
@@ -128,7 +132,7 @@ def check_pem(kind: str, path: Path, key: Path | None = None) -> str | None:
         if kind == "ca":
             context.load_verify_locations(cafile=str(path))
         else:
-            context.load_cert_chain(str(path), str(key) if key else None)
+            context.load_cert_chain(str(path), str(key) if key else None, password=_no_passphrase)
     except (ssl.SSLError, OSError, ValueError) as exc:
         return str(exc) or type(exc).__name__
     return None

@@ -48,6 +48,8 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if unit.strip().lower() != "bytes" or not dash or "," in spec:
         return None
     first, last = first.strip(), last.strip()
+    if not (first + last).isascii():  # "²".isdigit() is True, and int("²") raises
+        return None
     if not (first.isdigit() or first == "") or not (last.isdigit() or last == "") or first == last == "":
         return None
     if first == "":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -41,6 +42,7 @@ _RETRY_STATUSES = frozenset({500, 502, 503, 504})
 FAILURES_BEFORE_COOLDOWN = 3
 COOLDOWN = 15.0
 _ERROR_BODY_LIMIT = 64 * 1024
+_MANIFEST_PATH = re.compile(r"/v2/.+/manifests/[^/]+$")
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class Health:
     last_success: float | None = None
     last_error: float | None = None
     last_error_message: str | None = None
+    last_error_setting: str | None = None  # the setting that fixes the last failure, when one does
     consecutive_failures: int = 0
     # After FAILURES_BEFORE_COOLDOWN failures in a row the upstream is not asked at all until
     # this time (monotonic): requests fail at once, so cached tags are served without waiting
@@ -75,9 +78,10 @@ class Health:
         self.consecutive_failures = 0
         self.down_until = 0.0
 
-    def failed(self, message: str) -> None:
+    def failed(self, message: str, setting: str | None = None) -> None:
         self.last_error = time.time()
         self.last_error_message = message[:300]
+        self.last_error_setting = setting
         self.consecutive_failures += 1
         if self.consecutive_failures >= FAILURES_BEFORE_COOLDOWN:
             self.down_until = time.monotonic() + COOLDOWN
@@ -134,7 +138,7 @@ class Upstream:
 
     async def _read_quota(self, response: httpx.Response) -> None:
         request = response.request
-        if request.method == "GET" and response.status_code < 400 and "/manifests/" in request.url.path:
+        if request.method == "GET" and response.status_code < 400 and _MANIFEST_PATH.match(request.url.path):
             self.counters.manifest_gets += 1  # what Docker Hub counts as a pull (HEADs and refusals are free)
         headers = response.headers
         self.counters.saw_ratelimit(
@@ -151,7 +155,7 @@ class Upstream:
         tls = tls_failure(exc)
         if tls is not None:
             message, setting = explain(tls, self.name, _where(exc))
-            self.health.failed(message)
+            self.health.failed(message, setting)
             return UpstreamUnavailable(message, detail={"upstream": self.name, "setting": setting})
         self.health.failed(f"{during}: {reason}: {exc}" if str(exc) else f"{during}: {reason}")
         if isinstance(exc, httpx.TooManyRedirects):
@@ -159,7 +163,9 @@ class Upstream:
                 f"upstream {self.name} redirected too many times", detail={"upstream": self.name}
             )
         if isinstance(exc, httpx.ProxyError):
-            return self.proxy_refused(str(exc), _where(exc))
+            refused = self.proxy_refused(str(exc), _where(exc))
+            self.health.failed(refused.message, "proxy")
+            return refused
         if during == "download":
             return UpstreamFailed(
                 f"upstream {self.name} broke off the download: {reason}", detail={"upstream": self.name}
@@ -169,11 +175,8 @@ class Upstream:
         )
 
     def proxy_refused(self, answer: str, where: str) -> UpstreamUnavailable:
-        setting = f'[upstreams."{self.name}"] proxy' if self.route.http != self.route.https else "the proxy setting"
-        if answer.startswith("407"):
-            hint = f"check the credentials in {setting} or HTTPS_PROXY/HTTP_PROXY"
-        else:
-            hint = "the proxy could not reach it"
+        setting = f'[upstreams."{self.name}"] proxy' if self.route.explicit else "HTTPS_PROXY/HTTP_PROXY"
+        hint = f"check the credentials in {setting}" if answer.startswith("407") else "the proxy could not reach it"
         return UpstreamUnavailable(
             f"upstream {self.name}: the egress proxy ({self.route.describe()}) answered {answer[:100]} "
             f"for {where}; {hint}",
@@ -206,10 +209,14 @@ class Upstream:
     ) -> httpx.Response:
         """Send, retrying transient failures with backoff; no byte has reached a client yet."""
         if wait := self.health.cooling_down():
+            health = self.health
+            detail = {"upstream": self.name}
+            if health.last_error_setting:
+                detail["setting"] = health.last_error_setting
             raise UpstreamUnavailable(
-                f"upstream {self.name} failed {self.health.consecutive_failures} times in a row; "
-                f"not asking it again for {wait:.0f} s",
-                detail={"upstream": self.name},
+                f"upstream {self.name} failed {health.consecutive_failures} times in a row; "
+                f"not asking it again for {wait:.0f} s. Last error: {health.last_error_message}",
+                detail=detail,
             )
         for attempt in range(RETRIES + 1):
             request = self.client.build_request(method, path, headers=headers, params=params)
@@ -252,8 +259,9 @@ class Upstream:
             raise TooManyRequests(message or f"upstream {self.name} is rate limiting", detail=detail, headers=headers)
         if status == 407:  # an http:// upstream forwarded by a proxy that wants credentials
             self.counters.errors += 1
-            self.health.failed("the egress proxy answered 407")
-            raise self.proxy_refused("407 Proxy Authentication Required", response.request.url.host)
+            refused = self.proxy_refused("407 Proxy Authentication Required", response.request.url.host)
+            self.health.failed(refused.message, "proxy")
+            raise refused
         if status == 401:
             raise Unauthorized(message or f"upstream {self.name} refused our credentials", code=code or "UNAUTHORIZED")
         if status == 403:

@@ -88,7 +88,7 @@ class NoProxy:
             address: Address | None = ipaddress.ip_address(host.strip("[]"))
         except ValueError:
             address = None
-        if address is not None and address.is_loopback:
+        if address is not None and _loopback(address):
             return True
         if self.everything:
             return True
@@ -100,16 +100,23 @@ class NoProxy:
         return any(entry.matches(host, port) for entry in self.domains)
 
 
+def _loopback(address: Address) -> bool:
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
 def _split_host_port(entry: str) -> tuple[str, int | None]:
     """`host`, `host:port`, `[v6]:port` or a bare IPv6 address; a port that is not a number is kept as host."""
     if entry.startswith("["):
         host, _, rest = entry[1:].partition("]")
         port = rest[1:] if rest.startswith(":") else ""
-        return host, int(port) if port.isdigit() else None
+        return host, int(port) if port.isascii() and port.isdigit() else None
     if entry.count(":") == 1:
         host, _, port = entry.partition(":")
-        if port.isdigit():
+        if port.isascii() and port.isdigit():
             return host, int(port)
+        if not port:
+            return host, None  # `host:` matches every port, as in Go
     return entry, None
 
 
@@ -117,22 +124,29 @@ def _split_host_port(entry: str) -> tuple[str, int | None]:
 class ProxyRoute:
     """For one upstream: which proxy (if any) each URL goes through."""
 
-    http: str | None = None
-    https: str | None = None
+    http: str | None = field(default=None, repr=False)
+    https: str | None = field(default=None, repr=False)
     no_proxy: NoProxy = field(default_factory=NoProxy)
+    explicit: bool = False  # from the upstream's own `proxy` setting, not the environment
 
     @classmethod
     def for_upstream(cls, setting: str | None, env: ProxyEnvironment) -> ProxyRoute:
-        """`setting` is the upstream's `proxy`: None follows the environment, "" is direct."""
-        no_proxy = NoProxy.parse(env.no_proxy)
+        """`setting` is the upstream's `proxy`: None follows the environment, "" is direct.
+
+        An upstream's own proxy takes everything but localhost and loopback: the
+        environment's NO_PROXY (often `*` in CI) does not undo a setting made for one upstream.
+        """
         if setting == "":
-            return cls()
+            return cls(explicit=True)
         if setting is not None:
             proxy = parse_proxy_url(setting)
-            return cls(proxy, proxy, no_proxy)
+            return cls(proxy, proxy, NoProxy(), explicit=True)
         http = None if env.cgi or not env.http_proxy else parse_proxy_url(env.http_proxy)
         https = parse_proxy_url(env.https_proxy) if env.https_proxy else None
-        return cls(http, https, no_proxy)
+        return cls(http, https, NoProxy.parse(env.no_proxy))
+
+    def __repr__(self) -> str:
+        return f"ProxyRoute({self.describe()!r}, explicit={self.explicit})"
 
     def proxy_for(self, url: httpx.URL) -> str | None:
         proxy = self.https if url.scheme == "https" else self.http if url.scheme == "http" else None

@@ -22,7 +22,10 @@ def system_store_present() -> bool:
     paths = ssl.get_default_verify_paths()
     if paths.cafile and os.path.isfile(paths.cafile):
         return True
-    return bool(paths.capath and os.path.isdir(paths.capath) and any(os.scandir(paths.capath)))
+    if not (paths.capath and os.path.isdir(paths.capath)):
+        return False
+    with os.scandir(paths.capath) as entries:
+        return any(entries)
 
 
 def ssl_context(ca_file: Path | None, client_cert: Path | None, client_key: Path | None) -> ssl.SSLContext:
@@ -35,8 +38,13 @@ def ssl_context(ca_file: Path | None, client_cert: Path | None, client_key: Path
     if ca_file is not None:
         context.load_verify_locations(cafile=str(ca_file))
     if client_cert is not None:
-        context.load_cert_chain(str(client_cert), str(client_key) if client_key else None)
+        context.load_cert_chain(str(client_cert), str(client_key) if client_key else None, password=no_passphrase)
     return context
+
+
+def no_passphrase() -> str:
+    """The passphrase callback: never prompt on a terminal for an encrypted key."""
+    raise ValueError("the client key is encrypted; give it unencrypted (openssl pkey -in KEY -out KEY.plain)")
 
 
 def tls_failure(exc: BaseException) -> ssl.SSLError | None:
