@@ -12,6 +12,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from mirror.cache.blobs import BlobStore
+from mirror.cache.directory import CacheDirectory
 from mirror.cache.downloads import InflightDownloads
 from mirror.cache.metadata import ManifestCache
 from mirror.config import Config
@@ -34,9 +35,10 @@ class Mirror:
         self.config = config
         self.stats = Stats()
         self.traffic = Traffic()
-        self.store = BlobStore(config.cache.directory, config.cache.max_size, self.stats)
+        self.directory = CacheDirectory.open(config.cache.directory)  # format checked, upgraded if old
+        self.store = BlobStore(self.directory.layout, config.cache.max_size, self.stats)
         self.store.open_sync()
-        self.manifests = ManifestCache(config.cache.directory, self.store)
+        self.manifests = ManifestCache(self.directory.metadata, self.store)
         self.inflight = InflightDownloads(self.store, self.stats)
         self.proxy = Proxy(self.store, self.manifests, self.inflight, self.stats, config.cache.tag_ttl)
         self.upstreams = {
@@ -65,7 +67,7 @@ class Mirror:
         await self.inflight.close()
         for upstream in self.upstreams.values():
             await upstream.aclose()
-        self.manifests.close()
+        self.directory.close()
 
     def upstream_for(self, registry: str | None) -> Upstream:
         """The upstream of a registry host, or the default one for None."""

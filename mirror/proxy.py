@@ -10,7 +10,8 @@ from io import FileIO
 
 from mirror.cache.blobs import BlobStore
 from mirror.cache.downloads import Download, InflightDownloads, NoRoom, PassThrough, SingleFlight
-from mirror.cache.metadata import Manifest, ManifestCache, TagEntry, manifest_digest, same_answer
+from mirror.cache.layout import TagEntry
+from mirror.cache.metadata import Manifest, ManifestCache, manifest_digest, same_answer
 from mirror.registry.errors import DigestInvalid, TooManyRequests, UpstreamUnavailable
 from mirror.registry.mediatypes import accept_key, accepted_types, admits
 from mirror.registry.reference import Digest, parse_digest

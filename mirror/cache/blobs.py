@@ -20,6 +20,7 @@ from pathlib import Path
 
 import anyio.to_thread
 
+from mirror.cache.layout import CacheLayout
 from mirror.registry.errors import DigestInvalid, RegistryError
 from mirror.registry.reference import Digest, parse_digest
 from mirror.stats import Stats
@@ -37,10 +38,10 @@ class BlobStore:
     start-up and can never disagree with the disk after a crash.
     """
 
-    def __init__(self, root: Path, max_size: int | None = None, stats: Stats | None = None) -> None:
-        self.root = root
-        self.blobs = root / "blobs"
-        self.tmp = root / "tmp"
+    def __init__(self, layout: CacheLayout, max_size: int | None = None, stats: Stats | None = None) -> None:
+        self.layout = layout
+        self.root = layout.root
+        self.tmp = layout.tmp
         self.max_size = max_size
         self.stats = stats or Stats()
         # digest → (size, last use), least recently used first.
@@ -56,17 +57,15 @@ class BlobStore:
         return len(self._lru)
 
     def path(self, digest: Digest) -> Path:
-        return self.blobs / digest.algorithm / digest.hex[:2] / digest.hex
+        return self.layout.blob_path(digest)
 
     def open_sync(self) -> None:
-        """Create the layout, sweep temp files left by a crash, and index what is cached."""
-        self.blobs.mkdir(parents=True, exist_ok=True)
-        self.tmp.mkdir(parents=True, exist_ok=True)
+        """Sweep temp files left by a crash, and index what is cached (the directory is prepared)."""
         for leftover in self.tmp.iterdir():
             log.info("removing leftover temp file %s", leftover.name)
             leftover.unlink(missing_ok=True)
         found: list[tuple[float, Digest, int]] = []
-        for algorithm_dir in self.blobs.iterdir():
+        for algorithm_dir in self.layout.blobs.iterdir():
             for prefix_dir in algorithm_dir.iterdir():
                 with os.scandir(prefix_dir) as entries:
                     for entry in entries:

@@ -2,36 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 from typing import Any
 
-import diskcache
-
-from mirror.cache.metadata import TagEntry
-from mirror.registry.errors import RegistryError
+from mirror.cache.directory import CacheDirectory
 from mirror.registry.mediatypes import platform_name
-from mirror.registry.reference import parse_digest
 
 
-def _read_json(cache: Path, digest: str) -> dict[str, Any] | None:
-    try:
-        path = cache / "blobs" / Path(*_blob_parts(digest))
-        data = json.loads(path.read_bytes())
-    except (OSError, ValueError, RegistryError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _blob_parts(digest: str) -> tuple[str, str, str]:
-    parsed = parse_digest(digest)
-    return parsed.algorithm, parsed.hex[:2], parsed.hex
-
-
-def describe(cache: Path, digest: str) -> tuple[int | None, list[str]]:
+def describe(cache: CacheDirectory, digest: str) -> tuple[int | None, list[str]]:
     """Size and platforms of a cached image; for an index, the sum over its cached children."""
-    manifest = _read_json(cache, digest)
+    manifest = cache.read_json(digest)
     if manifest is None:
         return None, []
     if isinstance(manifest.get("manifests"), list):
@@ -40,51 +20,43 @@ def describe(cache: Path, digest: str) -> tuple[int | None, list[str]]:
         sizes = [size for m in children if (size := _image_size(cache, m["digest"])) is not None]
         return (sum(sizes) if sizes else None), [p for p in platforms if p != "unknown/unknown"]
     config: dict[str, Any] = manifest["config"] if isinstance(manifest.get("config"), dict) else {}
-    config_json = _read_json(cache, str(config.get("digest", ""))) if config.get("digest") else None
+    config_json = cache.read_json(str(config.get("digest", ""))) if config.get("digest") else None
     return _image_size(cache, digest, manifest), [platform_name(config_json)] if config_json is not None else []
 
 
-def _image_size(cache: Path, digest: str, manifest: dict[str, Any] | None = None) -> int | None:
+def _image_size(cache: CacheDirectory, digest: str, manifest: dict[str, Any] | None = None) -> int | None:
     """Config plus layers of an image manifest (None when the manifest is not cached)."""
-    manifest = manifest if manifest is not None else _read_json(cache, digest)
+    manifest = manifest if manifest is not None else cache.read_json(digest)
     if manifest is None:
         return None
     descriptors = [manifest.get("config"), *manifest.get("layers", [])]
     return sum(int(d.get("size", 0)) for d in descriptors if isinstance(d, dict))
 
 
-def list_images(cache: Path, repository: str | None = None) -> list[dict[str, Any]]:
+def list_images(cache: CacheDirectory, repository: str | None = None) -> list[dict[str, Any]]:
     """Every cached tag, newest first within each repository."""
     rows: list[dict[str, Any]] = []
-    meta_dir = cache / "meta"
-    if not meta_dir.is_dir():
-        return rows
-    with diskcache.Cache(str(meta_dir)) as meta:
-        for key in meta.iterkeys():
-            if not (isinstance(key, tuple) and len(key) == 4 and key[0] == "tag"):
+    for upstream, repo, tag, entries in cache.metadata.tags():
+        if repository is not None and repository not in (repo, f"{upstream}/{repo}"):
+            continue
+        seen = set()
+        for entry in sorted(entries.values(), key=lambda e: e.fetched_at, reverse=True):
+            if entry.digest in seen:
                 continue
-            _, upstream, repo, tag = key
-            if repository is not None and repository not in (repo, f"{upstream}/{repo}"):
-                continue
-            entries = meta.get(key) or {}
-            seen = set()
-            for entry in sorted(entries.values(), key=lambda e: e.fetched_at, reverse=True):
-                if not isinstance(entry, TagEntry) or entry.digest in seen:
-                    continue
-                seen.add(entry.digest)
-                size, platforms = describe(cache, entry.digest)
-                rows.append(
-                    {
-                        "upstream": upstream,
-                        "repository": repo,
-                        "tag": tag,
-                        "digest": entry.digest,
-                        "media_type": entry.media_type,
-                        "size": size,
-                        "platforms": platforms,
-                        "last_pull": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry.fetched_at)),
-                    }
-                )
+            seen.add(entry.digest)
+            size, platforms = describe(cache, entry.digest)
+            rows.append(
+                {
+                    "upstream": upstream,
+                    "repository": repo,
+                    "tag": tag,
+                    "digest": entry.digest,
+                    "media_type": entry.media_type,
+                    "size": size,
+                    "platforms": platforms,
+                    "last_pull": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry.fetched_at)),
+                }
+            )
     rows.sort(key=lambda r: (r["upstream"], r["repository"], r["tag"]))
     return rows
 

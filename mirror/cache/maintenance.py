@@ -6,14 +6,14 @@ import hashlib
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-import diskcache
 import httpx
 
+from mirror.cache.directory import CacheDirectory
+from mirror.cache.layout import CacheLayout
 from mirror.config import Config
 from mirror.registry.errors import RegistryError
-from mirror.registry.reference import parse_digest
+from mirror.registry.reference import Digest, parse_digest
 
 # A temp file untouched this long belongs to no live download (their read timeout is far shorter).
 STALE_TEMP_SECONDS = 3600.0
@@ -26,54 +26,48 @@ class Report:
     removed_bytes: int = 0
 
 
-def _blob_files(cache: Path) -> list[tuple[str, Path]]:
-    """(digest text, path) for every file under blobs/, valid name or not."""
-    found = []
-    blobs = cache / "blobs"
-    if blobs.is_dir():
-        for path in blobs.glob("*/*/*"):
-            found.append((f"{path.parent.parent.name}:{path.name}", path))
-    return found
-
-
 def gc(config: Config) -> Report:
     """Remove stale temp files, files that are not valid blobs, and metadata with no manifest file."""
-    cache = config.cache.directory
+    cache = CacheDirectory.open(config.cache.directory)
+    try:
+        return _collect(cache)
+    finally:
+        cache.close()
+
+
+def _collect(cache: CacheDirectory) -> Report:
+    layout = cache.layout
     report = Report()
     now = time.time()
-    tmp = cache / "tmp"
-    for path in tmp.iterdir() if tmp.is_dir() else []:
+    for path in layout.tmp.iterdir():
         report.checked += 1
         stat = path.stat()
         if now - stat.st_mtime > STALE_TEMP_SECONDS:
             path.unlink(missing_ok=True)
             report.removed += 1
             report.removed_bytes += stat.st_size
-    for name, path in _blob_files(cache):
+    for name, path in layout.blob_files():
         report.checked += 1
         try:
-            digest = parse_digest(name)
+            digest: Digest | None = parse_digest(name)
         except RegistryError:
             digest = None
-        if path.is_file() and (digest is None or path.parent.name != digest.hex[:2]):
+        if path.is_file() and (digest is None or layout.misplaced(digest, path)):
             report.removed_bytes += path.stat().st_size
             path.unlink(missing_ok=True)
             report.removed += 1
-    with diskcache.Cache(str(cache / "meta")) as meta:
-        for key in list(meta.iterkeys()):
-            if isinstance(key, tuple) and key and key[0] == "manifest":
-                report.checked += 1
-                algorithm, _, hex_digest = str(key[1]).partition(":")
-                if not (cache / "blobs" / algorithm / hex_digest[:2] / hex_digest).is_file():
-                    meta.delete(key)
-                    report.removed += 1
+    for digest_text, _ in list(cache.metadata.manifests()):
+        report.checked += 1
+        if not cache.has(digest_text):
+            cache.metadata.forget_manifest(digest_text)
+            report.removed += 1
     return report
 
 
 def verify(config: Config) -> Report:
     """Re-hash every blob; remove any whose content no longer matches its name."""
     report = Report()
-    for name, path in _blob_files(config.cache.directory):
+    for name, path in CacheLayout(config.cache.directory).blob_files():
         try:
             digest = parse_digest(name)
         except RegistryError:
@@ -102,7 +96,7 @@ def stats(config: Config) -> dict[str, object]:
             return {"source": "server", **response.json()}
     except httpx.HTTPError:
         pass
-    files = [path for _, path in _blob_files(config.cache.directory)]
+    files = [path for _, path in CacheLayout(config.cache.directory).blob_files()]
     sizes = [os.stat(path).st_size for path in files if path.is_file()]
     return {"source": "cache directory (server not running)", "cached_blobs": len(sizes), "cached_bytes": sum(sizes)}
 

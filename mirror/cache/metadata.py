@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import anyio.to_thread
-import diskcache
 from cachetools import LRUCache
 
 from mirror.cache.blobs import BlobStore
+from mirror.cache.index import MetadataIndex
+from mirror.cache.layout import TagEntry
 from mirror.registry.mediatypes import INDEX_TYPES, accept_key
 from mirror.registry.reference import Digest
 
@@ -44,30 +44,22 @@ class Manifest:
     body: bytes
 
 
-@dataclass(frozen=True)  # pickled in the cache's metadata: its layout stays as it is
-class TagEntry:
-    digest: str
-    media_type: str
-    fetched_at: float
-
-
 def manifest_digest(body: bytes) -> str:
     return "sha256:" + hashlib.sha256(body).hexdigest()
 
 
 class ManifestCache:
-    def __init__(self, directory: Path, store: BlobStore) -> None:
+    """Manifests and tags as the proxy needs them: memory first, then the metadata index and blob files."""
+
+    def __init__(self, index: MetadataIndex, store: BlobStore) -> None:
         self.store = store
-        self._db = diskcache.Cache(str(directory / "meta"))
+        self.index = index
         self._media_types: LRUCache[str, str] = LRUCache(maxsize=100_000)
         # Manifests held whole in memory (with their blob's Digest), the answers to warm requests.
         self._held: LRUCache[str, tuple[Manifest, Digest]] = LRUCache(
             maxsize=_MEMORY_BYTES, getsizeof=lambda held: len(held[0].body)
         )
         self._tags: LRUCache[tuple[str, str, str], dict[str, TagEntry]] = LRUCache(maxsize=100_000)
-
-    def close(self) -> None:
-        self._db.close()
 
     def get_in_memory(self, key: str) -> Manifest | None:
         """A manifest held in memory: no I/O, no await."""
@@ -87,8 +79,8 @@ class ManifestCache:
             return held
         media_type = self._media_types.get(key)
         if media_type is None:
-            media_type = await anyio.to_thread.run_sync(self._db.get, ("manifest", key))
-            if not isinstance(media_type, str):
+            media_type = await anyio.to_thread.run_sync(self.index.media_type, key)
+            if media_type is None:
                 return None
         body = await self.store.read(digest)
         if body is None:
@@ -101,7 +93,7 @@ class ManifestCache:
     async def put(self, digest: Digest, manifest: Manifest) -> None:
         if await self.store.stat(digest) is None:
             await self.store.put(digest, manifest.body)
-        await anyio.to_thread.run_sync(self._db.set, ("manifest", manifest.digest), manifest.media_type)
+        await anyio.to_thread.run_sync(self.index.set_media_type, manifest.digest, manifest.media_type)
         self._media_types[manifest.digest] = manifest.media_type
         self._held[manifest.digest] = (manifest, digest)
 
@@ -110,8 +102,7 @@ class ManifestCache:
         key = (upstream, repository, tag)
         entries = self._tags.get(key)
         if entries is None or reload:
-            stored = await anyio.to_thread.run_sync(self._db.get, ("tag", *key))
-            entries = dict(stored) if isinstance(stored, dict) else {}
+            entries = await anyio.to_thread.run_sync(self.index.tag, *key)
             self._tags[key] = entries
         return entries
 
@@ -119,4 +110,4 @@ class ManifestCache:
         entries = dict(await self.tag_entries(upstream, repository, tag))
         entries[accept] = entry
         self._tags[(upstream, repository, tag)] = entries
-        await anyio.to_thread.run_sync(self._db.set, ("tag", upstream, repository, tag), entries)
+        await anyio.to_thread.run_sync(self.index.set_tag, upstream, repository, tag, entries)

@@ -13,6 +13,8 @@ import uvicorn
 
 from mirror import __version__
 from mirror.cache import inventory, maintenance
+from mirror.cache.directory import CacheDirectory
+from mirror.cache.format import CacheFormatError
 from mirror.commands import archive, clientconfig, prefetch
 from mirror.composition import Mirror
 from mirror.config import DOCKER_HUB, Config, ConfigError, load, render
@@ -82,7 +84,11 @@ def prefetch_images(args: argparse.Namespace, config: Config) -> int:
 
 
 def list_cached(args: argparse.Namespace, config: Config) -> int:
-    rows = inventory.list_images(config.cache.directory, args.repository)
+    cache = CacheDirectory.open(config.cache.directory)
+    try:
+        rows = inventory.list_images(cache, args.repository)
+    finally:
+        cache.close()
     sys.stdout.write(json.dumps(rows, indent=2) + "\n" if args.json else inventory.format_rows(rows))
     return 0
 
@@ -123,6 +129,9 @@ def serve(config: Config) -> int:
     except ConfigError as exc:
         print(f"mirror: config error: {exc}", file=sys.stderr)
         return 2
+    except CacheFormatError as exc:
+        print(f"mirror: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"mirror: cannot open the cache in {config.cache.directory}: {exc}", file=sys.stderr)
         return 1
@@ -161,5 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         config = load(args.config, listen=args.listen, cache_dir=args.cache_dir, env=os.environ)
     except ConfigError as exc:
         print(f"mirror: config error: {exc}", file=sys.stderr)
+        return 2
+    except CacheFormatError as exc:
+        print(f"mirror: {exc}", file=sys.stderr)
         return 2
     return serve(config)

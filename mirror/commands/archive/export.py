@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-import diskcache
-
-from mirror.cache.metadata import TagEntry
+from mirror.cache.directory import CacheDirectory
+from mirror.cache.layout import CacheLayout
 from mirror.commands.archive.names import (
     CONTAINERD_NAME,
     MAX_CONFIG,
@@ -35,46 +33,48 @@ from mirror.registry.reference import parse_digest
 
 
 class CacheReader:
-    """The cache directory as export sees it: blob files and the diskcache metadata, read only."""
+    """The cache directory as export sees it: verified blob reads and the tag index."""
 
     def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        if not (directory / "meta").is_dir():
+        if not CacheLayout(directory).meta.is_dir():
             raise ArchiveError(f"no mirror cache at {directory} (set [cache] directory with --config)")
-        self.meta = diskcache.Cache(str(directory / "meta"))
+        self.cache = CacheDirectory.open(directory)
 
     def close(self) -> None:
-        self.meta.close()
-
-    def path(self, digest: str) -> Path:
-        parsed = parse_digest(digest)
-        return self.directory / "blobs" / parsed.algorithm / parsed.hex[:2] / parsed.hex
+        self.cache.close()
 
     def has(self, digest: str) -> bool:
-        return self.path(digest).is_file()
+        return self.cache.has(digest)
+
+    def size(self, digest: str) -> int:
+        size = self.cache.size(digest)
+        if size is None:
+            raise ArchiveError(f"cached {digest} went away (evicted?)")
+        return size
+
+    def open(self, digest: str) -> BinaryIO:
+        file = self.cache.open_blob(digest)
+        if file is None:
+            raise ArchiveError(f"cached {digest} went away (evicted?)")
+        return file
 
     def read(self, digest: str, limit: int = MAX_MANIFEST) -> bytes | None:
-        try:
-            with open(self.path(digest), "rb") as file:
-                data = file.read(limit + 1)
-        except FileNotFoundError:
+        if not self.has(digest):
             return None
-        if len(data) > limit:
-            raise ArchiveError(f"cached {digest} is larger than {limit} bytes")
-        parsed = parse_digest(digest)
-        if hashlib.new(parsed.algorithm, data).hexdigest() != parsed.hex:
-            raise ArchiveError(f"cached {digest} does not match its digest (run `mirror verify`)")
+        data = self.cache.read(digest, limit)
+        if data is None:
+            raise ArchiveError(f"cached {digest} is larger than {limit} bytes or does not match its digest")
         return data
 
     def resolve(self, name: ImageName) -> tuple[str, str]:
         """The digest and media type a name stands for in the cache."""
         if name.is_digest:
-            media_type = self.meta.get(("manifest", name.reference))
-            if not isinstance(media_type, str) or not self.has(name.reference):
+            media_type = self.cache.metadata.media_type(name.reference)
+            if media_type is None or not self.has(name.reference):
                 raise ArchiveError(f"{name}: not cached")
             return name.reference, media_type
-        stored = self.meta.get(("tag", name.upstream, name.repository, name.reference))
-        entries = [e for e in (stored or {}).values() if isinstance(e, TagEntry) and self.has(e.digest)]
+        stored = self.cache.metadata.tag(name.upstream, name.repository, name.reference)
+        entries = [e for e in stored.values() if self.has(e.digest)]
         if not entries:
             raise ArchiveError(
                 f"{name}: not cached (no cached tag {name.reference} in {name.upstream}/{name.repository})"
@@ -135,7 +135,7 @@ class Exporter:
         top = self.manifest(digest, str(name))
         if top is None:
             return None
-        size = self.cache.path(digest).stat().st_size
+        size = self.cache.size(digest)
         if not isinstance(top.get("manifests"), list):
             found = self.image_blobs(digest, str(name))
             if found is None:
@@ -253,11 +253,7 @@ def _write_oci(cache: CacheReader, plan: list[ExportImage], writer: TarWriter) -
     digests = dict.fromkeys(d for image in plan for d in [*image.manifests, *image.blobs])
     for digest in digests:
         parsed = parse_digest(digest)
-        try:
-            file = open(cache.path(digest), "rb")  # noqa: SIM115 - an open file stays readable if evicted
-        except FileNotFoundError:
-            raise ArchiveError(f"{digest} left the cache during the export (evicted?); try again") from None
-        with file:
+        with cache.open(digest) as file:  # an open file stays readable if evicted meanwhile
             size = os.fstat(file.fileno()).st_size
             chunks = hashed(read_chunks(file), digest, f"cached blob {digest} (run `mirror verify`)")
             writer.add_stream(f"blobs/{parsed.algorithm}/{parsed.hex}", chunks, size)
@@ -293,11 +289,7 @@ def _write_docker(cache: CacheReader, plan: list[ExportImage], writer: TarWriter
             layer_names.append(name)
             if name in written:
                 continue
-            try:
-                file = open(cache.path(layer["digest"]), "rb")  # noqa: SIM115
-            except FileNotFoundError:
-                raise ArchiveError(f"{layer['digest']} left the cache during the export; try again") from None
-            with file:
+            with cache.open(layer["digest"]) as file:
                 chunks = hashed(decompressed(file), diff_id, f"cached layer {layer['digest']}, uncompressed,")
                 report.bytes += writer.add_stream(name, chunks, None)
             written.add(name)

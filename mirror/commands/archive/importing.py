@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import diskcache
-
 from mirror.cache.blobs import BlobStore
-from mirror.cache.metadata import Manifest, ManifestCache, TagEntry, manifest_digest
+from mirror.cache.directory import CacheDirectory
+from mirror.cache.layout import TagEntry
+from mirror.cache.metadata import Manifest, ManifestCache, manifest_digest
 from mirror.commands.archive.names import (
     CONTAINERD_NAME,
     DOCKER_CONFIG,
@@ -274,67 +274,67 @@ def _verify(reader: ArchiveReader, plan: ImportPlan) -> None:
             )
 
 
-async def _commit(cache_dir: Path, reader: ArchiveReader, plan: ImportPlan, report: ImportReport) -> None:
-    store = BlobStore(cache_dir)
-    store.blobs.mkdir(parents=True, exist_ok=True)
-    store.tmp.mkdir(parents=True, exist_ok=True)
-    manifests = ManifestCache(cache_dir, store)
-    try:
-        for digest, (member, size) in plan.blobs.items():
-            parsed = parse_digest(digest)
-            if store.size_now(parsed) is not None:
-                report.already_cached += 1
-                continue
-            writer = store.writer(parsed)  # temp file, hash, compare, fsync, rename
-            try:
-                with reader.open(member) as file:
-                    for chunk in read_chunks(file):
-                        writer.write(chunk)
-                await writer.commit(size)
-            finally:
-                writer.discard()
-            report.blobs += 1
-            report.bytes += writer.size
-        for digest, (media_type, body) in plan.manifests.items():
-            await manifests.put(parse_digest(digest), Manifest(digest, media_type, body))
-            report.manifests += 1
-    finally:
-        manifests.close()
+async def _commit(cache: CacheDirectory, reader: ArchiveReader, plan: ImportPlan, report: ImportReport) -> None:
+    store = BlobStore(cache.layout)
+    manifests = ManifestCache(cache.metadata, store)
+    for digest, (member, size) in plan.blobs.items():
+        parsed = parse_digest(digest)
+        if store.size_now(parsed) is not None:
+            report.already_cached += 1
+            continue
+        writer = store.writer(parsed)  # temp file, hash, compare, fsync, rename
+        try:
+            with reader.open(member) as file:
+                for chunk in read_chunks(file):
+                    writer.write(chunk)
+            await writer.commit(size)
+        finally:
+            writer.discard()
+        report.blobs += 1
+        report.bytes += writer.size
+    for digest, (media_type, body) in plan.manifests.items():
+        await manifests.put(parse_digest(digest), Manifest(digest, media_type, body))
+        report.manifests += 1
 
 
-def _set_tags(cache_dir: Path, plan: ImportPlan) -> None:
+def _set_tags(cache: CacheDirectory, plan: ImportPlan) -> None:
     """Point each tag at its imported manifest; answers for other manifests of the tag are dropped."""
     now = time.time()
-    with diskcache.Cache(str(cache_dir / "meta")) as meta:
-        for name, digest in plan.tags:
-            media_type, body = plan.manifests[digest]
-            children = parse_json(body, digest).get("manifests") or []
-            keep = {digest} | {c.get("digest") for c in children if isinstance(c, dict)}
-            key = ("tag", name.upstream, name.repository, name.reference)
-            with meta.transact():
-                stored = meta.get(key)
-                entries = {}
-                if isinstance(stored, dict):
-                    entries = {k: e for k, e in stored.items() if isinstance(e, TagEntry) and e.digest in keep}
-                entries[IMPORT_ACCEPT] = TagEntry(digest, media_type, now)
-                meta.set(key, entries)
+    for name, digest in plan.tags:
+        media_type, body = plan.manifests[digest]
+        children = parse_json(body, digest).get("manifests") or []
+        keep = {digest} | {c.get("digest") for c in children if isinstance(c, dict)}
+
+        answer = TagEntry(digest, media_type, now)
+
+        def retag(
+            entries: dict[str, TagEntry], keep: set[object] = keep, answer: TagEntry = answer
+        ) -> dict[str, TagEntry]:
+            kept = {accept: entry for accept, entry in entries.items() if entry.digest in keep}
+            return kept | {IMPORT_ACCEPT: answer}
+
+        cache.metadata.update_tag(name.upstream, name.repository, name.reference, retag)
 
 
 def import_archive(cache_dir: Path, archive: Path, repository: str | None = None) -> ImportReport:
     """Verify the whole archive, then store its blobs, manifests and tags; raises ArchiveError."""
     base = parse_image_name(repository) if repository else None
     reader = ArchiveReader(archive)
+    cache: CacheDirectory | None = None
     try:
         try:
             plan = Planner(reader, base).plan()
             _verify(reader, plan)
             report = ImportReport(plan.kind, plan.tags, notes=plan.notes)
-            asyncio.run(_commit(cache_dir, reader, plan, report))
+            cache = CacheDirectory.open(cache_dir)
+            asyncio.run(_commit(cache, reader, plan, report))
         except (tarfile.TarError, EOFError) as exc:
             raise ArchiveError(f"{archive}: damaged tar archive: {exc}") from None
         except RegistryError as exc:  # a blob changed between verification and commit
             raise ArchiveError(f"{archive}: {exc.message} {exc.detail or ''}") from None
-        _set_tags(cache_dir, plan)
+        _set_tags(cache, plan)
         return report
     finally:
         reader.close()
+        if cache is not None:
+            cache.close()

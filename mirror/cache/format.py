@@ -1,0 +1,144 @@
+"""The cache directory's format version: checked at every open, upgraded from older versions, newer ones refused.
+
+Format 1 is what mirror wrote before the FORMAT file existed (up to 0223d2e): its metadata
+keys were pickled tuples and its tag answers pickled `mirror.manifests.TagEntry` objects.
+Those pickles are read here with an unpickler that knows exactly that one class, rewritten
+as format 2's text keys and JSON values, and only then is FORMAT written: a crash midway
+leaves a format-1 cache, and the next start does the upgrade again.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import pickle
+import sqlite3
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import diskcache
+
+from mirror.cache.layout import FORMAT_VERSION, CacheLayout, TagEntry, encode_tag_entries, manifest_key, tag_key
+
+log = logging.getLogger(__name__)
+
+_MODE_RAW, _MODE_PICKLE = 1, 4  # diskcache's value modes
+
+
+class CacheFormatError(Exception):
+    """A cache directory this version cannot read; the message says what to do."""
+
+
+def prepare(layout: CacheLayout) -> None:
+    """Create a new cache, or check an existing one and upgrade it to FORMAT_VERSION."""
+    version = _read_version(layout)
+    if version is None and (layout.meta.exists() or layout.blobs.exists()):
+        version = 1
+    if version is not None and version > FORMAT_VERSION:
+        raise CacheFormatError(
+            f"the cache in {layout.root} has format {version}, written by a newer mirror; this one reads "
+            f"format {FORMAT_VERSION} and older. Run the newer mirror, or point [cache] directory elsewhere"
+        )
+    for directory in (layout.blobs, layout.tmp, layout.meta):
+        directory.mkdir(parents=True, exist_ok=True)
+    if version == 1:
+        converted = _upgrade_from_1(layout)
+        log.info("cache %s upgraded from format 1 to %d (%d metadata entries)", layout.root, FORMAT_VERSION, converted)
+    if version != FORMAT_VERSION:
+        _write_version(layout)
+
+
+def _read_version(layout: CacheLayout) -> int | None:
+    try:
+        text = layout.format_file.read_text().strip()
+    except FileNotFoundError:
+        return None
+    if not text.isascii() or not text.isdigit():
+        raise CacheFormatError(f"{layout.format_file}: not a format version: {text[:40]!r}")
+    return int(text)
+
+
+def _write_version(layout: CacheLayout) -> None:
+    """Atomically, durably: a FORMAT file is never seen half-written."""
+    fd, temp = tempfile.mkstemp(dir=layout.root, prefix=".FORMAT.")
+    try:
+        os.write(fd, f"{FORMAT_VERSION}\n".encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temp, layout.format_file)
+
+
+@dataclass
+class _Format1TagEntry:
+    """What format 1 pickled as `mirror.manifests.TagEntry`; filled in by unpickling."""
+
+    digest: str = ""
+    media_type: str = ""
+    fetched_at: float = 0.0
+
+
+class _Format1Unpickler(pickle.Unpickler):
+    """Format 1's pickles hold tuples, dicts, strings, floats and that one class: nothing else loads."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("mirror.manifests", "TagEntry"):
+            return _Format1TagEntry
+        raise pickle.UnpicklingError(f"a format-1 cache holds no {module}.{name}")
+
+
+def _unpickle(data: bytes) -> Any:
+    return _Format1Unpickler(io.BytesIO(data)).load()
+
+
+@dataclass
+class _Format1Entries:
+    media_types: dict[str, str] = field(default_factory=dict)
+    tags: dict[tuple[str, str, str], dict[str, TagEntry]] = field(default_factory=dict)
+    old_keys: list[Any] = field(default_factory=list)
+
+
+def _read_format_1(layout: CacheLayout) -> _Format1Entries:
+    found = _Format1Entries()
+    database = layout.meta / "cache.db"
+    if not database.exists():
+        return found
+    connection = sqlite3.connect(database)
+    try:
+        rows = connection.execute("SELECT key, raw, mode, filename, value FROM Cache").fetchall()
+    finally:
+        connection.close()
+    for key_data, raw, mode, filename, value in rows:
+        if raw:
+            continue  # a text key: already format 2
+        key = _unpickle(bytes(key_data))
+        found.old_keys.append(key)
+        if not isinstance(key, tuple):
+            continue
+        if mode == _MODE_PICKLE:
+            value = _unpickle((layout.meta / filename).read_bytes() if filename else bytes(value))
+        elif mode != _MODE_RAW:
+            continue
+        if len(key) == 2 and key[0] == "manifest" and isinstance(value, str):
+            found.media_types[str(key[1])] = value
+        elif len(key) == 4 and key[0] == "tag" and isinstance(value, dict):
+            found.tags[(str(key[1]), str(key[2]), str(key[3]))] = {
+                str(accept): TagEntry(entry.digest, entry.media_type, float(entry.fetched_at))
+                for accept, entry in value.items()
+                if isinstance(entry, _Format1TagEntry)
+            }
+    return found
+
+
+def _upgrade_from_1(layout: CacheLayout) -> int:
+    old = _read_format_1(layout)
+    with diskcache.Cache(str(layout.meta)) as db:
+        for digest, media_type in old.media_types.items():
+            db.set(manifest_key(digest), media_type)
+        for (upstream, repository, tag), entries in old.tags.items():
+            db.set(tag_key(upstream, repository, tag), encode_tag_entries(entries))
+        for key in old.old_keys:
+            db.delete(key)
+    return len(old.media_types) + len(old.tags)

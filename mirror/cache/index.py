@@ -1,0 +1,70 @@
+"""The metadata index: manifests' media types and tags' answers, in diskcache (SQLite), keyed as layout says.
+
+Synchronous: the server calls it through a thread, the command-line tools directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import diskcache
+
+from mirror.cache.layout import (
+    CacheLayout,
+    TagEntry,
+    decode_tag_entries,
+    encode_tag_entries,
+    manifest_key,
+    read_key,
+    tag_key,
+)
+
+TagEntries = dict[str, TagEntry]  # accept key -> answer
+
+
+class MetadataIndex:
+    def __init__(self, layout: CacheLayout) -> None:
+        self._db = diskcache.Cache(str(layout.meta))
+
+    def close(self) -> None:
+        self._db.close()
+
+    def media_type(self, digest: str) -> str | None:
+        value = self._db.get(manifest_key(digest))
+        return value if isinstance(value, str) else None
+
+    def set_media_type(self, digest: str, media_type: str) -> None:
+        self._db.set(manifest_key(digest), media_type)
+
+    def forget_manifest(self, digest: str) -> None:
+        self._db.delete(manifest_key(digest))
+
+    def tag(self, upstream: str, repository: str, tag: str) -> TagEntries:
+        return decode_tag_entries(self._db.get(tag_key(upstream, repository, tag)))
+
+    def set_tag(self, upstream: str, repository: str, tag: str, entries: TagEntries) -> None:
+        self._db.set(tag_key(upstream, repository, tag), encode_tag_entries(entries))
+
+    def update_tag(self, upstream: str, repository: str, tag: str, change: Callable[[TagEntries], TagEntries]) -> None:
+        """Read, change and write a tag's answers in one transaction (another process may write too)."""
+        with self._db.transact():
+            self.set_tag(upstream, repository, tag, change(self.tag(upstream, repository, tag)))
+
+    def forget_tag(self, upstream: str, repository: str, tag: str) -> None:
+        self._db.delete(tag_key(upstream, repository, tag))
+
+    def tags(self) -> Iterator[tuple[str, str, str, TagEntries]]:
+        """(upstream, repository, tag, answers) of every cached tag."""
+        for key in list(self._db.iterkeys()):
+            parts = read_key(key)
+            if parts is not None and len(parts) == 4 and parts[0] == "tag":
+                yield parts[1], parts[2], parts[3], decode_tag_entries(self._db.get(key))
+
+    def manifests(self) -> Iterator[tuple[str, str]]:
+        """(digest, media type) of every manifest recorded."""
+        for key in list(self._db.iterkeys()):
+            parts = read_key(key)
+            if parts is not None and len(parts) == 2 and parts[0] == "manifest":
+                media_type = self._db.get(key)
+                if isinstance(media_type, str):
+                    yield parts[1], media_type

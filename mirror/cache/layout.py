@@ -1,0 +1,106 @@
+"""The cache directory's on-disk format: where every file lives, how metadata is keyed and encoded.
+
+This module is the one owner of that format (version 2)::
+
+    <root>/FORMAT                         the format version, "2"
+    <root>/blobs/<alg>/<2 hex>/<hex>      blob and manifest bytes, complete and verified
+    <root>/tmp/                           downloads under way, swept at start-up
+    <root>/meta/                          diskcache (SQLite) with text keys and JSON text values:
+        ["manifest", digest]              -> the manifest's media type
+        ["tag", upstream, repository, tag] -> {accept key: {"digest", "media_type", "fetched_at"}}
+
+Keys and values are plain text, never pickles of our classes, so moving a module can never
+make a cache unreadable. Format 1 (no FORMAT file; pickled tuples and `TagEntry` objects)
+is upgraded by `mirror.cache.format`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mirror.registry.reference import Digest
+
+FORMAT_VERSION = 2
+
+
+@dataclass(frozen=True, slots=True)
+class TagEntry:
+    """One cached answer for a tag: which manifest, of which type, fetched (or revalidated) when."""
+
+    digest: str
+    media_type: str
+    fetched_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"digest": self.digest, "media_type": self.media_type, "fetched_at": self.fetched_at}
+
+    @classmethod
+    def from_json(cls, data: object) -> TagEntry | None:
+        if not isinstance(data, dict):
+            return None
+        digest, media_type, fetched_at = data.get("digest"), data.get("media_type"), data.get("fetched_at")
+        if not (isinstance(digest, str) and isinstance(media_type, str) and isinstance(fetched_at, int | float)):
+            return None
+        return cls(digest, media_type, float(fetched_at))
+
+
+class CacheLayout:
+    """The paths of one cache directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blobs = root / "blobs"
+        self.tmp = root / "tmp"
+        self.meta = root / "meta"
+        self.format_file = root / "FORMAT"
+
+    def blob_path(self, digest: Digest) -> Path:
+        return self.blobs / digest.algorithm / digest.hex[:2] / digest.hex
+
+    def blob_files(self) -> Iterator[tuple[str, Path]]:
+        """(`algorithm:name`, path) of every file under blobs/, well-named or not."""
+        if self.blobs.is_dir():
+            for path in self.blobs.glob("*/*/*"):
+                yield f"{path.parent.parent.name}:{path.name}", path
+
+    def misplaced(self, digest: Digest, path: Path) -> bool:
+        """Whether a file found under blobs/ is not where its name says it belongs."""
+        return path != self.blob_path(digest)
+
+
+def manifest_key(digest: str) -> str:
+    return json.dumps(["manifest", digest])
+
+
+def tag_key(upstream: str, repository: str, tag: str) -> str:
+    return json.dumps(["tag", upstream, repository, tag])
+
+
+def read_key(key: object) -> list[str] | None:
+    """The parts of a metadata key: ["manifest", digest] or ["tag", upstream, repository, tag]."""
+    if not isinstance(key, str) or not key.startswith("["):
+        return None
+    try:
+        parts = json.loads(key)
+    except ValueError:
+        return None
+    return parts if isinstance(parts, list) and all(isinstance(p, str) for p in parts) else None
+
+
+def encode_tag_entries(entries: dict[str, TagEntry]) -> str:
+    return json.dumps({accept: entry.to_json() for accept, entry in entries.items()}, sort_keys=True)
+
+
+def decode_tag_entries(text: object) -> dict[str, TagEntry]:
+    try:
+        data = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    entries = {accept: TagEntry.from_json(value) for accept, value in data.items()}
+    return {accept: entry for accept, entry in entries.items() if entry is not None}
