@@ -36,9 +36,11 @@ class Mirror:
         self.stats = Stats()
         self.traffic = Traffic()
         self.directory = CacheDirectory.open(config.cache.directory)  # format checked, upgraded if old
-        self.store = BlobStore(self.directory.layout, config.cache.max_size, self.stats)
+        keep = config.cache.inventory_max_age
+        self.store = BlobStore(self.directory.layout, config.cache.max_size, self.stats, pin_max_age=keep)
         self.store.open_sync()
         self.manifests = ManifestCache(self.directory.metadata, self.store)
+        self.manifests.load_pins()
         self.inflight = InflightDownloads(self.store, self.stats)
         self.proxy = Proxy(self.store, self.manifests, self.inflight, self.stats, config.cache.tag_ttl)
         self.upstreams = {
@@ -55,8 +57,8 @@ class Mirror:
         """Make room if max_size shrank since the last run, then start the background work."""
         await self.store.evict_to_fit()
         background: list[Coroutine[Any, Any, None]] = [self.traffic.sample_forever(self.stats)]
-        if self.config.cache.max_age is not None:
-            background.append(self._expire_forever(self.config.cache.max_age))
+        if self.config.cache.max_age is not None or self.config.cache.inventory_max_age is not None:
+            background.append(self._expire_forever())
         background += [keep_warm(self.proxy, self.upstream_for, entry) for entry in self.config.prefetch]
         self._tasks = [asyncio.create_task(work) for work in background]
 
@@ -93,8 +95,12 @@ class Mirror:
             max_size=self.config.cache.max_size,
         )
 
-    async def _expire_forever(self, max_age: float) -> None:
-        """Drop content nobody pulled for max_age, checking a few times per max_age."""
+    async def _expire_forever(self) -> None:
+        """Drop content nobody pulled for max_age, and tags nobody pulled for tag_max_age, a few times per age."""
+        ages = [age for age in (self.config.cache.max_age, self.config.cache.inventory_max_age) if age is not None]
         while True:
-            await self.store.expire(max_age)
-            await asyncio.sleep(min(max(max_age / 10, 1.0), 3600.0))
+            if self.config.cache.max_age is not None:
+                await self.store.expire(self.config.cache.max_age)
+            if self.config.cache.inventory_max_age is not None:
+                await self.manifests.forget_tags_older_than(self.config.cache.inventory_max_age)
+            await asyncio.sleep(min(max(min(ages) / 10, 1.0), 3600.0))

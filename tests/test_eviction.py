@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -156,3 +157,73 @@ def test_config_rejects_bad_sizes(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "cache.max_size" in result.stderr
+
+
+def test_eviction_keeps_the_inventory(registry: Registry, tmp_path: Path) -> None:
+    """Under a max_size smaller than what was pulled, `mirror ls` still lists every tag with its platforms."""
+    with Pusher(registry.url) as pusher:
+        single = pusher.image("library/inv-single", "1.0", [MIB, MIB // 2], seed=300)
+        amd64 = pusher.image("library/inv-multi", "amd64", [MIB], seed=301)
+        arm64 = pusher.image("library/inv-multi", "arm64", [MIB], seed=302, platform=("linux", "arm64"))
+        pusher.index("library/inv-multi", "1.0", [amd64, arm64], oci=True)
+        oci = pusher.image("library/inv-oci", "1.0", [MIB + MIB // 2], seed=303, oci=True)
+    process = MirrorProcess(tmp_path / "m", {"docker.io": registry.url}, extra_config=f"max_size = {2 * MIB}").start()
+    try:
+        for n, reference in enumerate(["library/inv-single:1.0", "library/inv-multi:1.0", "library/inv-oci:1.0"]):
+            skopeo_copy(process, reference, tmp_path / f"pull{n}")
+        process.wait_idle()
+        assert process.stats()["evictions"] > 0, "the test must overfill the budget"
+        listed = subprocess.run(
+            [sys.executable, "-m", "mirror", "ls", "--json", "--config", str(process.root / "config.toml")],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        table = subprocess.run(
+            [sys.executable, "-m", "mirror", "ls", "--config", str(process.root / "config.toml")],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        api = httpx.get(f"{process.url}/api/images").json()
+    finally:
+        process.stop()
+    rows = {row["repository"]: row for row in json.loads(listed.stdout)}
+    assert set(rows) == {"library/inv-single", "library/inv-multi", "library/inv-oci"}
+    assert rows["library/inv-single"]["platforms"] == ["linux/amd64"], "the config blob was kept"
+    assert rows["library/inv-multi"]["platforms"] == ["linux/amd64", "linux/arm64"], "from the index"
+    assert rows["library/inv-oci"]["platforms"] == ["linux/amd64"]
+    single_size = sum(len(b) for b in single.blobs.values())
+    assert rows["library/inv-single"]["size"] == single_size
+    assert rows["library/inv-single"]["cached_size"] < single_size, "its layers made room for later pulls"
+    assert not rows["library/inv-single"]["complete"]
+    assert rows["library/inv-oci"]["complete"], "the last pull is all there"
+    assert rows["library/inv-oci"]["size"] == sum(len(b) for b in oci.blobs.values())
+    assert "(partial)" in table and " - " not in table.replace("  ", " ")
+    assert [row["tag"] for row in api] == ["1.0", "1.0", "1.0"], "/api/images asks the running cache"
+
+
+def test_tags_nobody_pulls_for_tag_max_age_go(registry: Registry, images: dict[str, Image], tmp_path: Path) -> None:
+    process = MirrorProcess(
+        tmp_path / "m", {"docker.io": registry.url}, extra_config='tag_ttl = "1s"\ntag_max_age = "2s"'
+    ).start()
+    config = str(process.root / "config.toml")
+
+    def listed() -> list[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "mirror", "ls", "--json", "--config", config], capture_output=True, text=True
+        )
+        return [row["repository"] for row in json.loads(result.stdout)]
+
+    try:
+        skopeo_copy(process, "library/demo:latest", tmp_path / "out")
+        assert listed() == ["library/demo"]
+        deadline = time.monotonic() + 15
+        while listed():
+            assert time.monotonic() < deadline, "the tag should have gone after tag_max_age"
+            time.sleep(0.5)
+        # Gone from the inventory, not from the registry API: the next pull fetches the tag again.
+        skopeo_copy(process, "library/demo:latest", tmp_path / "again")
+        assert listed() == ["library/demo"]
+    finally:
+        process.stop()

@@ -38,7 +38,13 @@ class BlobStore:
     start-up and can never disagree with the disk after a crash.
     """
 
-    def __init__(self, layout: CacheLayout, max_size: int | None = None, stats: Stats | None = None) -> None:
+    def __init__(
+        self,
+        layout: CacheLayout,
+        max_size: int | None = None,
+        stats: Stats | None = None,
+        pin_max_age: float | None = None,
+    ) -> None:
         self.layout = layout
         self.root = layout.root
         self.tmp = layout.tmp
@@ -47,6 +53,9 @@ class BlobStore:
         # digest → (size, last use), least recently used first.
         self._lru: OrderedDict[Digest, tuple[int, float]] = OrderedDict()
         self._evicting: set[Digest] = set()
+        # The inventory (manifests, image configs): kept when room is made, unless unused for pin_max_age.
+        self._pinned: set[Digest] = set()
+        self.pin_max_age = pin_max_age
         self.total_bytes = 0
         self.reserved = 0
         # Room kept free on the cache's filesystem beyond a download's size.
@@ -160,31 +169,34 @@ class BlobStore:
         stat = os.statvfs(self.root)
         return stat.f_bavail * stat.f_frsize
 
-    async def evict_bytes(self, amount: int) -> None:
-        """Remove least recently used blobs totalling at least `amount` bytes, if there are that many."""
+    def pin(self, *digests: Digest) -> None:
+        """Keep these when room is made: manifests and configs are what `mirror ls` shows, and small."""
+        self._pinned.update(digests)
+
+    def _least_recent(self, amount: int) -> list[Digest]:
+        """Least recently used blobs that may go, totalling at least `amount` bytes if there are that many."""
         victims: list[Digest] = []
-        for digest, (size, _) in self._lru.items():
+        unpinned_before = time.time() - self.pin_max_age if self.pin_max_age is not None else None
+        for digest, (size, last_use) in self._lru.items():
             if amount <= 0:
                 break
+            if digest in self._pinned and (unpinned_before is None or last_use >= unpinned_before):
+                continue
             victims.append(digest)
             amount -= size
-        await self._evict(victims)
+        return victims
+
+    async def evict_bytes(self, amount: int) -> None:
+        """Remove least recently used blobs totalling at least `amount` bytes, if there are that many."""
+        await self._evict(self._least_recent(amount))
 
     def release(self, size: int) -> None:
         self.reserved -= size
 
     async def evict_to_fit(self) -> None:
         """Remove least recently used blobs until committed plus reserved bytes fit max_size."""
-        if self.max_size is None:
-            return
-        excess = self.total_bytes + self.reserved - self.max_size
-        victims: list[Digest] = []
-        for digest, (size, _) in self._lru.items():
-            if excess <= 0:
-                break
-            victims.append(digest)
-            excess -= size
-        await self._evict(victims)
+        if self.max_size is not None:
+            await self._evict(self._least_recent(self.total_bytes + self.reserved - self.max_size))
 
     async def expire(self, max_age: float) -> None:
         """Remove blobs nobody has used for max_age seconds."""
@@ -203,6 +215,7 @@ class BlobStore:
             self.stats.evictions += 1
             self.stats.evicted_bytes += self._lru[digest][0]
             self._forget(digest)
+            self._pinned.discard(digest)
             self._evicting.add(digest)
         try:
             await anyio.to_thread.run_sync(_unlink_all, [self.path(d) for d in victims])

@@ -20,7 +20,17 @@ from typing import Any
 
 import diskcache
 
-from mirror.cache.layout import FORMAT_VERSION, CacheLayout, TagEntry, encode_tag_entries, manifest_key, tag_key
+from mirror.cache.layout import (
+    FORMAT_VERSION,
+    CacheLayout,
+    ManifestRecord,
+    TagEntry,
+    encode_tag_entries,
+    manifest_key,
+    tag_key,
+)
+from mirror.registry.errors import RegistryError
+from mirror.registry.reference import parse_digest
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +146,11 @@ def _upgrade_from_1(layout: CacheLayout) -> int:
     old = _read_format_1(layout)
     with diskcache.Cache(str(layout.meta)) as db:
         for digest, media_type in old.media_types.items():
-            db.set(manifest_key(digest), media_type)
+            try:
+                body = layout.blob_path(parse_digest(digest)).read_bytes()
+            except (OSError, RegistryError):
+                body = b""  # evicted: the record keeps its media type, without a config
+            db.set(manifest_key(digest), ManifestRecord.of(media_type, body).encode())
         for (upstream, repository, tag), entries in old.tags.items():
             db.set(tag_key(upstream, repository, tag), encode_tag_entries(entries))
         for key in old.old_keys:

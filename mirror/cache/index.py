@@ -11,6 +11,7 @@ import diskcache
 
 from mirror.cache.layout import (
     CacheLayout,
+    ManifestRecord,
     TagEntry,
     decode_tag_entries,
     encode_tag_entries,
@@ -29,12 +30,15 @@ class MetadataIndex:
     def close(self) -> None:
         self._db.close()
 
-    def media_type(self, digest: str) -> str | None:
-        value = self._db.get(manifest_key(digest))
-        return value if isinstance(value, str) else None
+    def manifest(self, digest: str) -> ManifestRecord | None:
+        return ManifestRecord.decode(self._db.get(manifest_key(digest)))
 
-    def set_media_type(self, digest: str, media_type: str) -> None:
-        self._db.set(manifest_key(digest), media_type)
+    def media_type(self, digest: str) -> str | None:
+        record = self.manifest(digest)
+        return record.media_type if record is not None else None
+
+    def set_manifest(self, digest: str, record: ManifestRecord) -> None:
+        self._db.set(manifest_key(digest), record.encode())
 
     def forget_manifest(self, digest: str) -> None:
         self._db.delete(manifest_key(digest))
@@ -60,11 +64,11 @@ class MetadataIndex:
             if parts is not None and len(parts) == 4 and parts[0] == "tag":
                 yield parts[1], parts[2], parts[3], decode_tag_entries(self._db.get(key))
 
-    def manifests(self) -> Iterator[tuple[str, str]]:
-        """(digest, media type) of every manifest recorded."""
+    def manifests(self) -> Iterator[tuple[str, ManifestRecord]]:
+        """(digest, record) of every manifest recorded."""
         for key in list(self._db.iterkeys()):
             parts = read_key(key)
             if parts is not None and len(parts) == 2 and parts[0] == "manifest":
-                media_type = self._db.get(key)
-                if isinstance(media_type, str):
-                    yield parts[1], media_type
+                record = ManifestRecord.decode(self._db.get(key))
+                if record is not None:
+                    yield parts[1], record

@@ -3,34 +3,50 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from mirror.cache.directory import CacheDirectory
 from mirror.registry.mediatypes import platform_name
 
 
-def describe(cache: CacheDirectory, digest: str) -> tuple[int | None, list[str]]:
-    """Size and platforms of a cached image; for an index, the sum over its cached children."""
+@dataclass
+class ImageSummary:
+    size: int | None = None  # config plus layers, as the manifests declare them (None: no manifest cached)
+    cached: int = 0  # how much of that is on disk now
+    platforms: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return self.size is not None and self.cached >= self.size
+
+
+def describe(cache: CacheDirectory, digest: str) -> ImageSummary:
+    """Size, bytes present and platforms of a cached image; for an index, over its cached children."""
     manifest = cache.read_json(digest)
     if manifest is None:
-        return None, []
+        return ImageSummary()
     if isinstance(manifest.get("manifests"), list):
         children = [m for m in manifest["manifests"] if isinstance(m, dict) and isinstance(m.get("digest"), str)]
-        platforms = [platform_name(m.get("platform")) for m in children]
-        sizes = [size for m in children if (size := _image_size(cache, m["digest"])) is not None]
-        return (sum(sizes) if sizes else None), [p for p in platforms if p != "unknown/unknown"]
+        platforms = [p for p in (platform_name(m.get("platform")) for m in children) if p != "unknown/unknown"]
+        parts = [_image_size(cache, cache.read_json(m["digest"])) for m in children]
+        known = [part for part in parts if part is not None]
+        size = sum(declared for declared, _ in known) if known else None
+        return ImageSummary(size, sum(cached for _, cached in known), platforms)
     config: dict[str, Any] = manifest["config"] if isinstance(manifest.get("config"), dict) else {}
     config_json = cache.read_json(str(config.get("digest", ""))) if config.get("digest") else None
-    return _image_size(cache, digest, manifest), [platform_name(config_json)] if config_json is not None else []
+    size, cached = _image_size(cache, manifest) or (None, 0)
+    return ImageSummary(size, cached, [platform_name(config_json)] if config_json is not None else [])
 
 
-def _image_size(cache: CacheDirectory, digest: str, manifest: dict[str, Any] | None = None) -> int | None:
-    """Config plus layers of an image manifest (None when the manifest is not cached)."""
-    manifest = manifest if manifest is not None else cache.read_json(digest)
+def _image_size(cache: CacheDirectory, manifest: dict[str, Any] | None) -> tuple[int, int] | None:
+    """(declared, present) bytes of an image manifest's config and layers; None without the manifest."""
     if manifest is None:
         return None
-    descriptors = [manifest.get("config"), *manifest.get("layers", [])]
-    return sum(int(d.get("size", 0)) for d in descriptors if isinstance(d, dict))
+    descriptors = [d for d in [manifest.get("config"), *manifest.get("layers", [])] if isinstance(d, dict)]
+    declared = sum(int(d.get("size", 0)) for d in descriptors)
+    present = sum(int(d.get("size", 0)) for d in descriptors if cache.has(str(d.get("digest", ""))))
+    return declared, present
 
 
 def list_images(cache: CacheDirectory, repository: str | None = None) -> list[dict[str, Any]]:
@@ -44,7 +60,7 @@ def list_images(cache: CacheDirectory, repository: str | None = None) -> list[di
             if entry.digest in seen:
                 continue
             seen.add(entry.digest)
-            size, platforms = describe(cache, entry.digest)
+            summary = describe(cache, entry.digest)
             rows.append(
                 {
                     "upstream": upstream,
@@ -52,8 +68,10 @@ def list_images(cache: CacheDirectory, repository: str | None = None) -> list[di
                     "tag": tag,
                     "digest": entry.digest,
                     "media_type": entry.media_type,
-                    "size": size,
-                    "platforms": platforms,
+                    "size": summary.size,
+                    "cached_size": summary.cached,
+                    "complete": summary.complete,
+                    "platforms": summary.platforms,
                     "last_pull": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry.fetched_at)),
                 }
             )
@@ -68,7 +86,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
             f"{r['upstream']}/{r['repository']}",
             r["tag"],
             r["digest"][:19],
-            _human(r["size"]),
+            _size_cell(r),
             r["last_pull"],
             ",".join(r["platforms"]) or "-",
         ]
@@ -78,6 +96,13 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     return "".join(
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() + "\n" for row in table
     )
+
+
+def _size_cell(row: dict[str, Any]) -> str:
+    """`390.0KiB` when all is cached; `12.0KiB of 390.0KiB (partial)` when eviction took layers."""
+    if row["size"] is None or row["complete"]:
+        return _human(row["size"])
+    return f"{_human(row['cached_size'])} of {_human(row['size'])} (partial)"
 
 
 def _human(size: int | None) -> str:

@@ -6,7 +6,7 @@ This module is the one owner of that format (version 2)::
     <root>/blobs/<alg>/<2 hex>/<hex>      blob and manifest bytes, complete and verified
     <root>/tmp/                           downloads under way, swept at start-up
     <root>/meta/                          diskcache (SQLite) with text keys and JSON text values:
-        ["manifest", digest]              -> the manifest's media type
+        ["manifest", digest]              -> {"media_type", "config": the image config's digest or null}
         ["tag", upstream, repository, tag] -> {accept key: {"digest", "media_type", "fetched_at"}}
 
 Keys and values are plain text, never pickles of our classes, so moving a module can never
@@ -104,3 +104,35 @@ def decode_tag_entries(text: object) -> dict[str, TagEntry]:
         return {}
     entries = {accept: TagEntry.from_json(value) for accept, value in data.items()}
     return {accept: entry for accept, entry in entries.items() if entry is not None}
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestRecord:
+    """What the index keeps of a manifest: its media type, and its image config (the inventory's platform)."""
+
+    media_type: str
+    config: str | None
+
+    @classmethod
+    def of(cls, media_type: str, body: bytes) -> ManifestRecord:
+        try:
+            manifest = json.loads(body)
+        except ValueError:
+            manifest = None
+        config = manifest.get("config") if isinstance(manifest, dict) else None
+        digest = config.get("digest") if isinstance(config, dict) else None
+        return cls(media_type, digest if isinstance(digest, str) else None)
+
+    def encode(self) -> str:
+        return json.dumps({"media_type": self.media_type, "config": self.config})
+
+    @classmethod
+    def decode(cls, text: object) -> ManifestRecord | None:
+        try:
+            data = json.loads(text) if isinstance(text, str) else None
+        except ValueError:
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("media_type"), str):
+            return None
+        config = data.get("config")
+        return cls(data["media_type"], config if isinstance(config, str) else None)

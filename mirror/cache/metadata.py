@@ -7,7 +7,9 @@ warm tag resolution touches neither SQLite nor the disk.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import time
 from dataclasses import dataclass
 
 import anyio.to_thread
@@ -15,9 +17,10 @@ from cachetools import LRUCache
 
 from mirror.cache.blobs import BlobStore
 from mirror.cache.index import MetadataIndex
-from mirror.cache.layout import TagEntry
+from mirror.cache.layout import ManifestRecord, TagEntry
+from mirror.registry.errors import RegistryError
 from mirror.registry.mediatypes import INDEX_TYPES, accept_key
-from mirror.registry.reference import Digest
+from mirror.registry.reference import Digest, parse_digest
 
 _MEMORY_BYTES = 64 * 1024 * 1024
 
@@ -61,6 +64,17 @@ class ManifestCache:
         )
         self._tags: LRUCache[tuple[str, str, str], dict[str, TagEntry]] = LRUCache(maxsize=100_000)
 
+    def load_pins(self) -> None:
+        """Pin every recorded manifest and its config, so that making room never takes the inventory."""
+        for digest, record in self.index.manifests():
+            self._pin(digest, record)
+
+    def _pin(self, digest: str, record: ManifestRecord) -> None:
+        pins = [digest] if record.config is None else [digest, record.config]
+        # A config digest we cannot parse names nothing we could have cached: skip it.
+        with contextlib.suppress(RegistryError):
+            self.store.pin(*map(parse_digest, pins))
+
     def get_in_memory(self, key: str) -> Manifest | None:
         """A manifest held in memory: no I/O, no await."""
         held = self._held.get(key)
@@ -93,7 +107,9 @@ class ManifestCache:
     async def put(self, digest: Digest, manifest: Manifest) -> None:
         if await self.store.stat(digest) is None:
             await self.store.put(digest, manifest.body)
-        await anyio.to_thread.run_sync(self.index.set_media_type, manifest.digest, manifest.media_type)
+        record = ManifestRecord.of(manifest.media_type, manifest.body)
+        await anyio.to_thread.run_sync(self.index.set_manifest, manifest.digest, record)
+        self._pin(manifest.digest, record)
         self._media_types[manifest.digest] = manifest.media_type
         self._held[manifest.digest] = (manifest, digest)
 
@@ -111,3 +127,20 @@ class ManifestCache:
         entries[accept] = entry
         self._tags[(upstream, repository, tag)] = entries
         await anyio.to_thread.run_sync(self.index.set_tag, upstream, repository, tag, entries)
+
+    async def forget_tags_older_than(self, age: float) -> int:
+        """Drop tags nobody pulled (nor revalidated) for `age` seconds; their manifests then age like any blob."""
+        cutoff = time.time() - age
+
+        def stale() -> list[tuple[str, str, str]]:
+            return [
+                (upstream, repository, tag)
+                for upstream, repository, tag, entries in self.index.tags()
+                if all(entry.fetched_at < cutoff for entry in entries.values())
+            ]
+
+        gone = await anyio.to_thread.run_sync(stale)
+        for key in gone:
+            await anyio.to_thread.run_sync(self.index.forget_tag, *key)
+            self._tags.pop(key, None)
+        return len(gone)

@@ -39,6 +39,12 @@ class CacheConfig:
     tag_ttl: float = 60.0
     max_size: int | None = None
     max_age: float | None = None
+    tag_max_age: float | None = None  # tags (and the manifests kept for them) unpulled this long go
+
+    @property
+    def inventory_max_age(self) -> float | None:
+        """How long a tag and its manifests are kept unpulled: tag_max_age, else max_age, else forever."""
+        return self.tag_max_age if self.tag_max_age is not None else self.max_age
 
 
 @dataclass(frozen=True)

@@ -133,6 +133,10 @@ def from_dict(data: dict[str, Any], proxy_env: ProxyEnvironment | None = None) -
     max_age = None if max_age is None else parse_duration(max_age, cache_table.key("max_age"))
     if max_age == 0:
         raise ConfigError(cache_table.key("max_age"), "must be more than zero; leave it out to keep content forever")
+    tag_max_age = cache_table.raw("tag_max_age")
+    tag_max_age = None if tag_max_age is None else parse_duration(tag_max_age, cache_table.key("tag_max_age"))
+    if tag_max_age == 0:
+        raise ConfigError(cache_table.key("tag_max_age"), "must be more than zero; leave it out to follow max_age")
     cache_table.finish()
 
     log_table = root.table("log")
@@ -155,7 +159,7 @@ def from_dict(data: dict[str, Any], proxy_env: ProxyEnvironment | None = None) -
     root.finish()
     return Config(
         server=ServerConfig(host, port, default_upstream, log_level, tls_cert, tls_key, head_timeout),
-        cache=CacheConfig(directory, tag_ttl, max_size, max_age),
+        cache=CacheConfig(directory, tag_ttl, max_size, max_age, tag_max_age),
         log=LogConfig(log_format),
         auth=auth,
         prefetch=prefetch,

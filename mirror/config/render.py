@@ -42,6 +42,7 @@ def render(config: Config) -> str:
                 "tag_ttl": config.cache.tag_ttl,
                 "max_size": config.cache.max_size,
                 "max_age": config.cache.max_age,
+                "tag_max_age": config.cache.tag_max_age,
             },
         ),
         table("log", {"format": config.log.format}),
