@@ -15,6 +15,7 @@ from mirror.cache.blobs import BlobStore
 from mirror.cache.directory import CacheDirectory
 from mirror.cache.downloads import InflightDownloads
 from mirror.cache.metadata import ManifestCache
+from mirror.cache.tags import LocalTagStore
 from mirror.config import Config
 from mirror.proxy import Proxy
 from mirror.registry.errors import NameUnknown
@@ -41,8 +42,9 @@ class Mirror:
         self.store.open_sync()
         self.manifests = ManifestCache(self.directory.metadata, self.store)
         self.manifests.load_pins()
+        self.tags = LocalTagStore(self.directory.metadata)
         self.inflight = InflightDownloads(self.store, self.stats)
-        self.proxy = Proxy(self.store, self.manifests, self.inflight, self.stats, config.cache.tag_ttl)
+        self.proxy = Proxy(self.store, self.manifests, self.tags, self.inflight, self.stats, config.cache.tag_ttl)
         self.upstreams = {
             name: Upstream(upstream, self.stats, config.proxy_env) for name, upstream in config.upstreams.items()
         }
@@ -102,5 +104,5 @@ class Mirror:
             if self.config.cache.max_age is not None:
                 await self.store.expire(self.config.cache.max_age)
             if self.config.cache.inventory_max_age is not None:
-                await self.manifests.forget_tags_older_than(self.config.cache.inventory_max_age)
+                await self.tags.forget_tags_older_than(self.config.cache.inventory_max_age)
             await asyncio.sleep(min(max(min(ages) / 10, 1.0), 3600.0))

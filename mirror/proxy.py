@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from io import FileIO
+from typing import Protocol
 
+from mirror.bodies import BlobBody, CachedBody, DownloadBody, PassThroughBody
 from mirror.cache.blobs import BlobStore
-from mirror.cache.downloads import Download, InflightDownloads, NoRoom, PassThrough, SingleFlight
+from mirror.cache.downloads import BlobStream, InflightDownloads, NoRoom, PassThrough, SingleFlight
 from mirror.cache.layout import TagEntry
 from mirror.cache.metadata import Manifest, ManifestCache, manifest_digest, same_answer
+from mirror.cache.tags import TagStore
 from mirror.registry.errors import DigestInvalid, TooManyRequests, UpstreamUnavailable
 from mirror.registry.mediatypes import accept_key, accepted_types, admits
 from mirror.registry.reference import Digest, parse_digest
@@ -30,10 +33,10 @@ class ManifestAnswer:
     cache_status: str  # HIT, MISS, REVALIDATED or STALE
 
 
-@dataclass(frozen=True)
-class CachedBlob:
-    file: FileIO
-    size: int
+class BlobSource(Protocol):
+    """Where a missing blob comes from: today the upstream registry; in a fleet, also another replica."""
+
+    def open_blob(self, repository: str, digest: Digest) -> AbstractAsyncContextManager[BlobStream]: ...
 
 
 class Proxy:
@@ -41,12 +44,14 @@ class Proxy:
         self,
         store: BlobStore,
         manifests: ManifestCache,
+        tags: TagStore,
         inflight: InflightDownloads,
         stats: Stats,
         tag_ttl: float,
     ) -> None:
         self.store = store
         self.manifests = manifests
+        self.tag_store = tags
         self.inflight = inflight
         self.stats = stats
         self.tag_ttl = tag_ttl
@@ -62,7 +67,7 @@ class Proxy:
         if isinstance(reference, Digest):
             cached = self.manifests.get_in_memory(str(reference))
             return cached if cached is not None and admits(accepted, cached.media_type) else None
-        entries = self.manifests.tag_entries_in_memory(upstream.name, repository, reference)
+        entries = self.tag_store.tag_entries_in_memory(upstream.name, repository, reference)
         entry = _answer_for(entries, accepted) if entries else None
         if entry is None or time.time() - entry.fetched_at >= self.tag_ttl:
             return None
@@ -113,7 +118,7 @@ class Proxy:
     async def _resolve_tag(self, upstream: Upstream, repository: str, tag: str, accept: list[str]) -> ManifestAnswer:
         accepted = accepted_types(accept)
         key = accept_key(accepted)
-        entries = await self.manifests.tag_entries(upstream.name, repository, tag, reload=True)
+        entries = await self.tag_store.tag_entries(upstream.name, repository, tag, reload=True)
         entry = _answer_for(entries, accepted)
         if entry is not None and time.time() - entry.fetched_at < self.tag_ttl:
             cached = await self.manifests.get(parse_digest(entry.digest))
@@ -151,7 +156,7 @@ class Proxy:
 
     async def _remember_tag(self, upstream: Upstream, repository: str, tag: str, key: str, manifest: Manifest) -> None:
         entry = TagEntry(manifest.digest, manifest.media_type, time.time())
-        await self.manifests.set_tag(upstream.name, repository, tag, key, entry)
+        await self.tag_store.set_tag(upstream.name, repository, tag, key, entry)
 
     async def _stale_tag(
         self, entries: dict[str, TagEntry], entry: TagEntry | None, accepted: frozenset[str]
@@ -168,15 +173,16 @@ class Proxy:
 
     # Blobs
 
-    async def blob(
-        self, upstream: Upstream, repository: str, digest: Digest
-    ) -> tuple[CachedBlob | Download | PassThrough, str]:
-        """A complete cached file, or the download (new or joined) that is fetching it; and how."""
+    async def blob(self, upstream: Upstream, repository: str, digest: Digest) -> BlobBody:
+        """The cached file, or the download (new or joined) that is fetching it, or a pass-through."""
+        return await self.blob_from(upstream, repository, digest)
+
+    async def blob_from(self, source: BlobSource, repository: str, digest: Digest) -> BlobBody:
         while True:
             opened = await self.store.open(digest)
             if opened is not None:
                 self.stats.blob_hits += 1
-                return CachedBlob(*opened), "HIT"
+                return CachedBody(*opened, self.stats)
             download = self.inflight.get(digest)
             if download is not None:
                 self.stats.coalesced += 1
@@ -186,7 +192,7 @@ class Proxy:
             # and the start below run without a pause: no second download can slip in between.
             if self.store.size_now(digest) is None:
                 self.stats.blob_misses += 1
-                download = self.inflight.start(digest, lambda: upstream.open_blob(repository, digest))
+                download = self.inflight.start(digest, lambda: source.open_blob(repository, digest))
                 status = "MISS"
                 break
         try:
@@ -194,10 +200,10 @@ class Proxy:
             await asyncio.shield(download.ready)
         except NoRoom:
             self.stats.uncached_downloads += 1
-            passthrough = PassThrough(digest, lambda: upstream.open_blob(repository, digest), self.stats)
+            passthrough = PassThrough(digest, lambda: source.open_blob(repository, digest), self.stats)
             await passthrough.open()
-            return passthrough, "BYPASS"
-        return download, status
+            return PassThroughBody(passthrough)
+        return DownloadBody(download, status, self.stats)
 
     async def blob_size(self, upstream: Upstream, repository: str, digest: Digest) -> int | None:
         """The size of a blob for HEAD, without downloading it."""

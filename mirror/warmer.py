@@ -7,9 +7,8 @@ import json
 import logging
 from collections.abc import Callable
 
-from mirror.cache.downloads import Download, PassThrough
 from mirror.config import PrefetchConfig
-from mirror.proxy import CachedBlob, Proxy
+from mirror.proxy import Proxy
 from mirror.registry.errors import RegistryError
 from mirror.registry.mediatypes import ACCEPT_ALL, platform_matches, platform_name
 from mirror.registry.reference import parse_digest, parse_image, parse_name, parse_reference
@@ -44,14 +43,8 @@ async def warm_once(proxy: Proxy, upstream_for: UpstreamFor, entry: PrefetchConf
         for descriptor in [manifest.get("config"), *manifest.get("layers", [])]:
             if not isinstance(descriptor, dict):
                 continue
-            source, status = await proxy.blob(upstream, repository, parse_digest(descriptor["digest"]))
-            if isinstance(source, CachedBlob):
-                source.file.close()
-            elif isinstance(source, PassThrough):
-                await source.aclose()  # no room to cache it: nothing to warm
-            elif isinstance(source, Download) and source.task is not None:
-                await asyncio.shield(source.task)
-                fetched += status == "MISS"
+            body = await proxy.blob(upstream, repository, parse_digest(descriptor["digest"]))
+            fetched += await body.settle()
     return fetched
 
 

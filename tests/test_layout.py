@@ -13,6 +13,7 @@ LAYERS = [
     {"mirror", "mirror.registry", "mirror.stats", "mirror.config"},
     {"mirror.traffic"},
     {"mirror.cache", "mirror.upstream"},  # side by side: neither imports the other
+    {"mirror.bodies"},
     {"mirror.proxy"},
     {"mirror.warmer"},
     {"mirror.composition"},

@@ -27,15 +27,15 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 
-class BlobSource(Protocol):
-    """An upstream response body being downloaded: its announced size and its raw bytes."""
+class BlobStream(Protocol):
+    """A blob's bytes as they arrive from its source: the announced size and the raw bytes."""
 
     size: int | None
 
     def chunks(self) -> AsyncIterator[bytes]: ...
 
 
-OpenSource = Callable[[], AbstractAsyncContextManager[BlobSource]]
+OpenSource = Callable[[], AbstractAsyncContextManager[BlobStream]]
 
 
 class DownloadFailed(UpstreamFailed):
@@ -57,7 +57,7 @@ class PassThrough:
         self.digest = digest
         self._open_source = open_source
         self._stack = AsyncExitStack()
-        self._source: BlobSource | None = None
+        self._source: BlobStream | None = None
         self.stats = stats
         self.size: int | None = None
 

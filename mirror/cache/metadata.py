@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import time
 from dataclasses import dataclass
 
 import anyio.to_thread
@@ -17,7 +16,7 @@ from cachetools import LRUCache
 
 from mirror.cache.blobs import BlobStore
 from mirror.cache.index import MetadataIndex
-from mirror.cache.layout import ManifestRecord, TagEntry
+from mirror.cache.layout import ManifestRecord
 from mirror.registry.errors import RegistryError
 from mirror.registry.mediatypes import INDEX_TYPES, accept_key
 from mirror.registry.reference import Digest, parse_digest
@@ -62,7 +61,6 @@ class ManifestCache:
         self._held: LRUCache[str, tuple[Manifest, Digest]] = LRUCache(
             maxsize=_MEMORY_BYTES, getsizeof=lambda held: len(held[0].body)
         )
-        self._tags: LRUCache[tuple[str, str, str], dict[str, TagEntry]] = LRUCache(maxsize=100_000)
 
     def load_pins(self) -> None:
         """Pin every recorded manifest and its config, so that making room never takes the inventory."""
@@ -82,9 +80,6 @@ class ManifestCache:
             return None
         self.store.touch(held[1])
         return held[0]
-
-    def tag_entries_in_memory(self, upstream: str, repository: str, tag: str) -> dict[str, TagEntry] | None:
-        return self._tags.get((upstream, repository, tag))
 
     async def get(self, digest: Digest) -> Manifest | None:
         key = str(digest)
@@ -112,35 +107,3 @@ class ManifestCache:
         self._pin(manifest.digest, record)
         self._media_types[manifest.digest] = manifest.media_type
         self._held[manifest.digest] = (manifest, digest)
-
-    async def tag_entries(self, upstream: str, repository: str, tag: str, reload: bool = False) -> dict[str, TagEntry]:
-        """A tag's cached answers; `reload` rereads them (`mirror import` may have changed them meanwhile)."""
-        key = (upstream, repository, tag)
-        entries = self._tags.get(key)
-        if entries is None or reload:
-            entries = await anyio.to_thread.run_sync(self.index.tag, *key)
-            self._tags[key] = entries
-        return entries
-
-    async def set_tag(self, upstream: str, repository: str, tag: str, accept: str, entry: TagEntry) -> None:
-        entries = dict(await self.tag_entries(upstream, repository, tag))
-        entries[accept] = entry
-        self._tags[(upstream, repository, tag)] = entries
-        await anyio.to_thread.run_sync(self.index.set_tag, upstream, repository, tag, entries)
-
-    async def forget_tags_older_than(self, age: float) -> int:
-        """Drop tags nobody pulled (nor revalidated) for `age` seconds; their manifests then age like any blob."""
-        cutoff = time.time() - age
-
-        def stale() -> list[tuple[str, str, str]]:
-            return [
-                (upstream, repository, tag)
-                for upstream, repository, tag, entries in self.index.tags()
-                if all(entry.fetched_at < cutoff for entry in entries.values())
-            ]
-
-        gone = await anyio.to_thread.run_sync(stale)
-        for key in gone:
-            await anyio.to_thread.run_sync(self.index.forget_tag, *key)
-            self._tags.pop(key, None)
-        return len(gone)

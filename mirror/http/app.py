@@ -16,8 +16,6 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from mirror.cache import inventory
-from mirror.cache.blobs import iter_file
-from mirror.cache.downloads import PassThrough
 from mirror.composition import Mirror
 from mirror.http.access import AccessControl, Htpasswd, load_htpasswd
 from mirror.http.accesslog import AccessLog
@@ -31,10 +29,10 @@ from mirror.http.responses import (
     manifest_headers,
     parse_range,
 )
-from mirror.proxy import CachedBlob, ManifestAnswer
+from mirror.proxy import ManifestAnswer
 from mirror.registry.errors import NotFound, RegistryError, Unsupported
 from mirror.registry.reference import Digest, parse_digest, parse_name, parse_reference
-from mirror.stats import Stats, prometheus
+from mirror.stats import prometheus
 from mirror.upstream import Upstream
 
 log = logging.getLogger(__name__)
@@ -98,39 +96,19 @@ async def _blob(request: Request, mirror: Mirror, upstream: Upstream, repository
     if request.method == "HEAD":
         size = await mirror.proxy.blob_size(upstream, repository, digest)
         return Response(b"", headers={API_VERSION_HEADER[0]: API_VERSION_HEADER[1], **blob_headers(str(digest), size)})
-    source, cache_status = await mirror.proxy.blob(upstream, repository, digest)
-    if isinstance(source, PassThrough):
-        # No room to cache it: the whole blob, straight from the upstream (a Range is ignored).
-        headers = {API_VERSION_HEADER[0]: API_VERSION_HEADER[1], **blob_headers(str(digest), source.size)}
-        headers["X-Cache"] = cache_status
-        return BlobResponse(source.chunks(), 200, headers, str(digest), cleanup=source.aclose)
-    range_header = request.headers.get("range")
-    if isinstance(source, CachedBlob):
-        total: int | None = source.size
-    else:
-        # Without a Range the body can start before the size is known (chunked); with one, wait for it.
-        total = source.size if range_header is None else await source.wait_size()
+    body = await mirror.proxy.blob(upstream, repository, digest)
+    range_header = request.headers.get("range") if body.ranged else None
+    # Without a Range the bytes can start before the size is known (chunked); with one, wait for it.
+    total = await body.size(wait=range_header is not None)
     headers = {API_VERSION_HEADER[0]: API_VERSION_HEADER[1], **blob_headers(str(digest), total)}
-    headers["X-Cache"] = cache_status
+    headers["X-Cache"] = body.cache_status
     start, end, status = 0, total, 200
     byte_range = parse_range(range_header, total) if total is not None else None
     if byte_range is not None:
         (start, end), status = byte_range, 206
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{total}"
         headers["Content-Length"] = str(end - start)
-    if isinstance(source, CachedBlob):
-        body = _counted(iter_file(source.file, start, source.size if end is None else end), mirror.stats)
-    else:
-        body = source.iter_range(start, end)
-        if cache_status == "COALESCED":  # bytes another client's download already fetched
-            body = _counted(body, mirror.stats)
-    return BlobResponse(body, status, headers, str(digest))
-
-
-async def _counted(chunks: AsyncIterator[bytes | memoryview], stats: Stats) -> AsyncIterator[bytes | memoryview]:
-    async for chunk in chunks:
-        stats.bytes_served_from_cache += len(chunk)
-        yield chunk
+    return BlobResponse(body.iter_range(start, end), status, headers, str(digest), cleanup=body.aclose)
 
 
 async def stats_route(request: Request) -> Response:

@@ -1,0 +1,112 @@
+"""What a blob request gets from the proxy: one interface, whatever the bytes' source.
+
+A cached file, a download in flight (started by this request or joined), or a pass-through
+for a blob the cache has no room for: each gives its size, its cache status, its bytes from
+any offset, and a way to let go. Routes and the warmer use this interface, never the types
+behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from io import FileIO
+
+from mirror.cache.blobs import iter_file
+from mirror.cache.downloads import Download, PassThrough
+from mirror.stats import Stats
+
+
+class BlobBody(ABC):
+    cache_status: str  # HIT, MISS, COALESCED or BYPASS
+    ranged = True  # False: only the whole blob can be sent (a Range is ignored)
+
+    @abstractmethod
+    async def size(self, wait: bool = False) -> int | None:
+        """The blob's size; None while unknown, unless `wait`, which waits for it."""
+
+    @abstractmethod
+    def iter_range(self, start: int, end: int | None) -> AsyncIterator[bytes | memoryview]:
+        """Bytes [start, end); end None means to the end. The last byte comes only once verified."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Let go of what the body holds (a file, a connection); the download others share goes on."""
+
+    @abstractmethod
+    async def settle(self) -> bool:
+        """Wait until the blob is cached (or cannot be), and let go; True if this request fetched it."""
+
+
+class CachedBody(BlobBody):
+    cache_status = "HIT"
+
+    def __init__(self, file: FileIO, size: int, stats: Stats) -> None:
+        self._file = file
+        self._size = size
+        self._stats = stats
+
+    async def size(self, wait: bool = False) -> int | None:
+        return self._size
+
+    async def iter_range(self, start: int, end: int | None) -> AsyncIterator[bytes | memoryview]:
+        async for chunk in iter_file(self._file, start, self._size if end is None else end):
+            self._stats.bytes_served_from_cache += len(chunk)
+            yield chunk
+
+    async def aclose(self) -> None:
+        self._file.close()
+
+    async def settle(self) -> bool:
+        await self.aclose()
+        return False
+
+
+class DownloadBody(BlobBody):
+    def __init__(self, download: Download, cache_status: str, stats: Stats) -> None:
+        self._download = download
+        self.cache_status = cache_status  # MISS: this request started it; COALESCED: joined
+        self._stats = stats
+
+    async def size(self, wait: bool = False) -> int | None:
+        return await self._download.wait_size() if wait else self._download.size
+
+    async def iter_range(self, start: int, end: int | None) -> AsyncIterator[bytes | memoryview]:
+        joined = self.cache_status == "COALESCED"  # bytes another client's download already fetched
+        async for chunk in self._download.iter_range(start, end):
+            if joined:
+                self._stats.bytes_served_from_cache += len(chunk)
+            yield chunk
+
+    async def aclose(self) -> None:
+        pass  # the download runs on for the others, and into the cache
+
+    async def settle(self) -> bool:
+        if self._download.task is not None:
+            await asyncio.shield(self._download.task)
+        return self.cache_status == "MISS"
+
+
+class PassThroughBody(BlobBody):
+    """No room to cache it: the whole blob, straight from the upstream, verified on the way."""
+
+    cache_status = "BYPASS"
+    ranged = False
+
+    def __init__(self, passthrough: PassThrough) -> None:
+        self._passthrough = passthrough
+
+    async def size(self, wait: bool = False) -> int | None:
+        return self._passthrough.size
+
+    async def iter_range(self, start: int, end: int | None) -> AsyncIterator[bytes | memoryview]:
+        async for chunk in self._passthrough.chunks():
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._passthrough.aclose()
+
+    async def settle(self) -> bool:
+        await self.aclose()  # nothing to warm: the cache has no room for it
+        return False
