@@ -11,11 +11,11 @@ from typing import Protocol
 
 from mirror.bodies import BlobBody, CachedBody, DownloadBody, PassThroughBody
 from mirror.cache.blobs import BlobStore
-from mirror.cache.downloads import BlobStream, InflightDownloads, NoRoom, PassThrough, SingleFlight
+from mirror.cache.downloads import BlobStream, InflightDownloads, PassThrough, SingleFlight
 from mirror.cache.layout import TagEntry
 from mirror.cache.metadata import Manifest, ManifestCache, manifest_digest, same_answer
 from mirror.cache.tags import TagStore
-from mirror.registry.errors import DigestInvalid, TooManyRequests, UpstreamUnavailable
+from mirror.registry.errors import DigestInvalid, NoRoom, TooManyRequests, UpstreamUnavailable
 from mirror.registry.mediatypes import accept_key, accepted_types, admits
 from mirror.registry.reference import Digest, parse_digest
 from mirror.stats import Stats

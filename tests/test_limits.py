@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import time
 from pathlib import Path
@@ -39,6 +40,7 @@ def test_oversized_request_head_is_refused(mirror: MirrorProcess) -> None:
             pass
         reply = read_reply(sock)
     assert reply.startswith(b"HTTP/1.1 431")
+    assert json.loads(reply.partition(b"\r\n\r\n")[2])["errors"][0]["code"] == "UNKNOWN"
     with socket.create_connection(("127.0.0.1", mirror.port)) as sock:  # a URL of 1 MiB
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             sock.sendall(b"GET /v2/" + b"a" * (1 << 20) + b" HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -54,6 +56,8 @@ def test_slow_request_head_times_out(tmp_path: Path, registry: Registry) -> None
             sock.sendall(b"GET /v2/ HT")  # and then nothing, as a slowloris would
             reply = read_reply(sock)
             assert reply.startswith(b"HTTP/1.1 408")
+            error = json.loads(reply.partition(b"\r\n\r\n")[2])["errors"][0]
+            assert error["code"] == "UNKNOWN" and "not received within 1 s" in error["message"]
             assert time.monotonic() - started < 5
         assert httpx.get(f"{process.url}/v2/").status_code == 200  # others are served meanwhile
     finally:

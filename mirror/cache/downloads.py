@@ -17,7 +17,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import Any, Generic, Protocol, TypeVar
 
 from mirror.cache.blobs import READ_CHUNK, BlobStore, BlobWriter
-from mirror.registry.errors import RegistryError, UpstreamFailed
+from mirror.registry.errors import DownloadFailed, NoRoom, RegistryError
 from mirror.registry.reference import Digest
 from mirror.stats import Stats
 
@@ -36,14 +36,6 @@ class BlobStream(Protocol):
 
 
 OpenSource = Callable[[], AbstractAsyncContextManager[BlobStream]]
-
-
-class DownloadFailed(UpstreamFailed):
-    """Raised to readers of a download that broke off or did not verify."""
-
-
-class NoRoom(Exception):
-    """The cache cannot take this blob (larger than max_size, or the disk is full)."""
 
 
 class PassThrough:

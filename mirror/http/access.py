@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import logging
 from pathlib import Path
 
@@ -20,6 +19,8 @@ from cachetools import TTLCache
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mirror.config import ConfigError
+from mirror.http.responses import raw_error
+from mirror.registry.errors import Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +101,7 @@ class AccessControl:
         if await guard.check(authorization):
             await self.app(scope, receive, send)
             return
-        body = json.dumps({"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}).encode()
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"www-authenticate", f'Basic realm="{realm}"'.encode()),
-            (b"docker-distribution-api-version", b"registry/2.0"),
-        ]
-        await send({"type": "http.response.start", "status": 401, "headers": headers})
+        refusal = Unauthorized(headers={"WWW-Authenticate": f'Basic realm="{realm}"'})
+        headers, body = raw_error(refusal)
+        await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

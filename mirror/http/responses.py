@@ -9,9 +9,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from mirror.cache.downloads import DownloadFailed
 from mirror.cache.metadata import Manifest
-from mirror.registry.errors import RangeInvalid, RegistryError
+from mirror.registry.errors import DownloadFailed, RangeInvalid, RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +21,18 @@ def error_response(error: RegistryError) -> Response:
     headers = {API_VERSION_HEADER[0]: API_VERSION_HEADER[1], **error.headers}
     body = json.dumps(error.body()).encode()
     return Response(body, status_code=error.status, headers=headers, media_type="application/json")
+
+
+def raw_error(error: RegistryError) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """An error's headers and body as bytes, for the layers below the framework (ASGI, the protocol)."""
+    body = json.dumps(error.body()).encode()
+    headers = {
+        "content-type": "application/json",
+        "content-length": str(len(body)),
+        API_VERSION_HEADER[0].lower(): API_VERSION_HEADER[1],
+        **{name.lower(): value for name, value in error.headers.items()},
+    }
+    return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()], body
 
 
 def manifest_headers(manifest: Manifest, cache_status: str) -> dict[str, str]:

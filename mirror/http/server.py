@@ -8,11 +8,13 @@ connection held open for good): uvicorn bounds neither with httptools. The warm 
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any, Protocol
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from mirror.http.responses import raw_error
+from mirror.registry.errors import HeadersTooLarge, RegistryError, RequestTimeout
 
 MAX_HEAD_BYTES = 64 * 1024
 
@@ -71,7 +73,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self._head_timer = self.loop.call_later(self.head_timeout, self._head_too_slow)
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
-                self._refuse(431, "Request Header Fields Too Large", f"request head over {MAX_HEAD_BYTES} bytes")
+                self._refuse(
+                    HeadersTooLarge(f"request head over {MAX_HEAD_BYTES} bytes"), "Request Header Fields Too Large"
+                )
                 return
         super().data_received(data)
 
@@ -172,20 +176,20 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _head_too_slow(self) -> None:
         self._head_timer = None
         if self._in_head and not self.transport.is_closing():
-            self._refuse(408, "Request Timeout", f"request head not received within {self.head_timeout:.0f} s")
+            self._refuse(
+                RequestTimeout(f"request head not received within {self.head_timeout:.0f} s"), "Request Timeout"
+            )
 
-    def _refuse(self, status: int, reason: str, message: str) -> None:
+    def _refuse(self, error: RegistryError, reason: str) -> None:
         self._cancel_head_timer()
         if self._serving():
             # Never write into a response under way: it ends the connection when it is done.
             self.cycle.keep_alive = False
             return
-        body = json.dumps({"errors": [{"code": "UNSUPPORTED", "message": message}]}).encode()
-        head = (
-            f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
-        )
-        self.transport.write(head.encode() + body)
+        headers, body = raw_error(error)
+        lines = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+        head = f"HTTP/1.1 {error.status} {reason}\r\n".encode() + lines + b"connection: close\r\n\r\n"
+        self.transport.write(head + body)
         self.transport.close()
 
 

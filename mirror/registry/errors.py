@@ -96,3 +96,21 @@ class UpstreamFailed(RegistryError):
     """The upstream broke off or sent bytes that do not match their digest."""
 
     code, status, message = "UPSTREAM_FAILED", 502, "upstream download failed"
+
+
+class RequestTimeout(RegistryError):
+    """A client sent no complete request head in time (the spec has no code of its own for it)."""
+
+    code, status, message = "UNKNOWN", 408, "request head not received in time"
+
+
+class HeadersTooLarge(RegistryError):
+    code, status, message = "UNKNOWN", 431, "request head too large"
+
+
+class DownloadFailed(UpstreamFailed):
+    """Raised to readers of a download that broke off or did not verify."""
+
+
+class NoRoom(Exception):
+    """The cache cannot take this blob (larger than max_size, or the disk is full): stream it uncached."""
