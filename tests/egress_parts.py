@@ -105,6 +105,18 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
+def start_server(argv: list[str], log: Path, port: int) -> subprocess.Popen[bytes]:
+    """Start a server in the foreground and wait for its port; stopped by PID if it never comes up."""
+    with open(log, "ab") as out:
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port("127.0.0.1", port, process)
+    except BaseException:
+        stop_process(process)
+        raise
+    return process
+
+
 def wait_for_port(host: str, port: int, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -197,15 +209,7 @@ class Squid:
         proxy_user = pwd.getpwnam("proxy")
         for path in [d, *d.rglob("*")]:
             os.chown(path, proxy_user.pw_uid, proxy_user.pw_gid)
-        with open(d / "stderr.log", "ab") as err:
-            self.process = subprocess.Popen(
-                ["/usr/sbin/squid", "-N", "-f", str(d / "squid.conf")], stdout=err, stderr=subprocess.STDOUT
-            )
-        try:
-            wait_for_port("127.0.0.1", self.port, self.process)
-        except BaseException:
-            self.stop()
-            raise
+        self.process = start_server(["/usr/sbin/squid", "-N", "-f", str(d / "squid.conf")], d / "stderr.log", self.port)
         return self
 
     def stop(self) -> None:
@@ -268,15 +272,8 @@ class Nginx:
             "  }\n"
             "}\n"
         )
-        with open(d / "stderr.log", "ab") as err:
-            self.process = subprocess.Popen(
-                ["/usr/sbin/nginx", "-c", str(d / "nginx.conf"), "-p", str(d)], stdout=err, stderr=subprocess.STDOUT
-            )
-        try:
-            wait_for_port("127.0.0.1", self.port, self.process)
-        except BaseException:
-            self.stop()
-            raise
+        argv = ["/usr/sbin/nginx", "-c", str(d / "nginx.conf"), "-p", str(d)]
+        self.process = start_server(argv, d / "stderr.log", self.port)
         return self
 
     def stop(self) -> None:

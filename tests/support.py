@@ -22,6 +22,9 @@ from typing import Any
 
 import httpx
 
+from mirror.cache.layout import CacheLayout
+from mirror.registry.reference import parse_digest
+
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
@@ -401,5 +404,4 @@ class MirrorProcess:
             time.sleep(0.01)
 
     def blob_path(self, digest: str) -> Path:
-        algorithm, hex_digest = digest.split(":")
-        return self.cache_dir / "blobs" / algorithm / hex_digest[:2] / hex_digest
+        return CacheLayout(self.cache_dir).blob_path(parse_digest(digest))

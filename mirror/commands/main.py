@@ -126,12 +126,6 @@ def serve(config: Config) -> int:
     try:
         mirror = Mirror(config)
         app = create_app(mirror)
-    except ConfigError as exc:
-        print(f"mirror: config error: {exc}", file=sys.stderr)
-        return 2
-    except CacheFormatError as exc:
-        print(f"mirror: {exc}", file=sys.stderr)
-        return 2
     except OSError as exc:
         print(f"mirror: cannot open the cache in {config.cache.directory}: {exc}", file=sys.stderr)
         return 1
@@ -154,24 +148,28 @@ def serve(config: Config) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "client-config":
-            return client_config(args)
-        if args.command == "prefetch":
-            return prefetch_images(args, load(args.config, env=os.environ))
-        if args.command in ("export", "import"):
-            return archive.main(args, load(args.config, env=os.environ))
-        if args.command == "ls":
-            return list_cached(args, load(args.config, env=os.environ))
-        if args.command == "config":
-            sys.stdout.write(render(load(args.config, env=os.environ)))
-            return 0
-        if args.command in ("gc", "verify", "stats"):
-            return maintain(args.command, load(args.config, env=os.environ))
-        config = load(args.config, listen=args.listen, cache_dir=args.cache_dir, env=os.environ)
+        return run(args)
     except ConfigError as exc:
         print(f"mirror: config error: {exc}", file=sys.stderr)
         return 2
     except CacheFormatError as exc:
         print(f"mirror: {exc}", file=sys.stderr)
         return 2
-    return serve(config)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.command == "client-config":
+        return client_config(args)
+    if args.command == "serve":
+        return serve(load(args.config, listen=args.listen, cache_dir=args.cache_dir, env=os.environ))
+    config = load(args.config, env=os.environ)
+    if args.command == "prefetch":
+        return prefetch_images(args, config)
+    if args.command in ("export", "import"):
+        return archive.main(args, config)
+    if args.command == "ls":
+        return list_cached(args, config)
+    if args.command == "config":
+        sys.stdout.write(render(config))
+        return 0
+    return maintain(args.command, config)
