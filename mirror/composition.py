@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from mirror.cache.blobs import BlobStore
@@ -18,8 +19,8 @@ from mirror.cache.metadata import ManifestCache
 from mirror.cache.tags import LocalTagStore
 from mirror.config import Config
 from mirror.proxy import Proxy
-from mirror.registry.errors import NameUnknown
-from mirror.registry.reference import is_registry_host
+from mirror.registry.errors import NameUnknown, RegistryError
+from mirror.registry.reference import is_registry_host, parse_digest
 from mirror.stats import Stats
 from mirror.traffic import Traffic
 from mirror.upstream import Upstream, anonymous_quota_warning
@@ -97,12 +98,21 @@ class Mirror:
             max_size=self.config.cache.max_size,
         )
 
+    def _manifest_used_within(self, age: float) -> Callable[[str], bool]:
+        def used(digest: str) -> bool:
+            try:
+                return self.store.used_since(parse_digest(digest), time.time() - age)
+            except RegistryError:
+                return False
+
+        return used
+
     async def _expire_forever(self) -> None:
         """Drop content nobody pulled for max_age, and tags nobody pulled for tag_max_age, a few times per age."""
         ages = [age for age in (self.config.cache.max_age, self.config.cache.inventory_max_age) if age is not None]
         while True:
             if self.config.cache.max_age is not None:
                 await self.store.expire(self.config.cache.max_age)
-            if self.config.cache.inventory_max_age is not None:
-                await self.tags.forget_tags_older_than(self.config.cache.inventory_max_age)
+            if (age := self.config.cache.inventory_max_age) is not None:
+                await self.tags.forget_tags_older_than(age, self._manifest_used_within(age))
             await asyncio.sleep(min(max(min(ages) / 10, 1.0), 3600.0))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from pathlib import Path
 
 import httpx
@@ -168,6 +169,10 @@ def test_access_log_names_the_cache_status(mirror: MirrorProcess, images: dict[s
     mirror.wait_idle()
     httpx.get(url)
     httpx.get(f"{mirror.url}/v2/library/demo/blobs/sha256:{'0' * 64}")
+    # The line is written once the response has gone: the client can be quicker than the log.
+    deadline = time.monotonic() + 5
+    while f'sha256:{"0" * 64}" 404' not in mirror.log_path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
     lines = [line for line in mirror.log_path.read_text().splitlines() if "mirror.access" in line]
     blob_lines = [line for line in lines if digest in line]
     assert f" 200 {len(data)} " in blob_lines[0] and " MISS docker.io" in blob_lines[0]

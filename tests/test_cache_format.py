@@ -85,3 +85,27 @@ def test_a_newer_format_is_refused_not_misread(tmp_path: Path) -> None:
         assert "format 3, written by a newer mirror" in result.stderr
         assert "Traceback" not in result.stderr
     assert pickled_rows(root / "cache") > 0, "nothing was rewritten"
+
+
+def test_format_1_rows_written_after_an_upgrade_are_upgraded_too(tmp_path: Path) -> None:
+    """An older server still running when a newer tool upgraded the cache may write format-1 rows."""
+    root = tmp_path / "mirror"
+    expected = old_cache(root)
+    cache = root / "cache"
+    (cache / "FORMAT").write_text("2\n")  # as if upgraded, but with every row still format 1
+    connection = sqlite3.connect(cache / "meta" / "cache.db")
+    try:  # and one row nobody can read: dropped with a warning, not a traceback
+        connection.execute(
+            "INSERT INTO Cache (key, raw, store_time, expire_time, access_time, access_count, tag, size, mode, "
+            "filename, value) VALUES (?, 0, 0, NULL, 0, 0, NULL, 0, 1, NULL, 'x')",
+            (b"\x80\x05\x8c\x03os\x8c\x06system\x93.",),  # a pickle of os.system
+        )
+        connection.commit()
+    finally:
+        connection.close()
+    mirror = MirrorProcess(root, {"docker.io": f"http://127.0.0.1:{free_port()}"})
+    listed = mirror_command("ls", "--json", config=mirror.write_config())
+    assert listed.returncode == 0, listed.stderr
+    assert {f"{row['repository']}:{row['tag']}": row["digest"] for row in json.loads(listed.stdout)} == expected
+    assert pickled_rows(cache) == 0
+    assert "Traceback" not in listed.stderr

@@ -10,9 +10,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import anyio
 import httpx
-from support import Image, MirrorProcess, Pusher, Registry
+from support import Image, MirrorProcess, Pusher, Registry, sha256
 from test_pull import skopeo_copy, verify_dir_copy
+
+from mirror.cache.blobs import BlobStore
+from mirror.cache.format import prepare
+from mirror.cache.layout import CacheLayout
+from mirror.registry.reference import Digest, parse_digest
 
 MIB = 1024 * 1024
 
@@ -227,3 +233,31 @@ def test_tags_nobody_pulls_for_tag_max_age_go(registry: Registry, images: dict[s
         assert listed() == ["library/demo"]
     finally:
         process.stop()
+
+
+def test_layers_go_before_the_inventory_and_max_size_holds_even_for_it(tmp_path: Path) -> None:
+    """The inventory is kept while layers can make room; if it alone outgrows max_size, its oldest go."""
+
+    async def scenario() -> None:
+        layout = CacheLayout(tmp_path / "cache")
+        prepare(layout)
+        store = BlobStore(layout, max_size=1000)
+        store.open_sync()
+
+        async def put(data: bytes, *, pinned: bool) -> Digest:
+            digest = parse_digest(sha256(data))
+            if pinned:
+                store.pin(digest)
+            await store.put(digest, data)
+            return digest
+
+        first = await put(b"m" * 300, pinned=True)
+        layer = await put(b"l" * 300, pinned=False)
+        second = await put(b"n" * 300, pinned=True)
+        third = await put(b"o" * 300, pinned=True)  # 1200 bytes: the layer goes, though it is newer
+        assert [store.size_now(d) is not None for d in (first, layer, second, third)] == [True, False, True, True]
+        fourth = await put(b"p" * 300, pinned=True)  # the inventory alone: its oldest goes
+        assert store.size_now(first) is None and store.size_now(fourth) is not None
+        assert store.total_bytes <= 1000
+
+    anyio.run(scenario)

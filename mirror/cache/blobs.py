@@ -169,21 +169,33 @@ class BlobStore:
         stat = os.statvfs(self.root)
         return stat.f_bavail * stat.f_frsize
 
+    def used_since(self, digest: Digest, when: float) -> bool:
+        entry = self._lru.get(digest)
+        return entry is not None and entry[1] >= when
+
     def pin(self, *digests: Digest) -> None:
         """Keep these when room is made: manifests and configs are what `mirror ls` shows, and small."""
         self._pinned.update(digests)
 
+    def _kept(self, digest: Digest, last_use: float, now: float) -> bool:
+        """Whether a blob is inventory still in use: pinned, and used within pin_max_age."""
+        return digest in self._pinned and (self.pin_max_age is None or last_use >= now - self.pin_max_age)
+
     def _least_recent(self, amount: int) -> list[Digest]:
-        """Least recently used blobs that may go, totalling at least `amount` bytes if there are that many."""
+        """Least recently used blobs totalling at least `amount` bytes, if there are that many.
+
+        Layers go first. Only if they are not enough does the inventory go too, oldest first:
+        max_size is a promise, and the inventory is a courtesy within it.
+        """
         victims: list[Digest] = []
-        unpinned_before = time.time() - self.pin_max_age if self.pin_max_age is not None else None
-        for digest, (size, last_use) in self._lru.items():
-            if amount <= 0:
-                break
-            if digest in self._pinned and (unpinned_before is None or last_use >= unpinned_before):
-                continue
-            victims.append(digest)
-            amount -= size
+        now = time.time()
+        for inventory in (False, True):
+            for digest, (size, last_use) in self._lru.items():
+                if amount <= 0:
+                    return victims
+                if self._kept(digest, last_use, now) == inventory:
+                    victims.append(digest)
+                    amount -= size
         return victims
 
     async def evict_bytes(self, amount: int) -> None:
@@ -200,12 +212,13 @@ class BlobStore:
 
     async def expire(self, max_age: float) -> None:
         """Remove blobs nobody has used for max_age seconds."""
-        cutoff = time.time() - max_age
+        now = time.time()
         victims: list[Digest] = []
         for digest, (_, last_use) in self._lru.items():
-            if last_use >= cutoff:
+            if last_use >= now - max_age:
                 break
-            victims.append(digest)
+            if not self._kept(digest, last_use, now):  # tag_max_age may be longer than max_age
+                victims.append(digest)
         await self._evict(victims)
 
     async def _evict(self, victims: list[Digest]) -> None:

@@ -33,6 +33,11 @@ class CacheDirectory:
         prepare(layout)
         return cls(layout, MetadataIndex(layout))
 
+    @staticmethod
+    def exists(root: Path) -> bool:
+        """Whether root holds a cache at all (tools that only read should not create one)."""
+        return CacheLayout(root).meta.is_dir()
+
     def close(self) -> None:
         self.metadata.close()
 

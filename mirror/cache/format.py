@@ -9,12 +9,15 @@ leaves a format-1 cache, and the next start does the upgrade again.
 
 from __future__ import annotations
 
+import fcntl
 import io
 import logging
 import os
 import pickle
 import sqlite3
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,22 +45,44 @@ class CacheFormatError(Exception):
 
 
 def prepare(layout: CacheLayout) -> None:
-    """Create a new cache, or check an existing one and upgrade it to FORMAT_VERSION."""
-    version = _read_version(layout)
-    if version is None and (layout.meta.exists() or layout.blobs.exists()):
-        version = 1
-    if version is not None and version > FORMAT_VERSION:
-        raise CacheFormatError(
-            f"the cache in {layout.root} has format {version}, written by a newer mirror; this one reads "
-            f"format {FORMAT_VERSION} and older. Run the newer mirror, or point [cache] directory elsewhere"
-        )
-    for directory in (layout.blobs, layout.tmp, layout.meta):
-        directory.mkdir(parents=True, exist_ok=True)
-    if version == 1:
-        converted = _upgrade_from_1(layout)
-        log.info("cache %s upgraded from format 1 to %d (%d metadata entries)", layout.root, FORMAT_VERSION, converted)
-    if version != FORMAT_VERSION:
-        _write_version(layout)
+    """Create a new cache, or check an existing one and upgrade it to FORMAT_VERSION.
+
+    Under an exclusive lock, so that a server and a tool starting together upgrade once.
+    Format-1 rows are looked for on every open, whatever FORMAT says: an older mirror still
+    running when a newer tool upgraded the cache may have written some since.
+    """
+    layout.root.mkdir(parents=True, exist_ok=True)
+    with _locked(layout):
+        version = _read_version(layout)
+        if version is None and (layout.meta.exists() or layout.blobs.exists()):
+            version = 1
+        if version is not None and version > FORMAT_VERSION:
+            raise CacheFormatError(
+                f"the cache in {layout.root} has format {version}, written by a newer mirror; this one reads "
+                f"format {FORMAT_VERSION} and older. Run the newer mirror, or point [cache] directory elsewhere"
+            )
+        for directory in (layout.blobs, layout.tmp, layout.meta):
+            directory.mkdir(parents=True, exist_ok=True)
+        if version == 1 or _format_1_rows(layout):
+            converted = _upgrade_from_1(layout)
+            log.info(
+                "cache %s: %d metadata entries upgraded from format 1 to %d", layout.root, converted, FORMAT_VERSION
+            )
+        if version != FORMAT_VERSION:
+            _write_version(layout)
+
+
+@contextmanager
+def _locked(layout: CacheLayout) -> Iterator[None]:
+    try:
+        fd = os.open(layout.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise CacheFormatError(f"cannot open the cache in {layout.root}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _read_version(layout: CacheLayout) -> int | None:
@@ -65,20 +90,28 @@ def _read_version(layout: CacheLayout) -> int | None:
         text = layout.format_file.read_text().strip()
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise CacheFormatError(f"cannot read {layout.format_file}: {exc.strerror}") from exc
     if not text.isascii() or not text.isdigit():
         raise CacheFormatError(f"{layout.format_file}: not a format version: {text[:40]!r}")
     return int(text)
 
 
 def _write_version(layout: CacheLayout) -> None:
-    """Atomically, durably: a FORMAT file is never seen half-written."""
+    """Atomically, durably, readable by whoever runs the server: never seen half-written."""
     fd, temp = tempfile.mkstemp(dir=layout.root, prefix=".FORMAT.")
     try:
+        os.fchmod(fd, 0o644)
         os.write(fd, f"{FORMAT_VERSION}\n".encode())
         os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(temp, layout.format_file)
+    directory = os.open(layout.root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 @dataclass
@@ -108,28 +141,48 @@ class _Format1Entries:
     media_types: dict[str, str] = field(default_factory=dict)
     tags: dict[tuple[str, str, str], dict[str, TagEntry]] = field(default_factory=dict)
     old_keys: list[Any] = field(default_factory=list)
+    unreadable: list[tuple[int, str | None]] = field(default_factory=list)  # (rowid, value file)
+
+
+def _database(layout: CacheLayout) -> sqlite3.Connection | None:
+    database = layout.meta / "cache.db"  # diskcache's file
+    return sqlite3.connect(database, timeout=30) if database.exists() else None
+
+
+def _format_1_rows(layout: CacheLayout) -> bool:
+    connection = _database(layout)
+    if connection is None:
+        return False
+    try:
+        return connection.execute("SELECT 1 FROM Cache WHERE raw = 0 LIMIT 1").fetchone() is not None
+    except sqlite3.Error as exc:
+        raise CacheFormatError(f"cannot read the cache's metadata in {layout.meta}: {exc}") from exc
+    finally:
+        connection.close()
 
 
 def _read_format_1(layout: CacheLayout) -> _Format1Entries:
     found = _Format1Entries()
-    database = layout.meta / "cache.db"
-    if not database.exists():
+    connection = _database(layout)
+    if connection is None:
         return found
-    connection = sqlite3.connect(database)
     try:
-        rows = connection.execute("SELECT key, raw, mode, filename, value FROM Cache").fetchall()
+        rows = connection.execute("SELECT rowid, key, mode, filename, value FROM Cache WHERE raw = 0").fetchall()
+    except sqlite3.Error as exc:
+        raise CacheFormatError(f"cannot read the cache's metadata in {layout.meta}: {exc}") from exc
     finally:
         connection.close()
-    for key_data, raw, mode, filename, value in rows:
-        if raw:
-            continue  # a text key: already format 2
-        key = _unpickle(bytes(key_data))
-        found.old_keys.append(key)
-        if not isinstance(key, tuple):
+    for rowid, key_data, mode, filename, value in rows:
+        try:
+            key = _unpickle(bytes(key_data))
+            if mode == _MODE_PICKLE:
+                value = _unpickle((layout.meta / filename).read_bytes() if filename else bytes(value))
+        except (pickle.UnpicklingError, OSError, EOFError, ValueError, TypeError, AttributeError) as exc:
+            log.warning("cache %s: dropping a format-1 metadata row it cannot read (%s)", layout.root, exc)
+            found.unreadable.append((rowid, filename))
             continue
-        if mode == _MODE_PICKLE:
-            value = _unpickle((layout.meta / filename).read_bytes() if filename else bytes(value))
-        elif mode != _MODE_RAW:
+        found.old_keys.append(key)
+        if not isinstance(key, tuple) or mode not in (_MODE_RAW, _MODE_PICKLE):
             continue
         if len(key) == 2 and key[0] == "manifest" and isinstance(value, str):
             found.media_types[str(key[1])] = value
@@ -144,7 +197,7 @@ def _read_format_1(layout: CacheLayout) -> _Format1Entries:
 
 def _upgrade_from_1(layout: CacheLayout) -> int:
     old = _read_format_1(layout)
-    with diskcache.Cache(str(layout.meta)) as db:
+    with diskcache.Cache(str(layout.meta)) as db, db.transact():
         for digest, media_type in old.media_types.items():
             try:
                 body = layout.blob_path(parse_digest(digest)).read_bytes()
@@ -155,4 +208,16 @@ def _upgrade_from_1(layout: CacheLayout) -> int:
             db.set(tag_key(upstream, repository, tag), encode_tag_entries(entries))
         for key in old.old_keys:
             db.delete(key)
+    connection = _database(layout)
+    if connection is not None:
+        try:
+            for rowid, filename in old.unreadable:
+                connection.execute("DELETE FROM Cache WHERE rowid = ?", (rowid,))
+                if filename:
+                    (layout.meta / filename).unlink(missing_ok=True)
+            connection.commit()
+            # Into the database file before FORMAT says 2: a power cut must not undo one and not the other.
+            connection.execute("PRAGMA wal_checkpoint(FULL)")
+        finally:
+            connection.close()
     return len(old.media_types) + len(old.tags)

@@ -54,8 +54,13 @@ class MetadataIndex:
         with self._db.transact():
             self.set_tag(upstream, repository, tag, change(self.tag(upstream, repository, tag)))
 
-    def forget_tag(self, upstream: str, repository: str, tag: str) -> None:
-        self._db.delete(tag_key(upstream, repository, tag))
+    def forget_tag_if(self, upstream: str, repository: str, tag: str, condition: Callable[[TagEntries], bool]) -> bool:
+        """Delete a tag if its answers, read in the same transaction, meet the condition."""
+        with self._db.transact():
+            if not condition(self.tag(upstream, repository, tag)):
+                return False
+            self._db.delete(tag_key(upstream, repository, tag))
+            return True
 
     def tags(self) -> Iterator[tuple[str, str, str, TagEntries]]:
         """(upstream, repository, tag, answers) of every cached tag."""

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mirror.registry.reference import Digest
+from mirror.registry.errors import RegistryError
+from mirror.registry.reference import Digest, parse_digest
 
 FORMAT_VERSION = 2
 
@@ -44,6 +45,12 @@ class TagEntry:
             return None
         digest, media_type, fetched_at = data.get("digest"), data.get("media_type"), data.get("fetched_at")
         if not (isinstance(digest, str) and isinstance(media_type, str) and isinstance(fetched_at, int | float)):
+            return None
+        if not 0 <= fetched_at < 1e11:  # NaN and absurd times too: time.gmtime would raise on them
+            return None
+        try:
+            parse_digest(digest)
+        except RegistryError:
             return None
         return cls(digest, media_type, float(fetched_at))
 

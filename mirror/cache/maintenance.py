@@ -7,8 +7,6 @@ import os
 import time
 from dataclasses import dataclass
 
-import httpx
-
 from mirror.cache.directory import CacheDirectory
 from mirror.cache.layout import CacheLayout
 from mirror.config import Config
@@ -28,6 +26,8 @@ class Report:
 
 def gc(config: Config) -> Report:
     """Remove stale temp files, files that are not valid blobs, and metadata with no manifest file."""
+    if not CacheDirectory.exists(config.cache.directory):
+        return Report()
     cache = CacheDirectory.open(config.cache.directory)
     try:
         return _collect(cache)
@@ -87,20 +87,8 @@ def verify(config: Config) -> Report:
     return report
 
 
-def stats(config: Config) -> dict[str, object]:
-    """The running server's /stats, or what the cache directory alone tells when it is down."""
-    host = "127.0.0.1" if config.server.host in ("0.0.0.0", "::", "") else config.server.host
-    try:
-        response = httpx.get(f"http://{host}:{config.server.port}/stats", timeout=2, trust_env=False)
-        if response.status_code == 200:
-            return {"source": "server", **response.json()}
-    except httpx.HTTPError:
-        pass
+def offline_stats(config: Config) -> dict[str, object]:
+    """What the cache directory alone tells, for when the server is down."""
     files = [path for _, path in CacheLayout(config.cache.directory).blob_files()]
     sizes = [os.stat(path).st_size for path in files if path.is_file()]
     return {"source": "cache directory (server not running)", "cached_blobs": len(sizes), "cached_bytes": sum(sizes)}
-
-
-def format_table(values: dict[str, object]) -> str:
-    width = max(len(key) for key in values)
-    return "".join(f"{key.ljust(width)}  {value}\n" for key, value in values.items())

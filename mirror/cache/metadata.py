@@ -68,10 +68,11 @@ class ManifestCache:
             self._pin(digest, record)
 
     def _pin(self, digest: str, record: ManifestRecord) -> None:
-        pins = [digest] if record.config is None else [digest, record.config]
-        # A config digest we cannot parse names nothing we could have cached: skip it.
-        with contextlib.suppress(RegistryError):
-            self.store.pin(*map(parse_digest, pins))
+        for pin in (digest, record.config):
+            # A digest we cannot parse names nothing we could have cached: skip it.
+            if pin is not None:
+                with contextlib.suppress(RegistryError):
+                    self.store.pin(parse_digest(pin))
 
     def get_in_memory(self, key: str) -> Manifest | None:
         """A manifest held in memory: no I/O, no await."""
@@ -88,9 +89,11 @@ class ManifestCache:
             return held
         media_type = self._media_types.get(key)
         if media_type is None:
-            media_type = await anyio.to_thread.run_sync(self.index.media_type, key)
-            if media_type is None:
+            record = await anyio.to_thread.run_sync(self.index.manifest, key)
+            if record is None:
                 return None
+            media_type = record.media_type
+            self._pin(key, record)  # recorded by another process (`mirror import`) since start-up
         body = await self.store.read(digest)
         if body is None:
             return None

@@ -8,6 +8,7 @@ an LRU in memory in front; a fleet of replicas can put a shared store behind the
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 import anyio.to_thread
@@ -26,7 +27,7 @@ class TagStore(Protocol):
 
     async def set_tag(self, upstream: str, repository: str, tag: str, accept: str, entry: TagEntry) -> None: ...
 
-    async def forget_tags_older_than(self, age: float) -> int: ...
+    async def forget_tags_older_than(self, age: float, in_use: Callable[[str], bool]) -> int: ...
 
 
 class LocalTagStore:
@@ -39,7 +40,7 @@ class LocalTagStore:
     def tag_entries_in_memory(self, upstream: str, repository: str, tag: str) -> TagEntries | None:
         return self._tags.get((upstream, repository, tag))
 
-    async def tag_entries(self, upstream: str, repository: str, tag: str, reload: bool = False) -> dict[str, TagEntry]:
+    async def tag_entries(self, upstream: str, repository: str, tag: str, reload: bool = False) -> TagEntries:
         """A tag's cached answers; `reload` rereads them (`mirror import` may have changed them meanwhile)."""
         key = (upstream, repository, tag)
         entries = self._tags.get(key)
@@ -49,24 +50,34 @@ class LocalTagStore:
         return entries
 
     async def set_tag(self, upstream: str, repository: str, tag: str, accept: str, entry: TagEntry) -> None:
-        entries = dict(await self.tag_entries(upstream, repository, tag))
-        entries[accept] = entry
-        self._tags[(upstream, repository, tag)] = entries
-        await anyio.to_thread.run_sync(self._index.set_tag, upstream, repository, tag, entries)
+        """Record one answer, keeping the others: read and written in one transaction (`mirror import` writes too)."""
+        stored: TagEntries = {}
 
-    async def forget_tags_older_than(self, age: float) -> int:
-        """Drop tags nobody pulled (nor revalidated) for `age` seconds; their manifests then age like any blob."""
+        def merge(entries: TagEntries) -> TagEntries:
+            stored.update(entries)
+            stored[accept] = entry
+            return stored
+
+        await anyio.to_thread.run_sync(self._index.update_tag, upstream, repository, tag, merge)
+        self._tags[(upstream, repository, tag)] = stored
+
+    async def forget_tags_older_than(self, age: float, in_use: Callable[[str], bool]) -> int:
+        """Drop tags nobody pulled for `age` seconds: not fetched, revalidated, nor served (`in_use(digest)`).
+
+        A tag served STALE through a long upstream outage is in use, and stays.
+        """
         cutoff = time.time() - age
 
-        def stale() -> list[tuple[str, str, str]]:
-            return [
-                (upstream, repository, tag)
-                for upstream, repository, tag, entries in self._index.tags()
-                if all(entry.fetched_at < cutoff for entry in entries.values())
-            ]
+        def stale(entries: TagEntries) -> bool:
+            return all(entry.fetched_at < cutoff and not in_use(entry.digest) for entry in entries.values())
 
-        gone = await anyio.to_thread.run_sync(stale)
-        for key in gone:
-            await anyio.to_thread.run_sync(self._index.forget_tag, *key)
-            self._tags.pop(key, None)
-        return len(gone)
+        candidates = await anyio.to_thread.run_sync(
+            lambda: [(u, r, t) for u, r, t, entries in self._index.tags() if stale(entries)]
+        )
+        gone = 0
+        for key in candidates:
+            # Checked again inside the transaction: a pull or an import may have renewed it meanwhile.
+            if await anyio.to_thread.run_sync(self._index.forget_tag_if, *key, stale):
+                self._tags.pop(key, None)
+                gone += 1
+        return gone

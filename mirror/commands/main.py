@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+import httpx
 import uvicorn
 
 from mirror import __version__
@@ -84,18 +85,32 @@ def prefetch_images(args: argparse.Namespace, config: Config) -> int:
 
 
 def list_cached(args: argparse.Namespace, config: Config) -> int:
-    cache = CacheDirectory.open(config.cache.directory)
-    try:
-        rows = inventory.list_images(cache, args.repository)
-    finally:
-        cache.close()
+    rows = []
+    if CacheDirectory.exists(config.cache.directory):
+        cache = CacheDirectory.open(config.cache.directory)
+        try:
+            rows = inventory.list_images(cache, args.repository)
+        finally:
+            cache.close()
     sys.stdout.write(json.dumps(rows, indent=2) + "\n" if args.json else inventory.format_rows(rows))
     return 0
 
 
+def server_stats(config: Config) -> dict[str, object] | None:
+    """The running server's /stats, or None when it does not answer."""
+    host = "127.0.0.1" if config.server.host in ("0.0.0.0", "::", "") else config.server.host
+    try:
+        response = httpx.get(f"http://{host}:{config.server.port}/stats", timeout=2, trust_env=False)
+    except httpx.HTTPError:
+        return None
+    return {"source": "server", **response.json()} if response.status_code == 200 else None
+
+
 def maintain(command: str, config: Config) -> int:
     if command == "stats":
-        sys.stdout.write(maintenance.format_table(maintenance.stats(config)))
+        values = server_stats(config) or maintenance.offline_stats(config)
+        width = max(len(key) for key in values)
+        sys.stdout.write("".join(f"{key.ljust(width)}  {value}\n" for key, value in values.items()))
         return 0
     report = maintenance.gc(config) if command == "gc" else maintenance.verify(config)
     print(f"{command}: checked {report.checked}, removed {report.removed} ({report.removed_bytes} bytes)")

@@ -97,13 +97,17 @@ async def _blob(request: Request, mirror: Mirror, upstream: Upstream, repository
         size = await mirror.proxy.blob_size(upstream, repository, digest)
         return Response(b"", headers={API_VERSION_HEADER[0]: API_VERSION_HEADER[1], **blob_headers(str(digest), size)})
     body = await mirror.proxy.blob(upstream, repository, digest)
-    range_header = request.headers.get("range") if body.ranged else None
-    # Without a Range the bytes can start before the size is known (chunked); with one, wait for it.
-    total = await body.size(wait=range_header is not None)
-    headers = {API_VERSION_HEADER[0]: API_VERSION_HEADER[1], **blob_headers(str(digest), total)}
-    headers["X-Cache"] = body.cache_status
-    start, end, status = 0, total, 200
-    byte_range = parse_range(range_header, total) if total is not None else None
+    try:
+        range_header = request.headers.get("range") if body.ranged else None
+        # Without a Range the bytes can start before the size is known (chunked); with one, wait for it.
+        total = await body.size(wait=range_header is not None)
+        headers = {API_VERSION_HEADER[0]: API_VERSION_HEADER[1], **blob_headers(str(digest), total)}
+        headers["X-Cache"] = body.cache_status
+        start, end, status = 0, total, 200
+        byte_range = parse_range(range_header, total) if total is not None else None
+    except BaseException:
+        await body.aclose()  # a 416, or a download that failed before its size was known
+        raise
     if byte_range is not None:
         (start, end), status = byte_range, 206
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{total}"

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
-from mirror.upstream.client import BlobBody, FetchedManifest, Health, ManifestHead, Upstream, anonymous_quota_warning
+from mirror.upstream.client import (
+    FetchedManifest,
+    Health,
+    ManifestHead,
+    Upstream,
+    UpstreamBody,
+    anonymous_quota_warning,
+)
 
-__all__ = ["BlobBody", "FetchedManifest", "Health", "ManifestHead", "Upstream", "anonymous_quota_warning"]
+__all__ = ["FetchedManifest", "Health", "ManifestHead", "Upstream", "UpstreamBody", "anonymous_quota_warning"]

@@ -91,7 +91,7 @@ class Health:
         return max(0.0, self.down_until - time.monotonic())
 
 
-class BlobBody:
+class UpstreamBody:
     """A blob response being streamed: its announced size and its raw (undecoded) bytes."""
 
     def __init__(self, upstream: Upstream, response: httpx.Response) -> None:
@@ -324,10 +324,10 @@ class Upstream:
             return FetchedManifest(bytes(body), _media_type(response), response.headers.get("docker-content-digest"))
 
     @asynccontextmanager
-    async def open_blob(self, repository: str, digest: Digest) -> AsyncIterator[BlobBody]:
+    async def open_blob(self, repository: str, digest: Digest) -> AsyncIterator[UpstreamBody]:
         async with self._send("GET", f"/v2/{self.repository(repository)}/blobs/{digest}") as response:
             await self._raise_for_status(response, BlobUnknown)
-            yield BlobBody(self, response)
+            yield UpstreamBody(self, response)
 
     async def head_blob(self, repository: str, digest: Digest) -> int | None:
         async with self._send("HEAD", f"/v2/{self.repository(repository)}/blobs/{digest}") as response:
