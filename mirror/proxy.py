@@ -36,7 +36,7 @@ class ManifestAnswer:
 class BlobSource(Protocol):
     """Where a missing blob comes from: today the upstream registry; in a fleet, also another replica."""
 
-    def open_blob(self, repository: str, digest: Digest) -> AbstractAsyncContextManager[BlobStream]: ...
+    def open_blob(self, repository: str, digest: Digest, start: int = 0) -> AbstractAsyncContextManager[BlobStream]: ...
 
 
 class Proxy:
@@ -192,7 +192,7 @@ class Proxy:
             # and the start below run without a pause: no second download can slip in between.
             if self.store.size_now(digest) is None:
                 self.stats.blob_misses += 1
-                download = self.inflight.start(digest, lambda: source.open_blob(repository, digest))
+                download = self.inflight.start(digest, lambda start: source.open_blob(repository, digest, start))
                 status = "MISS"
                 break
         try:
@@ -200,7 +200,7 @@ class Proxy:
             await asyncio.shield(download.ready)
         except NoRoom:
             self.stats.uncached_downloads += 1
-            passthrough = PassThrough(digest, lambda: source.open_blob(repository, digest), self.stats)
+            passthrough = PassThrough(digest, lambda start: source.open_blob(repository, digest, start), self.stats)
             await passthrough.open()
             return PassThroughBody(passthrough)
         return DownloadBody(download, status, self.stats)

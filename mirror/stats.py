@@ -72,6 +72,7 @@ class Stats:
     coalesced: int = 0
     bytes_served_from_cache: int = 0
     digest_mismatches: int = 0
+    download_resumes: int = 0
     evictions: int = 0
     evicted_bytes: int = 0
     uncached_downloads: int = 0
@@ -120,6 +121,7 @@ _HELP = {
     "coalesced": "Blob requests that joined a download already in flight.",
     "bytes_served_from_cache": "Bytes of blobs and manifests sent to clients from the cache.",
     "digest_mismatches": "Upstream downloads discarded because their digest did not match.",
+    "download_resumes": "Upstream downloads cut mid-stream and resumed from the bytes already received.",
     "evictions": "Blobs and manifests removed to keep the cache within max_size or max_age.",
     "evicted_bytes": "Bytes removed from the cache by eviction.",
     "uncached_downloads": "Downloads streamed to clients without being cached (too large, or no space).",

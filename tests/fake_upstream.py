@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import re
 import threading
 import time
 from collections import Counter
@@ -27,7 +28,9 @@ class FakeBlob:
     repeat: int = 1
     chunk: int = 64 * 1024
     wrong_bytes: bool = False  # serve the right length of the wrong content
-    cut_at: int | None = None  # close the connection after this many bytes
+    cut_at: int | None = None  # close the connection once the blob's byte at this offset is reached
+    cut_times: int | None = None  # cut only this many answers (None: every one)
+    ranges: bool = True  # honour `Range: bytes=N-` with a 206, as registries and CDNs do
     gate_at: int | None = None  # pause after this many bytes until `gate` is set
     gate: threading.Event = field(default_factory=threading.Event)
     delay: float = 0.0  # seconds between chunks: a slow drip
@@ -43,20 +46,28 @@ class FakeBlob:
             h.update(self.block)
         return "sha256:" + h.hexdigest()
 
-    async def body(self) -> AsyncIterator[bytes]:
+    async def body(self, start: int = 0) -> AsyncIterator[bytes]:
         data = self.block
         if self.wrong_bytes:
             data = bytes(b ^ 0xFF for b in data[:1]) + data[1:]
-        sent = 0
+        cut = self.cut_at is not None and self.cut_times != 0
+        if cut and self.cut_times is not None:
+            self.cut_times -= 1
+        position = 0  # of the blob
         for _ in range(self.repeat):
             for offset in range(0, len(data), self.chunk):
                 piece = data[offset : offset + self.chunk]
-                if self.gate_at is not None and sent >= self.gate_at:
+                if position + len(piece) <= start:
+                    position += len(piece)
+                    continue
+                piece = piece[max(0, start - position) :]
+                first = max(position, start)
+                if self.gate_at is not None and first >= self.gate_at:
                     await asyncio.to_thread(self.gate.wait)
-                if self.cut_at is not None and sent + len(piece) > self.cut_at:
-                    yield piece[: self.cut_at - sent]
+                if cut and self.cut_at is not None and first + len(piece) > self.cut_at:
+                    yield piece[: max(0, self.cut_at - first)]
                     raise ConnectionAbortedError("fake upstream cuts the connection")
-                sent += len(piece)
+                position = first + len(piece)
                 if self.delay:
                     await asyncio.sleep(self.delay)
                 yield piece
@@ -67,6 +78,7 @@ class FakeUpstream:
         self.blobs: dict[str, FakeBlob] = {}
         self.manifests: dict[str, tuple[bytes, str]] = {}
         self.requests: Counter[tuple[str, str]] = Counter()
+        self.ranges: list[tuple[str, str | None]] = []  # (digest, Range header) of every blob GET
         # Faults for every manifest request: (status, headers), e.g. (429, {"Retry-After": "30"}).
         self.manifest_error: tuple[int, dict[str, str]] | None = None
         # When set, requests need this Basic credential, as a Basic-auth registry would.
@@ -145,6 +157,13 @@ class FakeUpstream:
         headers = {"Content-Length": str(blob.size), "Docker-Content-Digest": digest}
         if request.method == "HEAD":
             return Response(b"", headers=headers, media_type="application/octet-stream")
+        wanted = request.headers.get("range")
+        self.ranges.append((digest, wanted))
+        if wanted and blob.ranges and (match := re.fullmatch(r"bytes=(\d+)-", wanted)):
+            start = int(match[1])
+            headers["Content-Length"] = str(blob.size - start)
+            headers["Content-Range"] = f"bytes {start}-{blob.size - 1}/{blob.size}"
+            return StreamingResponse(blob.body(start), 206, headers, media_type="application/octet-stream")
         return StreamingResponse(blob.body(), headers=headers, media_type="application/octet-stream")
 
     async def _manifest(self, request: Request) -> Response:

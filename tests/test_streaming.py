@@ -101,11 +101,17 @@ def test_bad_download_is_never_cached_and_is_retried(
     assert fake_mirror.stats()["inflight_downloads"] == 0
     if fault == "wrong_bytes":
         assert fake_mirror.stats()["digest_mismatches"] == 1
+        assert fake_upstream.gets("sha256:" + digest) == 1, "a wrong digest is never resumed"
+
+    if fault == "cut":
+        # One resume from the byte it had, which the upstream cut again at once: no progress, no more tries.
+        assert [r for d, r in fake_upstream.ranges if d == "sha256:" + digest] == [None, f"bytes={1 << 20}-"]
+    tries = fake_upstream.gets("sha256:" + digest)
 
     # The next request tries the upstream again, and a good answer is cached.
     blob.wrong_bytes, blob.cut_at = False, None
     assert httpx.get(url, timeout=30).content == data * 2
-    assert fake_upstream.gets("sha256:" + digest) == 2
+    assert fake_upstream.gets("sha256:" + digest) == tries + 1
     fake_mirror.wait_idle()
     assert fake_mirror.blob_path("sha256:" + digest).exists()
 
@@ -158,3 +164,26 @@ def test_persistent_upstream_failure_is_a_clear_503(fake_upstream: FakeUpstream,
     assert "docker.io answered 503" in response.json()["errors"][0]["message"]
     assert fake_upstream.gets(digest) == 3  # the first try and two retries
     assert not fake_mirror.blob_path(digest).exists()
+
+
+@pytest.mark.parametrize(("cut_at", "ranges"), [(0.5, True), (0.9, True), (0.5, False)])
+def test_a_cut_download_resumes_where_it_stopped(
+    fake_upstream: FakeUpstream, fake_mirror: MirrorProcess, cut_at: float, ranges: bool
+) -> None:
+    """The client sees one whole, verified body; the upstream sees one range request per cut."""
+    data = random.Random(6).randbytes(1 << 20)
+    blob = FakeBlob(data, repeat=4, cut_at=int(4 * len(data) * cut_at), cut_times=1, ranges=ranges)
+    digest = fake_upstream.add_blob(blob)
+    with httpx.stream("GET", f"{fake_mirror.url}/v2/library/x/blobs/{digest}", timeout=30) as response:
+        assert response.status_code == 200
+        body = b"".join(response.iter_raw())
+    assert "sha256:" + hashlib.sha256(body).hexdigest() == digest and len(body) == blob.size
+    asked = [r for d, r in fake_upstream.ranges if d == digest]
+    # An upstream that ignores Range sends it all again: the mirror skips what it has.
+    assert asked == [None, f"bytes={blob.cut_at}-"]
+    fake_mirror.wait_idle()
+    assert fake_mirror.blob_path(digest).exists()
+    stats = fake_mirror.stats()
+    assert stats["download_resumes"] == 1
+    resumed = blob.size - blob.cut_at if ranges else blob.size
+    assert stats["bytes_fetched_from_upstream"] == blob.cut_at + resumed

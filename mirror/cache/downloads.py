@@ -17,7 +17,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import Any, Generic, Protocol, TypeVar
 
 from mirror.cache.blobs import READ_CHUNK, BlobStore, BlobWriter
-from mirror.registry.errors import DownloadFailed, NoRoom, RegistryError
+from mirror.registry.errors import DownloadFailed, NoRoom, RegistryError, UpstreamFailed
 from mirror.registry.reference import Digest
 from mirror.stats import Stats
 
@@ -28,14 +28,20 @@ V = TypeVar("V")
 
 
 class BlobStream(Protocol):
-    """A blob's bytes as they arrive from its source: the announced size and the raw bytes."""
+    """A blob's bytes as they arrive from its source, from byte `offset` on; `size` is the whole blob's."""
 
     size: int | None
+    offset: int
 
     def chunks(self) -> AsyncIterator[bytes]: ...
 
 
-OpenSource = Callable[[], AbstractAsyncContextManager[BlobStream]]
+# Opens the blob from a byte offset on; a source that cannot start there starts at 0 (offset says).
+OpenSource = Callable[[int], AbstractAsyncContextManager[BlobStream]]
+
+# A download cut mid-stream resumes from what it has, this many times, while each try adds bytes.
+RESUMES = 3
+RESUME_BACKOFF = 0.25
 
 
 class PassThrough:
@@ -54,7 +60,7 @@ class PassThrough:
         self.size: int | None = None
 
     async def open(self) -> None:
-        self._source = await self._stack.enter_async_context(self._open_source())
+        self._source = await self._stack.enter_async_context(self._open_source(0))
         self.size = self._source.size
 
     async def chunks(self) -> AsyncIterator[bytes]:
@@ -106,17 +112,29 @@ class Download:
     async def run(self, open_source: OpenSource) -> None:
         reserved = 0
         try:
-            async with open_source() as source:
-                self.size = source.size
-                if not await self.store.make_room(source.size):
-                    raise NoRoom(f"no room in the cache for {self.digest}")
-                reserved = source.size or 0
-                self.writer = self.store.writer(self.digest)
-                self.ready.set_result(None)
-                async for chunk in source.chunks():
-                    self.writer.write(chunk)
-                    self.written += len(chunk)
-                    self._notify()
+            resumes = 0
+            while True:
+                before = self.written
+                try:
+                    async with open_source(self.written) as source:
+                        if self.writer is None:
+                            self.size = source.size
+                            if not await self.store.make_room(source.size):
+                                raise NoRoom(f"no room in the cache for {self.digest}")
+                            reserved = source.size or 0
+                            self.writer = self.store.writer(self.digest)
+                            self.ready.set_result(None)
+                        await self._copy(source)
+                    break
+                except UpstreamFailed as exc:
+                    # Cut or stalled mid-stream: go on from what is on disk, asking the registry again.
+                    if not self._resumable(exc, resumes, progressed=self.written > before):
+                        raise
+                    resumes += 1
+                    self.stats.download_resumes += 1
+                    log.info("download of %s cut at %d bytes (%s); resuming", self.digest, self.written, exc.message)
+                    await asyncio.sleep(RESUME_BACKOFF * resumes)
+            assert self.writer is not None
             self.writer.verify(self.size)
             self.verified = True
             self._notify()
@@ -144,6 +162,28 @@ class Download:
             self.store.release(reserved)
             if self.writer is not None:
                 self.writer.discard()
+            self._notify()
+
+    def _resumable(self, error: UpstreamFailed, resumes: int, *, progressed: bool) -> bool:
+        started = self.writer is not None and self.written > 0
+        return started and progressed and resumes < RESUMES and not isinstance(error, DownloadFailed)
+
+    async def _copy(self, source: BlobStream) -> None:
+        """Append the source's bytes past what is written; a source that restarted at 0 is skipped ahead."""
+        assert self.writer is not None
+        if self.size is not None and source.size is not None and source.size != self.size:
+            raise DownloadFailed(f"upstream now says {self.digest} has {source.size} bytes, not {self.size}")
+        skip = self.written - source.offset
+        if skip < 0:
+            raise DownloadFailed(f"upstream resumed {self.digest} at byte {source.offset}, past {self.written}")
+        async for chunk in source.chunks():
+            if skip:
+                dropped = min(skip, len(chunk))
+                chunk, skip = chunk[dropped:], skip - dropped
+                if not chunk:
+                    continue
+            self.writer.write(chunk)
+            self.written += len(chunk)
             self._notify()
 
     async def iter_range(self, start: int, end: int | None) -> AsyncIterator[bytes]:

@@ -91,15 +91,29 @@ class Health:
         return max(0.0, self.down_until - time.monotonic())
 
 
-class UpstreamBody:
-    """A blob response being streamed: its announced size and its raw (undecoded) bytes."""
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 
-    def __init__(self, upstream: Upstream, response: httpx.Response) -> None:
+
+class UpstreamBody:
+    """A blob response being streamed: where its bytes start, the blob's size, and the raw bytes."""
+
+    def __init__(self, upstream: Upstream, response: httpx.Response, start: int = 0) -> None:
         self._upstream = upstream
         self._counters = upstream.counters
         self._response = response
         length = response.headers.get("content-length", "")
-        self.size: int | None = int(length) if length.isdigit() else None
+        self.size: int | None = int(length) if length.isascii() and length.isdigit() else None
+        self.offset = 0  # the blob's byte this body starts at
+        if response.status_code == 206:
+            # A resumed download: the answer must start where asked, for the whole blob's size.
+            match = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", ""))
+            if match is None or int(match[1]) != start:
+                raise UpstreamFailed(
+                    f"upstream {upstream.name} answered a range from byte {start} with "
+                    f"{response.headers.get('content-range', 'no Content-Range')!r}",
+                    detail={"upstream": upstream.name},
+                )
+            self.offset, self.size = start, int(match[3])
 
     async def chunks(self) -> AsyncIterator[bytes]:
         # Raw bytes: a decoded body would not match the digest.
@@ -324,10 +338,13 @@ class Upstream:
             return FetchedManifest(bytes(body), _media_type(response), response.headers.get("docker-content-digest"))
 
     @asynccontextmanager
-    async def open_blob(self, repository: str, digest: Digest) -> AsyncIterator[UpstreamBody]:
-        async with self._send("GET", f"/v2/{self.repository(repository)}/blobs/{digest}") as response:
+    async def open_blob(self, repository: str, digest: Digest, start: int = 0) -> AsyncIterator[UpstreamBody]:
+        """The blob from byte `start` on (a resumed download asks the registry again: a CDN URL may expire)."""
+        headers = [("Range", f"bytes={start}-")] if start else None
+        path = f"/v2/{self.repository(repository)}/blobs/{digest}"
+        async with self._send("GET", path, headers=headers) as response:
             await self._raise_for_status(response, BlobUnknown)
-            yield UpstreamBody(self, response)
+            yield UpstreamBody(self, response, start)
 
     async def head_blob(self, repository: str, digest: Digest) -> int | None:
         async with self._send("HEAD", f"/v2/{self.repository(repository)}/blobs/{digest}") as response:
