@@ -38,8 +38,10 @@ def test_sigkill_during_twenty_cold_downloads(registry: Registry, tmp_path: Path
         for path in (process.cache_dir / "blobs").rglob("*"):
             if path.is_file():
                 assert hashlib.sha256(path.read_bytes()).hexdigest() == path.name, f"round {round_}: {path}"
-        interrupted += len(list((process.cache_dir / "tmp").iterdir()))
-        # A restart sweeps the temp files, and every pull then completes.
+        partials = [path for path in (process.cache_dir / "partial").rglob("*") if path.is_file()]
+        interrupted += len(list((process.cache_dir / "tmp").iterdir())) + len(partials)
+        # A restart sweeps the temp files and keeps partial downloads; every pull then completes,
+        # the partial ones resumed from what they had.
         process.start()
         try:
             assert list((process.cache_dir / "tmp").iterdir()) == []
@@ -48,6 +50,7 @@ def test_sigkill_during_twenty_cold_downloads(registry: Registry, tmp_path: Path
                 assert response.content == data
             process.wait_idle()
             assert process.stats()["cached_blobs"] == len(blobs)
+            assert not [path for path in (process.cache_dir / "partial").rglob("*") if path.is_file()]
         finally:
             process.stop()
         for path in (process.cache_dir / "blobs").rglob("*"):

@@ -73,6 +73,11 @@ class BlobStore:
         for leftover in self.tmp.iterdir():
             log.info("removing leftover temp file %s", leftover.name)
             leftover.unlink(missing_ok=True)
+        # Partial downloads are kept for the next request to resume, unless nobody came back for a day.
+        for partial in self.layout.partial.glob("*/*"):
+            if time.time() - partial.stat().st_mtime > PARTIAL_MAX_AGE:
+                log.info("removing partial download %s, untouched for a day", partial.name)
+                partial.unlink(missing_ok=True)
         found: list[tuple[float, Digest, int]] = []
         for algorithm_dir in self.layout.blobs.iterdir():
             for prefix_dir in algorithm_dir.iterdir():
@@ -139,6 +144,11 @@ class BlobStore:
 
     def writer(self, digest: Digest) -> BlobWriter:
         return BlobWriter(self, digest)
+
+    async def resume_writer(self, digest: Digest) -> BlobWriter | None:
+        """A writer that carries on a partial download left by a restart, its prefix hashed again; or None."""
+        path = self.layout.partial_path(digest)
+        return await anyio.to_thread.run_sync(BlobWriter.resume, self, digest, path)
 
     def committed(self, digest: Digest, size: int) -> None:
         self._used(digest, size)
@@ -257,6 +267,9 @@ class BlobStore:
         await self.evict_to_fit()
 
 
+# A partial download nobody resumed for this long is removed at start-up.
+PARTIAL_MAX_AGE = 86400.0
+
 # How stale a blob's mtime may get before a use refreshes it: the LRU order on disk is
 # only needed at start-up, so an hourly resolution is plenty and saves a write per hit.
 TOUCH_INTERVAL = 3600.0
@@ -283,17 +296,47 @@ def _unlink_all(paths: list[Path]) -> None:
 
 
 class BlobWriter:
-    """Writes one blob to a temp file, hashing as it goes; `commit` makes it visible."""
+    """Writes one blob to a temp file, hashing as it goes; `commit` makes it visible.
 
-    def __init__(self, store: BlobStore, digest: Digest) -> None:
+    A download (`partial=True`) writes at `partial/<alg>/<hex>`, one per digest, which a
+    restart keeps (`keep`) and the next download of the digest carries on (`resume`).
+    """
+
+    def __init__(self, store: BlobStore, digest: Digest, *, partial: bool = False, fd: int | None = None) -> None:
         self.store = store
         self.digest = digest
         self.size = 0
         self._hash = hashlib.new(digest.algorithm)
-        fd, name = tempfile.mkstemp(dir=store.tmp, prefix=f"{digest.hex[:16]}.")
+        if partial:
+            self.temp_path = store.layout.partial_path(digest)
+            if fd is None:
+                self.temp_path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        else:
+            fd, name = tempfile.mkstemp(dir=store.tmp, prefix=f"{digest.hex[:16]}.")
+            self.temp_path = Path(name)
         self.fd: int | None = fd
-        self.temp_path = Path(name)
         self.path = self.temp_path
+
+    @classmethod
+    def resume(cls, store: BlobStore, digest: Digest, path: Path) -> BlobWriter | None:
+        """Open a partial download for appending, its bytes hashed again (blocking: run in a thread)."""
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_APPEND)
+        except FileNotFoundError:
+            return None
+        writer = cls(store, digest, partial=True, fd=fd)
+        with open(path, "rb") as file:
+            while chunk := file.read(READ_CHUNK):
+                writer._hash.update(chunk)
+                writer.size += len(chunk)
+        return writer
+
+    def keep(self) -> None:
+        """Close a partial download without removing it: the next start carries on from it."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
     def write(self, chunk: bytes) -> None:
         # A chunk goes to the page cache in microseconds; fsync, the slow part, is in commit.

@@ -112,17 +112,22 @@ class Download:
     async def run(self, open_source: OpenSource) -> None:
         reserved = 0
         try:
+            self.writer = await self.store.resume_writer(self.digest)  # left by a restart
+            if self.writer is not None:
+                self.written = self.writer.size
+                log.info("resuming the download of %s from byte %d, left by a restart", self.digest, self.written)
             resumes = 0
             while True:
                 before = self.written
                 try:
                     async with open_source(self.written) as source:
-                        if self.writer is None:
+                        if not self.ready.done():
                             self.size = source.size
                             if not await self.store.make_room(source.size):
                                 raise NoRoom(f"no room in the cache for {self.digest}")
                             reserved = source.size or 0
-                            self.writer = self.store.writer(self.digest)
+                            if self.writer is None:
+                                self.writer = BlobWriter(self.store, self.digest, partial=True)
                             self.ready.set_result(None)
                         await self._copy(source)
                     break
@@ -161,11 +166,14 @@ class Download:
         finally:
             self.store.release(reserved)
             if self.writer is not None:
-                self.writer.discard()
+                if isinstance(self.error, asyncio.CancelledError) and not self.verified:
+                    self.writer.keep()  # the server is stopping: the next start resumes from it
+                else:
+                    self.writer.discard()
             self._notify()
 
     def _resumable(self, error: UpstreamFailed, resumes: int, *, progressed: bool) -> bool:
-        started = self.writer is not None and self.written > 0
+        started = self.ready.done() and self.written > 0
         return started and progressed and resumes < RESUMES and not isinstance(error, DownloadFailed)
 
     async def _copy(self, source: BlobStream) -> None:

@@ -61,7 +61,7 @@ def prepare(layout: CacheLayout) -> None:
                 f"the cache in {layout.root} has format {version}, written by a newer mirror; this one reads "
                 f"format {FORMAT_VERSION} and older. Run the newer mirror, or point [cache] directory elsewhere"
             )
-        for directory in (layout.blobs, layout.tmp, layout.meta):
+        for directory in (layout.blobs, layout.tmp, layout.partial, layout.meta):
             directory.mkdir(parents=True, exist_ok=True)
         if version == 1 or _format_1_rows(layout):
             converted = _upgrade_from_1(layout)

@@ -4,7 +4,8 @@ This module is the one owner of that format (version 2)::
 
     <root>/FORMAT                         the format version, "2"
     <root>/blobs/<alg>/<2 hex>/<hex>      blob and manifest bytes, complete and verified
-    <root>/tmp/                           downloads under way, swept at start-up
+    <root>/tmp/                           small writes under way (manifests, imports), swept at start-up
+    <root>/partial/<alg>/<hex>            downloads under way, kept across a restart and resumed
     <root>/meta/                          diskcache (SQLite) with text keys and JSON text values:
         ["manifest", digest]              -> {"media_type", "config": the image config's digest or null}
         ["tag", upstream, repository, tag] -> {accept key: {"digest", "media_type", "fetched_at"}}
@@ -62,11 +63,16 @@ class CacheLayout:
         self.root = root
         self.blobs = root / "blobs"
         self.tmp = root / "tmp"
+        self.partial = root / "partial"
         self.meta = root / "meta"
         self.format_file = root / "FORMAT"
 
     def blob_path(self, digest: Digest) -> Path:
         return self.blobs / digest.algorithm / digest.hex[:2] / digest.hex
+
+    def partial_path(self, digest: Digest) -> Path:
+        """Where a download of `digest` writes until its digest matched: never a blob path."""
+        return self.partial / digest.algorithm / digest.hex
 
     def blob_files(self) -> Iterator[tuple[str, Path]]:
         """(`algorithm:name`, path) of every file under blobs/, well-named or not."""
