@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import os
 import re
 import threading
 import time
@@ -91,11 +92,16 @@ class FakeUpstream:
         self.redirect_loop = False
         # Seconds to wait before answering a blob request at all.
         self.header_delay = 0.0
+        # Blob GETs redirect to a signed CDN URL that works once, as short-lived signed URLs expire.
+        self.cdn_redirects = False
+        self.cdn_requests: list[tuple[str, int]] = []  # (token, status) of every CDN request
+        self._cdn_tokens: dict[str, str] = {}  # live token -> digest
         self.port = free_port()
         routes = [
             Route("/v2/", lambda r: JSONResponse({})),
             Route("/v2/{name:path}/blobs/{digest}", self._blob, methods=["GET", "HEAD"]),
             Route("/v2/{name:path}/manifests/{reference}", self._manifest, methods=["GET", "HEAD"]),
+            Route("/cdn/{token}", self._cdn),
         ]
         config = uvicorn.Config(Starlette(routes=routes), host="127.0.0.1", port=self.port, log_level="critical")
         self.server = uvicorn.Server(config)
@@ -157,6 +163,23 @@ class FakeUpstream:
         headers = {"Content-Length": str(blob.size), "Docker-Content-Digest": digest}
         if request.method == "HEAD":
             return Response(b"", headers=headers, media_type="application/octet-stream")
+        if self.cdn_redirects:
+            token = base64.urlsafe_b64encode(os.urandom(9)).decode()
+            self._cdn_tokens[token] = digest
+            return Response(status_code=307, headers={"Location": f"{self.url}/cdn/{token}"})
+        return self._send_blob(request, digest, blob, headers)
+
+    async def _cdn(self, request: Request) -> Response:
+        """A signed URL: good for one request, then 403 as an expired one would be."""
+        token = request.path_params["token"]
+        digest = self._cdn_tokens.pop(token, None)
+        self.cdn_requests.append((token, 403 if digest is None else 200))
+        if digest is None:
+            return Response(b"<Error><Code>AccessDenied</Code></Error>", status_code=403)
+        blob = self.blobs[digest]
+        return self._send_blob(request, digest, blob, {"Content-Length": str(blob.size)})
+
+    def _send_blob(self, request: Request, digest: str, blob: FakeBlob, headers: dict[str, str]) -> Response:
         wanted = request.headers.get("range")
         self.ranges.append((digest, wanted))
         if wanted and blob.ranges and (match := re.fullmatch(r"bytes=(\d+)-", wanted)):

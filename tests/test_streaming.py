@@ -187,3 +187,20 @@ def test_a_cut_download_resumes_where_it_stopped(
     assert stats["download_resumes"] == 1
     resumed = blob.size - blob.cut_at if ranges else blob.size
     assert stats["bytes_fetched_from_upstream"] == blob.cut_at + resumed
+
+
+def test_a_resume_asks_the_registry_again_for_a_fresh_cdn_url(
+    fake_upstream: FakeUpstream, fake_mirror: MirrorProcess
+) -> None:
+    """Signed CDN URLs expire (Docker Hub's last minutes): a resume never reuses the old one."""
+    fake_upstream.cdn_redirects = True
+    data = random.Random(8).randbytes(1 << 20)
+    blob = FakeBlob(data, repeat=4, cut_at=2 << 20, cut_times=1)
+    digest = fake_upstream.add_blob(blob)
+    body = httpx.get(f"{fake_mirror.url}/v2/library/x/blobs/{digest}", timeout=30).content
+    assert "sha256:" + hashlib.sha256(body).hexdigest() == digest
+    # Two registry requests, each redirected to a URL of its own that worked; the old one was never retried.
+    assert fake_upstream.gets(digest) == 2
+    assert [status for _, status in fake_upstream.cdn_requests] == [200, 200]
+    assert len({token for token, _ in fake_upstream.cdn_requests}) == 2
+    assert [r for d, r in fake_upstream.ranges if d == digest] == [None, f"bytes={2 << 20}-"]
