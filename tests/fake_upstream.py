@@ -184,6 +184,8 @@ class FakeUpstream:
         self.ranges.append((digest, wanted))
         if wanted and blob.ranges and (match := re.fullmatch(r"bytes=(\d+)-", wanted)):
             start = int(match[1])
+            if start >= blob.size:
+                return Response(status_code=416, headers={"Content-Range": f"bytes */{blob.size}"})
             headers["Content-Length"] = str(blob.size - start)
             headers["Content-Range"] = f"bytes {start}-{blob.size - 1}/{blob.size}"
             return StreamingResponse(blob.body(start), 206, headers, media_type="application/octet-stream")

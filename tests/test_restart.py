@@ -55,3 +55,25 @@ def test_a_restart_resumes_the_partial_download(fake_upstream: FakeUpstream, tmp
     finally:
         blob.gate.set()
         mirror.stop()
+
+
+@pytest.mark.parametrize("left", ["whole", "too long"])
+def test_a_partial_download_that_needs_no_resume(fake_upstream: FakeUpstream, tmp_path: Path, left: str) -> None:
+    """Killed between the last byte and the rename: nothing to fetch. Longer than the blob: start afresh."""
+    blob = FakeBlob(random.Random(9).randbytes(1 << 20), repeat=2)
+    digest = fake_upstream.add_blob(blob)
+    mirror = MirrorProcess(tmp_path / "m", {"docker.io": fake_upstream.url})
+    partial = mirror.cache_dir / "partial" / "sha256" / digest.split(":")[1]
+    partial.parent.mkdir(parents=True)
+    content = blob.block * blob.repeat
+    partial.write_bytes(content if left == "whole" else content + b"junk after the end")
+    try:
+        mirror.start()
+        body = httpx.get(f"{mirror.url}/v2/library/x/blobs/{digest}", timeout=30).content
+        assert body == content
+        mirror.wait_idle()
+        assert mirror.blob_path(digest).exists() and not partial.exists()
+        asked = [r for d, r in fake_upstream.ranges if d == digest]
+        assert asked == ([] if left == "whole" else [f"bytes={len(content) + 18}-", None])
+    finally:
+        mirror.stop()

@@ -148,6 +148,8 @@ class BlobStore:
     async def resume_writer(self, digest: Digest) -> BlobWriter | None:
         """A writer that carries on a partial download left by a restart, its prefix hashed again; or None."""
         path = self.layout.partial_path(digest)
+        if not os.path.exists(path):  # the common case, answered without a trip to a thread
+            return None
         return await anyio.to_thread.run_sync(BlobWriter.resume, self, digest, path)
 
     def committed(self, digest: Digest, size: int) -> None:
@@ -331,6 +333,10 @@ class BlobWriter:
                 writer._hash.update(chunk)
                 writer.size += len(chunk)
         return writer
+
+    def complete(self) -> bool:
+        """Whether what is written already hashes to the digest (a restart between last byte and rename)."""
+        return self._hash.copy().hexdigest() == self.digest.hex
 
     def keep(self) -> None:
         """Close a partial download without removing it: the next start carries on from it."""

@@ -95,6 +95,7 @@ class Download:
         self.ok = False  # committed to the store
         self.error: BaseException | None = None
         self.writer: BlobWriter | None = None
+        self._reserved = 0  # bytes make_room set aside for this download, released when it ends
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         # Mark the exception retrieved: if every client left, nobody else will look at it.
         self.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
@@ -110,35 +111,18 @@ class Download:
         self._changed = asyncio.Event()
 
     async def run(self, open_source: OpenSource) -> None:
-        reserved = 0
         try:
             self.writer = await self.store.resume_writer(self.digest)  # left by a restart
-            if self.writer is not None:
+            if self.writer is not None and self.writer.complete():
+                # Killed between the last byte and the rename: nothing left to fetch.
+                self.size = self.written = self.writer.size
+                self.ready.set_result(None)
+            elif self.writer is not None:
                 self.written = self.writer.size
                 log.info("resuming the download of %s from byte %d, left by a restart", self.digest, self.written)
-            resumes = 0
-            while True:
-                before = self.written
-                try:
-                    async with open_source(self.written) as source:
-                        if not self.ready.done():
-                            self.size = source.size
-                            if not await self.store.make_room(source.size):
-                                raise NoRoom(f"no room in the cache for {self.digest}")
-                            reserved = source.size or 0
-                            if self.writer is None:
-                                self.writer = BlobWriter(self.store, self.digest, partial=True)
-                            self.ready.set_result(None)
-                        await self._copy(source)
-                    break
-                except UpstreamFailed as exc:
-                    # Cut or stalled mid-stream: go on from what is on disk, asking the registry again.
-                    if not self._resumable(exc, resumes, progressed=self.written > before):
-                        raise
-                    resumes += 1
-                    self.stats.download_resumes += 1
-                    log.info("download of %s cut at %d bytes (%s); resuming", self.digest, self.written, exc.message)
-                    await asyncio.sleep(RESUME_BACKOFF * resumes)
+                await self._fetch(open_source)
+            else:
+                await self._fetch(open_source)
             assert self.writer is not None
             self.writer.verify(self.size)
             self.verified = True
@@ -146,8 +130,8 @@ class Download:
             # Clients already have every byte; the fsync and rename below only make it durable.
             await self.writer.commit(self.size)
             self.ok = True
-            self.store.release(reserved)
-            reserved = 0
+            self.store.release(self._reserved)
+            self._reserved = 0
             await self.store.evict_to_fit()
         except BaseException as exc:
             self.error = exc
@@ -164,13 +148,47 @@ class Download:
             if not isinstance(exc, Exception):
                 raise
         finally:
-            self.store.release(reserved)
+            self.store.release(self._reserved)
+            self._reserved = 0
             if self.writer is not None:
                 if isinstance(self.error, asyncio.CancelledError) and not self.verified:
                     self.writer.keep()  # the server is stopping: the next start resumes from it
                 else:
                     self.writer.discard()
             self._notify()
+
+    async def _fetch(self, open_source: OpenSource) -> None:
+        """Fetch what is missing into the writer, resuming after cuts."""
+        resumes = 0
+        while True:
+            before = self.written
+            try:
+                async with open_source(self.written) as source:
+                    if not self.ready.done():
+                        self.size = source.size
+                        if not await self.store.make_room(source.size):
+                            raise NoRoom(f"no room in the cache for {self.digest}")
+                        self._reserved = source.size or 0
+                        if self.writer is None:
+                            self.writer = BlobWriter(self.store, self.digest, partial=True)
+                        self.ready.set_result(None)
+                    await self._copy(source)
+                return
+            except UpstreamFailed as exc:
+                # Cut or stalled mid-stream: go on from what is on disk, asking the registry again.
+                if not self._resumable(exc, resumes, progressed=self.written > before):
+                    raise
+                resumes += 1
+                self.stats.download_resumes += 1
+                log.info("download of %s cut at %d bytes (%s); resuming", self.digest, self.written, exc.message)
+                await asyncio.sleep(RESUME_BACKOFF * resumes)
+            except RegistryError as exc:
+                if exc.status != 416 or self.ready.done() or self.writer is None:
+                    raise
+                # A partial file the upstream cannot continue (longer than the blob?): start afresh.
+                log.warning("partial download of %s cannot be resumed (%s); starting again", self.digest, exc.message)
+                self.writer.discard()
+                self.writer, self.written = None, 0
 
     def _resumable(self, error: UpstreamFailed, resumes: int, *, progressed: bool) -> bool:
         started = self.ready.done() and self.written > 0
