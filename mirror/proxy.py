@@ -173,11 +173,8 @@ class Proxy:
 
     # Blobs
 
-    async def blob(self, upstream: Upstream, repository: str, digest: Digest) -> BlobBody:
+    async def blob(self, source: BlobSource, repository: str, digest: Digest) -> BlobBody:
         """The cached file, or the download (new or joined) that is fetching it, or a pass-through."""
-        return await self.blob_from(upstream, repository, digest)
-
-    async def blob_from(self, source: BlobSource, repository: str, digest: Digest) -> BlobBody:
         while True:
             opened = await self.store.open(digest)
             if opened is not None:

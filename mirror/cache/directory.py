@@ -16,9 +16,8 @@ from mirror.cache.format import prepare
 from mirror.cache.index import MetadataIndex
 from mirror.cache.layout import CacheLayout
 from mirror.registry.errors import RegistryError
+from mirror.registry.mediatypes import MAX_MANIFEST
 from mirror.registry.reference import parse_digest
-
-MAX_MANIFEST = 4 * 1024 * 1024  # the distribution registry's own limit
 
 
 class CacheDirectory:

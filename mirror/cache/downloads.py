@@ -117,11 +117,10 @@ class Download:
                 # Killed between the last byte and the rename: nothing left to fetch.
                 self.size = self.written = self.writer.size
                 self.ready.set_result(None)
-            elif self.writer is not None:
-                self.written = self.writer.size
-                log.info("resuming the download of %s from byte %d, left by a restart", self.digest, self.written)
-                await self._fetch(open_source)
             else:
+                if self.writer is not None:
+                    self.written = self.writer.size
+                    log.info("resuming the download of %s from byte %d, left by a restart", self.digest, self.written)
                 await self._fetch(open_source)
             assert self.writer is not None
             self.writer.verify(self.size)

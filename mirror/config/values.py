@@ -121,7 +121,8 @@ def secret_key(table: Table, name: str) -> str | None:
     return lines[0]
 
 
-def _no_passphrase() -> str:
+def no_passphrase() -> str:
+    """The passphrase callback for keys: never prompt on a terminal; an encrypted key is refused."""
     raise ValueError("the key is encrypted; give it unencrypted (openssl pkey -in KEY -out KEY.plain)")
 
 
@@ -132,7 +133,7 @@ def check_pem(kind: str, path: Path, key: Path | None = None) -> str | None:
         if kind == "ca":
             context.load_verify_locations(cafile=str(path))
         else:
-            context.load_cert_chain(str(path), str(key) if key else None, password=_no_passphrase)
+            context.load_cert_chain(str(path), str(key) if key else None, password=no_passphrase)
     except (ssl.SSLError, OSError, ValueError) as exc:
         return str(exc) or type(exc).__name__
     return None

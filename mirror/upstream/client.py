@@ -26,6 +26,7 @@ from mirror.registry.errors import (
     UpstreamFailed,
     UpstreamUnavailable,
 )
+from mirror.registry.mediatypes import MAX_MANIFEST
 from mirror.registry.reference import Digest, docker_hub_name
 from mirror.stats import Stats, UpstreamStats
 from mirror.upstream.auth import RegistryAuth
@@ -34,7 +35,6 @@ from mirror.upstream.trust import explain, ssl_context, tls_failure
 
 log = logging.getLogger(__name__)
 
-MANIFEST_SIZE_LIMIT = 4 * 1024 * 1024
 # Transient upstream failures are retried this many times, after 0.25 s, then 0.5 s.
 RETRIES = 2
 RETRY_BACKOFF = 0.25
@@ -324,14 +324,14 @@ class Upstream:
         async with self._send("GET", path, headers=[("Accept", a) for a in accept]) as response:
             await self._raise_for_status(response, ManifestUnknown)
             length = response.headers.get("content-length", "")
-            if length.isdigit() and int(length) > MANIFEST_SIZE_LIMIT:
-                raise ManifestInvalid(f"upstream manifest is larger than {MANIFEST_SIZE_LIMIT} bytes")
+            if length.isdigit() and int(length) > MAX_MANIFEST:
+                raise ManifestInvalid(f"upstream manifest is larger than {MAX_MANIFEST} bytes")
             body = bytearray()
             try:
                 async for chunk in response.aiter_raw():
                     body += chunk
-                    if len(body) > MANIFEST_SIZE_LIMIT:
-                        raise ManifestInvalid(f"upstream manifest is larger than {MANIFEST_SIZE_LIMIT} bytes")
+                    if len(body) > MAX_MANIFEST:
+                        raise ManifestInvalid(f"upstream manifest is larger than {MAX_MANIFEST} bytes")
             except httpx.HTTPError as exc:
                 raise self.failure(exc) from exc
             self.counters.bytes_fetched += len(body)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import certifi
 
+from mirror.config.values import no_passphrase
+
 log = logging.getLogger(__name__)
 
 
@@ -40,11 +42,6 @@ def ssl_context(ca_file: Path | None, client_cert: Path | None, client_key: Path
     if client_cert is not None:
         context.load_cert_chain(str(client_cert), str(client_key) if client_key else None, password=no_passphrase)
     return context
-
-
-def no_passphrase() -> str:
-    """The passphrase callback: never prompt on a terminal for an encrypted key."""
-    raise ValueError("the client key is encrypted; give it unencrypted (openssl pkey -in KEY -out KEY.plain)")
 
 
 def tls_failure(exc: BaseException) -> ssl.SSLError | None:

@@ -13,7 +13,6 @@ from mirror.cache.layout import CacheLayout
 from mirror.commands.archive.names import (
     CONTAINERD_NAME,
     MAX_CONFIG,
-    MAX_MANIFEST,
     REF_NAME,
     ArchiveError,
     ImageName,
@@ -25,6 +24,7 @@ from mirror.commands.archive.names import (
 from mirror.commands.archive.tar import TarWriter, decompressed, hashed, read_chunks
 from mirror.registry.mediatypes import (
     INDEX_TYPES,
+    MAX_MANIFEST,
     OCI_INDEX,
     platform_matches,
     platform_name,

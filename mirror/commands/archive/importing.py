@@ -22,7 +22,6 @@ from mirror.commands.archive.names import (
     DOCKER_LAYER_UNCOMPRESSED,
     IMPORT_ACCEPT,
     MAX_CONFIG,
-    MAX_MANIFEST,
     REF_NAME,
     ArchiveError,
     ImageName,
@@ -35,6 +34,7 @@ from mirror.commands.archive.tar import read_chunks
 from mirror.registry.errors import RegistryError
 from mirror.registry.mediatypes import (
     DOCKER_MANIFEST,
+    MAX_MANIFEST,
     OCI_INDEX,
     OCI_MANIFEST,
     platform_name,

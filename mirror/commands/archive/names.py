@@ -18,7 +18,6 @@ from mirror.registry.mediatypes import (
 from mirror.registry.reference import TAG_RE, Digest, docker_hub_name, parse_digest, parse_image, parse_name
 
 CHUNK = 1024 * 1024
-MAX_MANIFEST = 4 * 1024 * 1024  # the distribution registry's own limit
 MAX_CONFIG = 64 * 1024 * 1024
 REF_NAME = "org.opencontainers.image.ref.name"
 CONTAINERD_NAME = "io.containerd.image.name"
