@@ -13,6 +13,13 @@ import httpx
 from support import MirrorProcess, Pusher, Registry
 
 
+def wait_for_partial(partial: Path, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(path.is_file() for path in partial.rglob("*")):
+        assert time.monotonic() < deadline, "no download started"
+        time.sleep(0.002)
+
+
 def test_sigkill_during_twenty_cold_downloads(registry: Registry, tmp_path: Path) -> None:
     rng = random.Random(20)
     with Pusher(registry.url) as pusher:
@@ -29,7 +36,10 @@ def test_sigkill_during_twenty_cold_downloads(registry: Registry, tmp_path: Path
         threads = [threading.Thread(target=fetch, args=(digest,)) for digest in blobs]
         for thread in threads:
             thread.start()
-        time.sleep(rng.uniform(0.02, 0.4))
+        # The moment is random, but within the downloads: a kill before the first byte or after
+        # the last one tests nothing (a fixed delay did both, depending on the machine's load).
+        wait_for_partial(process.cache_dir / "partial")
+        time.sleep(rng.uniform(0, 0.08))
         process.kill()
         for thread in threads:
             thread.join()
