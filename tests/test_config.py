@@ -139,3 +139,37 @@ def test_config_command_prints_the_effective_config_masked(tmp_path: Path) -> No
     env = {"MIRROR_CACHE_TAG_TTL": "2m", "MIRROR_SERVER_DEFAULT_UPSTREAM": "ghcr.io"}
     assert again.cache == load(path, env=env).cache
     assert again.upstreams["ghcr.io"].username == "bot"
+
+
+@pytest.mark.parametrize(
+    ("text", "bits"),
+    [("200Mbit", 200_000_000), ("1Gbit", 10**9), ("500 kbit", 500_000), ("25MB/s", 200_000_000), ("1MiB/s", 8 << 20)],
+)
+def test_bandwidth_rates(text: str, bits: int) -> None:
+    config = from_dict({"upstreams": {"docker.io": {"url": "https://r.example", "max_bandwidth": text}}})
+    assert config.upstreams["docker.io"].max_bandwidth == bits
+
+
+def test_download_engine_settings_from_the_environment() -> None:
+    env = {
+        "MIRROR_UPSTREAM_DOCKER_IO_MAX_CONNECTIONS": "4",
+        "MIRROR_UPSTREAM_DOCKER_IO_MAX_CONNECTIONS_PER_BLOB": "1",
+        "MIRROR_UPSTREAM_DOCKER_IO_PARALLEL_THRESHOLD": "1GiB",
+        "MIRROR_UPSTREAM_DOCKER_IO_MAX_BANDWIDTH": "50Mbit",
+        "MIRROR_SERVER_DRAIN_TIMEOUT": "2m",
+    }
+    config = load(None, env=env)
+    upstream = config.upstreams["docker.io"]
+    assert (upstream.max_connections, upstream.max_connections_per_blob) == (4, 1)
+    assert (upstream.parallel_threshold, upstream.max_bandwidth) == (1 << 30, 50_000_000)
+    assert config.server.drain_timeout == 120
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("max_connections", 0), ("max_connections_per_blob", "many"), ("max_bandwidth", "fast"), ("max_bandwidth", 5)],
+)
+def test_download_engine_errors_name_the_key(key: str, value: object) -> None:
+    with pytest.raises(ConfigError) as error:
+        from_dict({"upstreams": {"docker.io": {"url": "https://r.example", key: value}}})
+    assert error.value.key == f"upstreams.docker.io.{key}"

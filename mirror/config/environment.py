@@ -11,7 +11,7 @@ from mirror.config.model import DOCKER_HUB, DOCKER_HUB_URL
 # Keys that environment variables may set: MIRROR_<TABLE>_<KEY>, and for an upstream
 # MIRROR_UPSTREAM_<HOST>_<KEY> with the host's dots, dashes and colons as underscores.
 ENV_KEYS = {
-    "server": ("listen", "default_upstream", "log_level", "tls_cert", "tls_key", "head_timeout"),
+    "server": ("listen", "default_upstream", "log_level", "tls_cert", "tls_key", "head_timeout", "drain_timeout"),
     "auth": ("htpasswd", "admin_htpasswd"),
     "cache": ("directory", "tag_ttl", "max_size", "max_age", "tag_max_age"),
     "log": ("format",),
@@ -28,6 +28,10 @@ UPSTREAM_ENV_KEYS = (
     "ca_file",
     "client_cert",
     "client_key",
+    "max_connections",
+    "max_connections_per_blob",
+    "parallel_threshold",
+    "max_bandwidth",
 )
 
 

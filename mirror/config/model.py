@@ -31,6 +31,7 @@ class ServerConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     head_timeout: float = 30.0  # a client must send its request line and headers within this
+    drain_timeout: float = 30.0  # after SIGTERM: how long streams and downloads in flight may take to finish
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,10 @@ class UpstreamConfig:
     ca_file: Path | None = None  # trusted besides the system store
     client_cert: Path | None = None  # for upstreams that require mutual TLS
     client_key: Path | None = None
+    max_connections: int = 32  # blob downloads' connections to this upstream, all blobs together
+    max_connections_per_blob: int = 8  # ranges fetched at once for one large blob; 1: one stream
+    parallel_threshold: int = 64 * 1024 * 1024  # blobs at least this large are fetched in ranges
+    max_bandwidth: int | None = None  # bits per second for blob downloads, shared among them
 
     def __repr__(self) -> str:
         secret = "'***'" if self.password is not None else "None"
@@ -87,7 +92,9 @@ class UpstreamConfig:
             f"UpstreamConfig(name={self.name!r}, url={self.url!r}, username={self.username!r}, "
             f"password={secret}, connect_timeout={self.connect_timeout}, read_timeout={self.read_timeout}, "
             f"proxy={proxy!r}, ca_file={self.ca_file!r}, client_cert={self.client_cert!r}, "
-            f"client_key={self.client_key!r})"
+            f"client_key={self.client_key!r}, max_connections={self.max_connections}, "
+            f"max_connections_per_blob={self.max_connections_per_blob}, "
+            f"parallel_threshold={self.parallel_threshold}, max_bandwidth={self.max_bandwidth})"
         )
 
 

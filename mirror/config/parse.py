@@ -21,7 +21,17 @@ from mirror.config.model import (
     UpstreamConfig,
 )
 from mirror.config.proxies import ProxyEnvironment, ProxyURLError, parse_proxy_url
-from mirror.config.values import Table, check_pem, file_key, parse_duration, parse_listen, parse_size, secret_key
+from mirror.config.values import (
+    Table,
+    check_pem,
+    file_key,
+    parse_count,
+    parse_duration,
+    parse_listen,
+    parse_rate,
+    parse_size,
+    secret_key,
+)
 
 
 def _prefetch(root: Table) -> tuple[PrefetchConfig, ...]:
@@ -88,6 +98,7 @@ def _upstream(name: str, table: Table) -> UpstreamConfig:
         problem = None if path is None else check_pem(kind, path, client_key)
         if problem is not None:
             raise ConfigError(table.key(key), f"cannot load {path}: {problem}")
+    bandwidth = table.raw("max_bandwidth")
     upstream = UpstreamConfig(
         name=name,
         url=url.rstrip("/"),
@@ -99,6 +110,12 @@ def _upstream(name: str, table: Table) -> UpstreamConfig:
         ca_file=ca_file,
         client_cert=client_cert,
         client_key=client_key,
+        max_connections=parse_count(table.raw("max_connections", 32), table.key("max_connections")),
+        max_connections_per_blob=parse_count(
+            table.raw("max_connections_per_blob", 8), table.key("max_connections_per_blob")
+        ),
+        parallel_threshold=parse_size(table.raw("parallel_threshold", "64MiB"), table.key("parallel_threshold")),
+        max_bandwidth=None if bandwidth is None else parse_rate(bandwidth, table.key("max_bandwidth")),
     )
     table.finish()
     return upstream
@@ -118,6 +135,7 @@ def from_dict(data: dict[str, Any], proxy_env: ProxyEnvironment | None = None) -
     head_timeout = parse_duration(server_table.raw("head_timeout", 30), server_table.key("head_timeout"))
     if head_timeout <= 0:
         raise ConfigError(server_table.key("head_timeout"), "must be more than zero")
+    drain_timeout = parse_duration(server_table.raw("drain_timeout", 30), server_table.key("drain_timeout"))
     server_table.finish()
 
     auth_table = root.table("auth")
@@ -158,7 +176,7 @@ def from_dict(data: dict[str, Any], proxy_env: ProxyEnvironment | None = None) -
         raise ConfigError(server_table.key("default_upstream"), f"{default_upstream!r} is not a configured upstream")
     root.finish()
     return Config(
-        server=ServerConfig(host, port, default_upstream, log_level, tls_cert, tls_key, head_timeout),
+        server=ServerConfig(host, port, default_upstream, log_level, tls_cert, tls_key, head_timeout, drain_timeout),
         cache=CacheConfig(directory, tag_ttl, max_size, max_age, tag_max_age),
         log=LogConfig(log_format),
         auth=auth,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mirror.config.model import Config
 from mirror.config.proxies import mask_url
+from mirror.config.values import format_rate
 
 
 def render(config: Config) -> str:
@@ -33,6 +34,7 @@ def render(config: Config) -> str:
                 "tls_cert": server.tls_cert,
                 "tls_key": server.tls_key,
                 "head_timeout": server.head_timeout,
+                "drain_timeout": server.drain_timeout,
             },
         ),
         table(
@@ -62,6 +64,10 @@ def render(config: Config) -> str:
                     "ca_file": upstream.ca_file,
                     "client_cert": upstream.client_cert,
                     "client_key": upstream.client_key,
+                    "max_connections": upstream.max_connections,
+                    "max_connections_per_blob": upstream.max_connections_per_blob,
+                    "parallel_threshold": upstream.parallel_threshold,
+                    "max_bandwidth": None if upstream.max_bandwidth is None else format_rate(upstream.max_bandwidth),
                 },
             )
         )

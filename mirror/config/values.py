@@ -46,6 +46,39 @@ def parse_size(value: object, key: str) -> int:
     return size
 
 
+def parse_count(value: object, key: str, minimum: int = 1) -> int:
+    """A whole number from an integer or a string of digits (the environment gives strings)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(key, f"expected a whole number of at least {minimum}, got {value!r}")
+    return value
+
+
+_RATE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(bit|bps|b/s|ib/s)", re.IGNORECASE)
+
+
+def parse_rate(value: object, key: str) -> int:
+    """Bits per second from a string like '200Mbit', '1Gbit' or '25MB/s' (k, M, G: powers of 1000)."""
+    match = _RATE_RE.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None:
+        raise ConfigError(key, f"expected a rate like '200Mbit', '1Gbit' or '25MB/s', got {value!r}")
+    number, prefix, unit = float(match.group(1)), match.group(2).upper(), match.group(3).lower()
+    scale = (1024 if unit == "ib/s" else 1000) ** " KMGT".index(prefix or " ")
+    rate = int(number * scale * (8 if unit.endswith("b/s") else 1))
+    if rate <= 0:
+        raise ConfigError(key, f"must be more than zero, got {value!r}")
+    return rate
+
+
+def format_rate(bits: int) -> str:
+    """A rate in bits per second as `parse_rate` reads it back: '200Mbit'."""
+    for prefix, scale in (("G", 10**9), ("M", 10**6), ("k", 10**3)):
+        if bits % scale == 0:
+            return f"{bits // scale}{prefix}bit"
+    return f"{bits}bit"
+
+
 def parse_listen(value: object, key: str) -> tuple[str, int]:
     if not isinstance(value, str):
         raise ConfigError(key, f"expected 'HOST:PORT', got {value!r}")
