@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from fake_upstream import FakeUpstream
+from pacing import PacedUpstream
 from support import Image, MirrorProcess, Registry, seed_standard_images
 
 REQUIRED_TOOLS = ("docker-registry", "skopeo")
@@ -60,3 +61,20 @@ def fake_mirror(tmp_path: Path, fake_upstream: FakeUpstream) -> Iterator[MirrorP
         yield process
     finally:
         process.stop()
+
+
+@pytest.fixture
+def paced_upstream(tmp_path: Path, registry: Registry) -> Iterator[Callable[[str], PacedUpstream]]:
+    """Starts nginx pacing each connection at a rate ("8m": 8 MiB/s) in front of the session registry."""
+    started: list[PacedUpstream] = []
+
+    def start(rate: str) -> PacedUpstream:
+        upstream = PacedUpstream(registry, tmp_path / f"paced-{len(started)}", rate=rate)
+        started.append(upstream.start())
+        return upstream
+
+    try:
+        yield start
+    finally:
+        for upstream in started:
+            upstream.stop()

@@ -13,10 +13,8 @@ import ipaddress
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from support import free_port, stop_process
+from support import free_port, start_server, stop_process
 
 UPSTREAM_HOST = "registry.egress.test"
 CDN_HOST = "cdn.egress.test"
@@ -103,31 +101,6 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-
-
-def start_server(argv: list[str], log: Path, port: int) -> subprocess.Popen[bytes]:
-    """Start a server in the foreground and wait for its port; stopped by PID if it never comes up."""
-    with open(log, "ab") as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_for_port("127.0.0.1", port, process)
-    except BaseException:
-        stop_process(process)
-        raise
-    return process
-
-
-def wait_for_port(host: str, port: int, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args} exited with {process.returncode}")
-        try:
-            socket.create_connection((host, port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{host}:{port} did not come up in {timeout}s")
 
 
 @dataclass

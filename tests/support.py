@@ -74,6 +74,31 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> Non
             process.wait()
 
 
+def start_server(argv: list[str], log: Path, port: int) -> subprocess.Popen[bytes]:
+    """Start a server in the foreground and wait for its port; stopped by PID if it never comes up."""
+    with open(log, "ab") as out:
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port("127.0.0.1", port, process)
+    except BaseException:
+        stop_process(process)
+        raise
+    return process
+
+
+def wait_for_port(host: str, port: int, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args} exited with {process.returncode}")
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{host}:{port} did not come up in {timeout}s")
+
+
 @dataclass
 class Registry:
     """A real `docker-registry` (CNCF distribution) on a loopback port; its access log counts requests."""
@@ -336,6 +361,9 @@ class MirrorProcess:
     upstream_keys: dict[str, str] = field(default_factory=dict)  # more keys for one upstream, by name
     env: dict[str, str] = field(default_factory=dict)  # laid over this process's environment
     wrapper: list[str] = field(default_factory=list)  # a command that execs the mirror (same PID)
+    # Short, so that stop() (SIGTERM) does not wait out the default 30 s drain for downloads a
+    # test left in flight; the drain's own tests set it.
+    drain_timeout: str = "2s"
 
     @property
     def url(self) -> str:
@@ -352,7 +380,8 @@ class MirrorProcess:
     def write_config(self) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
         config = self.root / "config.toml"
-        text = f'[server]\nlisten = "127.0.0.1:{self.port}"\n{self.server_config}\n'
+        text = f'[server]\nlisten = "127.0.0.1:{self.port}"\ndrain_timeout = "{self.drain_timeout}"\n'
+        text += f"{self.server_config}\n"
         text += f'[cache]\ndirectory = "{self.cache_dir}"\n' + self.extra_config + "\n"
         for name, url in self.upstreams.items():
             text += f'[upstreams."{name}"]\nurl = "{url}"\n{self.upstream_config}\n'

@@ -77,6 +77,7 @@ def test_admin_pages_need_the_admin_credential(guarded: MirrorProcess) -> None:
         assert httpx.get(guarded.url + path, auth=("ci", "pull-secret")).status_code == 401
         assert httpx.get(guarded.url + path, auth=("ops", "admin-secret")).status_code == 200
     assert httpx.get(f"{guarded.url}/healthz").status_code == 200
+    assert httpx.get(f"{guarded.url}/readyz").status_code == 200, "probes need no credential"
 
 
 def test_a_non_bcrypt_htpasswd_is_a_config_error(tmp_path: Path) -> None:

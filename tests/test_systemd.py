@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mirror.config import load
+from mirror.http.drain import AFTER_DRAIN_GRACE
+
 UNIT = Path(__file__).parent.parent / "systemd" / "mirror.service"
 
 
@@ -47,3 +50,11 @@ def test_unit_is_hardened(tmp_path: Path) -> None:
         "Restart=on-failure",
     ):
         assert setting in text
+
+
+def test_stop_waits_for_the_drain() -> None:
+    """systemd sends SIGTERM, and waits longer than the default drain before it kills."""
+    settings = dict(line.split("=", 1) for line in UNIT.read_text().splitlines() if "=" in line)
+    assert settings["KillSignal"] == "SIGTERM"
+    stop_seconds = float(settings["TimeoutStopSec"].removesuffix("s"))
+    assert stop_seconds > load(None, env={}).server.drain_timeout + AFTER_DRAIN_GRACE + 5

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 
 from mirror import __version__
 from mirror.cache import inventory, maintenance
@@ -20,6 +21,7 @@ from mirror.commands import archive, clientconfig, prefetch
 from mirror.composition import Mirror
 from mirror.config import DOCKER_HUB, Config, ConfigError, load, render
 from mirror.http.app import create_app
+from mirror.http.drain import AFTER_DRAIN_GRACE, Drain, DrainingServer
 from mirror.http.fastpath import warm_answers
 from mirror.http.server import bounded_protocol
 
@@ -140,24 +142,27 @@ def serve(config: Config) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         mirror = Mirror(config)
-        app = create_app(mirror)
+        drain = Drain(mirror.inflight)
+        app = create_app(mirror, drain)
     except OSError as exc:
         print(f"mirror: cannot open the cache in {config.cache.directory}: {exc}", file=sys.stderr)
         return 1
-    uvicorn.run(
+    server_config = uvicorn.Config(
         app,
         host=config.server.host,
         port=config.server.port,
         log_level=config.server.log_level,
         log_config=None,
         access_log=False,  # mirror.access logs each request, with its cache status
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=AFTER_DRAIN_GRACE,  # the drain came first
         ssl_certfile=config.server.tls_cert,
         ssl_keyfile=config.server.tls_key,
         server_header=False,
         http=bounded_protocol(config.server.head_timeout, warm_answers(mirror)),
     )
-    return 0
+    server = DrainingServer(server_config, drain, config.server.drain_timeout)
+    server.run()
+    return 0 if server.started else STARTUP_FAILURE
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,7 @@ from mirror.composition import Mirror
 from mirror.http.access import AccessControl, Htpasswd, load_htpasswd
 from mirror.http.accesslog import AccessLog
 from mirror.http.dashboard import dashboard_routes
+from mirror.http.drain import CountRequests, Drain, readiness_route
 from mirror.http.fastpath import WarmManifests
 from mirror.http.responses import (
     API_VERSION_HEADER,
@@ -155,9 +156,13 @@ async def internal_error(request: Request, exc: Exception) -> Response:
     return error_response(RegistryError("internal error"))
 
 
-def create_app(mirror: Mirror) -> Starlette:
-    """The ASGI app around a built mirror; its lifespan starts and closes the mirror's background work."""
+def create_app(mirror: Mirror, drain: Drain | None = None) -> Starlette:
+    """The ASGI app around a built mirror; its lifespan starts and closes the mirror's background work.
+
+    `drain` is shared with the server that drains on SIGTERM (`mirror.http.drain`).
+    """
     config = mirror.config
+    drain = drain if drain is not None else Drain(mirror.inflight)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -174,6 +179,7 @@ def create_app(mirror: Mirror) -> Starlette:
         Route("/stats", stats_route),
         Route("/metrics", metrics_route),
         Route("/healthz", healthz),
+        readiness_route(drain),
         Route("/api/images", images_route),
         Route("/api/images/{repository:path}", images_route),
         *dashboard_routes(mirror),
@@ -183,7 +189,10 @@ def create_app(mirror: Mirror) -> Starlette:
         Htpasswd(load_htpasswd(path, key)) if path is not None else None
         for path, key in ((config.auth.htpasswd, "auth.htpasswd"), (config.auth.admin_htpasswd, "auth.admin_htpasswd"))
     )
-    middleware = [Middleware(AccessLog, json_format=config.log.format == "json")]
+    middleware = [
+        Middleware(CountRequests, drain=drain),
+        Middleware(AccessLog, json_format=config.log.format == "json"),
+    ]
     if clients is not None or admins is not None:
         middleware.append(Middleware(AccessControl, clients=clients, admins=admins))
     middleware.append(Middleware(WarmManifests, mirror=mirror))
