@@ -14,7 +14,8 @@ from collections.abc import AsyncIterator
 from io import FileIO
 
 from mirror.cache.blobs import iter_file
-from mirror.cache.downloads import Download, PassThrough
+from mirror.cache.downloads import Download
+from mirror.cache.passthrough import PassThrough
 from mirror.stats import Stats
 
 

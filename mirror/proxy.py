@@ -11,10 +11,13 @@ from typing import Protocol
 
 from mirror.bodies import BlobBody, CachedBody, DownloadBody, PassThroughBody
 from mirror.cache.blobs import BlobStore
-from mirror.cache.downloads import BlobStream, InflightDownloads, PassThrough, SingleFlight
+from mirror.cache.downloads import BlobStream, InflightDownloads
+from mirror.cache.flights import SingleFlight
 from mirror.cache.layout import TagEntry
 from mirror.cache.metadata import Manifest, ManifestCache, manifest_digest, same_answer
+from mirror.cache.passthrough import PassThrough
 from mirror.cache.tags import TagStore
+from mirror.link import Link
 from mirror.registry.errors import DigestInvalid, NoRoom, TooManyRequests, UpstreamUnavailable
 from mirror.registry.mediatypes import accept_key, accepted_types, admits
 from mirror.registry.reference import Digest, parse_digest
@@ -34,9 +37,16 @@ class ManifestAnswer:
 
 
 class BlobSource(Protocol):
-    """Where a missing blob comes from: today the upstream registry; in a fleet, also another replica."""
+    """Where a missing blob comes from: today the upstream registry; in a fleet, also another replica.
 
-    def open_blob(self, repository: str, digest: Digest, start: int = 0) -> AbstractAsyncContextManager[BlobStream]: ...
+    Its link caps the connections and bandwidth its downloads use.
+    """
+
+    link: Link
+
+    def open_blob(
+        self, repository: str, digest: Digest, start: int = 0, end: int | None = None, *, ranged: bool = False
+    ) -> AbstractAsyncContextManager[BlobStream]: ...
 
 
 class Proxy:
@@ -173,8 +183,17 @@ class Proxy:
 
     # Blobs
 
-    async def blob(self, source: BlobSource, repository: str, digest: Digest) -> BlobBody:
-        """The cached file, or the download (new or joined) that is fetching it, or a pass-through."""
+    async def blob(self, source: BlobSource, repository: str, digest: Digest, *, background: bool = False) -> BlobBody:
+        """The cached file, or the download (new or joined) that is fetching it, or a pass-through.
+
+        A `background` request (a prefetch) starts a download that yields to clients' downloads.
+        """
+        # A probe with Range from byte 0 too, so that the first answer says whether ranges can follow.
+        probe = source.link.policy.max_connections_per_blob > 1
+
+        def open_source(start: int, end: int | None) -> AbstractAsyncContextManager[BlobStream]:
+            return source.open_blob(repository, digest, start, end, ranged=probe)
+
         while True:
             opened = await self.store.open(digest)
             if opened is not None:
@@ -182,6 +201,8 @@ class Proxy:
                 return CachedBody(*opened, self.stats)
             download = self.inflight.get(digest)
             if download is not None:
+                if not background:
+                    download.client_joined()
                 self.stats.coalesced += 1
                 status = "COALESCED"
                 break
@@ -189,7 +210,7 @@ class Proxy:
             # and the start below run without a pause: no second download can slip in between.
             if self.store.size_now(digest) is None:
                 self.stats.blob_misses += 1
-                download = self.inflight.start(digest, lambda start: source.open_blob(repository, digest, start))
+                download = self.inflight.start(digest, open_source, source.link, background=background)
                 status = "MISS"
                 break
         try:
@@ -197,7 +218,7 @@ class Proxy:
             await asyncio.shield(download.ready)
         except NoRoom:
             self.stats.uncached_downloads += 1
-            passthrough = PassThrough(digest, lambda start: source.open_blob(repository, digest, start), self.stats)
+            passthrough = PassThrough(digest, open_source, source.link, self.stats)
             await passthrough.open()
             return PassThroughBody(passthrough)
         return DownloadBody(download, status, self.stats)

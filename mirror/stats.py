@@ -73,6 +73,8 @@ class Stats:
     bytes_served_from_cache: int = 0
     digest_mismatches: int = 0
     download_resumes: int = 0
+    parallel_downloads: int = 0
+    cold_range_reads: int = 0
     evictions: int = 0
     evicted_bytes: int = 0
     uncached_downloads: int = 0
@@ -122,6 +124,8 @@ _HELP = {
     "bytes_served_from_cache": "Bytes of blobs and manifests sent to clients from the cache.",
     "digest_mismatches": "Upstream downloads discarded because their digest did not match.",
     "download_resumes": "Upstream downloads cut mid-stream and resumed from the bytes already received.",
+    "parallel_downloads": "Upstream downloads of large blobs fetched as several ranges at once.",
+    "cold_range_reads": "Ranged blob requests beyond a download's progress, answered by a ranged upstream request.",
     "evictions": "Blobs and manifests removed to keep the cache within max_size or max_age.",
     "evicted_bytes": "Bytes removed from the cache by eviction.",
     "uncached_downloads": "Downloads streamed to clients without being cached (too large, or no space).",

@@ -43,7 +43,7 @@ async def warm_once(proxy: Proxy, upstream_for: UpstreamFor, entry: PrefetchConf
         for descriptor in [manifest.get("config"), *manifest.get("layers", [])]:
             if not isinstance(descriptor, dict):
                 continue
-            body = await proxy.blob(upstream, repository, parse_digest(descriptor["digest"]))
+            body = await proxy.blob(upstream, repository, parse_digest(descriptor["digest"]), background=True)
             fetched += await body.settle()
     return fetched
 

@@ -30,7 +30,7 @@ class FakeBlob:
     chunk: int = 64 * 1024
     wrong_bytes: bool = False  # serve the right length of the wrong content
     cut_at: int | None = None  # close the connection once the blob's byte at this offset is reached
-    cut_times: int | None = None  # cut only this many answers (None: every one)
+    cut_times: int | None = None  # cut only this many answers that reach cut_at (None: every one)
     ranges: bool = True  # honour `Range: bytes=N-` with a 206, as registries and CDNs do
     gate_at: int | None = None  # pause after this many bytes until `gate` is set
     gate: threading.Event = field(default_factory=threading.Event)
@@ -47,13 +47,20 @@ class FakeBlob:
             h.update(self.block)
         return "sha256:" + h.hexdigest()
 
-    async def body(self, start: int = 0) -> AsyncIterator[bytes]:
+    async def body(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Bytes [start, end) of the blob, with the faults it is set up for."""
+        sent = start
+        async for piece in self._body(start):
+            if end is not None and sent + len(piece) >= end:
+                yield piece[: end - sent]
+                return
+            sent += len(piece)
+            yield piece
+
+    async def _body(self, start: int) -> AsyncIterator[bytes]:
         data = self.block
         if self.wrong_bytes:
             data = bytes(b ^ 0xFF for b in data[:1]) + data[1:]
-        cut = self.cut_at is not None and self.cut_times != 0
-        if cut and self.cut_times is not None:
-            self.cut_times -= 1
         position = 0  # of the blob
         for _ in range(self.repeat):
             for offset in range(0, len(data), self.chunk):
@@ -65,7 +72,10 @@ class FakeBlob:
                 first = max(position, start)
                 if self.gate_at is not None and first >= self.gate_at:
                     await asyncio.to_thread(self.gate.wait)
-                if cut and self.cut_at is not None and first + len(piece) > self.cut_at:
+                if self.cut_at is not None and self.cut_times != 0 and first + len(piece) > self.cut_at:
+                    # Counted when it happens: a range that ends before cut_at is not cut.
+                    if self.cut_times is not None:
+                        self.cut_times -= 1
                     yield piece[: max(0, self.cut_at - first)]
                     raise ConnectionAbortedError("fake upstream cuts the connection")
                 position = first + len(piece)
@@ -182,13 +192,13 @@ class FakeUpstream:
     def _send_blob(self, request: Request, digest: str, blob: FakeBlob, headers: dict[str, str]) -> Response:
         wanted = request.headers.get("range")
         self.ranges.append((digest, wanted))
-        if wanted and blob.ranges and (match := re.fullmatch(r"bytes=(\d+)-", wanted)):
-            start = int(match[1])
+        if wanted and blob.ranges and (match := re.fullmatch(r"bytes=(\d+)-(\d*)", wanted)):
+            start, end = int(match[1]), min(int(match[2] or blob.size - 1) + 1, blob.size)
             if start >= blob.size:
                 return Response(status_code=416, headers={"Content-Range": f"bytes */{blob.size}"})
-            headers["Content-Length"] = str(blob.size - start)
-            headers["Content-Range"] = f"bytes {start}-{blob.size - 1}/{blob.size}"
-            return StreamingResponse(blob.body(start), 206, headers, media_type="application/octet-stream")
+            headers["Content-Length"] = str(end - start)
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{blob.size}"
+            return StreamingResponse(blob.body(start, end), 206, headers, media_type="application/octet-stream")
         return StreamingResponse(blob.body(), headers=headers, media_type="application/octet-stream")
 
     async def _manifest(self, request: Request) -> Response:

@@ -20,7 +20,7 @@ from support import Registry, free_port, start_server, stop_process
 _LOG_FORMAT = (
     "log_format paced escape=json '{"
     '"method":"$request_method","uri":"$request_uri","status":$status,'
-    '"range":"$http_range","bytes":$body_bytes_sent,"seconds":$request_time'
+    '"range":"$http_range","bytes":$body_bytes_sent,"seconds":$request_time,"ended":$msec'
     "}';"
 )
 _TEMP_KINDS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -36,6 +36,11 @@ class PacedRequest:
     range: str  # the request's Range header, "" without one
     body_bytes: int  # body bytes nginx sent to the client ($body_bytes_sent)
     seconds: float  # from the request's first byte to the log line ($request_time)
+    ended: float  # when it ended, seconds since the epoch ($msec)
+
+    @property
+    def started(self) -> float:
+        return self.ended - self.seconds
 
 
 class PacedUpstream:
@@ -140,6 +145,7 @@ class PacedUpstream:
                     record["range"],
                     record["bytes"],
                     float(record["seconds"]),
+                    float(record["ended"]),
                 )
             )
         return found

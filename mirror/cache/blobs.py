@@ -145,18 +145,10 @@ class BlobStore:
     def writer(self, digest: Digest) -> BlobWriter:
         return BlobWriter(self, digest)
 
-    async def resume_writer(self, digest: Digest) -> BlobWriter | None:
-        """A writer that carries on a partial download left by a restart, its prefix hashed again; or None."""
-        path = self.layout.partial_path(digest)
-        if not self._exists_now(path):
-            return None
-        return await anyio.to_thread.run_sync(BlobWriter.resume, self, digest, path)
-
-    @staticmethod
-    def _exists_now(path: Path) -> bool:
+    def partial_exists_now(self, digest: Digest) -> bool:
         """A blocking stat of the local cache disk (microseconds), as size_now: a trip to a thread
-        for every cold download, to find nothing in the common case, delayed each one's start."""
-        return path.exists()
+        for every cold download, to find no partial download in the common case, delayed each one's start."""
+        return self.layout.partial_path(digest).exists()
 
     def committed(self, digest: Digest, size: int) -> None:
         self._used(digest, size)
@@ -304,51 +296,20 @@ def _unlink_all(paths: list[Path]) -> None:
 
 
 class BlobWriter:
-    """Writes one blob to a temp file, hashing as it goes; `commit` makes it visible.
+    """Writes one small blob (a manifest, an import) to a temp file, hashing as it goes; `commit` makes it visible.
 
-    A download (`partial=True`) writes at `partial/<alg>/<hex>`, one per digest, which a
-    restart keeps (`keep`) and the next download of the digest carries on (`resume`).
+    Downloads write a `mirror.cache.partial.PartialFile` instead, which a restart keeps.
     """
 
-    def __init__(self, store: BlobStore, digest: Digest, *, partial: bool = False, fd: int | None = None) -> None:
+    def __init__(self, store: BlobStore, digest: Digest) -> None:
         self.store = store
         self.digest = digest
         self.size = 0
         self._hash = hashlib.new(digest.algorithm)
-        if partial:
-            self.temp_path = store.layout.partial_path(digest)
-            if fd is None:
-                self.temp_path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        else:
-            fd, name = tempfile.mkstemp(dir=store.tmp, prefix=f"{digest.hex[:16]}.")
-            self.temp_path = Path(name)
+        fd, name = tempfile.mkstemp(dir=store.tmp, prefix=f"{digest.hex[:16]}.")
+        self.temp_path = Path(name)
         self.fd: int | None = fd
         self.path = self.temp_path
-
-    @classmethod
-    def resume(cls, store: BlobStore, digest: Digest, path: Path) -> BlobWriter | None:
-        """Open a partial download for appending, its bytes hashed again (blocking: run in a thread)."""
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_APPEND)
-        except FileNotFoundError:
-            return None
-        writer = cls(store, digest, partial=True, fd=fd)
-        with open(path, "rb") as file:
-            while chunk := file.read(READ_CHUNK):
-                writer._hash.update(chunk)
-                writer.size += len(chunk)
-        return writer
-
-    def complete(self) -> bool:
-        """Whether what is written already hashes to the digest (a restart between last byte and rename)."""
-        return self._hash.copy().hexdigest() == self.digest.hex
-
-    def keep(self) -> None:
-        """Close a partial download without removing it: the next start carries on from it."""
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
 
     def write(self, chunk: bytes) -> None:
         # A chunk goes to the page cache in microseconds; fsync, the slow part, is in commit.
@@ -377,12 +338,12 @@ class BlobWriter:
         fd, self.fd = self.fd, None
         assert fd is not None
         final = self.store.path(self.digest)
-        await anyio.to_thread.run_sync(_sync_and_close, fd, final.parent)
+        await anyio.to_thread.run_sync(sync_and_close, fd, final.parent)
         # The rename happens on the event loop so that readers never see a half-way state.
         os.replace(self.temp_path, final)
         self.path = final
         self.store.committed(self.digest, self.size)
-        await anyio.to_thread.run_sync(_fsync_directory, final.parent)
+        await anyio.to_thread.run_sync(fsync_directory, final.parent)
 
     def discard(self) -> None:
         """Drop the temp file if the blob was not committed; a no-op after commit."""
@@ -393,7 +354,7 @@ class BlobWriter:
             self.temp_path.unlink(missing_ok=True)
 
 
-def _sync_and_close(fd: int, directory: Path) -> None:
+def sync_and_close(fd: int, directory: Path) -> None:
     try:
         os.fsync(fd)
     finally:
@@ -401,7 +362,7 @@ def _sync_and_close(fd: int, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

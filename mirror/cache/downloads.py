@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import hashlib
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import AbstractAsyncContextManager, AsyncExitStack
-from typing import Any, Generic, Protocol, TypeVar
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol, TypeVar
 
-from mirror.cache.blobs import READ_CHUNK, BlobStore, BlobWriter
+import anyio.to_thread
+
+from mirror.cache.blobs import READ_CHUNK, BlobStore
+from mirror.cache.partial import PartialFile
+from mirror.cache.pieces import Piece, Plan
+from mirror.link import Link
 from mirror.registry.errors import DownloadFailed, NoRoom, RegistryError, UpstreamFailed
 from mirror.registry.reference import Digest
 from mirror.stats import Stats
@@ -28,73 +32,52 @@ V = TypeVar("V")
 
 
 class BlobStream(Protocol):
-    """A blob's bytes as they arrive from its source, from byte `offset` on; `size` is the whole blob's."""
+    """A blob's bytes as they arrive from its source, from byte `offset` on; `size` is the whole blob's.
+
+    `ranged` says the source honoured Range (it answered 206): only then can the rest be
+    fetched as other ranges at once.
+    """
 
     size: int | None
     offset: int
+    ranged: bool
 
     def chunks(self) -> AsyncIterator[bytes]: ...
 
 
-# Opens the blob from a byte offset on; a source that cannot start there starts at 0 (offset says).
-OpenSource = Callable[[int], AbstractAsyncContextManager[BlobStream]]
+# Opens bytes [start, end) of the blob (end None: to its end), asking with Range; a source
+# that ignores Range starts at 0 (its offset says so) and runs to the end.
+OpenSource = Callable[[int, int | None], AbstractAsyncContextManager[BlobStream]]
 
-# A download cut mid-stream resumes from what it has, this many times, while each try adds bytes.
+# A connection cut mid-stream resumes from what it has, this many times, while each try adds bytes.
 RESUMES = 3
 RESUME_BACKOFF = 0.25
-
-
-class PassThrough:
-    """A blob streamed from the upstream straight to one client, verified but never stored.
-
-    Used when the cache has no room for it. The last chunk is held back until the digest
-    matched, as for cached downloads.
-    """
-
-    def __init__(self, digest: Digest, open_source: OpenSource, stats: Stats) -> None:
-        self.digest = digest
-        self._open_source = open_source
-        self._stack = AsyncExitStack()
-        self._source: BlobStream | None = None
-        self.stats = stats
-        self.size: int | None = None
-
-    async def open(self) -> None:
-        self._source = await self._stack.enter_async_context(self._open_source(0))
-        self.size = self._source.size
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        assert self._source is not None
-        hasher = hashlib.new(self.digest.algorithm)
-        held = b""
-        received = 0
-        async for chunk in self._source.chunks():
-            hasher.update(chunk)
-            received += len(chunk)
-            if held:
-                yield held
-            held = chunk
-        if hasher.hexdigest() != self.digest.hex or (self.size is not None and received != self.size):
-            self.stats.digest_mismatches += 1
-            raise DownloadFailed(f"upstream content for {self.digest} does not match its digest")
-        if held:
-            yield held
-
-    async def aclose(self) -> None:
-        await self._stack.aclose()
+# A ranged read this far beyond the connection on its way there gets a connection of its own.
+NEAR = 2 * 1024 * 1024
 
 
 class Download:
-    def __init__(self, digest: Digest, store: BlobStore, stats: Stats) -> None:
+    """One blob's download: a first connection that learns its size, then up to the link's
+    count of ranges at once for a large blob, each written at its offset, each resumed on its own."""
+
+    def __init__(self, digest: Digest, store: BlobStore, stats: Stats, link: Link, *, background: bool) -> None:
         self.digest = digest
         self.store = store
         self.stats = stats
+        self.link = link
+        self.background = background  # a prefetch: yields to clients' downloads until a client joins
         self.size: int | None = None
-        self.written = 0
+        self.written = 0  # the contiguous prefix on disk: what sequential readers can have
+        self.received = 0  # every byte on disk, in whatever ranges
         self.verified = False  # the digest matched: readers may send the last byte
         self.ok = False  # committed to the store
         self.error: BaseException | None = None
-        self.writer: BlobWriter | None = None
+        self.file: PartialFile | None = None
+        self._plan = Plan([], 1)
+        self._ranged = False  # the source honours Range
+        self._workers: list[asyncio.Task[None]] = []
+        self._hashing: asyncio.Task[None] | None = None
+        self._open_source: OpenSource | None = None
         self._reserved = 0  # bytes make_room set aside for this download, released when it ends
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         # Mark the exception retrieved: if every client left, nobody else will look at it.
@@ -110,114 +93,246 @@ class Download:
         self._changed.set()
         self._changed = asyncio.Event()
 
+    def client_joined(self) -> None:
+        """A client waits for this download now: it stops yielding to others."""
+        if self.background:
+            self.background = False
+            self.link.client_downloads += 1
+
     async def run(self, open_source: OpenSource) -> None:
+        self._open_source = open_source
+        if not self.background:
+            self.link.client_downloads += 1
         try:
-            self.writer = await self.store.resume_writer(self.digest)  # left by a restart
-            if self.writer is not None and self.writer.complete():
+            if self.store.partial_exists_now(self.digest):  # left by a restart
+                self.file = await anyio.to_thread.run_sync(PartialFile.resume, self.store, self.digest)
+            if self.file is not None and self.file.prefix and self.file.matches():
                 # Killed between the last byte and the rename: nothing left to fetch.
-                self.size = self.written = self.writer.size
+                self.size = self.written = self.received = self.file.prefix
                 self.ready.set_result(None)
             else:
-                if self.writer is not None:
-                    self.written = self.writer.size
-                    log.info("resuming the download of %s from byte %d, left by a restart", self.digest, self.written)
-                await self._fetch(open_source)
-            assert self.writer is not None
-            self.writer.verify(self.size)
+                if self.file is not None:
+                    log.info("resuming the download of %s with %d bytes held", self.digest, self.file.held)
+                await self._fetch()
+            assert self.file is not None
+            await self._hashed()
+            self.file.verify(self.size)
             self.verified = True
             self._notify()
             # Clients already have every byte; the fsync and rename below only make it durable.
-            await self.writer.commit(self.size)
+            await self.file.commit(self.size)
             self.ok = True
             self.store.release(self._reserved)
             self._reserved = 0
             await self.store.evict_to_fit()
         except BaseException as exc:
-            self.error = exc
-            if not self.ready.done():
-                self.ready.set_exception(exc)
-            if isinstance(exc, RegistryError) and exc.code == "DIGEST_INVALID":
-                self.stats.digest_mismatches += 1
-            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-                self.stats.disk_full += 1
-                # Make room for the next try; this one's clients are cut off and will retry.
-                await self.store.evict_bytes(self.written + self.store.disk_margin)
-            if not isinstance(exc, asyncio.CancelledError | NoRoom):
-                log.warning("download of %s failed after %d bytes: %s", self.digest, self.written, exc)
+            await self._failed(exc)
             if not isinstance(exc, Exception):
                 raise
         finally:
+            if not self.background:
+                self.link.client_downloads -= 1
             self.store.release(self._reserved)
             self._reserved = 0
-            if self.writer is not None:
+            await self._stop_workers()
+            if self.file is not None:
                 if isinstance(self.error, asyncio.CancelledError) and not self.verified:
-                    self.writer.keep()  # the server is stopping: the next start resumes from it
+                    self.file.keep()  # the server is stopping: the next start resumes from it
                 else:
-                    self.writer.discard()
+                    self.file.discard()
             self._notify()
 
-    async def _fetch(self, open_source: OpenSource) -> None:
-        """Fetch what is missing into the writer, resuming after cuts."""
+    async def _failed(self, exc: BaseException) -> None:
+        self.error = exc
+        if not self.ready.done():
+            self.ready.set_exception(exc)
+        if isinstance(exc, RegistryError) and exc.code == "DIGEST_INVALID":
+            self.stats.digest_mismatches += 1
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            self.stats.disk_full += 1
+            # Make room for the next try; this one's clients are cut off and will retry.
+            await self.store.evict_bytes(self.received + self.store.disk_margin)
+        if not isinstance(exc, asyncio.CancelledError | NoRoom):
+            log.warning("download of %s failed after %d bytes: %s", self.digest, self.received, exc)
+
+    async def _hashed(self) -> None:
+        """Wait until the digest has covered every byte written."""
+        assert self.file is not None
+        if self._hashing is not None:
+            await self._hashing
+        await self.file.catch_up()
+
+    # Fetching
+
+    async def _fetch(self) -> None:
+        """Fetch what is missing: the first connection, and the extra ones it starts; any failure fails all."""
+        first = asyncio.create_task(self._first_connection(), name=f"download {self.digest} range 0")
+        self._workers.append(first)
+        while pending := [worker for worker in self._workers if not worker.done()]:
+            await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+            for worker in self._workers:
+                if worker.done() and not worker.cancelled() and worker.exception() is not None:
+                    raise worker.exception()  # type: ignore[misc]  # checked not None just above
+
+    async def _stop_workers(self) -> None:
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+
+    async def _first_connection(self) -> None:
+        """Open from the first missing byte, learn the size, start the other ranges; then take pieces left."""
+        async with self.link.slots.hold():
+            await self._first_stream()
+            while (piece := self._plan.take()) is not None:
+                await self._fill(piece)
+
+    async def _first_stream(self) -> None:
+        piece: Piece | None = None
         resumes = 0
         while True:
-            before = self.written
+            position = piece.start if piece is not None else self.file.prefix if self.file is not None else 0
             try:
-                async with open_source(self.written) as source:
-                    if not self.ready.done():
-                        self.size = source.size
-                        if not await self.store.make_room(source.size):
-                            raise NoRoom(f"no room in the cache for {self.digest}")
-                        self._reserved = source.size or 0
-                        if self.writer is None:
-                            self.writer = BlobWriter(self.store, self.digest, partial=True)
-                        self.ready.set_result(None)
-                    await self._copy(source)
+                assert self._open_source is not None
+                async with self._open_source(position, None) as source:
+                    if piece is None:
+                        await self._begin(source)
+                        piece = self._plan.take_at(position)
+                        if piece is None:
+                            return
+                    await self._copy(source, piece, follow=True)
                 return
             except UpstreamFailed as exc:
-                # Cut or stalled mid-stream: go on from what is on disk, asking the registry again.
-                if not self._resumable(exc, resumes, progressed=self.written > before):
+                if piece is None or not self._resumable(exc, resumes, progressed=piece.start > position):
                     raise
                 resumes += 1
-                self.stats.download_resumes += 1
-                log.info("download of %s cut at %d bytes (%s); resuming", self.digest, self.written, exc.message)
-                await asyncio.sleep(RESUME_BACKOFF * resumes)
+                await self._before_resume(exc, piece)
             except RegistryError as exc:
-                if exc.status != 416 or self.ready.done() or self.writer is None:
+                if exc.status != 416 or self.ready.done() or self.file is None:
                     raise
                 # A partial file the upstream cannot continue (longer than the blob?): start afresh.
                 log.warning("partial download of %s cannot be resumed (%s); starting again", self.digest, exc.message)
-                self.writer.discard()
-                self.writer, self.written = None, 0
+                self.file.discard()
+                self.file = None
+
+    async def _begin(self, source: BlobStream) -> None:
+        """The first answer: make room, plan the pieces, let readers in, start the extra connections."""
+        self.size = source.size
+        if not await self.store.make_room(source.size):
+            raise NoRoom(f"no room in the cache for {self.digest}")
+        self._reserved = source.size or 0
+        if self.file is None:
+            self.file = PartialFile.create(self.store, self.digest)
+        self._ranged = source.ranged
+        if self.size is None:
+            self._plan = Plan([(self.file.prefix, None)], 1)
+            self.ready.set_result(None)
+            return
+        count = self.link.ranges_for(self.size) if source.ranged else 1
+        self._plan = Plan(list(self.file.missing(self.size)), count)
+        self.ready.set_result(None)
+        extra = min(count, len(self._plan.pieces)) - 1
+        if extra > 0:
+            self.stats.parallel_downloads += 1
+            log.info("fetching %s (%d bytes) as %d ranges at once", self.digest, self.size, extra + 1)
+        for number in range(extra):
+            name = f"download {self.digest} range {number + 1}"
+            self._workers.append(asyncio.create_task(self._extra_connection(), name=name))
+
+    async def _extra_connection(self) -> None:
+        async with self.link.slots.hold(extra=True):
+            while self._ranged and (piece := self._plan.take()) is not None:
+                await self._fill(piece)
+
+    async def _fill(self, piece: Piece) -> None:
+        """Fetch one piece with ranged requests, resuming after cuts."""
+        resumes = 0
+        assert self._open_source is not None
+        while not piece.done:
+            position = piece.start
+            try:
+                async with self._open_source(position, piece.end) as source:
+                    if not source.ranged and self._ranged:
+                        # It answered Range before: a CDN node that does not. One stream from here.
+                        log.warning("upstream ignored Range for %s; fetching it as one stream", self.digest)
+                        self._ranged = False
+                    await self._copy(source, piece, follow=False)
+            except UpstreamFailed as exc:
+                if not self._resumable(exc, resumes, progressed=piece.start > position):
+                    raise
+                resumes += 1
+                await self._before_resume(exc, piece)
 
     def _resumable(self, error: UpstreamFailed, resumes: int, *, progressed: bool) -> bool:
-        started = self.ready.done() and self.written > 0
-        return started and progressed and resumes < RESUMES and not isinstance(error, DownloadFailed)
+        return self.ready.done() and progressed and resumes < RESUMES and not isinstance(error, DownloadFailed)
 
-    async def _copy(self, source: BlobStream) -> None:
-        """Append the source's bytes past what is written; a source that restarted at 0 is skipped ahead."""
-        assert self.writer is not None
+    async def _before_resume(self, error: UpstreamFailed, piece: Piece) -> None:
+        self.stats.download_resumes += 1
+        log.info("download of %s cut at byte %d (%s); resuming", self.digest, piece.start, error.message)
+        await asyncio.sleep(RESUME_BACKOFF)
+
+    async def _copy(self, source: BlobStream, piece: Piece, *, follow: bool) -> None:
+        """Write the source's bytes of `piece` at their offsets; a following stream runs on into free pieces."""
+        assert self.file is not None
         if self.size is not None and source.size is not None and source.size != self.size:
             raise DownloadFailed(f"upstream now says {self.digest} has {source.size} bytes, not {self.size}")
-        skip = self.written - source.offset
-        if skip < 0:
-            raise DownloadFailed(f"upstream resumed {self.digest} at byte {source.offset}, past {self.written}")
-        async for chunk in source.chunks():
-            if skip:
-                dropped = min(skip, len(chunk))
-                chunk, skip = chunk[dropped:], skip - dropped
-                if not chunk:
+        if source.offset > piece.start:
+            raise DownloadFailed(f"upstream resumed {self.digest} at byte {source.offset}, past {piece.start}")
+        position = source.offset
+        async for data in source.chunks():
+            await self.link.spend(len(data), background=self.background)
+            chunk = memoryview(data)
+            while chunk:
+                if piece.done:
+                    next_piece = self._plan.follow(position, can_skip_far=not self._ranged) if follow else None
+                    if next_piece is None:
+                        return  # the rest is another connection's
+                    piece = next_piece
+                if position < piece.start:  # already held: skip it
+                    skip = min(piece.start - position, len(chunk))
+                    chunk, position = chunk[skip:], position + skip
                     continue
-            self.writer.write(chunk)
-            self.written += len(chunk)
-            self._notify()
+                take = len(chunk) if piece.end is None else min(len(chunk), piece.end - position)
+                self.file.write_at(position, chunk[:take])
+                chunk, position, piece.start = chunk[take:], position + take, position + take
+            self._progress()
+        if piece.end is None:
+            self.size = position  # no size announced: the stream's end is the blob's
+        elif not piece.done:
+            raise UpstreamFailed(f"upstream ended {self.digest} at byte {position}, before byte {piece.end}")
+
+    def _progress(self) -> None:
+        assert self.file is not None
+        self.written, self.received = self.file.prefix, self.file.held
+        if self.file.hashed < self.written and not self.file.catching_up and self._hashing is None:
+            self._hashing = asyncio.create_task(self._catch_up())
+        self._notify()
+
+    async def _catch_up(self) -> None:
+        assert self.file is not None
+        try:
+            await self.file.catch_up()
+        finally:
+            self._hashing = None
+
+    # Reading
 
     async def iter_range(self, start: int, end: int | None) -> AsyncIterator[bytes]:
-        """Yield bytes [start, end) as they arrive; end None means to the end of the blob."""
+        """Yield bytes [start, end) as they arrive; end None means to the end of the blob.
+
+        A start far beyond where the download is gets its own ranged request, whose bytes
+        cannot be checked against the digest: see `_far`.
+        """
+        source = self._iter_direct(start, end) if self._far(start) else self._iter_shared(start, end)
+        async for chunk in source:
+            yield chunk
+
+    async def _iter_shared(self, start: int, end: int | None) -> AsyncIterator[bytes]:
+        """Bytes [start, end) from the download's file as they are written."""
         fd = self._open()
         try:
             position = start
             while True:
-                limit = self.written if self.verified else max(self.written - 1, 0)
+                limit = self._readable(position)
                 if end is not None:
                     limit = min(limit, end)
                 if position < limit:
@@ -234,11 +349,43 @@ class Download:
         finally:
             os.close(fd)
 
+    def _readable(self, position: int) -> int:
+        """How far a reader at `position` may read now: written bytes, but never the last one unverified."""
+        if self.verified:
+            return self.written
+        held = self.file.held_until(position) if self.file is not None else position
+        last = self.size - 1 if self.size is not None else self.written - 1
+        return max(min(held, last), 0)
+
+    def _far(self, offset: int) -> bool:
+        """Whether a read from `offset` would wait long for the download: not held, and no
+        connection within NEAR bytes of it (a lazy pull reading a layer's footer first)."""
+        if offset == 0 or self.done or self.file is None or self.file.held_until(offset) > offset:
+            return False
+        if self.size is not None and offset >= self.size:
+            return False
+        reaching = self._plan.reaching(offset)
+        return reaching is None or offset - reaching > NEAR
+
+    async def _iter_direct(self, start: int, end: int | None) -> AsyncIterator[bytes]:
+        """Bytes [start, end) from a ranged request of their own, served as they come and never stored."""
+        assert self._open_source is not None
+        async with self.link.slots.hold(), self._open_source(start, end) as source:
+            if source.ranged:
+                self.stats.cold_range_reads += 1
+                async for chunk in source.chunks():
+                    await self.link.spend(len(chunk), background=False)
+                    yield chunk
+                return
+        # The upstream ignored Range: wait for the download instead.
+        async for chunk in self._iter_shared(start, end):
+            yield chunk
+
     def _open(self) -> int:
-        if self.writer is None or self.error is not None:
+        if self.file is None or self.error is not None:
             raise DownloadFailed(f"upstream download of {self.digest} failed") from self.error
         try:
-            return os.open(self.writer.path, os.O_RDONLY)
+            return os.open(self.file.path, os.O_RDONLY)
         except FileNotFoundError as exc:
             raise DownloadFailed(f"upstream download of {self.digest} failed") from exc
 
@@ -267,8 +414,8 @@ class InflightDownloads:
     def get(self, digest: Digest) -> Download | None:
         return self._downloads.get(digest)
 
-    def start(self, digest: Digest, open_source: OpenSource) -> Download:
-        download = Download(digest, self.store, self.stats)
+    def start(self, digest: Digest, open_source: OpenSource, link: Link, *, background: bool = False) -> Download:
+        download = Download(digest, self.store, self.stats, link, background=background)
         self._downloads[digest] = download
 
         async def run() -> None:
@@ -281,26 +428,10 @@ class InflightDownloads:
         return download
 
     def progress(self) -> list[dict[str, object]]:
-        return [{"digest": str(d.digest), "size": d.size, "received": d.written} for d in self._downloads.values()]
+        return [{"digest": str(d.digest), "size": d.size, "received": d.received} for d in self._downloads.values()]
 
     async def close(self) -> None:
         tasks = [d.task for d in self._downloads.values() if d.task is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-class SingleFlight(Generic[K, V]):
-    """Runs one task per key; everyone asking for the same key meanwhile awaits its result."""
-
-    def __init__(self) -> None:
-        self._tasks: dict[K, asyncio.Task[V]] = {}
-
-    async def run(self, key: K, work: Callable[[], Coroutine[Any, Any, V]]) -> V:
-        task = self._tasks.get(key)
-        if task is None:
-            task = asyncio.create_task(work())
-            self._tasks[key] = task
-            task.add_done_callback(lambda _: self._tasks.pop(key, None))
-        # Shielded: a client that disconnects must not cancel the work others are waiting for.
-        return await asyncio.shield(task)

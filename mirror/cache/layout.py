@@ -6,6 +6,8 @@ This module is the one owner of that format (version 2)::
     <root>/blobs/<alg>/<2 hex>/<hex>      blob and manifest bytes, complete and verified
     <root>/tmp/                           small writes under way (manifests, imports), swept at start-up
     <root>/partial/<alg>/<hex>            downloads under way, kept across a restart and resumed
+    <root>/partial/<alg>/<hex>.ranges     which byte ranges of it are written, as JSON [[start, end], …],
+                                          when not just a prefix (a download in parallel ranges)
     <root>/meta/                          diskcache (SQLite) with text keys and JSON text values:
         ["manifest", digest]              -> {"media_type", "config": the image config's digest or null}
         ["tag", upstream, repository, tag] -> {accept key: {"digest", "media_type", "fetched_at"}}
@@ -73,6 +75,10 @@ class CacheLayout:
     def partial_path(self, digest: Digest) -> Path:
         """Where a download of `digest` writes until its digest matched: never a blob path."""
         return self.partial / digest.algorithm / digest.hex
+
+    def partial_ranges_path(self, digest: Digest) -> Path:
+        """The ranges a partial download holds; without this file, it holds the prefix its size says."""
+        return self.partial / digest.algorithm / f"{digest.hex}.ranges"
 
     def blob_files(self) -> Iterator[tuple[str, Path]]:
         """(`algorithm:name`, path) of every file under blobs/, well-named or not."""

@@ -10,6 +10,7 @@ from typing import Any, TextIO
 
 import httpx
 
+from mirror.link import BACKGROUND_PRIORITY
 from mirror.registry.mediatypes import ACCEPT_ALL, INDEX_TYPES, platform_matches, platform_name
 from mirror.registry.reference import ImageRef, parse_image
 
@@ -72,7 +73,9 @@ class Prefetcher:
 
     def fetch(self, image: ImageRef, blobs: list[tuple[str, int]]) -> None:
         for digest, _ in blobs:
-            with self.client.stream("GET", self._path(image, "blobs", digest)) as response:
+            # Lowest urgency (RFC 9218): the mirror lets clients' downloads go first.
+            path = self._path(image, "blobs", digest)
+            with self.client.stream("GET", path, headers={"Priority": BACKGROUND_PRIORITY}) as response:
                 if response.status_code != 200:
                     raise RuntimeError(f"{digest}: {response.status_code}")
                 if response.headers.get("x-cache") == "HIT":

@@ -30,6 +30,7 @@ from mirror.http.responses import (
     manifest_headers,
     parse_range,
 )
+from mirror.link import is_background
 from mirror.proxy import ManifestAnswer
 from mirror.registry.errors import NotFound, RegistryError, Unsupported
 from mirror.registry.reference import Digest, parse_digest, parse_name, parse_reference
@@ -97,7 +98,8 @@ async def _blob(request: Request, mirror: Mirror, upstream: Upstream, repository
     if request.method == "HEAD":
         size = await mirror.proxy.blob_size(upstream, repository, digest)
         return Response(b"", headers={API_VERSION_HEADER[0]: API_VERSION_HEADER[1], **blob_headers(str(digest), size)})
-    body = await mirror.proxy.blob(upstream, repository, digest)
+    background = is_background(request.headers.get("priority"))  # `mirror prefetch`
+    body = await mirror.proxy.blob(upstream, repository, digest, background=background)
     try:
         range_header = request.headers.get("range") if body.ranged else None
         # Without a Range the bytes can start before the size is known (chunked); with one, wait for it.

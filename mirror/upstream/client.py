@@ -15,6 +15,7 @@ import httpx
 
 from mirror import __version__
 from mirror.config import ProxyEnvironment, UpstreamConfig
+from mirror.link import Link, LinkPolicy
 from mirror.registry.errors import (
     BlobUnknown,
     ManifestInvalid,
@@ -104,8 +105,9 @@ class UpstreamBody:
         length = response.headers.get("content-length", "")
         self.size: int | None = int(length) if length.isascii() and length.isdigit() else None
         self.offset = 0  # the blob's byte this body starts at
-        if response.status_code == 206:
-            # A resumed download: the answer must start where asked, for the whole blob's size.
+        self.ranged = response.status_code == 206  # False: the upstream ignored Range, this is the whole blob
+        if self.ranged:
+            # The answer must start where asked, and say the whole blob's size.
             match = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", ""))
             if match is None or int(match[1]) != start:
                 raise UpstreamFailed(
@@ -133,7 +135,13 @@ class Upstream:
         self.host = httpx.URL(config.url).host
         self.health = Health()
         self.route = ProxyRoute.for_upstream(config.proxy, proxy_env or ProxyEnvironment())
-        limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
+        self.link = Link(
+            LinkPolicy(
+                config.max_connections, config.max_connections_per_blob, config.parallel_threshold, config.max_bandwidth
+            )
+        )
+        # Blob connections are capped by the link (waiting in turn); the pool only needs room for them and the rest.
+        limits = httpx.Limits(max_connections=max(64, config.max_connections + 16), max_keepalive_connections=32)
         context = ssl_context(config.ca_file, config.client_cert, config.client_key)
         self.client = httpx.AsyncClient(
             base_url=config.url,
@@ -338,9 +346,16 @@ class Upstream:
             return FetchedManifest(bytes(body), _media_type(response), response.headers.get("docker-content-digest"))
 
     @asynccontextmanager
-    async def open_blob(self, repository: str, digest: Digest, start: int = 0) -> AsyncIterator[UpstreamBody]:
-        """The blob from byte `start` on (a resumed download asks the registry again: a CDN URL may expire)."""
-        headers = [("Range", f"bytes={start}-")] if start else None
+    async def open_blob(
+        self, repository: str, digest: Digest, start: int = 0, end: int | None = None, *, ranged: bool = False
+    ) -> AsyncIterator[UpstreamBody]:
+        """Bytes [start, end) of the blob (end None: to its end), asking with Range from any
+        `start`, or when `ranged` (the answer then says whether the upstream honours Range).
+
+        Each call asks the registry again, so an expired CDN URL is never reused.
+        """
+        ranged = ranged or start > 0 or end is not None
+        headers = [("Range", f"bytes={start}-{'' if end is None else end - 1}")] if ranged else None
         path = f"/v2/{self.repository(repository)}/blobs/{digest}"
         async with self._send("GET", path, headers=headers) as response:
             await self._raise_for_status(response, BlobUnknown)
