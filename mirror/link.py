@@ -10,6 +10,7 @@ download runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -18,8 +19,9 @@ from dataclasses import dataclass
 
 # The request header value (RFC 9218's lowest urgency) by which `mirror prefetch` asks to go last.
 BACKGROUND_PRIORITY = "u=7"
-# A background download pauses this long between chunks while a client's download runs.
-BACKGROUND_PAUSE = 0.05
+# A background download takes one chunk this often while clients' downloads run: a trickle
+# that keeps its connection alive.
+BACKGROUND_TRICKLE = 1.0
 # The bandwidth cap lets a download run ahead of its share by this much time, no more.
 BURST = 0.05
 
@@ -110,6 +112,8 @@ class Link:
         bandwidth = self.policy.max_bandwidth
         self.bandwidth = Bandwidth(bandwidth) if bandwidth is not None else None
         self.client_downloads = 0  # downloads a client is waiting for (not prefetches)
+        self._no_clients = asyncio.Event()
+        self._no_clients.set()
 
     def ranges_for(self, size: int) -> int:
         """How many ranges to fetch a blob of this size in: 1 means one stream."""
@@ -117,10 +121,29 @@ class Link:
             return 1
         return self.policy.max_connections_per_blob
 
+    def first_range(self) -> int | None:
+        """How many bytes a blob's first request asks for; None: all of it, as one stream.
+
+        Half the threshold: a blob under it comes in one or two requests, and the first
+        connection of a larger one does about its share, whatever the blob's size turns out to be.
+        """
+        if self.policy.max_connections_per_blob == 1:
+            return None
+        return max(self.policy.parallel_threshold // 2, 1)
+
+    def client_download(self, change: int) -> None:
+        """A client's download starts (+1) or ends (-1)."""
+        self.client_downloads += change
+        if self.client_downloads:
+            self._no_clients.clear()
+        else:
+            self._no_clients.set()
+
     async def spend(self, size: int, *, background: bool) -> None:
         """Account for `size` bytes just received; pause if the cap or a client's download says so."""
         wait = self.bandwidth.delay(size) if self.bandwidth is not None else 0.0
-        if background and self.client_downloads:
-            wait = max(wait, BACKGROUND_PAUSE)
         if wait > 0:
             await asyncio.sleep(wait)
+        if background and self.client_downloads:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._no_clients.wait(), BACKGROUND_TRICKLE)

@@ -45,7 +45,7 @@ class BlobSource(Protocol):
     link: Link
 
     def open_blob(
-        self, repository: str, digest: Digest, start: int = 0, end: int | None = None, *, ranged: bool = False
+        self, repository: str, digest: Digest, start: int = 0, end: int | None = None
     ) -> AbstractAsyncContextManager[BlobStream]: ...
 
 
@@ -188,11 +188,9 @@ class Proxy:
 
         A `background` request (a prefetch) starts a download that yields to clients' downloads.
         """
-        # A probe with Range from byte 0 too, so that the first answer says whether ranges can follow.
-        probe = source.link.policy.max_connections_per_blob > 1
 
         def open_source(start: int, end: int | None) -> AbstractAsyncContextManager[BlobStream]:
-            return source.open_blob(repository, digest, start, end, ranged=probe)
+            return source.open_blob(repository, digest, start, end)
 
         while True:
             opened = await self.store.open(digest)

@@ -13,6 +13,10 @@ from fake_upstream import FakeBlob, FakeUpstream
 from support import MirrorProcess
 from test_streaming import wait_until
 
+from mirror.link import Link
+
+FIRST_RANGE = Link().first_range() or 0  # with the default settings
+
 
 @pytest.mark.parametrize("stop", ["SIGTERM", "SIGKILL"])
 def test_a_restart_resumes_the_partial_download(fake_upstream: FakeUpstream, tmp_path: Path, stop: str) -> None:
@@ -48,7 +52,10 @@ def test_a_restart_resumes_the_partial_download(fake_upstream: FakeUpstream, tmp
         mirror.start()
         body = httpx.get(f"{mirror.url}{url_path}", timeout=30).content
         assert "sha256:" + hashlib.sha256(body).hexdigest() == digest
-        assert [r for d, r in fake_upstream.ranges if d == digest] == ["bytes=0-", f"bytes={half}-"]
+        assert [r for d, r in fake_upstream.ranges if d == digest] == [
+            "bytes=0-33554431",
+            f"bytes={half}-{half + FIRST_RANGE - 1}",
+        ]
         mirror.wait_idle()
         assert mirror.stats()["bytes_fetched_from_upstream"] == blob.size - half, "only the rest came again"
         assert mirror.blob_path(digest).exists() and not partial.exists()
@@ -74,6 +81,10 @@ def test_a_partial_download_that_needs_no_resume(fake_upstream: FakeUpstream, tm
         mirror.wait_idle()
         assert mirror.blob_path(digest).exists() and not partial.exists()
         asked = [r for d, r in fake_upstream.ranges if d == digest]
-        assert asked == ([] if left == "whole" else [f"bytes={len(content) + 18}-", "bytes=0-"])
+        assert asked == (
+            []
+            if left == "whole"
+            else [f"bytes={len(content) + 18}-{len(content) + 18 + FIRST_RANGE - 1}", f"bytes=0-{FIRST_RANGE - 1}"]
+        )
     finally:
         mirror.stop()

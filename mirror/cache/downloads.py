@@ -97,12 +97,12 @@ class Download:
         """A client waits for this download now: it stops yielding to others."""
         if self.background:
             self.background = False
-            self.link.client_downloads += 1
+            self.link.client_download(+1)
 
     async def run(self, open_source: OpenSource) -> None:
         self._open_source = open_source
         if not self.background:
-            self.link.client_downloads += 1
+            self.link.client_download(+1)
         try:
             if self.store.partial_exists_now(self.digest):  # left by a restart
                 self.file = await anyio.to_thread.run_sync(PartialFile.resume, self.store, self.digest)
@@ -131,7 +131,7 @@ class Download:
                 raise
         finally:
             if not self.background:
-                self.link.client_downloads -= 1
+                self.link.client_download(-1)
             self.store.release(self._reserved)
             self._reserved = 0
             await self._stop_workers()
@@ -187,34 +187,35 @@ class Download:
                 await self._fill(piece)
 
     async def _first_stream(self) -> None:
+        """The first request: from the first missing byte, and only the link's first_range long when
+        ranges may follow, so that no connection is ever dropped mid-answer (its bytes in flight
+        would be fetched twice). Its answer says the size and whether the upstream honours Range."""
+        position = self.file.prefix if self.file is not None else 0
+        first_range = self.link.first_range()
+        end = None if first_range is None else position + first_range
         piece: Piece | None = None
-        resumes = 0
-        while True:
-            position = piece.start if piece is not None else self.file.prefix if self.file is not None else 0
-            try:
-                assert self._open_source is not None
-                async with self._open_source(position, None) as source:
-                    if piece is None:
-                        await self._begin(source)
-                        piece = self._plan.take_at(position)
-                        if piece is None:
-                            return
-                    await self._copy(source, piece, follow=True)
-                return
-            except UpstreamFailed as exc:
-                if piece is None or not self._resumable(exc, resumes, progressed=piece.start > position):
-                    raise
-                resumes += 1
-                await self._before_resume(exc, piece)
-            except RegistryError as exc:
-                if exc.status != 416 or self.ready.done() or self.file is None:
-                    raise
-                # A partial file the upstream cannot continue (longer than the blob?): start afresh.
-                log.warning("partial download of %s cannot be resumed (%s); starting again", self.digest, exc.message)
-                self.file.discard()
-                self.file = None
+        assert self._open_source is not None
+        try:
+            async with self._open_source(position, end) as source:
+                piece = await self._begin(source, position, end)
+                await self._copy(source, piece, follow=not source.ranged or end is None)
+        except UpstreamFailed as exc:
+            if piece is None or not self._resumable(exc, 0, progressed=piece.start > position):
+                raise
+            await self._before_resume(exc, piece)
+        except RegistryError as exc:
+            if exc.status != 416 or self.ready.done() or self.file is None:
+                raise
+            # A partial file the upstream cannot continue (longer than the blob?): start afresh.
+            log.warning("partial download of %s cannot be resumed (%s); starting again", self.digest, exc.message)
+            self.file.discard()
+            self.file = None
+            await self._first_stream()
+            return
+        if not piece.done:
+            await self._fill(piece)  # cut: the rest of it, on its own
 
-    async def _begin(self, source: BlobStream) -> None:
+    async def _begin(self, source: BlobStream, position: int, end: int | None) -> Piece:
         """The first answer: make room, plan the pieces, let readers in, start the extra connections."""
         self.size = source.size
         if not await self.store.make_room(source.size):
@@ -223,20 +224,23 @@ class Download:
         if self.file is None:
             self.file = PartialFile.create(self.store, self.digest)
         self._ranged = source.ranged
-        if self.size is None:
-            self._plan = Plan([(self.file.prefix, None)], 1)
-            self.ready.set_result(None)
-            return
-        count = self.link.ranges_for(self.size) if source.ranged else 1
-        self._plan = Plan(list(self.file.missing(self.size)), count)
         self.ready.set_result(None)
-        extra = min(count, len(self._plan.pieces)) - 1
+        if self.size is None or not source.ranged or end is None:
+            # One stream, running on past what is held (it may start at byte 0: no Range honoured).
+            gaps: list[tuple[int, int | None]] = [(self.file.prefix, None)] if self.size is None else []
+            self._plan = Plan(gaps or list(self.file.missing(self.size or 0)), 1)
+            return self._plan.take() or Piece(0, 0)  # nothing missing: the digest check decides
+        count = self.link.ranges_for(self.size)
+        self._plan = Plan(list(self.file.missing(self.size)), count, first=(position, min(end, self.size)))
+        first = self._plan.pieces[0]
+        extra = min(count - 1, sum(not piece.taken for piece in self._plan.pieces))
         if extra > 0:
             self.stats.parallel_downloads += 1
             log.info("fetching %s (%d bytes) as %d ranges at once", self.digest, self.size, extra + 1)
         for number in range(extra):
             name = f"download {self.digest} range {number + 1}"
             self._workers.append(asyncio.create_task(self._extra_connection(), name=name))
+        return first
 
     async def _extra_connection(self) -> None:
         async with self.link.slots.hold(extra=True):

@@ -24,10 +24,15 @@ class Piece:
 class Plan:
     """The pieces of a download: the gaps in what is held, each cut into up to `count` pieces."""
 
-    def __init__(self, gaps: list[tuple[int, int | None]], count: int) -> None:
+    def __init__(self, gaps: list[tuple[int, int | None]], count: int, first: tuple[int, int] | None = None) -> None:
+        """Cut `gaps` into pieces of about 1/count of their total; `first`, a range the first
+        request is already fetching, is the first piece, taken, and its connection's share."""
         total = sum(end - start for start, end in gaps if end is not None)
         size = max(-(-total // max(count, 1)), MIN_PIECE)
         self.pieces: list[Piece] = []
+        if first is not None:
+            self.pieces.append(Piece(*first, taken=True))
+            gaps = [part for start, end in gaps for part in _without(start, end, first)]
         for start, end in gaps:
             if end is None:
                 self.pieces.append(Piece(start, None))
@@ -35,6 +40,7 @@ class Plan:
             while start < end:
                 self.pieces.append(Piece(start, min(start + size, end)))
                 start += size
+        # The first connection's next piece is the last one, the shorter remainder: its share.
 
     def take(self) -> Piece | None:
         """The first piece nobody has taken."""
@@ -76,3 +82,13 @@ class Plan:
             if piece.taken and piece.start <= offset and (piece.end is None or offset < piece.end):
                 return piece.start
         return None
+
+
+def _without(start: int, end: int | None, cut: tuple[int, int]) -> list[tuple[int, int | None]]:
+    """The parts of [start, end) outside `cut`."""
+    parts: list[tuple[int, int | None]] = []
+    if start < cut[0]:
+        parts.append((start, cut[0] if end is None else min(end, cut[0])))
+    if end is None or end > cut[1]:
+        parts.append((max(start, cut[1]), end))
+    return [(s, e) for s, e in parts if e is None or s < e]

@@ -347,14 +347,14 @@ class Upstream:
 
     @asynccontextmanager
     async def open_blob(
-        self, repository: str, digest: Digest, start: int = 0, end: int | None = None, *, ranged: bool = False
+        self, repository: str, digest: Digest, start: int = 0, end: int | None = None
     ) -> AsyncIterator[UpstreamBody]:
-        """Bytes [start, end) of the blob (end None: to its end), asking with Range from any
-        `start`, or when `ranged` (the answer then says whether the upstream honours Range).
+        """Bytes [start, end) of the blob (end None: to its end), with Range unless that is all of it.
 
-        Each call asks the registry again, so an expired CDN URL is never reused.
+        The answer says whether the upstream honoured Range (`ranged`). Each call asks the
+        registry again, so an expired CDN URL is never reused.
         """
-        ranged = ranged or start > 0 or end is not None
+        ranged = start > 0 or end is not None
         headers = [("Range", f"bytes={start}-{'' if end is None else end - 1}")] if ranged else None
         path = f"/v2/{self.repository(repository)}/blobs/{digest}"
         async with self._send("GET", path, headers=headers) as response:
