@@ -136,8 +136,10 @@ class Download:
             self._reserved = 0
             await self._stop_workers()
             if self.file is not None:
-                if isinstance(self.error, asyncio.CancelledError) and not self.verified:
-                    self.file.keep()  # the server is stopping: the next start resumes from it
+                if isinstance(self.error, asyncio.CancelledError) and not self.ok:
+                    # The server is stopping: the next start resumes from it, or, if it was
+                    # verified but not yet renamed, commits it without a fetch.
+                    self.file.keep()
                 else:
                     self.file.discard()
             self._notify()
@@ -193,6 +195,9 @@ class Download:
         position = self.file.prefix if self.file is not None else 0
         first_range = self.link.first_range()
         end = None if first_range is None else position + first_range
+        held = self.file.next_held(position) if self.file is not None else None
+        if end is not None and held is not None:
+            end = min(end, held)  # a restart kept ranges further on: only the gap before them
         piece: Piece | None = None
         assert self._open_source is not None
         try:

@@ -23,7 +23,7 @@ from mirror.registry.errors import DigestInvalid
 from mirror.registry.reference import Digest
 
 # How often the ranges map of a download in parallel is saved, at most.
-MAP_INTERVAL = 1.0
+MAP_INTERVAL = 0.25
 HASH_CHUNK = 4 * 1024 * 1024
 
 
@@ -78,6 +78,10 @@ class PartialFile:
             if start <= offset < end:
                 return end
         return offset
+
+    def next_held(self, offset: int) -> int | None:
+        """Where the first written range after `offset` starts; None if none does."""
+        return next((start for start, _ in self.ranges if start > offset), None)
 
     def missing(self, size: int) -> list[tuple[int, int]]:
         """The ranges of [0, size) not written yet."""
@@ -188,8 +192,10 @@ class PartialFile:
 
     def keep(self) -> None:
         """Close without removing: the next start carries on from what is written."""
+        if self.path != self.store.layout.partial_path(self.digest):
+            return  # committed
+        self.save_map()
         if self.fd is not None:
-            self.save_map()
             os.close(self.fd)
             self.fd = None
 
