@@ -14,7 +14,7 @@ from typing import Any
 
 from mirror.cache.blobs import BlobStore
 from mirror.cache.directory import CacheDirectory
-from mirror.cache.downloads import InflightDownloads
+from mirror.cache.inflight import InflightDownloads
 from mirror.cache.metadata import ManifestCache
 from mirror.cache.tags import LocalTagStore
 from mirror.config import Config

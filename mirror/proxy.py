@@ -11,8 +11,9 @@ from typing import Protocol
 
 from mirror.bodies import BlobBody, CachedBody, DownloadBody, PassThroughBody
 from mirror.cache.blobs import BlobStore
-from mirror.cache.downloads import BlobStream, InflightDownloads
+from mirror.cache.downloads import BlobStream
 from mirror.cache.flights import SingleFlight
+from mirror.cache.inflight import InflightDownloads
 from mirror.cache.layout import TagEntry
 from mirror.cache.metadata import Manifest, ManifestCache, manifest_digest, same_answer
 from mirror.cache.passthrough import PassThrough

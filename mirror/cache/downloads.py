@@ -76,6 +76,7 @@ class Download:
         self._plan = Plan([], 1)
         self._ranged = False  # the source honours Range
         self._workers: list[asyncio.Task[None]] = []
+        self._queued: set[asyncio.Task[None]] = set()  # extra connections still waiting for a slot
         self._hashing: asyncio.Task[None] | None = None
         self._open_source: OpenSource | None = None
         self._reserved = 0  # bytes make_room set aside for this download, released when it ends
@@ -106,6 +107,8 @@ class Download:
         try:
             if self.store.partial_exists_now(self.digest):  # left by a restart
                 self.file = await anyio.to_thread.run_sync(PartialFile.resume, self.store, self.digest)
+                if self.file is not None:
+                    self.written, self.received = self.file.prefix, self.file.held
             if self.file is not None and self.file.prefix and self.file.matches():
                 # Killed between the last byte and the rename: nothing left to fetch.
                 self.size = self.written = self.received = self.file.prefix
@@ -170,7 +173,8 @@ class Download:
         """Fetch what is missing: the first connection, and the extra ones it starts; any failure fails all."""
         first = asyncio.create_task(self._first_connection(), name=f"download {self.digest} range 0")
         self._workers.append(first)
-        while pending := [worker for worker in self._workers if not worker.done()]:
+        # Extra connections still queued for a slot are not waited for: the others take every piece.
+        while pending := [worker for worker in self._workers if not worker.done() and worker not in self._queued]:
             await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
             for worker in self._workers:
                 if worker.done() and not worker.cancelled() and worker.exception() is not None:
@@ -248,9 +252,16 @@ class Download:
         return first
 
     async def _extra_connection(self) -> None:
-        async with self.link.slots.hold(extra=True):
-            while self._ranged and (piece := self._plan.take()) is not None:
-                await self._fill(piece)
+        task = asyncio.current_task()
+        assert task is not None
+        self._queued.add(task)
+        try:
+            async with self.link.slots.hold(extra=True):
+                self._queued.discard(task)
+                while self._ranged and (piece := self._plan.take()) is not None:
+                    await self._fill(piece)
+        finally:
+            self._queued.discard(task)
 
     async def _fill(self, piece: Piece) -> None:
         """Fetch one piece with ranged requests, resuming after cuts."""
@@ -407,40 +418,3 @@ class Download:
                 raise DownloadFailed(f"upstream download of {self.digest} failed") from self.error
             return self.written
         return self.size
-
-
-class InflightDownloads:
-    """The downloads under way, by digest."""
-
-    def __init__(self, store: BlobStore, stats: Stats) -> None:
-        self.store = store
-        self.stats = stats
-        self._downloads: dict[Digest, Download] = {}
-
-    def __len__(self) -> int:
-        return len(self._downloads)
-
-    def get(self, digest: Digest) -> Download | None:
-        return self._downloads.get(digest)
-
-    def start(self, digest: Digest, open_source: OpenSource, link: Link, *, background: bool = False) -> Download:
-        download = Download(digest, self.store, self.stats, link, background=background)
-        self._downloads[digest] = download
-
-        async def run() -> None:
-            try:
-                await download.run(open_source)
-            finally:
-                del self._downloads[digest]
-
-        download.task = asyncio.create_task(run(), name=f"download {digest}")
-        return download
-
-    def progress(self) -> list[dict[str, object]]:
-        return [{"digest": str(d.digest), "size": d.size, "received": d.received} for d in self._downloads.values()]
-
-    async def close(self) -> None:
-        tasks = [d.task for d in self._downloads.values() if d.task is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,48 @@
+"""The downloads under way, one per digest: where a request finds the one to join."""
+
+from __future__ import annotations
+
+import asyncio
+
+from mirror.cache.blobs import BlobStore
+from mirror.cache.downloads import Download, OpenSource
+from mirror.link import Link
+from mirror.registry.reference import Digest
+from mirror.stats import Stats
+
+
+class InflightDownloads:
+    """The downloads under way, by digest."""
+
+    def __init__(self, store: BlobStore, stats: Stats) -> None:
+        self.store = store
+        self.stats = stats
+        self._downloads: dict[Digest, Download] = {}
+
+    def __len__(self) -> int:
+        return len(self._downloads)
+
+    def get(self, digest: Digest) -> Download | None:
+        return self._downloads.get(digest)
+
+    def start(self, digest: Digest, open_source: OpenSource, link: Link, *, background: bool = False) -> Download:
+        download = Download(digest, self.store, self.stats, link, background=background)
+        self._downloads[digest] = download
+
+        async def run() -> None:
+            try:
+                await download.run(open_source)
+            finally:
+                del self._downloads[digest]
+
+        download.task = asyncio.create_task(run(), name=f"download {digest}")
+        return download
+
+    def progress(self) -> list[dict[str, object]]:
+        return [{"digest": str(d.digest), "size": d.size, "received": d.received} for d in self._downloads.values()]
+
+    async def close(self) -> None:
+        tasks = [d.task for d in self._downloads.values() if d.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
