@@ -150,8 +150,15 @@ class BlobStore:
         for every cold download, to find no partial download in the common case, delayed each one's start."""
         return self.layout.partial_path(digest).exists()
 
-    def committed(self, digest: Digest, size: int) -> None:
+    async def place(self, digest: Digest, fd: int, written: Path, size: int) -> Path:
+        """Make a written and verified file the blob: flush it, rename it into place, index it; closes `fd`."""
+        final = self.path(digest)
+        await anyio.to_thread.run_sync(sync_and_close, fd, final.parent)
+        # The rename happens on the event loop so that readers never see a half-way state.
+        os.replace(written, final)
         self._used(digest, size)
+        await anyio.to_thread.run_sync(fsync_directory, final.parent)
+        return final
 
     async def make_room(self, size: int | None) -> bool:
         """Reserve room for a blob about to be written, within max_size and on the disk.
@@ -322,28 +329,14 @@ class BlobWriter:
 
     def verify(self, expected_size: int | None) -> None:
         """Check the size and digest of what was written; raise DigestInvalid if they differ."""
-        if expected_size is not None and self.size != expected_size:
-            raise DigestInvalid(
-                f"upstream sent {self.size} bytes, announced {expected_size}", detail={"digest": str(self.digest)}
-            )
-        if self._hash.hexdigest() != self.digest.hex:
-            raise DigestInvalid(
-                "upstream content does not match its digest",
-                detail={"digest": str(self.digest), "actual": f"{self.digest.algorithm}:{self._hash.hexdigest()}"},
-            )
+        check_written(self.digest, self._hash, self.size, expected_size)
 
     async def commit(self, expected_size: int | None) -> None:
         """Verify, flush to disk, and rename into place."""
         self.verify(expected_size)
         fd, self.fd = self.fd, None
         assert fd is not None
-        final = self.store.path(self.digest)
-        await anyio.to_thread.run_sync(sync_and_close, fd, final.parent)
-        # The rename happens on the event loop so that readers never see a half-way state.
-        os.replace(self.temp_path, final)
-        self.path = final
-        self.store.committed(self.digest, self.size)
-        await anyio.to_thread.run_sync(fsync_directory, final.parent)
+        self.path = await self.store.place(self.digest, fd, self.temp_path, self.size)
 
     def discard(self) -> None:
         """Drop the temp file if the blob was not committed; a no-op after commit."""
@@ -352,6 +345,17 @@ class BlobWriter:
             self.fd = None
         if self.path == self.temp_path:
             self.temp_path.unlink(missing_ok=True)
+
+
+def check_written(digest: Digest, hasher: hashlib._Hash, size: int, expected_size: int | None) -> None:
+    """Raise DigestInvalid unless what was written has the announced size and hashes to the digest."""
+    if expected_size is not None and size != expected_size:
+        raise DigestInvalid(f"upstream sent {size} bytes, announced {expected_size}", detail={"digest": str(digest)})
+    if hasher.hexdigest() != digest.hex:
+        raise DigestInvalid(
+            "upstream content does not match its digest",
+            detail={"digest": str(digest), "actual": f"{digest.algorithm}:{hasher.hexdigest()}"},
+        )
 
 
 def sync_and_close(fd: int, directory: Path) -> None:

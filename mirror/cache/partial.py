@@ -18,7 +18,7 @@ from pathlib import Path
 
 import anyio.to_thread
 
-from mirror.cache.blobs import READ_CHUNK, BlobStore, fsync_directory, sync_and_close
+from mirror.cache.blobs import READ_CHUNK, BlobStore, check_written
 from mirror.registry.errors import DigestInvalid
 from mirror.registry.reference import Digest
 
@@ -161,25 +161,15 @@ class PartialFile:
                 f"upstream sent {self.held} bytes, announced {expected_size}", detail={"digest": str(self.digest)}
             )
         assert self.hashed == size, "catch_up before verify"
-        if self._hash.hexdigest() != self.digest.hex:
-            raise DigestInvalid(
-                "upstream content does not match its digest",
-                detail={"digest": str(self.digest), "actual": f"{self.digest.algorithm}:{self._hash.hexdigest()}"},
-            )
+        check_written(self.digest, self._hash, size, expected_size)
 
     async def commit(self, expected_size: int | None) -> None:
         """Verify, flush to disk, and rename into the blob path."""
         self.verify(expected_size)
         fd, self.fd = self.fd, None
         assert fd is not None
-        final = self.store.path(self.digest)
-        await anyio.to_thread.run_sync(sync_and_close, fd, final.parent)
-        # The rename happens on the event loop so that readers never see a half-way state.
-        os.replace(self.path, final)
-        self.path = final
+        self.path = await self.store.place(self.digest, fd, self.path, self.prefix)
         self.map_path.unlink(missing_ok=True)
-        self.store.committed(self.digest, self.prefix)
-        await anyio.to_thread.run_sync(fsync_directory, final.parent)
 
     def save_map(self) -> None:
         """Write the ranges held, atomically; only ranges whose bytes are already written."""
