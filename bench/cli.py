@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import h2load, netns, procs, report, seed
+from bench import h2load, netns, nginx, procs, report, seed
 from bench.scenarios import SCENARIOS, Context
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="quick check of the mirror only (+ direct), tiny sizes, loopback; exit 1 on misbehaviour",
     )
     p.add_argument("--targets", default=",".join(ALL_TARGETS), help="comma list of %(default)s")
-    p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma list of 1..7 (default: all)")
+    p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma list of 1..8 (default: all)")
     p.add_argument("--wan-rate", default="200mbit", help="tc tbf rate of the upstream's link (default %(default)s)")
     p.add_argument("--no-wan", action="store_true", help="no namespaces: upstream on loopback, no rate limit")
     p.add_argument("--layers", type=int, default=5, help="layers in the test image (default %(default)s)")
@@ -78,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=2,
         help="scenario 7: fresh caches x one cold GET per layer (default %(default)s)",
     )
+    p.add_argument(
+        "--accel-layer-mb", type=int, default=512, help="scenario 8: MiB in the image's one layer (default %(default)s)"
+    )
+    p.add_argument(
+        "--accel-rate",
+        default=None,
+        help="scenario 8: what nginx sends per connection, tc units (default: 1/8 of --wan-rate)",
+    )
     p.add_argument("--workers", type=int, default=4, help="client processes for concurrent pulls (default %(default)s)")
     p.add_argument("--no-skopeo", action="store_true", help="skip the skopeo copy realism check")
     p.add_argument("--request-timeout", type=float, default=600.0, help="per request, seconds")
@@ -108,7 +116,15 @@ def apply_smoke(args: argparse.Namespace) -> None:
     args.big_blob_mb, args.stream_runs = 32, 1
     args.rss_blob_mb, args.rss_clients = 64, 4
     args.ttfb_rounds, args.workers, args.tag_workers = 1, 2, 1
+    args.accel_layer_mb, args.accel_rate = 80, "160mbit"  # 8 ranges of 10 MiB, at 20 MB/s each
     args.request_timeout, args.scenario_timeout, args.total_timeout = 30.0, 60.0, 120.0
+
+
+def accel_rate_of(args: argparse.Namespace) -> int:
+    """Scenario 8's pace per connection in bytes/s: --accel-rate, else 1/8 of --wan-rate."""
+    if args.accel_rate:
+        return round(netns.rate_bytes_per_s(args.accel_rate))
+    return round(netns.rate_bytes_per_s(args.wan_rate) / 8)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(targets) - set(ALL_TARGETS)
     if unknown:
         print(f"bench: unknown targets {sorted(unknown)}", file=sys.stderr)
+        return 2
+    try:
+        accel_rate_of(args)
+    except ValueError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
         return 2
     if "4" in args.scenarios.split(",") and not h2load.available():
         print("bench: h2load not found (Debian nghttp2-client; scripts/bench installs it)", file=sys.stderr)
@@ -361,24 +382,30 @@ def _run(args: argparse.Namespace, run_dir: Path) -> int:
         layer_bytes = int(args.layer_mb * 1024 * 1024)
         image = seed.push_image(pusher, run_dir / "seed", "library/bench", "v1", [layer_bytes] * args.layers, seed=1)
         log(f"seeded {image.repository}:{image.tag}: {args.layers} x {args.layer_mb} MiB, {image.size} bytes")
-        big_blob = rss_blob = None
+        big_blob = rss_blob = accel_image = None
         if "5" in scenario_ids:
             big_blob = seed.push_raw_blob(pusher, run_dir / "seed", "library/bigblob", args.big_blob_mb << 20, seed=5)
             log(f"seeded a {args.big_blob_mb} MiB blob")
         if "6" in scenario_ids:
             rss_blob = seed.push_raw_blob(pusher, run_dir / "seed", "library/hugeblob", args.rss_blob_mb << 20, seed=6)
             log(f"seeded a {args.rss_blob_mb} MiB blob")
+        if "8" in scenario_ids:
+            accel_image = seed.push_image(
+                pusher, run_dir / "seed", "library/accel", "v1", [args.accel_layer_mb << 20], seed=8
+            )
+            log(f"seeded {accel_image.repository}:{accel_image.tag}: 1 x {args.accel_layer_mb} MiB")
     finally:
         pusher.close()
 
     targets = {name: procs.TARGET_CLASSES[name](name, upstream, run_dir / name) for name in target_names}
-    ctx = Context(args, run_dir, upstream, wan, image, targets, big_blob, rss_blob, log=log)
+    accel_rate = accel_rate_of(args)
+    ctx = Context(args, run_dir, upstream, wan, image, targets, big_blob, rss_blob, accel_image, accel_rate, log=log)
     results: dict[str, Any] = {
         "meta": {
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "machine": machine_info(),
             "versions": {name: target.version() for name, target in targets.items()}
-            | {"nginx": procs.Nginx.version(), "skopeo": procs.version_of(["skopeo", "--version"])}
+            | {"nginx": nginx.Nginx.version(), "skopeo": procs.version_of(["skopeo", "--version"])}
             | ({"h2load": procs.version_of(["h2load", "--version"])} if h2load.available() else {}),
             "settings": {
                 "smoke": args.smoke,
@@ -395,6 +422,11 @@ def _run(args: argparse.Namespace, run_dir: Path) -> int:
                 "rss_clients": args.rss_clients,
                 "rss_wan_rate": args.rss_wan_rate,
                 "ttfb_rounds": args.ttfb_rounds,
+                "accel_image": None
+                if accel_image is None
+                else {"layer_MiB": args.accel_layer_mb, "bytes": accel_image.size},
+                "accel_rate_Bps": accel_rate,
+                "accel_rate": args.accel_rate or f"1/8 of {args.wan_rate}",
                 "client_workers": args.workers,
                 "mirror_tag_ttl": procs.Mirror.tag_ttl,
             },

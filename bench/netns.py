@@ -21,6 +21,17 @@ UP_ADDRESS = "10.213.7.1"
 CLIENT_ADDRESS = "10.213.7.2"
 PREFIX = 30
 RATE_RE = re.compile(r"^\d+(\.\d+)?(bit|kbit|mbit|gbit|bps|kbps|mbps|gbps)$")
+# Bytes per second per unit; tc's prefixes are SI (k = 1000).
+_RATE_UNITS = {
+    "bit": 1 / 8,
+    "kbit": 1e3 / 8,
+    "mbit": 1e6 / 8,
+    "gbit": 1e9 / 8,
+    "bps": 1.0,
+    "kbps": 1e3,
+    "mbps": 1e6,
+    "gbps": 1e9,
+}
 
 
 def _run(*argv: str) -> str:
@@ -28,6 +39,14 @@ def _run(*argv: str) -> str:
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)}: {done.stderr.strip()}")
     return done.stdout
+
+
+def rate_bytes_per_s(rate: str) -> float:
+    """A tc rate (SI prefixes, as tc reads them: 200mbit = 25,000,000 bytes/s) in bytes per second."""
+    if not RATE_RE.match(rate):
+        raise ValueError(f"bad rate {rate!r}: use tc units such as 200mbit")
+    number = rate.rstrip("abcdefghijklmnopqrstuvwxyz")
+    return float(number) * _RATE_UNITS[rate[len(number) :]]
 
 
 def in_ns(ns: str, *argv: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""The processes the bench runs: upstream and proxy registries, drayage, mirror, nginx.
+"""The processes the bench runs: upstream and proxy registries, drayage, mirror (nginx: nginx.py).
 
 Every process is started in its own session (so Ctrl-C reaches only the bench, which then
 stops them in order), recorded in `<run dir>/pids` (so the outer bench can stop stragglers
@@ -17,9 +17,9 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -109,8 +109,54 @@ def version_of(argv: list[str]) -> str:
 # The upstream
 
 
+class AccessLogged:
+    """Reads a combined-format access log (`"GET /path HTTP/1.1" 200 1234`) at `log_path`."""
+
+    @property
+    def log_path(self) -> Path:
+        raise NotImplementedError
+
+    def log_lines(self) -> int:
+        if not self.log_path.exists():
+            return 0
+        with open(self.log_path, "rb") as log:
+            return sum(1 for _ in log)
+
+    def requests_since(self, mark: int) -> list[dict[str, Any]]:
+        """Requests logged after line `mark`: method, path, status, body bytes."""
+        found = []
+        with open(self.log_path, "rb") as log:
+            for number, raw in enumerate(log):
+                if number < mark:
+                    continue
+                match = _ACCESS_RE.search(raw.decode("latin-1"))
+                if match:
+                    found.append(
+                        {
+                            "method": match["method"],
+                            "path": match["path"],
+                            "status": int(match["status"]),
+                            "bytes": 0 if match["bytes"] == "-" else int(match["bytes"]),
+                        }
+                    )
+        return found
+
+
+class Origin(Protocol):
+    """What the targets pull through: the upstream registry, or the paced nginx in front of it."""
+
+    process: subprocess.Popen[bytes] | None
+
+    @property
+    def url(self) -> str: ...
+
+    def log_lines(self) -> int: ...
+
+    def requests_since(self, mark: int) -> list[dict[str, Any]]: ...
+
+
 @dataclass
-class Upstream:
+class Upstream(AccessLogged):
     """The "remote" registry: docker-registry, optionally in its own network namespace."""
 
     root: Path
@@ -152,31 +198,6 @@ class Upstream:
         hex_digest = digest.split(":", 1)[1]
         return self.data_dir / "docker/registry/v2/blobs/sha256" / hex_digest[:2] / hex_digest / "data"
 
-    def log_lines(self) -> int:
-        if not self.log_path.exists():
-            return 0
-        with open(self.log_path, "rb") as log:
-            return sum(1 for _ in log)
-
-    def requests_since(self, mark: int) -> list[dict[str, Any]]:
-        """Requests logged after line `mark`: method, path, status, body bytes."""
-        found = []
-        with open(self.log_path, "rb") as log:
-            for number, raw in enumerate(log):
-                if number < mark:
-                    continue
-                match = _ACCESS_RE.search(raw.decode("latin-1"))
-                if match:
-                    found.append(
-                        {
-                            "method": match["method"],
-                            "path": match["path"],
-                            "status": int(match["status"]),
-                            "bytes": 0 if match["bytes"] == "-" else int(match["bytes"]),
-                        }
-                    )
-        return found
-
 
 # Targets
 
@@ -186,7 +207,7 @@ class Target:
     """A registry the clients pull from; `start(cache)` gives a fresh one on an empty cache."""
 
     name: str
-    upstream: Upstream
+    upstream: Origin
     root: Path
     process: subprocess.Popen[bytes] | None = None
     port: int = 0
@@ -289,6 +310,9 @@ class Drayage(Target):
             f'listen = "127.0.0.1:{self.port}"\n'
             f'cache_dir = "{self.cache / "data"}"\n'
             "manifest_ttl_seconds = 900\n"
+            # Its default, 30 s, bounds a whole upstream request: it cut scenario 8's paced
+            # 512 MiB layer (~172 s on one connection) at 30 s with a 502.
+            "read_timeout_secs = 3600\n"
             "[upstreams.docker_io]\n"
             f'registry = "{self.upstream.url}"\n'
         )
@@ -336,52 +360,6 @@ TARGET_CLASSES: dict[str, type[Target]] = {
     "drayage": Drayage,
     "mirror": Mirror,
 }
-
-
-@dataclass
-class Nginx:
-    """Debian nginx serving one directory with sendfile: the physical reference."""
-
-    root: Path
-    serve_dir: Path
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> Nginx:
-        self.root.mkdir(parents=True, exist_ok=True)
-        temp = {name: self.root / name for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi")}
-        for path in temp.values():
-            path.mkdir(exist_ok=True)
-        config = self.root / "nginx.conf"
-        config.write_text(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\n"
-            f"pid {self.root / 'nginx.pid'};\nerror_log {self.root / 'error.log'} warn;\n"
-            "events { worker_connections 256; }\n"
-            "http {\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n"
-            "  default_type application/octet-stream;\n"
-            f"  client_body_temp_path {temp['body']};\n  proxy_temp_path {temp['proxy']};\n"
-            f"  fastcgi_temp_path {temp['fastcgi']};\n  uwsgi_temp_path {temp['uwsgi']};\n"
-            f"  scgi_temp_path {temp['scgi']};\n"
-            f"  server {{\n    listen 127.0.0.1:{self.port};\n    root {self.serve_dir};\n  }}\n}}\n"
-        )
-        self.process = spawn(
-            ["nginx", "-c", str(config), "-e", str(self.root / "error.log"), "-p", str(self.root)],
-            log=self.root / "nginx.out",
-        )
-        wait_http(f"{self.url}/", self.process)
-        return self
-
-    def stop(self) -> None:
-        stop(self.process)
-        self.process = None
-
-    @staticmethod
-    def version() -> str:
-        return version_of(["nginx", "-v"])
 
 
 # Memory

@@ -1,4 +1,4 @@
-"""RESULTS.md from results.json, and the checks of the mirror against issue 4's goals."""
+"""RESULTS.md from results.json, and the checks of the mirror against the goals of issues 4 and 12."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 MB = 1_000_000
+ACCEL_UPSTREAM_LIMIT = 1.01  # scenario 8: upstream body bytes ÷ image, at most (ranges may overlap a little)
 ORDER = ["mirror", "distribution", "drayage", "direct", "nginx"]
 
 
@@ -295,7 +296,45 @@ def _s7(res: dict[str, Any], meta: dict[str, Any]) -> str:
     )
 
 
-RENDERERS = {"1": _s1, "2": _s2, "3": _s3, "4": _s4, "5": _s5, "6": _s6, "7": _s7}
+def _s8(res: dict[str, Any], meta: dict[str, Any]) -> str:
+    direct = res.get("direct", {})
+    rows = []
+    for t in _targets(res):
+        e = res[t]
+        if (f := _failed(e)) and "wall_s" not in e:
+            rows.append([t, f] + [""] * 7)
+            continue
+        failed = not e.get("ok")  # a failed pull's wall time is no speed
+        rows.append(
+            [
+                t,
+                _fmt(e.get("wall_s")),
+                "–" if failed else _fmt(_ratio(direct.get("wall_s"), e.get("wall_s"))),
+                _fmt(e.get("client_MBps"), 1),
+                _fmt(e.get("upstream_bytes", 0) / MB, 1),
+                _fmt(e.get("upstream_x_image"), 3),
+                _fmt(e.get("upstream_wire_x_image"), 3),
+                f"{_fmt(e.get('upstream_blob_gets'))} ({_fmt(e.get('upstream_range_gets'))})",
+                _fmt(e.get("ok")) + (f" ({'; '.join(e.get('errors', []))})" if failed else ""),
+            ]
+        )
+    return _table(
+        [
+            "target",
+            "wall s",
+            "direct wall ÷ wall",
+            "MB/s to the client",
+            "upstream MB",
+            "upstream ÷ image",
+            "on the wire ÷ image",
+            "upstream blob GETs (ranged)",
+            "verified",
+        ],
+        rows,
+    )
+
+
+RENDERERS = {"1": _s1, "2": _s2, "3": _s3, "4": _s4, "5": _s5, "6": _s6, "7": _s7, "8": _s8}
 
 NOTES = {
     "1": "One client pulls the image (manifest → config → 5 layers, 3 layers at a time, every blob hashed and "
@@ -318,6 +357,13 @@ NOTES = {
     "descendants) sampled every 50 ms; VmHWM is the kernel's own peak.",
     "7": "Fresh target; one GET per layer in turn (each uncached), time from sending the request to the first "
     "body byte. direct = the upstream itself over the WAN.",
+    "8": "nginx in front of the upstream registry (with the WAN: in the upstream's namespace, behind the "
+    "shaped link) sends each response at a fixed pace (`limit_rate`, per connection; by default 1/8 of the WAN "
+    "rate, like a CDN pacing each connection) and passes Range through. Every target is pointed at it (direct: "
+    "the client pulls from it). One client pulls an image with one big layer from a fresh, empty cache "
+    "(manifest → config → layer, hashed and checked). One connection gets 1/8 of the link; 8 ranged requests "
+    "at once could fill it. Upstream bytes are body bytes from nginx's access log; on the wire = the "
+    "client-side veth's rx counter (TCP/IP and HTTP headers included).",
 }
 
 
@@ -364,7 +410,8 @@ def render(results: dict[str, Any]) -> str:
     out.append("")
     goals = goal_checks(results)
     if goals:
-        out.append("## Mirror vs the issue 4 goals\n")
+        issues = "issues 4 and 12" if "8" in results["scenarios"] else "issue 4"
+        out.append(f"## Mirror vs the goals of {issues}\n")
         out.append(_table(["goal", "measured", "met?"], [[g, v, "yes" if ok else "**no**"] for g, v, ok in goals]))
     for sid, scenario in results["scenarios"].items():
         out.append(f"## Scenario {sid}: {scenario['title']}\n")
@@ -378,6 +425,12 @@ def render(results: dict[str, Any]) -> str:
             )
         if sid == "5":
             out.append(f"Blob: {s['big_blob_MiB']} MiB.\n")
+        if sid == "8" and s.get("accel_image"):
+            out.append(
+                f"Image: one {s['accel_image']['layer_MiB']} MiB layer (random data, gzip tar), "
+                f"{s['accel_image']['bytes']:,} bytes with manifest and config; nginx `limit_rate` "
+                f"{s['accel_rate_Bps']:,} bytes/s per connection ({s['accel_rate']}).\n"
+            )
         if sid == "4":
             out.append(
                 f"{s['tag_requests']:,} requests per round over {s['tag_connections']} connections, "
@@ -473,6 +526,28 @@ def goal_checks(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
         goals.append(
             ("cold TTFB ≤ direct + 25 ms", f"{mv:.1f} ms vs direct {dv:.1f} ms (+{mv - dv:.1f} ms)", mv <= dv + 25)
         )
+    s8 = r("8")
+    m8, direct8 = s8.get("mirror", {}), s8.get("direct", {})
+    if m8.get("wall_s") and direct8.get("wall_s"):
+        speedup = direct8["wall_s"] / m8["wall_s"]
+        goals.append(
+            (
+                "accelerated cold pull: ≥ 3 × faster than direct",
+                f"{m8['wall_s']:.2f} s vs direct {direct8['wall_s']:.2f} s: direct ÷ mirror = {speedup:.2f}×",
+                speedup >= 3 and m8["ok"],
+            )
+        )
+    if "upstream_x_image" in m8:
+        wire = m8.get("upstream_wire_x_image")
+        goals.append(
+            (
+                "accelerated cold pull: upstream ≤ 1.01 × the image",
+                f"{m8['upstream_x_image']:.4f}× ({m8['upstream_bytes']:,} B"
+                + (f"; on the wire {wire:.4f}×" if wire is not None else "")
+                + f"), {m8.get('upstream_blob_gets')} blob GETs, {m8.get('upstream_range_gets')} ranged",
+                m8["upstream_x_image"] <= ACCEL_UPSTREAM_LIMIT,
+            )
+        )
     # ahead of drayage in 2, 3, 4
     for n, e in r("2").get("mirror", {}).items():
         d = r("2").get("drayage", {}).get(n, {})
@@ -528,6 +603,8 @@ def check_mirror(results: dict[str, Any], *, smoke: bool) -> list[str]:
             problems.append(f"scenario {sid} {label}: upstream served {e['upstream_x_image']:.4f} × the image")
         if sid == "4" and e.get("upstream_manifest_requests", 0) > 1:
             problems.append(f"scenario 4: {e['upstream_manifest_requests']} upstream manifest requests for one tag")
+        if sid == "8" and "upstream_x_image" in e and e["upstream_x_image"] > ACCEL_UPSTREAM_LIMIT:
+            problems.append(f"scenario 8 {label}: upstream served {e['upstream_x_image']:.4f} × the image")
         if sid == "6" and "upstream_x_blob" in e and e["upstream_x_blob"] > 1.0:
             problems.append(f"scenario 6: upstream served {e['upstream_x_blob']:.4f} × the blob")
         for key, value in e.items():

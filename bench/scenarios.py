@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import h2load, procs, puller
+from bench import h2load, nginx, procs, puller
 from bench.http import Client
 from bench.netns import Wan
 from bench.seed import Blob, Image
@@ -34,6 +34,8 @@ class Context:
     targets: dict[str, procs.Target]
     big_blob: Blob | None = None
     rss_blob: Blob | None = None
+    accel_image: Image | None = None
+    accel_rate: int = 0  # scenario 8: bytes/s the paced nginx sends per connection
     log: Callable[[str], None] = print
     notes: list[str] = field(default_factory=list)
 
@@ -49,28 +51,32 @@ class Context:
         finally:
             self.wan.set_rate(self.args.wan_rate)
 
-    def image_job(self, base_url: str, clients: int) -> dict[str, Any]:
+    def image_job(self, base_url: str, clients: int, image: Image | None = None) -> dict[str, Any]:
+        image = image or self.image
         return {
             "kind": "image",
             "base_url": base_url,
-            "repository": self.image.repository,
-            "tag": self.image.tag,
-            "manifest_digest": self.image.digest,
+            "repository": image.repository,
+            "tag": image.tag,
+            "manifest_digest": image.digest,
             "clients": clients,
             "timeout": self.args.request_timeout,
         }
 
 
 class UpstreamMeter:
-    """What the upstream served during a block: from its access log (body bytes, requests)
-    and, with the WAN, from the veth counters (bytes on the wire)."""
+    """What the upstream (or `origin`, the server in front of it) served during a block: from
+    its access log (body bytes, requests) and, with the WAN, from the veth counters (bytes on
+    the wire)."""
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, origin: procs.Origin | None = None) -> None:
         self.ctx = ctx
+        self.origin: procs.Origin = origin or ctx.upstream
         self.result: dict[str, Any] = {}
+        self.requests: list[dict[str, Any]] = []
 
     def __enter__(self) -> UpstreamMeter:
-        self.mark = self.ctx.upstream.log_lines()
+        self.mark = self.origin.log_lines()
         self.rx0 = self.ctx.wan.client_rx_bytes() if self.ctx.wan else None
         return self
 
@@ -84,13 +90,13 @@ class UpstreamMeter:
         last = (-1, -1)
         quiet_since = time.monotonic()
         while time.monotonic() < deadline:
-            now = (self.ctx.upstream.log_lines(), self.ctx.wan.client_rx_bytes() if self.ctx.wan else 0)
+            now = (self.origin.log_lines(), self.ctx.wan.client_rx_bytes() if self.ctx.wan else 0)
             if now != last:
                 last, quiet_since = now, time.monotonic()
             elif time.monotonic() - quiet_since >= quiet:
                 break
             time.sleep(0.2)
-        requests = self.ctx.upstream.requests_since(self.mark)
+        self.requests = requests = self.origin.requests_since(self.mark)
         self.result = {
             "upstream_requests": len(requests),
             "upstream_blob_gets": sum(1 for r in requests if r["method"] == "GET" and "/blobs/" in r["path"]),
@@ -132,10 +138,24 @@ def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _pull(ctx: Context, target: procs.Target, clients: int) -> dict[str, Any]:
-    job = ctx.image_job(target.url, clients)
-    with UpstreamMeter(ctx) as meter:
-        results = puller.run_parallel(job, ctx.args.workers, timeout=ctx.args.scenario_timeout)
+def _pull(
+    ctx: Context,
+    target: procs.Target,
+    clients: int,
+    meter: UpstreamMeter | None = None,
+    image: Image | None = None,
+    expected_s: float = 0.0,
+) -> dict[str, Any]:
+    """`clients` pull `image` from `target` at once; a pull expected to take `expected_s`
+    stretches the request and step bounds to twice that plus a minute, if they are shorter."""
+    image = image or ctx.image
+    job = ctx.image_job(target.url, clients, image)
+    job["timeout"] = max(job["timeout"], 2 * expected_s + 60)
+    meter = meter or UpstreamMeter(ctx)
+    with meter:
+        results = puller.run_parallel(
+            job, ctx.args.workers, timeout=max(ctx.args.scenario_timeout, 2 * expected_s + 60)
+        )
     out: dict[str, Any] = {
         "clients": clients,
         "ok": all(r["ok"] for r in results) and len(results) == clients,
@@ -146,7 +166,7 @@ def _pull(ctx: Context, target: procs.Target, clients: int) -> dict[str, Any]:
         "bytes_to_clients": sum(r["bytes"] for r in results),
         **meter.result,
     }
-    out["upstream_x_image"] = out["upstream_bytes"] / ctx.image.size
+    out["upstream_x_image"] = out["upstream_bytes"] / image.size
     out["client_MBps"] = out["bytes_to_clients"] / out["wall_s"] / MB
     if errors := _errors(results):
         out["errors"] = errors
@@ -394,11 +414,11 @@ def s5_big_blob(ctx: Context) -> dict[str, Any]:
 
     def run_nginx() -> dict[str, Any]:
         blob_file = ctx.upstream.blob_path(blob.digest)
-        nginx = procs.Nginx(ctx.run_dir / "nginx", blob_file.parent).start()
+        server = nginx.StaticNginx(ctx.run_dir / "nginx", serve_dir=blob_file.parent).start()
         try:
-            return _single_stream(ctx, nginx.url, blob, nginx_path="/data")
+            return _single_stream(ctx, server.url, blob, nginx_path="/data")
         finally:
-            nginx.stop()
+            server.stop()
 
     results["nginx"] = _guard(ctx, "5 warm 1GB", "nginx", run_nginx)
     return results
@@ -485,6 +505,47 @@ def s7_ttfb(ctx: Context) -> dict[str, Any]:
     return results
 
 
+# 8. accelerated cold pull: one big layer behind an upstream that paces each connection
+
+
+def s8_accelerated(ctx: Context) -> dict[str, Any]:
+    """One client pulls an image with one big layer, cold, through nginx pacing each connection
+    (by default at 1/8 of the WAN, like a CDN): one stream gets 1/8 of the link, 8 ranges fill it."""
+    assert ctx.accel_image is not None
+    image = ctx.accel_image
+    if not nginx.Nginx.available():
+        return {name: {"skipped": "nginx is not installed"} for name in ctx.targets}
+    # With the WAN: next to the registry, behind the shaped link.
+    where: dict[str, Any] = {} if ctx.wan is None else {"host": ctx.upstream.host, "port": 5001, "netns": ctx.wan.up_ns}
+    proxy = nginx.PacedProxy(ctx.run_dir / "paced-nginx", backend=ctx.upstream.url, rate=ctx.accel_rate, **where)
+    proxy.start()
+    one_stream_s = image.size / ctx.accel_rate
+    ctx.log(f"  paced nginx {proxy.url}: {ctx.accel_rate:,} bytes/s per connection, one stream ~{one_stream_s:.0f}s")
+    results: dict[str, Any] = {}
+    try:
+        for name in ctx.targets:
+
+            def run(name: str = name) -> dict[str, Any]:
+                # A target of its own, pointed at the paced nginx (direct: the clients pull from it).
+                target = procs.TARGET_CLASSES[name](name, proxy, ctx.run_dir / f"accel-{name}")
+                try:
+                    target.start_fresh()
+                    meter = UpstreamMeter(ctx, origin=proxy)
+                    out = _pull(ctx, target, 1, meter=meter, image=image, expected_s=one_stream_s)
+                finally:
+                    target.stop()
+                blob_gets = [r for r in meter.requests if r["method"] == "GET" and "/blobs/" in r["path"]]
+                out["upstream_range_gets"] = sum(1 for r in blob_gets if r["status"] == 206)
+                if "upstream_wire_bytes" in out:
+                    out["upstream_wire_x_image"] = out["upstream_wire_bytes"] / image.size
+                return out
+
+            results[name] = _guard(ctx, "8 accelerated", name, run)
+    finally:
+        proxy.stop()
+    return results
+
+
 SCENARIOS: dict[str, tuple[str, Callable[[Context], dict[str, Any]]]] = {
     "1": ("cold pull, 1 client", s1_cold_one),
     "2": ("cold pull, N concurrent clients", s2_cold_many),
@@ -493,4 +554,5 @@ SCENARIOS: dict[str, tuple[str, Callable[[Context], dict[str, Any]]]] = {
     "5": ("warm big blob, single stream", s5_big_blob),
     "6": ("peak RSS, N clients on one cold huge blob", s6_rss),
     "7": ("cold time to first byte", s7_ttfb),
+    "8": ("accelerated cold pull, one big layer behind a paced upstream", s8_accelerated),
 }
