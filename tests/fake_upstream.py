@@ -105,6 +105,7 @@ class FakeUpstream:
         # Blob GETs redirect to a signed CDN URL that works once, as short-lived signed URLs expire.
         self.cdn_redirects = False
         self.cdn_requests: list[tuple[str, int]] = []  # (token, status) of every CDN request
+        self.cdn_expired = 0  # this many more CDN requests find their signed URL expired (403)
         self._cdn_tokens: dict[str, str] = {}  # live token -> digest
         self.port = free_port()
         routes = [
@@ -183,6 +184,9 @@ class FakeUpstream:
         """A signed URL: good for one request, then 403 as an expired one would be."""
         token = request.path_params["token"]
         digest = self._cdn_tokens.pop(token, None)
+        if self.cdn_expired > 0:
+            self.cdn_expired -= 1
+            digest = None
         self.cdn_requests.append((token, 403 if digest is None else 200))
         if digest is None:
             return Response(b"<Error><Code>AccessDenied</Code></Error>", status_code=403)

@@ -72,6 +72,7 @@ def test_a_large_blob_comes_faster_than_direct_as_parallel_ranges(
     assert body == data
     through, body, _ = timed_get(f"{mirror.url}/v2/library/big/blobs/{digest}")
     assert hashlib.sha256(body).hexdigest() == digest.split(":")[1]
+    print(f"128 MiB: direct {direct:.2f} s, through the mirror {through:.2f} s")
     assert through * 3 <= direct, f"direct {direct:.1f} s, through the mirror {through:.1f} s"
 
     mirror.wait_idle()
@@ -126,6 +127,18 @@ def test_a_range_cut_short_is_resumed_on_its_own(fake_upstream: FakeUpstream, tm
         assert mirror.blob_path(digest).exists()
 
 
+def test_an_expired_cdn_url_is_asked_for_again(fake_upstream: FakeUpstream, fake_mirror: MirrorProcess) -> None:
+    """The registry's redirect leads to a URL the CDN refuses (expired): the registry is asked again."""
+    fake_upstream.cdn_redirects = True
+    fake_upstream.cdn_expired = 1
+    blob = FakeBlob(random.Random(5).randbytes(MiB), repeat=2)
+    digest = fake_upstream.add_blob(blob)
+    body = httpx.get(f"{fake_mirror.url}/v2/library/x/blobs/{digest}", timeout=60).content
+    assert "sha256:" + hashlib.sha256(body).hexdigest() == digest
+    assert [status for _, status in fake_upstream.cdn_requests] == [403, 200]
+    assert fake_upstream.gets(digest) == 2
+
+
 def test_a_cold_ranged_read_does_not_wait_for_the_download(
     big_blob: tuple[str, bytes], paced: PacedUpstream, mirror: MirrorProcess
 ) -> None:
@@ -136,6 +149,7 @@ def test_a_cold_ranged_read_does_not_wait_for_the_download(
         f"{mirror.url}/v2/library/big/blobs/{digest}", headers={"Range": f"bytes={start}-{len(data) - 1}"}
     )
     assert status == 206 and body == data[start:]
+    print(f"cold ranged read of the last MiB: {seconds:.3f} s")
     one_connection = len(data) / RATE  # 8 s: what waiting for one stream would take
     assert seconds < one_connection / 4, f"{seconds:.1f} s for the last MiB"
 
@@ -227,8 +241,9 @@ def test_max_bandwidth_holds_and_is_shared(registry: Registry, tmp_path: Path) -
         time.sleep(20)
         last, elapsed = mirror.stats(), time.monotonic() - started
         rate = (last["bytes_fetched_from_upstream"] - first["bytes_fetched_from_upstream"]) / elapsed
-        assert abs(rate - 5_000_000) <= 0.1 * 5_000_000, f"{rate / 1e6:.2f} MB/s against a cap of 5 MB/s"
         received = list(downloads_by_digest(mirror).values())
+        print(f"max_bandwidth 40Mbit: {rate / 1e6:.3f} MB/s over {elapsed:.1f} s; shares {sorted(received)}")
+        assert abs(rate - 5_000_000) <= 0.1 * 5_000_000, f"{rate / 1e6:.2f} MB/s against a cap of 5 MB/s"
         assert len(received) == 8 and max(received) <= 1.5 * min(received), f"unfair shares: {received}"
         for thread in threads:
             thread.join()
@@ -251,6 +266,7 @@ def test_prefetch_yields_to_clients(registry: Registry, tmp_path: Path) -> None:
         seconds, body, _ = timed_get(f"{mirror.url}/v2/library/yield/blobs/{foreground}")
         during = downloads_by_digest(mirror)[background] - before
         assert hashlib.sha256(body).hexdigest() == foreground.split(":")[1]
+        print(f"prefetch yields: the client's 16 MiB in {seconds:.2f} s; the prefetch took {during} bytes meanwhile")
         alone = len(body) / 5_000_000  # the client's blob with the whole cap: 3.4 s; shared evenly it would be 6.7 s
         assert seconds < 1.25 * alone, f"the client's download took {seconds:.1f} s, alone it takes {alone:.1f} s"
         assert during < 0.15 * len(body), f"the prefetch took {during} bytes meanwhile"

@@ -357,9 +357,21 @@ class Upstream:
         ranged = start > 0 or end is not None
         headers = [("Range", f"bytes={start}-{'' if end is None else end - 1}")] if ranged else None
         path = f"/v2/{self.repository(repository)}/blobs/{digest}"
-        async with self._send("GET", path, headers=headers) as response:
+        response = await self._send_with_retries("GET", path, headers, None)
+        if response.status_code in (401, 403) and response.history:
+            # A CDN refused the URL the registry redirected to (signed URLs expire; Docker Hub's
+            # within minutes): ask the registry once more, for a fresh one.
+            log.info(
+                "upstream %s: redirect target answered %d for %s; asking again", self.name, response.status_code, digest
+            )
+            await response.aclose()
+            self.counters.retries += 1
+            response = await self._send_with_retries("GET", path, headers, None)
+        try:
             await self._raise_for_status(response, BlobUnknown)
             yield UpstreamBody(self, response, start)
+        finally:
+            await response.aclose()
 
     async def head_blob(self, repository: str, digest: Digest) -> int | None:
         async with self._send("HEAD", f"/v2/{self.repository(repository)}/blobs/{digest}") as response:
