@@ -141,9 +141,10 @@ def test_memory_stays_flat_for_a_large_blob(fake_upstream: FakeUpstream, fake_mi
                 peak = max(peak, rss_kib())
     assert "sha256:" + h.hexdigest() == digest
     growth_mib = (peak - before) / 1024
-    # The blob comes as 8 ranges at once (1 GiB is over parallel_threshold): at loopback speed each
-    # connection holds about 5 MiB in flight (measured: 11, 19, 45 MiB for 2, 4, 8), whatever the size.
-    assert growth_mib < 64, f"mirror grew by {growth_mib:.1f} MiB while streaming {size_gib} GiB"
+    # The blob comes as 8 ranges at once (1 GiB is over parallel_threshold). With httpx's default
+    # network backend the event loop read each fast socket dry before pausing it: 45-62 MiB here;
+    # mirror.upstream.network pauses at 256 KiB a connection: 8.5 MiB.
+    assert growth_mib < 40, f"mirror grew by {growth_mib:.1f} MiB while streaming {size_gib} GiB"
     fake_mirror.wait_idle()
     assert os.path.getsize(fake_mirror.blob_path(digest)) == blob.size
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from mirror.config import ProxyEnvironment, mask_url, parse_proxy_url
+from mirror.upstream.network import BoundedBackend
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -180,6 +181,8 @@ class EgressTransport(httpx.AsyncBaseTransport):
                 context = self._ssl_context if proxy.startswith("https:") else None
                 via = httpx.Proxy(proxy, ssl_context=context)
             transport = httpx.AsyncHTTPTransport(verify=self._ssl_context, limits=self._limits, proxy=via)
+            # httpx offers no choice of network backend; its pool (httpcore) has one, set at creation.
+            transport._pool._network_backend = BoundedBackend()  # see mirror.upstream.network
             self._transports[proxy] = transport
         return transport
 
