@@ -6,6 +6,9 @@ download in 8 parallel ranges from a fast upstream then held ~60 MiB of received
 once. These streams use asyncio's StreamReader instead, whose protocol pauses the socket
 from within the read callback once READ_LIMIT bytes wait, which stops the loop's reading
 at once.
+
+Timeouts use `asyncio.timeout`, not `wait_for`: Python 3.11's wait_for can swallow a
+cancellation that arrives as the read completes, and a cancelled download then read on.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ class BoundedStream(httpcore.AsyncNetworkStream):
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         try:
-            return await asyncio.wait_for(self._reader.read(max_bytes), timeout)
+            async with asyncio.timeout(timeout):
+                return await self._reader.read(max_bytes)
         except TimeoutError as exc:
             raise httpcore.ReadTimeout(str(exc)) from exc
         except OSError as exc:
@@ -44,7 +48,8 @@ class BoundedStream(httpcore.AsyncNetworkStream):
             return
         try:
             self._writer.write(buffer)
-            await asyncio.wait_for(self._writer.drain(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._writer.drain()
         except TimeoutError as exc:
             raise httpcore.WriteTimeout(str(exc)) from exc
         except OSError as exc:
@@ -63,7 +68,8 @@ class BoundedStream(httpcore.AsyncNetworkStream):
         self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
     ) -> httpcore.AsyncNetworkStream:
         try:
-            await asyncio.wait_for(self._writer.start_tls(ssl_context, server_hostname=server_hostname), timeout)
+            async with asyncio.timeout(timeout):
+                await self._writer.start_tls(ssl_context, server_hostname=server_hostname)
         except TimeoutError as exc:
             await self.aclose()
             raise httpcore.ConnectTimeout(str(exc)) from exc
@@ -97,7 +103,8 @@ class BoundedBackend(httpcore.AsyncNetworkBackend):
         socket_options: Iterable[SocketOption] | None = None,
     ) -> httpcore.AsyncNetworkStream:
         try:
-            sock = await asyncio.wait_for(_connect(host, port, local_address, socket_options), timeout)
+            async with asyncio.timeout(timeout):
+                sock = await _connect(host, port, local_address, socket_options)
             reader, writer = await asyncio.open_connection(sock=sock, limit=READ_LIMIT)
         except TimeoutError as exc:
             raise httpcore.ConnectTimeout(str(exc)) from exc
