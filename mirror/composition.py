@@ -16,6 +16,7 @@ from mirror.cache.blobs import BlobStore
 from mirror.cache.directory import CacheDirectory
 from mirror.cache.inflight import InflightDownloads
 from mirror.cache.metadata import ManifestCache
+from mirror.cache.taglists import TagListStore
 from mirror.cache.tags import LocalTagStore
 from mirror.config import Config
 from mirror.proxy import Proxy
@@ -45,7 +46,17 @@ class Mirror:
         self.manifests.load_pins()
         self.tags = LocalTagStore(self.directory.metadata)
         self.inflight = InflightDownloads(self.store, self.stats)
-        self.proxy = Proxy(self.store, self.manifests, self.tags, self.inflight, self.stats, config.cache.tag_ttl)
+        self.tag_lists = TagListStore(self.directory.metadata)
+        self.proxy = Proxy(
+            self.store,
+            self.manifests,
+            self.tags,
+            self.inflight,
+            self.stats,
+            config.cache.tag_ttl,
+            self.tag_lists,
+            config.cache.negative_ttl,
+        )
         self.upstreams = {
             name: Upstream(upstream, self.stats, config.proxy_env) for name, upstream in config.upstreams.items()
         }

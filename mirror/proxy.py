@@ -9,6 +9,8 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
+from cachetools import TTLCache
+
 from mirror.bodies import BlobBody, CachedBody, DownloadBody, PassThroughBody
 from mirror.cache.blobs import BlobStore
 from mirror.cache.downloads import BlobStream
@@ -17,15 +19,19 @@ from mirror.cache.inflight import InflightDownloads
 from mirror.cache.layout import TagEntry
 from mirror.cache.metadata import Manifest, ManifestCache, manifest_digest, same_answer
 from mirror.cache.passthrough import PassThrough
+from mirror.cache.taglists import TagListStore
 from mirror.cache.tags import TagStore
 from mirror.link import Link
-from mirror.registry.errors import DigestInvalid, NoRoom, TooManyRequests, UpstreamUnavailable
+from mirror.registry.errors import DigestInvalid, NoRoom, RegistryError, TooManyRequests, UpstreamUnavailable
 from mirror.registry.mediatypes import accept_key, accepted_types, admits
 from mirror.registry.reference import Digest, parse_digest
 from mirror.stats import Stats
 from mirror.upstream import Upstream
 
 log = logging.getLogger(__name__)
+
+# Tags remembered as missing (each for negative_ttl), at most.
+MISSING_KEPT = 10_000
 
 # Upstream failures after which a cached tag is served rather than the error.
 _FALLBACK_ERRORS = (UpstreamUnavailable, TooManyRequests)
@@ -59,14 +65,23 @@ class Proxy:
         inflight: InflightDownloads,
         stats: Stats,
         tag_ttl: float,
+        tag_lists: TagListStore,
+        negative_ttl: float = 0.0,
     ) -> None:
         self.store = store
         self.manifests = manifests
         self.tag_store = tags
+        self.tag_lists = tag_lists
         self.inflight = inflight
         self.stats = stats
         self.tag_ttl = tag_ttl
         self._manifest_fetches: SingleFlight[tuple[str, str, str, str], ManifestAnswer] = SingleFlight()
+        self._tag_list_fetches: SingleFlight[tuple[str, str], tuple[str, ...]] = SingleFlight()
+        # Tags the upstream said it does not have (404), by upstream, repository, tag and Accept
+        # class: cosign probes `sha256-<hex>.sig` and friends for every image, and is told no.
+        self._missing: TTLCache[tuple[str, str, str, str], RegistryError] | None = (
+            TTLCache(MISSING_KEPT, negative_ttl) if negative_ttl > 0 else None
+        )
 
     # Manifests
 
@@ -101,7 +116,24 @@ class Proxy:
                 key, lambda: self._fetch_by_digest(upstream, repository, digest, accept)
             )
         tag = reference
-        return await self._manifest_fetches.run(key, lambda: self._resolve_tag(upstream, repository, tag, accept))
+        missing = self._missing.get(key) if self._missing is not None else None
+        if missing is not None:
+            self.stats.negative_hits += 1
+            raise RegistryError(missing.message, code=missing.code, status=missing.status, detail=missing.detail)
+        return await self._manifest_fetches.run(
+            key, lambda: self._resolve_tag_or_remember(upstream, repository, tag, accept, key)
+        )
+
+    async def _resolve_tag_or_remember(
+        self, upstream: Upstream, repository: str, tag: str, accept: list[str], key: tuple[str, str, str, str]
+    ) -> ManifestAnswer:
+        try:
+            return await self._resolve_tag(upstream, repository, tag, accept)
+        except RegistryError as exc:
+            # Only a definite "no": never 401 (credentials), 429 (quota) or 5xx (the upstream's trouble).
+            if exc.status == 404 and self._missing is not None:
+                self._missing[key] = exc
+            raise
 
     async def _fetch_by_digest(
         self, upstream: Upstream, repository: str, digest: Digest, accept: list[str]
@@ -235,8 +267,28 @@ class Proxy:
 
     # Tags
 
-    async def tags(self, upstream: Upstream, repository: str, params: dict[str, str]) -> tuple[bytes, str | None]:
-        return await upstream.tags_list(repository, params)
+    async def tag_list(self, upstream: Upstream, repository: str) -> tuple[str, ...]:
+        """A repository's whole tag list in the spec's order: cached for tag_ttl, served stale when the upstream fails."""
+        cached = self.tag_lists.get_in_memory(upstream.name, repository)
+        if cached is not None and time.time() - cached.fetched_at < self.tag_ttl:
+            return cached.tags
+        key = (upstream.name, repository)
+        return await self._tag_list_fetches.run(key, lambda: self._fetch_tag_list(upstream, repository))
+
+    async def _fetch_tag_list(self, upstream: Upstream, repository: str) -> tuple[str, ...]:
+        cached = await self.tag_lists.get(upstream.name, repository)
+        if cached is not None and time.time() - cached.fetched_at < self.tag_ttl:
+            return cached.tags
+        try:
+            tags = await upstream.all_tags(repository)
+        except _FALLBACK_ERRORS as exc:
+            if cached is None:
+                raise
+            log.warning(
+                "upstream %s failed (%s); serving the cached tag list of %s", upstream.name, exc.message, repository
+            )
+            return cached.tags
+        return (await self.tag_lists.put(upstream.name, repository, tags)).tags
 
 
 def _answer_for(entries: dict[str, TagEntry], accepted: frozenset[str]) -> TagEntry | None:

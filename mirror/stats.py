@@ -75,6 +75,7 @@ class Stats:
     download_resumes: int = 0
     parallel_downloads: int = 0
     cold_range_reads: int = 0
+    negative_hits: int = 0
     evictions: int = 0
     evicted_bytes: int = 0
     uncached_downloads: int = 0
@@ -125,6 +126,7 @@ _HELP = {
     "digest_mismatches": "Upstream downloads discarded because their digest did not match.",
     "download_resumes": "Upstream downloads cut mid-stream and resumed from the bytes already received.",
     "parallel_downloads": "Upstream downloads of large blobs fetched as several ranges at once.",
+    "negative_hits": "Manifest requests for a tag answered 404 from memory: the upstream said so within negative_ttl.",
     "cold_range_reads": "Ranged blob requests beyond a download's progress, answered by a ranged upstream request.",
     "evictions": "Blobs and manifests removed to keep the cache within max_size or max_age.",
     "evicted_bytes": "Bytes removed from the cache by eviction.",

@@ -173,3 +173,11 @@ def test_download_engine_errors_name_the_key(key: str, value: object) -> None:
     with pytest.raises(ConfigError) as error:
         from_dict({"upstreams": {"docker.io": {"url": "https://r.example", key: value}}})
     assert error.value.key == f"upstreams.docker.io.{key}"
+
+
+def test_negative_ttl() -> None:
+    assert load(None, env={}).cache.negative_ttl == 30
+    assert load(None, env={"MIRROR_CACHE_NEGATIVE_TTL": "0s"}).cache.negative_ttl == 0
+    with pytest.raises(ConfigError) as error:
+        from_dict({"cache": {"negative_ttl": "never"}})
+    assert error.value.key == "cache.negative_ttl"

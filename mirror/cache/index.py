@@ -13,11 +13,13 @@ from mirror.cache.layout import (
     CacheLayout,
     ManifestRecord,
     TagEntry,
+    TagList,
     decode_tag_entries,
     encode_tag_entries,
     manifest_key,
     read_key,
     tag_key,
+    taglist_key,
 )
 
 TagEntries = dict[str, TagEntry]  # accept key -> answer
@@ -61,6 +63,12 @@ class MetadataIndex:
                 return False
             self._db.delete(tag_key(upstream, repository, tag))
             return True
+
+    def tag_list(self, upstream: str, repository: str) -> TagList | None:
+        return TagList.decode(self._db.get(taglist_key(upstream, repository)))
+
+    def set_tag_list(self, upstream: str, repository: str, tag_list: TagList) -> None:
+        self._db.set(taglist_key(upstream, repository), tag_list.encode())
 
     def tags(self) -> Iterator[tuple[str, str, str, TagEntries]]:
         """(upstream, repository, tag, answers) of every cached tag."""

@@ -11,6 +11,7 @@ This module is the one owner of that format (version 2)::
     <root>/meta/                          diskcache (SQLite) with text keys and JSON text values:
         ["manifest", digest]              -> {"media_type", "config": the image config's digest or null}
         ["tag", upstream, repository, tag] -> {accept key: {"digest", "media_type", "fetched_at"}}
+        ["taglist", upstream, repository] -> {"tags": [tag, …] in lexical order, "fetched_at"}
 
 Keys and values are plain text, never pickles of our classes, so moving a module can never
 make a cache unreadable. Format 1 (no FORMAT file; pickled tuples and `TagEntry` objects)
@@ -97,6 +98,34 @@ def manifest_key(digest: str) -> str:
 
 def tag_key(upstream: str, repository: str, tag: str) -> str:
     return json.dumps(["tag", upstream, repository, tag])
+
+
+def taglist_key(upstream: str, repository: str) -> str:
+    return json.dumps(["taglist", upstream, repository])
+
+
+@dataclass(frozen=True)
+class TagList:
+    """A repository's whole tag list as the upstream last gave it, in lexical order."""
+
+    tags: tuple[str, ...]
+    fetched_at: float
+
+    def encode(self) -> str:
+        return json.dumps({"tags": list(self.tags), "fetched_at": self.fetched_at})
+
+    @classmethod
+    def decode(cls, text: object) -> TagList | None:
+        try:
+            data = json.loads(text) if isinstance(text, str) else None
+        except ValueError:
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("tags"), list):
+            return None
+        fetched_at = data.get("fetched_at")
+        if not isinstance(fetched_at, int | float):
+            return None
+        return cls(tuple(t for t in data["tags"] if isinstance(t, str)), float(fetched_at))
 
 
 def read_key(key: object) -> list[str] | None:

@@ -13,7 +13,7 @@ from mirror.config.model import DOCKER_HUB, DOCKER_HUB_URL
 ENV_KEYS = {
     "server": ("listen", "default_upstream", "log_level", "tls_cert", "tls_key", "head_timeout", "drain_timeout"),
     "auth": ("htpasswd", "admin_htpasswd"),
-    "cache": ("directory", "tag_ttl", "max_size", "max_age", "tag_max_age"),
+    "cache": ("directory", "tag_ttl", "max_size", "max_age", "tag_max_age", "negative_ttl"),
     "log": ("format",),
 }
 UPSTREAM_ENV_KEYS = (

@@ -41,6 +41,7 @@ class CacheConfig:
     max_size: int | None = None
     max_age: float | None = None
     tag_max_age: float | None = None  # tags (and the manifests kept for them) unpulled this long go
+    negative_ttl: float = 30.0  # a tag the upstream answered 404 for is answered 404 this long; 0: never
 
     @property
     def inventory_max_age(self) -> float | None:

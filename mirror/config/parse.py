@@ -155,6 +155,7 @@ def from_dict(data: dict[str, Any], proxy_env: ProxyEnvironment | None = None) -
     tag_max_age = None if tag_max_age is None else parse_duration(tag_max_age, cache_table.key("tag_max_age"))
     if tag_max_age == 0:
         raise ConfigError(cache_table.key("tag_max_age"), "must be more than zero; leave it out to follow max_age")
+    negative_ttl = parse_duration(cache_table.raw("negative_ttl", 30), cache_table.key("negative_ttl"))
     cache_table.finish()
 
     log_table = root.table("log")
@@ -177,7 +178,7 @@ def from_dict(data: dict[str, Any], proxy_env: ProxyEnvironment | None = None) -
     root.finish()
     return Config(
         server=ServerConfig(host, port, default_upstream, log_level, tls_cert, tls_key, head_timeout, drain_timeout),
-        cache=CacheConfig(directory, tag_ttl, max_size, max_age, tag_max_age),
+        cache=CacheConfig(directory, tag_ttl, max_size, max_age, tag_max_age, negative_ttl),
         log=LogConfig(log_format),
         auth=auth,
         prefetch=prefetch,

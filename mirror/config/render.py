@@ -45,6 +45,7 @@ def render(config: Config) -> str:
                 "max_size": config.cache.max_size,
                 "max_age": config.cache.max_age,
                 "tag_max_age": config.cache.tag_max_age,
+                "negative_ttl": config.cache.negative_ttl,
             },
         ),
         table("log", {"format": config.log.format}),

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import urlencode
 
 import anyio.to_thread
 from starlette.applications import Starlette
@@ -33,6 +35,7 @@ from mirror.http.responses import (
 from mirror.link import is_background
 from mirror.proxy import ManifestAnswer
 from mirror.registry.errors import NotFound, RegistryError, Unsupported
+from mirror.registry.paging import page, parse_page_size
 from mirror.registry.reference import Digest, parse_digest, parse_name, parse_reference
 from mirror.stats import prometheus
 from mirror.upstream import Upstream
@@ -75,11 +78,25 @@ async def registry(request: Request) -> Response:
         return await _manifest(request, mirror, upstream, repository, match["reference"])
     if match["kind"] == "blobs":
         return await _blob(request, mirror, upstream, repository, parse_digest(match["reference"]))
-    params = {k: v for k, v in request.query_params.items() if k in ("n", "last")}
-    body, link = await mirror.proxy.tags(upstream, repository, params)
+    return await _tags(request, mirror, upstream, repository, name, match["name"])
+
+
+async def _tags(
+    request: Request, mirror: Mirror, upstream: Upstream, repository: str, name: str, path_name: str
+) -> Response:
+    """The mirror pages the whole list itself, in the spec's order, whatever the upstream's paging."""
+    n = parse_page_size(request.query_params.get("n"))
+    last = request.query_params.get("last")
+    tags = await mirror.proxy.tag_list(upstream, repository)
+    chosen, next_last = page(tags, n, last)
     headers = {API_VERSION_HEADER[0]: API_VERSION_HEADER[1]}
-    if link:
-        headers["Link"] = link
+    if next_last is not None:
+        # Back at this mirror, with the registry selector the client used (a path prefix, or ?ns=).
+        query = {"n": str(len(chosen)), "last": next_last}
+        if "ns" in request.query_params:
+            query["ns"] = request.query_params["ns"]
+        headers["Link"] = f'</v2/{path_name}/tags/list?{urlencode(query)}>; rel="next"'
+    body = json.dumps({"name": name, "tags": chosen}).encode() if request.method == "GET" else b""
     return Response(body, headers=headers, media_type="application/json")
 
 

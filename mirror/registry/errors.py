@@ -114,3 +114,7 @@ class DownloadFailed(UpstreamFailed):
 
 class NoRoom(Exception):
     """The cache cannot take this blob (larger than max_size, or the disk is full): stream it uncached."""
+
+
+class PaginationNumberInvalid(RegistryError):
+    code, status, message = "PAGINATION_NUMBER_INVALID", 400, "invalid number of results requested"

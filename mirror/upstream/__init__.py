@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from mirror.upstream.client import (
     FetchedManifest,
-    Health,
     ManifestHead,
     Upstream,
     UpstreamBody,
     anonymous_quota_warning,
 )
+from mirror.upstream.health import Health
 
 __all__ = ["FetchedManifest", "Health", "ManifestHead", "Upstream", "UpstreamBody", "anonymous_quota_warning"]

@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import re
-import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from mirror.registry.reference import Digest, docker_hub_name
 from mirror.stats import Stats, UpstreamStats
 from mirror.upstream.auth import RegistryAuth
 from mirror.upstream.egress import EgressTransport, ProxyRoute
+from mirror.upstream.health import Health
 from mirror.upstream.trust import explain, ssl_context, tls_failure
 
 log = logging.getLogger(__name__)
@@ -40,9 +40,8 @@ log = logging.getLogger(__name__)
 RETRIES = 2
 RETRY_BACKOFF = 0.25
 _RETRY_STATUSES = frozenset({500, 502, 503, 504})
-FAILURES_BEFORE_COOLDOWN = 3
-COOLDOWN = 15.0
 _ERROR_BODY_LIMIT = 64 * 1024
+MAX_TAG_PAGES = 1000  # of an upstream's tag list: a bound on an upstream that pages forever
 _MANIFEST_PATH = re.compile(r"/v2/.+/manifests/[^/]+$")
 
 
@@ -58,38 +57,6 @@ class FetchedManifest:
     body: bytes
     media_type: str
     digest: str | None
-
-
-@dataclass
-class Health:
-    """What the dashboard shows of an upstream: its last answer, its last failure, failures in a row."""
-
-    last_success: float | None = None
-    last_error: float | None = None
-    last_error_message: str | None = None
-    last_error_setting: str | None = None  # the setting that fixes the last failure, when one does
-    consecutive_failures: int = 0
-    # After FAILURES_BEFORE_COOLDOWN failures in a row the upstream is not asked at all until
-    # this time (monotonic): requests fail at once, so cached tags are served without waiting
-    # for timeouts. The first request after it is a probe.
-    down_until: float = 0.0
-
-    def succeeded(self) -> None:
-        self.last_success = time.time()
-        self.consecutive_failures = 0
-        self.down_until = 0.0
-
-    def failed(self, message: str, setting: str | None = None) -> None:
-        self.last_error = time.time()
-        self.last_error_message = message[:300]
-        self.last_error_setting = setting
-        self.consecutive_failures += 1
-        if self.consecutive_failures >= FAILURES_BEFORE_COOLDOWN:
-            self.down_until = time.monotonic() + COOLDOWN
-
-    def cooling_down(self) -> float:
-        """Seconds left before the upstream is asked again; 0 when it may be asked now."""
-        return max(0.0, self.down_until - time.monotonic())
 
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
@@ -379,14 +346,47 @@ class Upstream:
             length = response.headers.get("content-length", "")
             return int(length) if length.isdigit() else None
 
-    async def tags_list(self, repository: str, params: Mapping[str, str]) -> tuple[bytes, str | None]:
-        async with self._send("GET", f"/v2/{self.repository(repository)}/tags/list", params=params) as response:
-            await self._raise_for_status(response, NameUnknown)
-            try:
-                body = await response.aread()
-            except httpx.HTTPError as exc:
-                raise self.failure(exc) from exc
-            return body, response.headers.get("link")
+    async def all_tags(self, repository: str) -> list[str]:
+        """Every tag of a repository, following the upstream's pages (`Link`) until one brings none new.
+
+        The stop on no progress also ends a loop with an upstream that ignores `last`.
+        """
+        found: dict[str, None] = {}
+        path: str | None = f"/v2/{self.repository(repository)}/tags/list"
+        for _ in range(MAX_TAG_PAGES):
+            if path is None:
+                break
+            async with self._send("GET", path) as response:
+                await self._raise_for_status(response, NameUnknown)
+                try:
+                    body = await response.aread()
+                except httpx.HTTPError as exc:
+                    raise self.failure(exc) from exc
+                link = response.headers.get("link")
+            tags = _tags_of(body, self.name)
+            new = [tag for tag in tags if tag not in found]
+            found.update(dict.fromkeys(new))
+            path = next_link(link) if new else None
+        return list(found)
+
+
+def _tags_of(body: bytes, upstream: str) -> list[str]:
+    try:
+        tags = json.loads(body).get("tags") or []  # distribution answers null for a repository without tags
+    except (ValueError, AttributeError):
+        raise UpstreamFailed(f"upstream {upstream} answered a tag list that is not JSON") from None
+    if not isinstance(tags, list):
+        raise UpstreamFailed(f"upstream {upstream} answered a tag list without a list of tags")
+    return [tag for tag in tags if isinstance(tag, str)]
+
+
+_NEXT_LINK = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
+
+
+def next_link(header: str | None) -> str | None:
+    """The target of a `Link: <…>; rel="next"` header, as the upstream wrote it (a path, or a URL)."""
+    match = _NEXT_LINK.search(header or "")
+    return match[1] if match else None
 
 
 def anonymous_quota_warning(config: UpstreamConfig) -> str | None:
