@@ -268,7 +268,7 @@ class Proxy:
     # Tags
 
     async def tag_list(self, upstream: Upstream, repository: str) -> tuple[str, ...]:
-        """A repository's whole tag list in the spec's order: cached for tag_ttl, served stale when the upstream fails."""
+        """A repository's whole tag list in the spec's order: kept for tag_ttl, served stale if the upstream fails."""
         cached = self.tag_lists.get_in_memory(upstream.name, repository)
         if cached is not None and time.time() - cached.fetched_at < self.tag_ttl:
             return cached.tags
