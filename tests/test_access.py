@@ -72,7 +72,7 @@ def test_a_warm_manifest_still_needs_the_credential(guarded: MirrorProcess, imag
 
 
 def test_admin_pages_need_the_admin_credential(guarded: MirrorProcess) -> None:
-    for path in ("/stats", "/metrics", "/api/images"):
+    for path in ("/stats", "/metrics", "/api/images", "/v2/_catalog"):
         assert httpx.get(guarded.url + path).status_code == 401
         assert httpx.get(guarded.url + path, auth=("ci", "pull-secret")).status_code == 401
         assert httpx.get(guarded.url + path, auth=("ops", "admin-secret")).status_code == 200

@@ -96,6 +96,24 @@ def test_n_and_last(tagged: Registry, tmp_path: Path) -> None:
         mirror.stop()
 
 
+def test_the_catalog_lists_the_repositories_held(tagged: Registry, tmp_path: Path) -> None:
+    mirror = MirrorProcess(tmp_path / "m", {"docker.io": tagged.url, "tagged.test": tagged.url}).start()
+    try:
+        assert httpx.get(f"{mirror.url}/v2/_catalog").json() == {"repositories": []}
+        assert httpx.get(f"{mirror.url}/v2/library/many/manifests/latest").status_code == 200
+        assert httpx.get(f"{mirror.url}/v2/tagged.test/library/many/tags/list").status_code == 200
+        whole = httpx.get(f"{mirror.url}/v2/_catalog")
+        assert whole.json() == {"repositories": ["library/many", "tagged.test/library/many"]}
+        first = httpx.get(f"{mirror.url}/v2/_catalog", params={"n": "1"})
+        assert first.json() == {"repositories": ["library/many"]}
+        assert first.headers["link"] == '</v2/_catalog?n=1&last=library%2Fmany>; rel="next"'
+        rest = httpx.get(mirror.url + first.headers["link"][1 : first.headers["link"].index(">")])
+        assert rest.json() == {"repositories": ["tagged.test/library/many"]} and "link" not in rest.headers
+        assert httpx.post(f"{mirror.url}/v2/_catalog").status_code == 405
+    finally:
+        mirror.stop()
+
+
 def test_the_list_is_served_from_the_cache_when_the_upstream_is_down(tmp_path: Path) -> None:
     upstream = Registry(tmp_path / "upstream").start()
     mirror = MirrorProcess(tmp_path / "m", {"docker.io": upstream.url}, extra_config='tag_ttl = "1s"').start()

@@ -70,6 +70,15 @@ class MetadataIndex:
     def set_tag_list(self, upstream: str, repository: str, tag_list: TagList) -> None:
         self._db.set(taglist_key(upstream, repository), tag_list.encode())
 
+    def repositories(self) -> set[tuple[str, str]]:
+        """(upstream, repository) of every repository with a cached tag or tag list."""
+        found = set()
+        for key in list(self._db.iterkeys()):
+            parts = read_key(key)
+            if parts is not None and parts[0] in ("tag", "taglist") and len(parts) >= 3:
+                found.add((parts[1], parts[2]))
+        return found
+
     def tags(self) -> Iterator[tuple[str, str, str, TagEntries]]:
         """(upstream, repository, tag, answers) of every cached tag."""
         for key in list(self._db.iterkeys()):

@@ -29,6 +29,9 @@ ADMIN_PATHS = ("/",)
 ADMIN_DIRECTORIES = ("/static/",)
 
 
+CATALOG_PATH = "/v2/_catalog"
+
+
 def load_htpasswd(path: Path, key: str) -> dict[str, bytes]:
     """user → bcrypt hash; any other hash kind is refused, naming the line."""
     users: dict[str, bytes] = {}
@@ -80,6 +83,8 @@ class AccessControl:
         self.admins = admins
 
     def _guard(self, path: str) -> tuple[Htpasswd | None, str]:
+        if path == CATALOG_PATH:  # repository names can be private
+            return self.admins, "mirror admin"
         if path == "/v2" or path.startswith("/v2/"):
             return self.clients, "mirror"
         if path in ADMIN_PATHS or path.startswith(ADMIN_PREFIXES) or path.startswith(ADMIN_DIRECTORIES):

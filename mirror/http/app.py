@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from mirror.cache import inventory
 from mirror.composition import Mirror
-from mirror.http.access import AccessControl, Htpasswd, load_htpasswd
+from mirror.http.access import CATALOG_PATH, AccessControl, Htpasswd, load_htpasswd
 from mirror.http.accesslog import AccessLog
 from mirror.http.dashboard import dashboard_routes
 from mirror.http.drain import CountRequests, Drain, readiness_route
@@ -35,7 +35,7 @@ from mirror.http.responses import (
 from mirror.link import is_background
 from mirror.proxy import ManifestAnswer
 from mirror.registry.errors import NotFound, RegistryError, Unsupported
-from mirror.registry.paging import page, parse_page_size
+from mirror.registry.paging import lexical, page, parse_page_size
 from mirror.registry.reference import Digest, parse_digest, parse_name, parse_reference
 from mirror.stats import prometheus
 from mirror.upstream import Upstream
@@ -135,6 +135,27 @@ async def _blob(request: Request, mirror: Mirror, upstream: Upstream, repository
     return BlobResponse(body.iter_range(start, end), status, headers, str(digest), cleanup=body.aclose)
 
 
+async def catalog_route(request: Request) -> Response:
+    """The repositories the mirror holds: the default upstream's by name, the others' under their registry host."""
+    if request.method not in _READ_METHODS:
+        raise Unsupported("this registry mirror is read-only", detail={"method": request.method})
+    mirror = _mirror(request)
+    n = parse_page_size(request.query_params.get("n"))
+    last = request.query_params.get("last")
+    held = await anyio.to_thread.run_sync(mirror.directory.metadata.repositories)
+    default = mirror.config.server.default_upstream
+    names = sorted(
+        {repository if upstream == default else f"{upstream}/{repository}" for upstream, repository in held},
+        key=lexical,
+    )
+    chosen, next_last = page(names, n, last)
+    headers = {API_VERSION_HEADER[0]: API_VERSION_HEADER[1]}
+    if next_last is not None:
+        headers["Link"] = f'<{CATALOG_PATH}?{urlencode({"n": str(len(chosen)), "last": next_last})}>; rel="next"'
+    body = json.dumps({"repositories": chosen}).encode() if request.method == "GET" else b""
+    return Response(body, headers=headers, media_type="application/json")
+
+
 async def stats_route(request: Request) -> Response:
     return JSONResponse(_mirror(request).snapshot())
 
@@ -194,6 +215,7 @@ def create_app(mirror: Mirror, drain: Drain | None = None) -> Starlette:
     all_methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
     routes = [
         Route("/v2/", api_root, methods=all_methods),
+        Route(CATALOG_PATH, catalog_route, methods=all_methods),
         Route("/v2/{path:path}", registry, methods=all_methods),
         Route("/stats", stats_route),
         Route("/metrics", metrics_route),
