@@ -15,8 +15,8 @@ from typing import Any
 from mirror.cache.blobs import BlobStore
 from mirror.cache.directory import CacheDirectory
 from mirror.cache.inflight import InflightDownloads
+from mirror.cache.kept import KeptLists
 from mirror.cache.metadata import ManifestCache
-from mirror.cache.taglists import TagListStore
 from mirror.cache.tags import LocalTagStore
 from mirror.config import Config
 from mirror.proxy import Proxy
@@ -46,7 +46,7 @@ class Mirror:
         self.manifests.load_pins()
         self.tags = LocalTagStore(self.directory.metadata)
         self.inflight = InflightDownloads(self.store, self.stats)
-        self.tag_lists = TagListStore(self.directory.metadata)
+        self.kept_lists = KeptLists(self.directory.metadata)
         self.proxy = Proxy(
             self.store,
             self.manifests,
@@ -54,7 +54,7 @@ class Mirror:
             self.inflight,
             self.stats,
             config.cache.tag_ttl,
-            self.tag_lists,
+            self.kept_lists,
             config.cache.negative_ttl,
         )
         self.upstreams = {

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from cachetools import TTLCache
 
@@ -16,15 +17,24 @@ from mirror.cache.blobs import BlobStore
 from mirror.cache.downloads import BlobStream
 from mirror.cache.flights import SingleFlight
 from mirror.cache.inflight import InflightDownloads
-from mirror.cache.layout import TagEntry
+from mirror.cache.kept import KeptLists
+from mirror.cache.layout import TagEntry, referrers_key, taglist_key
 from mirror.cache.metadata import Manifest, ManifestCache, manifest_digest, same_answer
 from mirror.cache.passthrough import PassThrough
-from mirror.cache.taglists import TagListStore
 from mirror.cache.tags import TagStore
 from mirror.link import Link
-from mirror.registry.errors import DigestInvalid, NoRoom, RegistryError, TooManyRequests, UpstreamUnavailable
-from mirror.registry.mediatypes import accept_key, accepted_types, admits
+from mirror.registry.errors import (
+    DigestInvalid,
+    ManifestUnknown,
+    NoRoom,
+    RegistryError,
+    TooManyRequests,
+    UpstreamUnavailable,
+)
+from mirror.registry.mediatypes import ACCEPT_ALL, OCI_INDEX, accept_key, accepted_types, admits
+from mirror.registry.paging import lexical
 from mirror.registry.reference import Digest, parse_digest
+from mirror.registry.referrers import fallback_tag, index_descriptors, with_artifact_type
 from mirror.stats import Stats
 from mirror.upstream import Upstream
 
@@ -65,18 +75,18 @@ class Proxy:
         inflight: InflightDownloads,
         stats: Stats,
         tag_ttl: float,
-        tag_lists: TagListStore,
+        kept_lists: KeptLists,
         negative_ttl: float = 0.0,
     ) -> None:
         self.store = store
         self.manifests = manifests
         self.tag_store = tags
-        self.tag_lists = tag_lists
+        self.kept_lists = kept_lists
         self.inflight = inflight
         self.stats = stats
         self.tag_ttl = tag_ttl
         self._manifest_fetches: SingleFlight[tuple[str, str, str, str], ManifestAnswer] = SingleFlight()
-        self._tag_list_fetches: SingleFlight[tuple[str, str], tuple[str, ...]] = SingleFlight()
+        self._list_fetches: SingleFlight[str, tuple[Any, ...]] = SingleFlight()
         # Tags the upstream said it does not have (404), by upstream, repository, tag and Accept
         # class: cosign probes `sha256-<hex>.sig` and friends for every image, and is told no.
         self._missing: TTLCache[tuple[str, str, str, str], RegistryError] | None = (
@@ -268,27 +278,63 @@ class Proxy:
     # Tags
 
     async def tag_list(self, upstream: Upstream, repository: str) -> tuple[str, ...]:
-        """A repository's whole tag list in the spec's order: kept for tag_ttl, served stale if the upstream fails."""
-        cached = self.tag_lists.get_in_memory(upstream.name, repository)
-        if cached is not None and time.time() - cached.fetched_at < self.tag_ttl:
-            return cached.tags
-        key = (upstream.name, repository)
-        return await self._tag_list_fetches.run(key, lambda: self._fetch_tag_list(upstream, repository))
+        """A repository's whole tag list in the spec's order."""
 
-    async def _fetch_tag_list(self, upstream: Upstream, repository: str) -> tuple[str, ...]:
-        cached = await self.tag_lists.get(upstream.name, repository)
-        if cached is not None and time.time() - cached.fetched_at < self.tag_ttl:
-            return cached.tags
-        try:
-            tags = await upstream.all_tags(repository)
-        except _FALLBACK_ERRORS as exc:
-            if cached is None:
-                raise
-            log.warning(
-                "upstream %s failed (%s); serving the cached tag list of %s", upstream.name, exc.message, repository
-            )
-            return cached.tags
-        return (await self.tag_lists.put(upstream.name, repository, tags)).tags
+        async def fetch() -> list[str]:
+            return sorted(set(await upstream.all_tags(repository)), key=lexical)
+
+        return await self._kept(upstream, taglist_key(upstream.name, repository), fetch)
+
+    # Referrers
+
+    async def referrers(self, upstream: Upstream, repository: str, digest: Digest) -> tuple[dict[str, Any], ...]:
+        """The descriptors of what refers to `digest`: the upstream's referrers API, or else the
+        spec's fallback tag `<alg>-<hex>`; none only when the upstream has neither."""
+
+        async def fetch() -> list[dict[str, Any]]:
+            listed = await upstream.referrers(repository, digest)
+            if listed is not None:
+                return listed
+            try:
+                answer = await self.manifest(upstream, repository, fallback_tag(digest), [OCI_INDEX])
+            except ManifestUnknown:
+                return []
+            return await self._described(upstream, repository, index_descriptors(answer.manifest.body))
+
+        return await self._kept(upstream, referrers_key(upstream.name, repository, str(digest)), fetch)
+
+    async def _described(
+        self, upstream: Upstream, repository: str, descriptors: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Fill in each descriptor's artifactType, as the spec requires, from the referrer's manifest."""
+        described = []
+        for descriptor in descriptors:
+            if "artifactType" not in descriptor:
+                answer = await self.manifest(upstream, repository, parse_digest(descriptor["digest"]), [ACCEPT_ALL])
+                descriptor = with_artifact_type(descriptor, answer.manifest.body)
+            described.append(descriptor)
+        return described
+
+    async def _kept(self, upstream: Upstream, key: str, fetch: Callable[[], Awaitable[list[Any]]]) -> tuple[Any, ...]:
+        """A list answer: kept for tag_ttl, one fetch at a time, served stale when the upstream fails."""
+        kept = self.kept_lists.get_in_memory(key)
+        if kept is not None and time.time() - kept.fetched_at < self.tag_ttl:
+            return kept.items
+
+        async def refresh() -> tuple[Any, ...]:
+            kept = await self.kept_lists.get(key)
+            if kept is not None and time.time() - kept.fetched_at < self.tag_ttl:
+                return kept.items
+            try:
+                items = await fetch()
+            except _FALLBACK_ERRORS as exc:
+                if kept is None:
+                    raise
+                log.warning("upstream %s failed (%s); serving the cached %s", upstream.name, exc.message, key)
+                return kept.items
+            return (await self.kept_lists.put(key, items)).items
+
+        return await self._list_fetches.run(key, refresh)
 
 
 def _answer_for(entries: dict[str, TagEntry], accepted: frozenset[str]) -> TagEntry | None:

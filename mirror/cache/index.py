@@ -11,15 +11,14 @@ import diskcache
 
 from mirror.cache.layout import (
     CacheLayout,
+    KeptList,
     ManifestRecord,
     TagEntry,
-    TagList,
     decode_tag_entries,
     encode_tag_entries,
     manifest_key,
     read_key,
     tag_key,
-    taglist_key,
 )
 
 TagEntries = dict[str, TagEntry]  # accept key -> answer
@@ -64,18 +63,19 @@ class MetadataIndex:
             self._db.delete(tag_key(upstream, repository, tag))
             return True
 
-    def tag_list(self, upstream: str, repository: str) -> TagList | None:
-        return TagList.decode(self._db.get(taglist_key(upstream, repository)))
+    def kept_list(self, key: str) -> KeptList | None:
+        """A list answer by its key (layout's taglist_key, referrers_key)."""
+        return KeptList.decode(self._db.get(key))
 
-    def set_tag_list(self, upstream: str, repository: str, tag_list: TagList) -> None:
-        self._db.set(taglist_key(upstream, repository), tag_list.encode())
+    def set_kept_list(self, key: str, kept: KeptList) -> None:
+        self._db.set(key, kept.encode())
 
     def repositories(self) -> set[tuple[str, str]]:
         """(upstream, repository) of every repository with a cached tag or tag list."""
         found = set()
         for key in list(self._db.iterkeys()):
             parts = read_key(key)
-            if parts is not None and parts[0] in ("tag", "taglist") and len(parts) >= 3:
+            if parts is not None and parts[0] in ("tag", "taglist", "referrers") and len(parts) >= 3:
                 found.add((parts[1], parts[2]))
         return found
 

@@ -11,7 +11,8 @@ This module is the one owner of that format (version 2)::
     <root>/meta/                          diskcache (SQLite) with text keys and JSON text values:
         ["manifest", digest]              -> {"media_type", "config": the image config's digest or null}
         ["tag", upstream, repository, tag] -> {accept key: {"digest", "media_type", "fetched_at"}}
-        ["taglist", upstream, repository] -> {"tags": [tag, …] in lexical order, "fetched_at"}
+        ["taglist", upstream, repository] -> {"items": [tag, …] in lexical order, "fetched_at"}
+        ["referrers", upstream, repository, digest] -> {"items": [descriptor, …], "fetched_at"}
 
 Keys and values are plain text, never pickles of our classes, so moving a module can never
 make a cache unreadable. Format 1 (no FORMAT file; pickled tuples and `TagEntry` objects)
@@ -104,28 +105,32 @@ def taglist_key(upstream: str, repository: str) -> str:
     return json.dumps(["taglist", upstream, repository])
 
 
-@dataclass(frozen=True)
-class TagList:
-    """A repository's whole tag list as the upstream last gave it, in lexical order."""
+def referrers_key(upstream: str, repository: str, digest: str) -> str:
+    return json.dumps(["referrers", upstream, repository, digest])
 
-    tags: tuple[str, ...]
+
+@dataclass(frozen=True)
+class KeptList:
+    """A list answer as the upstream last gave it (a repository's tags, a digest's referrers), and when."""
+
+    items: tuple[Any, ...]
     fetched_at: float
 
     def encode(self) -> str:
-        return json.dumps({"tags": list(self.tags), "fetched_at": self.fetched_at})
+        return json.dumps({"items": list(self.items), "fetched_at": self.fetched_at})
 
     @classmethod
-    def decode(cls, text: object) -> TagList | None:
+    def decode(cls, text: object) -> KeptList | None:
         try:
             data = json.loads(text) if isinstance(text, str) else None
         except ValueError:
             return None
-        if not isinstance(data, dict) or not isinstance(data.get("tags"), list):
+        if not isinstance(data, dict) or not isinstance(data.get("items"), list):
             return None
         fetched_at = data.get("fetched_at")
         if not isinstance(fetched_at, int | float):
             return None
-        return cls(tuple(t for t in data["tags"] if isinstance(t, str)), float(fetched_at))
+        return cls(tuple(data["items"]), float(fetched_at))
 
 
 def read_key(key: object) -> list[str] | None:

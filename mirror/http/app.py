@@ -35,15 +35,17 @@ from mirror.http.responses import (
 from mirror.link import is_background
 from mirror.proxy import ManifestAnswer
 from mirror.registry.errors import NotFound, RegistryError, Unsupported
+from mirror.registry.mediatypes import OCI_INDEX
 from mirror.registry.paging import lexical, page, parse_page_size
 from mirror.registry.reference import Digest, parse_digest, parse_name, parse_reference
+from mirror.registry.referrers import FILTERS_APPLIED_HEADER, referrers_index
 from mirror.stats import prometheus
 from mirror.upstream import Upstream
 
 log = logging.getLogger(__name__)
 
 _REGISTRY_PATH_RE = re.compile(
-    r"^(?P<name>.+?)/(?:(?P<kind>manifests|blobs)/(?P<reference>[^/]+)|tags/list)$", re.DOTALL
+    r"^(?P<name>.+?)/(?:(?P<kind>manifests|blobs|referrers)/(?P<reference>[^/]+)|tags/list)$", re.DOTALL
 )
 _READ_METHODS = ("GET", "HEAD")
 
@@ -78,7 +80,20 @@ async def registry(request: Request) -> Response:
         return await _manifest(request, mirror, upstream, repository, match["reference"])
     if match["kind"] == "blobs":
         return await _blob(request, mirror, upstream, repository, parse_digest(match["reference"]))
+    if match["kind"] == "referrers":
+        return await _referrers(request, mirror, upstream, repository, parse_digest(match["reference"]))
     return await _tags(request, mirror, upstream, repository, name, match["name"])
+
+
+async def _referrers(request: Request, mirror: Mirror, upstream: Upstream, repository: str, digest: Digest) -> Response:
+    """One page with every referrer; filtered by artifactType here, whatever the upstream did."""
+    artifact_type = request.query_params.get("artifactType")
+    descriptors = await mirror.proxy.referrers(upstream, repository, digest)
+    headers = {API_VERSION_HEADER[0]: API_VERSION_HEADER[1]}
+    if artifact_type is not None:
+        headers[FILTERS_APPLIED_HEADER] = "artifactType"
+    body = referrers_index(descriptors, artifact_type) if request.method == "GET" else b""
+    return Response(body, headers=headers, media_type=OCI_INDEX)
 
 
 async def _tags(

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from mirror.upstream.body import UpstreamBody
 from mirror.upstream.client import (
     FetchedManifest,
     ManifestHead,
     Upstream,
-    UpstreamBody,
     anonymous_quota_warning,
 )
 from mirror.upstream.health import Health

@@ -9,6 +9,7 @@ import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -20,16 +21,19 @@ from mirror.registry.errors import (
     ManifestInvalid,
     ManifestUnknown,
     NameUnknown,
+    NotFound,
     RegistryError,
     TooManyRequests,
     Unauthorized,
     UpstreamFailed,
     UpstreamUnavailable,
 )
-from mirror.registry.mediatypes import MAX_MANIFEST
+from mirror.registry.mediatypes import MAX_MANIFEST, OCI_INDEX
 from mirror.registry.reference import Digest, docker_hub_name
+from mirror.registry.referrers import index_descriptors
 from mirror.stats import Stats, UpstreamStats
 from mirror.upstream.auth import RegistryAuth
+from mirror.upstream.body import UpstreamBody
 from mirror.upstream.egress import EgressTransport, ProxyRoute
 from mirror.upstream.health import Health
 from mirror.upstream.trust import explain, ssl_context, tls_failure
@@ -41,7 +45,7 @@ RETRIES = 2
 RETRY_BACKOFF = 0.25
 _RETRY_STATUSES = frozenset({500, 502, 503, 504})
 _ERROR_BODY_LIMIT = 64 * 1024
-MAX_TAG_PAGES = 1000  # of an upstream's tag list: a bound on an upstream that pages forever
+MAX_LIST_PAGES = 1000  # of an upstream's tag list or referrers: a bound on an upstream that pages forever
 _MANIFEST_PATH = re.compile(r"/v2/.+/manifests/[^/]+$")
 
 
@@ -57,41 +61,6 @@ class FetchedManifest:
     body: bytes
     media_type: str
     digest: str | None
-
-
-_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
-
-
-class UpstreamBody:
-    """A blob response being streamed: where its bytes start, the blob's size, and the raw bytes."""
-
-    def __init__(self, upstream: Upstream, response: httpx.Response, start: int = 0) -> None:
-        self._upstream = upstream
-        self._counters = upstream.counters
-        self._response = response
-        length = response.headers.get("content-length", "")
-        self.size: int | None = int(length) if length.isascii() and length.isdigit() else None
-        self.offset = 0  # the blob's byte this body starts at
-        self.ranged = response.status_code == 206  # False: the upstream ignored Range, this is the whole blob
-        if self.ranged:
-            # The answer must start where asked, and say the whole blob's size.
-            match = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", ""))
-            if match is None or int(match[1]) != start:
-                raise UpstreamFailed(
-                    f"upstream {upstream.name} answered a range from byte {start} with "
-                    f"{response.headers.get('content-range', 'no Content-Range')!r}",
-                    detail={"upstream": upstream.name},
-                )
-            self.offset, self.size = start, int(match[3])
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        # Raw bytes: a decoded body would not match the digest.
-        try:
-            async for chunk in self._response.aiter_raw():
-                self._counters.bytes_fetched += len(chunk)
-                yield chunk
-        except httpx.HTTPError as exc:
-            raise self._upstream.failure(exc, during="download") from exc
 
 
 class Upstream:
@@ -336,7 +305,13 @@ class Upstream:
             response = await self._send_with_retries("GET", path, headers, None)
         try:
             await self._raise_for_status(response, BlobUnknown)
-            yield UpstreamBody(self, response, start)
+            yield UpstreamBody(
+                response,
+                start,
+                upstream=self.name,
+                counters=self.counters,
+                failure=lambda exc: self.failure(exc, during="download"),
+            )
         finally:
             await response.aclose()
 
@@ -346,6 +321,32 @@ class Upstream:
             length = response.headers.get("content-length", "")
             return int(length) if length.isdigit() else None
 
+    async def referrers(self, repository: str, digest: Digest) -> list[dict[str, Any]] | None:
+        """The descriptors the upstream's referrers API lists (following its pages); None if it has no such API.
+
+        The spec forbids a 404 from a registry that has the API, so a 404 says it has not.
+        """
+        found: list[dict[str, Any]] = []
+        path: str | None = f"/v2/{self.repository(repository)}/referrers/{digest}"
+        for _ in range(MAX_LIST_PAGES):
+            if path is None:
+                break
+            async with self._send("GET", path, headers=[("Accept", OCI_INDEX)]) as response:
+                if response.status_code == 404 and not found:
+                    return None
+                await self._raise_for_status(response, NotFound)
+                body = await self._read(response)
+                link = response.headers.get("link")
+            found += index_descriptors(body)
+            path = next_link(link)
+        return found
+
+    async def _read(self, response: httpx.Response) -> bytes:
+        try:
+            return await response.aread()
+        except httpx.HTTPError as exc:
+            raise self.failure(exc) from exc
+
     async def all_tags(self, repository: str) -> list[str]:
         """Every tag of a repository, following the upstream's pages (`Link`) until one brings none new.
 
@@ -353,15 +354,12 @@ class Upstream:
         """
         found: dict[str, None] = {}
         path: str | None = f"/v2/{self.repository(repository)}/tags/list"
-        for _ in range(MAX_TAG_PAGES):
+        for _ in range(MAX_LIST_PAGES):
             if path is None:
                 break
             async with self._send("GET", path) as response:
                 await self._raise_for_status(response, NameUnknown)
-                try:
-                    body = await response.aread()
-                except httpx.HTTPError as exc:
-                    raise self.failure(exc) from exc
+                body = await self._read(response)
                 link = response.headers.get("link")
             tags = _tags_of(body, self.name)
             new = [tag for tag in tags if tag not in found]
