@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -215,3 +217,22 @@ def test_blob_digests_of_pulled_artifacts_are_verified(pushed: Pushed, mirror: M
         repository = {"sbom": "library/signed", "0.1.0": "charts/mychart", "v1": "library/zstd"}[tag]
         assert httpx.get(f"{mirror.url}/v2/{repository}/blobs/{digest}").content == data
         assert mirror.blob_path(digest).exists()
+
+
+def test_mirror_ls_shows_what_an_artifact_is(pushed: Pushed, mirror: MirrorProcess, tmp_path: Path) -> None:
+    oras_client(host_of(mirror.url)).pull(target=f"{host_of(mirror.url)}/charts/mychart:0.1.0", outdir=str(tmp_path))
+    mirror.wait_idle()
+    rows = {row["repository"]: row for row in httpx.get(f"{mirror.url}/api/images").json()}
+    assert rows["charts/mychart"]["artifact_type"] == "application/vnd.cncf.helm.config.v1+json"
+    assert rows["charts/mychart"]["platforms"] == []
+    listing = subprocess.run(
+        [sys.executable, "-m", "mirror", "ls", "--config", str(mirror.root / "config.toml")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert listing.returncode == 0, listing.stderr
+    assert any(
+        "docker.io/charts/mychart" in line and "application/vnd.cncf.helm.config.v1+json" in line
+        for line in listing.stdout.splitlines()
+    )

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mirror.cache.directory import CacheDirectory
-from mirror.registry.mediatypes import platform_name
+from mirror.registry.mediatypes import IMAGE_CONFIG_TYPES, platform_name
 
 
 @dataclass
@@ -15,6 +15,7 @@ class ImageSummary:
     size: int | None = None  # config plus layers, as the manifests declare them (None: no manifest cached)
     cached: int = 0  # how much of that is on disk now
     platforms: list[str] = field(default_factory=list)
+    artifact_type: str | None = None  # an artifact (a chart, a signature, an SBOM): what it is, instead of platforms
 
     @property
     def complete(self) -> bool:
@@ -34,8 +35,13 @@ def describe(cache: CacheDirectory, digest: str) -> ImageSummary:
         size = sum(declared for declared, _ in known) if known else None
         return ImageSummary(size, sum(cached for _, cached in known), platforms)
     config: dict[str, Any] = manifest["config"] if isinstance(manifest.get("config"), dict) else {}
-    config_json = cache.read_json(str(config.get("digest", ""))) if config.get("digest") else None
     size, cached = _image_size(cache, manifest) or (None, 0)
+    artifact_type = manifest.get("artifactType")
+    media_type = config.get("mediaType")
+    if isinstance(artifact_type, str) or (isinstance(media_type, str) and media_type not in IMAGE_CONFIG_TYPES):
+        # The spec's rule: the manifest's artifactType, else its config's media type.
+        return ImageSummary(size, cached, [], artifact_type if isinstance(artifact_type, str) else media_type)
+    config_json = cache.read_json(str(config.get("digest", ""))) if config.get("digest") else None
     return ImageSummary(size, cached, [platform_name(config_json)] if config_json is not None else [])
 
 
@@ -72,6 +78,7 @@ def list_images(cache: CacheDirectory, repository: str | None = None) -> list[di
                     "cached_size": summary.cached,
                     "complete": summary.complete,
                     "platforms": summary.platforms,
+                    "artifact_type": summary.artifact_type,
                     "last_pull": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry.fetched_at)),
                 }
             )
@@ -80,7 +87,7 @@ def list_images(cache: CacheDirectory, repository: str | None = None) -> list[di
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
-    header = ["REPOSITORY", "TAG", "DIGEST", "SIZE", "LAST PULL", "PLATFORMS"]
+    header = ["REPOSITORY", "TAG", "DIGEST", "SIZE", "LAST PULL", "PLATFORMS"]  # or an artifact's type
     table = [header] + [
         [
             f"{r['upstream']}/{r['repository']}",
@@ -88,7 +95,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
             r["digest"][:19],
             _size_cell(r),
             r["last_pull"],
-            ",".join(r["platforms"]) or "-",
+            r["artifact_type"] or ",".join(r["platforms"]) or "-",
         ]
         for r in rows
     ]

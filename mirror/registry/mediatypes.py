@@ -7,6 +7,10 @@ DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+jso
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 INDEX_TYPES = frozenset({DOCKER_MANIFEST_LIST, OCI_INDEX})
+# A manifest whose config is one of these is a container image; any other config makes it an artifact.
+IMAGE_CONFIG_TYPES = frozenset(
+    {"application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json"}
+)
 MAX_MANIFEST = 4 * 1024 * 1024  # the distribution registry's own limit on a manifest's size
 # Every manifest type, for a client that takes whatever the tag is (prefetch, the warmer, export).
 ACCEPT_ALL = ", ".join([OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST])
