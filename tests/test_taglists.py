@@ -165,13 +165,16 @@ def test_a_burst_of_probes_for_a_missing_tag_costs_one_upstream_request(
     assert body["errors"][0]["code"] == "MANIFEST_UNKNOWN"
 
 
-@pytest.mark.parametrize("status", [429, 503])
+@pytest.mark.parametrize("status", [401, 429, 503])
 def test_an_upstream_failure_is_not_remembered(
     fake_upstream: FakeUpstream, fake_mirror: MirrorProcess, status: int
 ) -> None:
     url = f"{fake_mirror.url}/v2/library/x/manifests/soon"
-    fake_upstream.manifest_error = (status, {})
+    if status == 401:
+        fake_upstream.basic_auth = ("someone", "secret")  # the mirror has no credentials for it
+    else:
+        fake_upstream.manifest_error = (status, {})
     assert httpx.get(url, timeout=30).status_code == status
-    fake_upstream.manifest_error = None
+    fake_upstream.manifest_error = fake_upstream.basic_auth = None
     fake_upstream.manifests["soon"] = (b'{"schemaVersion": 2}', "application/vnd.oci.image.manifest.v1+json")
     assert httpx.get(url, timeout=30).status_code == 200
