@@ -100,7 +100,8 @@ def test_the_catalog_lists_the_repositories_held(tagged: Registry, tmp_path: Pat
     mirror = MirrorProcess(tmp_path / "m", {"docker.io": tagged.url, "tagged.test": tagged.url}).start()
     try:
         assert httpx.get(f"{mirror.url}/v2/_catalog").json() == {"repositories": []}
-        assert httpx.get(f"{mirror.url}/v2/library/many/manifests/latest").status_code == 200
+        accept = {"Accept": "application/vnd.docker.distribution.manifest.v2+json"}
+        assert httpx.get(f"{mirror.url}/v2/library/many/manifests/latest", headers=accept).status_code == 200
         assert httpx.get(f"{mirror.url}/v2/tagged.test/library/many/tags/list").status_code == 200
         whole = httpx.get(f"{mirror.url}/v2/_catalog")
         assert whole.json() == {"repositories": ["library/many", "tagged.test/library/many"]}
