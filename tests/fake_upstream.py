@@ -20,6 +20,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from support import free_port
 
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+
 
 @dataclass
 class FakeBlob:
@@ -107,11 +109,15 @@ class FakeUpstream:
         self.cdn_requests: list[tuple[str, int]] = []  # (token, status) of every CDN request
         self.cdn_expired = 0  # this many more CDN requests find their signed URL expired (403)
         self._cdn_tokens: dict[str, str] = {}  # live token -> digest
+        # The referrers API (distribution 2.8 has none): digest -> descriptors; None: no such API (404).
+        self.referrers: dict[str, list[dict[str, object]]] | None = None
+        self.referrers_status = 200  # another status: the API fails
         self.port = free_port()
         routes = [
             Route("/v2/", lambda r: JSONResponse({})),
             Route("/v2/{name:path}/blobs/{digest}", self._blob, methods=["GET", "HEAD"]),
             Route("/v2/{name:path}/manifests/{reference}", self._manifest, methods=["GET", "HEAD"]),
+            Route("/v2/{name:path}/referrers/{digest}", self._referrers),
             Route("/cdn/{token}", self._cdn),
         ]
         config = uvicorn.Config(Starlette(routes=routes), host="127.0.0.1", port=self.port, log_level="critical")
@@ -204,6 +210,16 @@ class FakeUpstream:
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{blob.size}"
             return StreamingResponse(blob.body(start, end), 206, headers, media_type="application/octet-stream")
         return StreamingResponse(blob.body(), headers=headers, media_type="application/octet-stream")
+
+    async def _referrers(self, request: Request) -> Response:
+        digest = request.path_params["digest"]
+        self.requests[("REFERRERS", digest)] += 1
+        if self.referrers is None:
+            return Response(b"404 page not found", status_code=404)
+        if self.referrers_status != 200:
+            return JSONResponse({"errors": [{"code": "UNAVAILABLE", "message": "fault"}]}, self.referrers_status)
+        index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": self.referrers.get(digest, [])}
+        return JSONResponse(index, media_type=OCI_INDEX)
 
     async def _manifest(self, request: Request) -> Response:
         reference = request.path_params["reference"]

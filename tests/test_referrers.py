@@ -16,6 +16,7 @@ import httpx
 import oras.client
 import oras.oci
 import pytest
+from fake_upstream import FakeUpstream
 from support import MirrorProcess, Pusher, Registry, sha256
 
 EMPTY_CONFIG = "application/vnd.oci.empty.v1+json"
@@ -242,3 +243,28 @@ def test_mirror_ls_shows_what_an_artifact_is(pushed: Pushed, mirror: MirrorProce
         "docker.io/charts/mychart" in line and "application/vnd.cncf.helm.config.v1+json" in line
         for line in listing.stdout.splitlines()
     )
+
+
+def test_an_upstream_with_the_referrers_api(fake_upstream: FakeUpstream, tmp_path: Path) -> None:
+    """Its answer is used as is (filtered here), kept for tag_ttl, and served stale when the API fails."""
+    subject = "sha256:" + "5" * 64
+    listed: list[dict[str, object]] = [
+        {"mediaType": OCI_MANIFEST, "digest": "sha256:" + "6" * 64, "size": 10, "artifactType": SIGNATURE},
+        {"mediaType": OCI_MANIFEST, "digest": "sha256:" + "7" * 64, "size": 11, "artifactType": SBOM_CONFIG},
+    ]
+    fake_upstream.referrers = {subject: listed}
+    mirror = MirrorProcess(tmp_path / "m", {"docker.io": fake_upstream.url}, extra_config='tag_ttl = "1s"').start()
+    try:
+        url = f"{mirror.url}/v2/library/x/referrers/{subject}"
+        assert httpx.get(url).json()["manifests"] == listed
+        sboms = httpx.get(url, params={"artifactType": SBOM_CONFIG})
+        assert sboms.json()["manifests"] == listed[1:] and sboms.headers["oci-filters-applied"] == "artifactType"
+        assert fake_upstream.requests[("REFERRERS", subject)] == 1, "kept for tag_ttl"
+        assert fake_upstream.requests[("GET", "sha256-" + "5" * 64)] == 0, "no fallback tag when the API answers"
+        fake_upstream.referrers_status = 503
+        time.sleep(1.2)
+        assert httpx.get(url).json()["manifests"] == listed, "stale when the API fails"
+        other = httpx.get(f"{mirror.url}/v2/library/x/referrers/sha256:{'8' * 64}")
+        assert other.status_code == 503, "never an empty index for an answer the mirror does not have"
+    finally:
+        mirror.stop()
