@@ -157,7 +157,10 @@ class Download:
             self.stats.disk_full += 1
             # Make room for the next try; this one's clients are cut off and will retry.
             await self.store.evict_bytes(self.received + self.store.disk_margin)
-        if not isinstance(exc, asyncio.CancelledError | NoRoom):
+        if isinstance(exc, asyncio.CancelledError):
+            # Only a stopping server should cancel a download; say so when anything else did.
+            log.info("download of %s cancelled after %d bytes", self.digest, self.received)
+        elif not isinstance(exc, NoRoom):
             log.warning("download of %s failed after %d bytes: %s", self.digest, self.received, exc)
 
     async def _hashed(self) -> None:
