@@ -173,10 +173,10 @@ def test_referrers_from_the_fallback_tag(pushed: Pushed, mirror: MirrorProcess) 
     answer = httpx.get(url)
     assert answer.status_code == 200 and answer.headers["content-type"] == OCI_INDEX
     assert "oci-filters-applied" not in answer.headers
-    listed = answer.json()["manifests"]
-    assert [d["digest"] for d in listed] == [pushed.signature["digest"], pushed.sbom_digest]
-    assert listed[0]["artifactType"] == SIGNATURE
-    assert listed[1]["artifactType"] == SBOM_CONFIG, "filled in from the referrer's config"
+    listed = {d["digest"]: d for d in answer.json()["manifests"]}
+    assert list(listed) == sorted([pushed.signature["digest"], pushed.sbom_digest]), "in digest order"
+    assert listed[pushed.signature["digest"]]["artifactType"] == SIGNATURE
+    assert listed[pushed.sbom_digest]["artifactType"] == SBOM_CONFIG, "filled in from the referrer's config"
     filtered = httpx.get(url, params={"artifactType": SIGNATURE})
     assert filtered.headers["oci-filters-applied"] == "artifactType"
     assert [d["digest"] for d in filtered.json()["manifests"]] == [pushed.signature["digest"]]
@@ -259,6 +259,14 @@ def test_an_upstream_with_the_referrers_api(fake_upstream: FakeUpstream, tmp_pat
         assert httpx.get(url).json()["manifests"] == listed
         sboms = httpx.get(url, params={"artifactType": SBOM_CONFIG})
         assert sboms.json()["manifests"] == listed[1:] and sboms.headers["oci-filters-applied"] == "artifactType"
+        # Paged by the mirror in digest order; the next page's Link keeps the client's ?ns=.
+        first = httpx.get(url, params={"n": "1", "ns": "docker.io"})
+        assert first.json()["manifests"] == listed[:1]
+        last = str(listed[0]["digest"]).replace(":", "%3A")
+        assert first.headers["link"] == f'</v2/library/x/referrers/{subject}?n=1&last={last}&ns=docker.io>; rel="next"'
+        second = httpx.get(mirror.url + first.headers["link"][1:].partition(">")[0])
+        assert second.json()["manifests"] == listed[1:] and "link" not in second.headers
+        assert httpx.get(url, params={"n": "0"}).json()["manifests"] == []
         assert fake_upstream.requests[("REFERRERS", subject)] == 1, "kept for tag_ttl"
         assert fake_upstream.requests[("GET", "sha256-" + "5" * 64)] == 0, "no fallback tag when the API answers"
         fake_upstream.referrers_status = 503

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -29,6 +28,7 @@ from mirror.http.responses import (
     BlobResponse,
     blob_headers,
     error_response,
+    json_body,
     manifest_headers,
     parse_range,
 )
@@ -38,7 +38,7 @@ from mirror.registry.errors import NotFound, RegistryError, Unsupported
 from mirror.registry.mediatypes import OCI_INDEX
 from mirror.registry.paging import lexical, page, parse_page_size
 from mirror.registry.reference import Digest, parse_digest, parse_name, parse_reference
-from mirror.registry.referrers import FILTERS_APPLIED_HEADER, referrers_index
+from mirror.registry.referrers import FILTERS_APPLIED_HEADER, referrers_page
 from mirror.stats import prometheus
 from mirror.upstream import Upstream
 
@@ -86,14 +86,20 @@ async def registry(request: Request) -> Response:
 
 
 async def _referrers(request: Request, mirror: Mirror, upstream: Upstream, repository: str, digest: Digest) -> Response:
-    """One page with every referrer; filtered by artifactType here, whatever the upstream did."""
+    """Every referrer, kept whole and paged here (`n`, `last`); filtered here, whatever the upstream did."""
     artifact_type = request.query_params.get("artifactType")
+    n = parse_page_size(request.query_params.get("n"))
     descriptors = await mirror.proxy.referrers(upstream, repository, digest)
+    body, next_last = referrers_page(descriptors, artifact_type, n, request.query_params.get("last"))
     headers = {API_VERSION_HEADER[0]: API_VERSION_HEADER[1]}
     if artifact_type is not None:
         headers[FILTERS_APPLIED_HEADER] = "artifactType"
-    body = referrers_index(descriptors, artifact_type) if request.method == "GET" else b""
-    return Response(body, headers=headers, media_type=OCI_INDEX)
+    if next_last is not None:
+        query = {"n": str(n), "last": next_last} if n is not None else {"last": next_last}
+        if artifact_type is not None:
+            query["artifactType"] = artifact_type
+        headers["Link"] = _next_link(request, request.url.path, query)
+    return Response(body if request.method == "GET" else b"", headers=headers, media_type=OCI_INDEX)
 
 
 async def _tags(
@@ -106,13 +112,16 @@ async def _tags(
     chosen, next_last = page(tags, n, last)
     headers = {API_VERSION_HEADER[0]: API_VERSION_HEADER[1]}
     if next_last is not None:
-        # Back at this mirror, with the registry selector the client used (a path prefix, or ?ns=).
-        query = {"n": str(len(chosen)), "last": next_last}
-        if "ns" in request.query_params:
-            query["ns"] = request.query_params["ns"]
-        headers["Link"] = f'</v2/{path_name}/tags/list?{urlencode(query)}>; rel="next"'
-    body = json.dumps({"name": name, "tags": chosen}).encode() if request.method == "GET" else b""
+        headers["Link"] = _next_link(request, f"/v2/{path_name}/tags/list", {"n": str(len(chosen)), "last": next_last})
+    body = json_body({"name": name, "tags": chosen}) if request.method == "GET" else b""
     return Response(body, headers=headers, media_type="application/json")
+
+
+def _next_link(request: Request, path: str, query: dict[str, str]) -> str:
+    """The next page's `Link`: back at this mirror, with the client's registry selector (path prefix or ?ns=)."""
+    if "ns" in request.query_params:
+        query = {**query, "ns": request.query_params["ns"]}
+    return f'<{path}?{urlencode(query)}>; rel="next"'
 
 
 async def _manifest(request: Request, mirror: Mirror, upstream: Upstream, repository: str, reference: str) -> Response:
@@ -167,7 +176,7 @@ async def catalog_route(request: Request) -> Response:
     headers = {API_VERSION_HEADER[0]: API_VERSION_HEADER[1]}
     if next_last is not None:
         headers["Link"] = f'<{CATALOG_PATH}?{urlencode({"n": str(len(chosen)), "last": next_last})}>; rel="next"'
-    body = json.dumps({"repositories": chosen}).encode() if request.method == "GET" else b""
+    body = json_body({"repositories": chosen}) if request.method == "GET" else b""
     return Response(body, headers=headers, media_type="application/json")
 
 

@@ -17,6 +17,11 @@ log = logging.getLogger(__name__)
 API_VERSION_HEADER = ("Docker-Distribution-API-Version", "registry/2.0")
 
 
+def json_body(value: object) -> bytes:
+    """A JSON answer as distribution writes it: compact."""
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
 def error_response(error: RegistryError) -> Response:
     headers = {API_VERSION_HEADER[0]: API_VERSION_HEADER[1], **error.headers}
     body = json.dumps(error.body()).encode()

@@ -7,6 +7,7 @@ from typing import Any
 
 from mirror.registry.errors import ManifestInvalid
 from mirror.registry.mediatypes import OCI_INDEX
+from mirror.registry.paging import page
 from mirror.registry.reference import Digest
 
 # What the answer says when it was filtered (only for filters actually applied).
@@ -49,8 +50,12 @@ def with_artifact_type(descriptor: dict[str, Any], manifest_body: bytes) -> dict
     return described
 
 
-def referrers_index(descriptors: list[dict[str, Any]] | tuple[dict[str, Any], ...], artifact_type: str | None) -> bytes:
-    """The answer's body: an image index of the descriptors, only those of `artifact_type` if given."""
-    if artifact_type is not None:
-        descriptors = [d for d in descriptors if d.get("artifactType") == artifact_type]
-    return json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": list(descriptors)}).encode()
+def referrers_page(
+    descriptors: tuple[dict[str, Any], ...], artifact_type: str | None, n: int | None, last: str | None
+) -> tuple[bytes, str | None]:
+    """One page of the answer: an image index of the descriptors (only those of `artifact_type` if
+    given) in digest order, after the digest `last`, at most `n`; and the next page's `last`, if any."""
+    by_digest = {d["digest"]: d for d in descriptors if artifact_type is None or d.get("artifactType") == artifact_type}
+    chosen, next_last = page(sorted(by_digest), n, last)
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [by_digest[digest] for digest in chosen]}
+    return json.dumps(index, separators=(",", ":")).encode(), next_last
