@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import threading
@@ -13,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from fake_upstream import FakeBlob, FakeUpstream
-from support import ALL_MANIFESTS, Image, MirrorProcess, Registry, free_port
+from support import ALL_MANIFESTS, Image, MirrorProcess, Pusher, Registry, free_port, sha256
 from test_pull import skopeo_copy
 
 SCREENSHOT_COPY = Path("/tmp/mirror-dashboard.png")
@@ -181,9 +182,35 @@ def bounded_mirror(tmp_path: Path, registry: Registry, images: dict[str, Image])
         process.stop()
 
 
-def test_dashboard_renders_in_headless_chromium(bounded_mirror: MirrorProcess, tmp_path: Path) -> None:
+SBOM_TYPE = "application/vnd.example.sbom.v1"
+
+
+def push_artifact(registry: Registry) -> str:
+    """An artifact as ORAS pushes one: artifactType, the empty config, one layer. Returns its digest."""
+    empty = b"{}"
+    layer = b'{"sbom": "example"}'
+    with Pusher(registry.url) as pusher:
+        pusher.blob("library/sbom", empty)
+        pusher.blob("library/sbom", layer)
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "artifactType": SBOM_TYPE,
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha256(empty), "size": 2},
+            "layers": [{"mediaType": "application/json", "digest": sha256(layer), "size": len(layer)}],
+        }
+        body = json.dumps(manifest).encode()
+        pusher.manifest("library/sbom", "v1", body, manifest["mediaType"])  # type: ignore[arg-type]
+    return sha256(body)
+
+
+def test_dashboard_renders_in_headless_chromium(
+    bounded_mirror: MirrorProcess, registry: Registry, tmp_path: Path
+) -> None:
     mirror = bounded_mirror
     pull_some(mirror, tmp_path)
+    push_artifact(registry)
+    skopeo_copy(mirror, "library/sbom:v1", tmp_path / "pull-sbom")
     time.sleep(1.1)
     data = dashboard(mirror)
     assert data["cache"]["max_bytes"] == 4 * 1024 * 1024
@@ -207,3 +234,8 @@ def test_dashboard_renders_in_headless_chromium(bounded_mirror: MirrorProcess, t
     assert f'<div id="cache-use" class="big">{expected_use}</div>' in dom
     assert 'class="pill pill-ok">ok</span>' in dom
     assert "<svg" in dom and "<path" in dom  # the charts were drawn
+    # The images view, from /api/images: platforms for an image, artifactType for an artifact.
+    images = dom[dom.index('<table id="images"') :]
+    assert '<span class="image-repository">library/multi</span><span class="image-tag">:latest</span>' in images
+    assert '<td class="image-platforms">linux/amd64, linux/arm64</td>' in images
+    assert f'<td class="artifact-type">{SBOM_TYPE}</td>' in images

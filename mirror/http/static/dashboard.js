@@ -4,6 +4,7 @@
 "use strict";
 
 const REFRESH_MS = 2000;
+const IMAGES_REFRESH_MS = 15000; // the list reads the cache's metadata: less often than the counters
 const SVG_NS = "http://www.w3.org/2000/svg";
 
 function $(id) {
@@ -309,4 +310,62 @@ async function refresh() {
   }
 }
 
+// The images the mirror holds, from /api/images, filtered in the page.
+
+let images = [];
+
+function imageText(row) {
+  return [row.upstream + "/" + row.repository + ":" + row.tag, row.digest, row.artifact_type || "", ...row.platforms]
+    .join(" ")
+    .toLowerCase();
+}
+
+function renderImages() {
+  const words = $("images-filter").value.toLowerCase().split(/\s+/).filter(Boolean);
+  const shown = images.filter((row) => words.every((word) => imageText(row).includes(word)));
+  const now = Date.now() / 1000;
+  $("images").tBodies[0].replaceChildren(
+    ...shown.map((row) => {
+      const tr = el("tr");
+      const name = el("td");
+      const label = el("div", "image-name");
+      label.title = `${row.upstream}/${row.repository}:${row.tag}\n${row.digest}`;
+      label.appendChild(el("span", "repo-upstream", row.upstream + "/"));
+      label.appendChild(el("span", "image-repository", row.repository));
+      label.appendChild(el("span", "image-tag", ":" + row.tag));
+      name.appendChild(label);
+      tr.appendChild(name);
+      // An artifact (a signature, an SBOM, a chart) shows what it is where an image shows its platforms.
+      if (row.artifact_type) tr.appendChild(el("td", "artifact-type", row.artifact_type));
+      else tr.appendChild(el("td", "image-platforms", row.platforms.join(", ") || "–"));
+      const size = el("td", "num", bytes(row.size));
+      if (!row.complete) {
+        size.appendChild(el("span", "partial", "partial"));
+        size.title = `${bytes(row.cached_size)} of ${bytes(row.size)} cached`;
+      }
+      tr.appendChild(size);
+      tr.appendChild(el("td", "when muted small", ago(Date.parse(row.last_pull) / 1000, now)));
+      return tr;
+    })
+  );
+  $("images").hidden = shown.length === 0;
+  const empty = $("images-empty");
+  empty.hidden = shown.length > 0;
+  empty.textContent = images.length ? "No image matches the filter." : "Nothing cached yet.";
+}
+
+async function refreshImages() {
+  try {
+    const response = await fetch("/api/images", { cache: "no-store" });
+    if (response.ok) {
+      images = await response.json();
+      renderImages();
+    }
+  } finally {
+    setTimeout(refreshImages, IMAGES_REFRESH_MS);
+  }
+}
+
+$("images-filter").addEventListener("input", renderImages);
 refresh();
+refreshImages();
