@@ -58,7 +58,8 @@ class Mirror:
             config.cache.negative_ttl,
         )
         self.upstreams = {
-            name: Upstream(upstream, self.stats, config.proxy_env) for name, upstream in config.upstreams.items()
+            name: Upstream(upstream, self.stats, config.proxy_env, offline=config.server.offline)
+            for name, upstream in config.upstreams.items()
         }
         self._tasks: list[asyncio.Task[None]] = []
         for upstream in self.upstreams.values():

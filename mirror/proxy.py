@@ -51,6 +51,8 @@ _FALLBACK_ERRORS = (UpstreamUnavailable, TooManyRequests)
 class ManifestAnswer:
     manifest: Manifest
     cache_status: str  # HIT, MISS, REVALIDATED or STALE
+    age: float | None = None  # a STALE answer: seconds since the upstream last confirmed it
+    upstream_headers: tuple[tuple[str, str], ...] = ()  # the upstream's quota headers, passed on
 
 
 class BlobSource(Protocol):
@@ -183,10 +185,14 @@ class Proxy:
                 head = await upstream.head_manifest(repository, tag, accept)
                 if head.digest == entry.digest:
                     cached = await self.manifests.get(parse_digest(entry.digest))
+                    if cached is not None and head.stale is not None:
+                        # A mirror upstream could not revalidate it either: stale here too, not fresh again.
+                        self.stats.manifest_stale += 1
+                        return ManifestAnswer(cached, "STALE", head.stale.age, head.quota)
                     if cached is not None:
                         await self._remember_tag(upstream, repository, tag, key, cached)
                         self.stats.manifest_hits += 1
-                        return ManifestAnswer(cached, "REVALIDATED")
+                        return ManifestAnswer(cached, "REVALIDATED", upstream_headers=head.quota)
             fetched = await upstream.get_manifest(repository, tag, accept)
         except _FALLBACK_ERRORS as exc:
             stale = await self._stale_tag(entries, entry, accepted)
@@ -194,7 +200,8 @@ class Proxy:
                 raise
             log.warning("upstream %s failed (%s); serving cached %s:%s", upstream.name, exc.message, repository, tag)
             self.stats.manifest_stale += 1
-            return ManifestAnswer(stale, "STALE")
+            manifest, fetched_at = stale
+            return ManifestAnswer(manifest, "STALE", max(0.0, time.time() - fetched_at))
         self.stats.manifest_misses += 1
         digest = manifest_digest(fetched.body)
         if fetched.digest is not None and fetched.digest != digest:
@@ -204,24 +211,37 @@ class Proxy:
             )
         manifest = Manifest(digest, fetched.media_type, fetched.body)
         await self.manifests.put(parse_digest(digest), manifest)
+        if fetched.stale is not None:
+            # Served stale by a mirror upstream: kept, but already expired, so the next request asks again.
+            age = max(fetched.stale.age, self.tag_ttl)
+            await self._remember_tag(upstream, repository, tag, key, manifest, time.time() - age)
+            return ManifestAnswer(manifest, "STALE", fetched.stale.age, fetched.quota)
         await self._remember_tag(upstream, repository, tag, key, manifest)
-        return ManifestAnswer(manifest, "MISS")
+        return ManifestAnswer(manifest, "MISS", upstream_headers=fetched.quota)
 
-    async def _remember_tag(self, upstream: Upstream, repository: str, tag: str, key: str, manifest: Manifest) -> None:
-        entry = TagEntry(manifest.digest, manifest.media_type, time.time())
+    async def _remember_tag(
+        self,
+        upstream: Upstream,
+        repository: str,
+        tag: str,
+        key: str,
+        manifest: Manifest,
+        fetched_at: float | None = None,
+    ) -> None:
+        entry = TagEntry(manifest.digest, manifest.media_type, time.time() if fetched_at is None else fetched_at)
         await self.tag_store.set_tag(upstream.name, repository, tag, key, entry)
 
     async def _stale_tag(
         self, entries: dict[str, TagEntry], entry: TagEntry | None, accepted: frozenset[str]
-    ) -> Manifest | None:
-        """The newest cached answer for this tag that the client can read."""
+    ) -> tuple[Manifest, float] | None:
+        """The newest cached answer for this tag that the client can read, and when it was fetched."""
         candidates = [entry] if entry is not None else []
         candidates += sorted(entries.values(), key=lambda e: e.fetched_at, reverse=True)
         for candidate in candidates:
             if admits(accepted, candidate.media_type):
                 cached = await self.manifests.get(parse_digest(candidate.digest))
                 if cached is not None:
-                    return cached
+                    return cached, candidate.fetched_at
         return None
 
     # Blobs

@@ -32,6 +32,7 @@ class UpstreamStats:
     ratelimit_window_seconds: int | None = None
     ratelimit_source: str | None = None
     ratelimit_seen_at: float | None = None
+    offline: bool = False  # the mirror does not dial it (`offline = true` or `mirror serve --offline`)
 
     def saw_ratelimit(self, limit: str | None, remaining: str | None, source: str | None) -> None:
         """Keep the headers of an answer that carried them: `100;w=21600`, `76;w=21600`."""
@@ -136,6 +137,7 @@ _HELP = {
 
 
 _UPSTREAM_HELP = {
+    "offline": ("mirror_upstream_offline", "gauge", "1 when the mirror does not dial the upstream (offline mode)."),
     "requests": (
         "mirror_upstream_requests_total",
         "counter",
@@ -190,7 +192,8 @@ def prometheus(snapshot: dict[str, object]) -> str:
         lines += [f"# HELP {metric} {text}", f"# TYPE {metric} {kind}"]
         for upstream, values in upstreams.items():
             if values[key] is not None:
-                lines.append(f'{metric}{{upstream="{_label(upstream)}"}} {values[key]}')
+                value = int(values[key]) if isinstance(values[key], bool) else values[key]
+                lines.append(f'{metric}{{upstream="{_label(upstream)}"}} {value}')
     lines += [
         "# HELP mirror_upstream_ratelimit_source_info The address the upstream counts pulls against"
         " (its docker-ratelimit-source header).",

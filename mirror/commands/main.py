@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="TOML config file (default: built-in defaults)")
     serve.add_argument("--listen", metavar="HOST:PORT", help="address to listen on (default 0.0.0.0:5000)")
     serve.add_argument("--cache-dir", metavar="DIR", help="cache directory (default ./mirror-cache)")
+    serve.add_argument(
+        "--offline", action="store_true", help="for this run, dial no upstream: serve only what is cached"
+    )
     client = commands.add_parser("client-config", help="print Docker, containerd or podman settings for this mirror")
     client.add_argument("client", choices=["docker", "containerd", "podman"])
     client.add_argument(
@@ -181,7 +184,9 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "client-config":
         return client_config(args)
     if args.command == "serve":
-        return serve(load(args.config, listen=args.listen, cache_dir=args.cache_dir, env=os.environ))
+        return serve(
+            load(args.config, listen=args.listen, cache_dir=args.cache_dir, offline=args.offline, env=os.environ)
+        )
     config = load(args.config, env=os.environ)
     if args.command == "prefetch":
         return prefetch_images(args, config)

@@ -19,6 +19,7 @@ from mirror.config.model import (
     Config,
     ConfigError,
     LogConfig,
+    MirrorConfig,
     PrefetchConfig,
     ServerConfig,
     UpstreamConfig,
@@ -40,6 +41,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "LogConfig",
+    "MirrorConfig",
     "PrefetchConfig",
     "ProxyEnvironment",
     "ProxyURLError",
@@ -63,6 +65,7 @@ def load(
     *,
     listen: str | None = None,
     cache_dir: str | None = None,
+    offline: bool = False,
     env: Mapping[str, str] | None = None,
 ) -> Config:
     """Load the config file (or the defaults), then environment variables, then command-line flags."""
@@ -80,4 +83,6 @@ def load(
         config = replace(config, server=replace(config.server, host=host, port=port))
     if cache_dir is not None:
         config = replace(config, cache=replace(config.cache, directory=Path(cache_dir)))
+    if offline:
+        config = replace(config, server=replace(config.server, offline=True))
     return config

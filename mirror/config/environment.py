@@ -11,7 +11,16 @@ from mirror.config.model import DOCKER_HUB, DOCKER_HUB_URL
 # Keys that environment variables may set: MIRROR_<TABLE>_<KEY>, and for an upstream
 # MIRROR_UPSTREAM_<HOST>_<KEY> with the host's dots, dashes and colons as underscores.
 ENV_KEYS = {
-    "server": ("listen", "default_upstream", "log_level", "tls_cert", "tls_key", "head_timeout", "drain_timeout"),
+    "server": (
+        "listen",
+        "default_upstream",
+        "log_level",
+        "tls_cert",
+        "tls_key",
+        "head_timeout",
+        "drain_timeout",
+        "offline",
+    ),
     "auth": ("htpasswd", "admin_htpasswd"),
     "cache": ("directory", "tag_ttl", "max_size", "max_age", "tag_max_age", "negative_ttl"),
     "log": ("format",),
@@ -32,6 +41,9 @@ UPSTREAM_ENV_KEYS = (
     "max_connections_per_blob",
     "parallel_threshold",
     "max_bandwidth",
+    "repository_prefix",
+    "mirrors_only",
+    "offline",
 )
 
 

@@ -32,6 +32,7 @@ class ServerConfig:
     tls_key: Path | None = None
     head_timeout: float = 30.0  # a client must send its request line and headers within this
     drain_timeout: float = 30.0  # after SIGTERM: how long streams and downloads in flight may take to finish
+    offline: bool = False  # no upstream is ever dialled: only what is cached is served
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,25 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class MirrorConfig:
+    """A mirror of an upstream registry (another mirror, a regional tier), asked with `?ns=<registry>`."""
+
+    url: str
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+    def __repr__(self) -> str:
+        secret = "'***'" if self.password is not None else "None"
+        return (
+            f"MirrorConfig(url={self.url!r}, username={self.username!r}, password={secret}, "
+            f"ca_file={self.ca_file!r}, client_cert={self.client_cert!r}, client_key={self.client_key!r})"
+        )
+
+
+@dataclass(frozen=True)
 class UpstreamConfig:
     name: str
     url: str
@@ -85,6 +105,10 @@ class UpstreamConfig:
     max_connections_per_blob: int = 8  # ranges fetched at once for one large blob; 1: one stream
     parallel_threshold: int = 64 * 1024 * 1024  # blobs at least this large are fetched in ranges
     max_bandwidth: int | None = None  # bits per second for blob downloads, shared among them
+    repository_prefix: str = ""  # put in front of every repository name (a Harbor proxy project)
+    mirrors: tuple[MirrorConfig, ...] = ()  # asked in order before url
+    mirrors_only: bool = False  # never dial url itself
+    offline: bool = False  # never dial url or the mirrors: serve what is cached
 
     def __repr__(self) -> str:
         secret = "'***'" if self.password is not None else "None"
@@ -95,7 +119,9 @@ class UpstreamConfig:
             f"proxy={proxy!r}, ca_file={self.ca_file!r}, client_cert={self.client_cert!r}, "
             f"client_key={self.client_key!r}, max_connections={self.max_connections}, "
             f"max_connections_per_blob={self.max_connections_per_blob}, "
-            f"parallel_threshold={self.parallel_threshold}, max_bandwidth={self.max_bandwidth})"
+            f"parallel_threshold={self.parallel_threshold}, max_bandwidth={self.max_bandwidth}, "
+            f"repository_prefix={self.repository_prefix!r}, mirrors={self.mirrors!r}, "
+            f"mirrors_only={self.mirrors_only}, offline={self.offline})"
         )
 
 

@@ -16,6 +16,7 @@ from mirror.config.model import (
     Config,
     ConfigError,
     LogConfig,
+    MirrorConfig,
     PrefetchConfig,
     ServerConfig,
     UpstreamConfig,
@@ -23,6 +24,7 @@ from mirror.config.model import (
 from mirror.config.proxies import ProxyEnvironment, ProxyURLError, parse_proxy_url
 from mirror.config.values import (
     Table,
+    bool_key,
     check_pem,
     file_key,
     parse_count,
@@ -78,15 +80,26 @@ def proxy_key(table: Table) -> str | None:
     return proxy
 
 
-def _upstream(name: str, table: Table) -> UpstreamConfig:
+def _registry_url(table: Table) -> str:
+    """An upstream's or a mirror's base URL: `/v2/` is below it, so it may have a path (Artifactory, Nexus)."""
     url = table.get("url", str)
     if url is None:
-        raise ConfigError(table.key("url"), "missing: the upstream registry's base URL")
+        raise ConfigError(table.key("url"), "missing: the registry's base URL")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(table.key("url"), f"expected an http:// or https:// URL, got {url!r}")
-    if parts.path not in ("", "/") or parts.query or parts.username or parts.password:
-        raise ConfigError(table.key("url"), "give only scheme, host and port; credentials go in username/password")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigError(
+            table.key("url"), "give scheme, host, port and path only; credentials go in username/password"
+        )
+    path = parts.path.rstrip("/")
+    if path.endswith("/v2"):
+        raise ConfigError(table.key("url"), f"leave out the /v2 at the end: the mirror adds it (got {url!r})")
+    return str(parts._replace(path=path).geturl())
+
+
+def _tls_and_login(table: Table) -> tuple[str | None, str | None, Path | None, Path | None, Path | None]:
+    """username, password, ca_file, client_cert, client_key: checked together."""
     username = table.get("username", str)
     password = secret_key(table, "password")
     if (username is None) != (password is None):
@@ -98,10 +111,43 @@ def _upstream(name: str, table: Table) -> UpstreamConfig:
         problem = None if path is None else check_pem(kind, path, client_key)
         if problem is not None:
             raise ConfigError(table.key(key), f"cannot load {path}: {problem}")
+    return username, password, ca_file, client_cert, client_key
+
+
+def _mirrors(table: Table) -> tuple[MirrorConfig, ...]:
+    """`mirrors`: URLs, or tables with a url and their own login and TLS (`[[upstreams."x".mirrors]]`)."""
+    entries = table.raw("mirrors", [])
+    if not isinstance(entries, list):
+        raise ConfigError(table.key("mirrors"), "expected a list of mirror URLs or [[mirrors]] tables")
+    found = []
+    for number, entry in enumerate(entries):
+        mirror = Table({"url": entry} if isinstance(entry, str) else entry, f"{table.key('mirrors')}[{number}]")
+        url = _registry_url(mirror)
+        found.append(MirrorConfig(url, *_tls_and_login(mirror)))
+        mirror.finish()
+    return tuple(found)
+
+
+def _repository_prefix(table: Table) -> str:
+    prefix = table.get("repository_prefix", str, "").strip("/")
+    if prefix and not re.fullmatch(
+        r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*", prefix
+    ):
+        raise ConfigError(table.key("repository_prefix"), f"expected repository path components, got {prefix!r}")
+    return prefix  # type: ignore[no-any-return]  # Table.get checked it is a str
+
+
+def _upstream(name: str, table: Table) -> UpstreamConfig:
+    url = _registry_url(table)
+    username, password, ca_file, client_cert, client_key = _tls_and_login(table)
     bandwidth = table.raw("max_bandwidth")
+    mirrors = _mirrors(table)
+    mirrors_only = bool_key(table, "mirrors_only")
+    if mirrors_only and not mirrors:
+        raise ConfigError(table.key("mirrors_only"), "needs mirrors to ask instead of url")
     upstream = UpstreamConfig(
         name=name,
-        url=url.rstrip("/"),
+        url=url,
         username=username,
         password=password,
         connect_timeout=parse_duration(table.raw("connect_timeout", 10), table.key("connect_timeout")),
@@ -116,6 +162,10 @@ def _upstream(name: str, table: Table) -> UpstreamConfig:
         ),
         parallel_threshold=parse_size(table.raw("parallel_threshold", "64MiB"), table.key("parallel_threshold")),
         max_bandwidth=None if bandwidth is None else parse_rate(bandwidth, table.key("max_bandwidth")),
+        repository_prefix=_repository_prefix(table),
+        mirrors=mirrors,
+        mirrors_only=mirrors_only,
+        offline=bool_key(table, "offline"),
     )
     table.finish()
     return upstream
@@ -136,6 +186,7 @@ def from_dict(data: dict[str, Any], proxy_env: ProxyEnvironment | None = None) -
     if head_timeout <= 0:
         raise ConfigError(server_table.key("head_timeout"), "must be more than zero")
     drain_timeout = parse_duration(server_table.raw("drain_timeout", 30), server_table.key("drain_timeout"))
+    offline = bool_key(server_table, "offline")
     server_table.finish()
 
     auth_table = root.table("auth")
@@ -177,7 +228,9 @@ def from_dict(data: dict[str, Any], proxy_env: ProxyEnvironment | None = None) -
         raise ConfigError(server_table.key("default_upstream"), f"{default_upstream!r} is not a configured upstream")
     root.finish()
     return Config(
-        server=ServerConfig(host, port, default_upstream, log_level, tls_cert, tls_key, head_timeout, drain_timeout),
+        server=ServerConfig(
+            host, port, default_upstream, log_level, tls_cert, tls_key, head_timeout, drain_timeout, offline
+        ),
         cache=CacheConfig(directory, tag_ttl, max_size, max_age, tag_max_age, negative_ttl),
         log=LogConfig(log_format),
         auth=auth,

@@ -35,6 +35,7 @@ def render(config: Config) -> str:
                 "tls_key": server.tls_key,
                 "head_timeout": server.head_timeout,
                 "drain_timeout": server.drain_timeout,
+                "offline": server.offline,
             },
         ),
         table(
@@ -69,9 +70,26 @@ def render(config: Config) -> str:
                     "max_connections_per_blob": upstream.max_connections_per_blob,
                     "parallel_threshold": upstream.parallel_threshold,
                     "max_bandwidth": None if upstream.max_bandwidth is None else format_rate(upstream.max_bandwidth),
+                    "repository_prefix": upstream.repository_prefix or None,
+                    "mirrors_only": upstream.mirrors_only,
+                    "offline": upstream.offline,
                 },
             )
         )
+        for mirror in upstream.mirrors:
+            parts.append(
+                table(
+                    f'[upstreams."{name}".mirrors]',
+                    {
+                        "url": mirror.url,
+                        "username": mirror.username,
+                        "password": "***" if mirror.password is not None else None,
+                        "ca_file": mirror.ca_file,
+                        "client_cert": mirror.client_cert,
+                        "client_key": mirror.client_key,
+                    },
+                )
+            )
     shown = config.proxy_env.masked()
     if shown:
         lines = [f"# {name}={value}" for name, value in shown.items()]

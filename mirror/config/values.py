@@ -126,6 +126,16 @@ class Table:
                 raise ConfigError(self.key(name), "unknown key")
 
 
+def bool_key(table: Table, name: str, default: bool = False) -> bool:
+    """A true/false key; from the environment it arrives as text ("true", "false", "1", "0")."""
+    value = table.raw(name, default)
+    if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "false", "0", "no"):
+        return value.strip().lower() in ("true", "1", "yes")
+    if not isinstance(value, bool):
+        raise ConfigError(table.key(name), f"expected true or false, got {value!r}")
+    return value
+
+
 def file_key(table: Table, name: str) -> Path | None:
     """An optional path key whose file must exist and be readable."""
     value = table.get(name, str)

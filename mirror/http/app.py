@@ -132,7 +132,11 @@ async def _manifest(request: Request, mirror: Mirror, upstream: Upstream, reposi
     if answer.cache_status != "MISS" and request.method == "GET":
         mirror.stats.bytes_served_from_cache += len(manifest.body)
     body = manifest.body if request.method == "GET" else b""
-    return Response(body, headers=manifest_headers(manifest, answer.cache_status))
+    headers = manifest_headers(manifest, answer.cache_status)
+    if answer.age is not None:
+        headers["Age"] = str(int(answer.age))  # so that a mirror in front keeps it stale too
+    headers.update(answer.upstream_headers)
+    return Response(body, headers=headers)
 
 
 async def _blob(request: Request, mirror: Mirror, upstream: Upstream, repository: str, digest: Digest) -> Response:

@@ -20,6 +20,7 @@ from mirror.composition import Mirror
 from mirror.registry.errors import NotFound
 from mirror.traffic import SAMPLE_INTERVAL, hits_and_misses
 from mirror.upstream import Upstream, anonymous_quota_warning
+from mirror.upstream.health import Health
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -44,14 +45,7 @@ def upstream_health(upstreams: Iterable[Upstream]) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     for upstream in upstreams:
         health = upstream.health
-        if health.consecutive_failures >= 3:
-            status = "down"
-        elif health.consecutive_failures:
-            status = "degraded"
-        elif health.last_success is not None:
-            status = "ok"
-        else:
-            status = "unused"  # nothing asked of it yet
+        status = "offline" if upstream.offline else _status(health)
         rows.append(
             {
                 "name": upstream.name,
@@ -65,9 +59,25 @@ def upstream_health(upstreams: Iterable[Upstream]) -> list[dict[str, object]]:
                 "requests": upstream.counters.requests,
                 "manifest_gets": upstream.counters.manifest_gets,
                 "quota": _quota(upstream),
+                "offline": upstream.offline,
+                "mirrors": [
+                    {"url": e.url, "status": _status(e.health), "last_error_message": e.health.last_error_message}
+                    for e in upstream.endpoints
+                    if e.is_mirror
+                ],
             }
         )
     return rows
+
+
+def _status(health: Health) -> str:
+    if health.consecutive_failures >= 3:
+        return "down"
+    if health.consecutive_failures:
+        return "degraded"
+    if health.last_success is not None:
+        return "ok"
+    return "unused"  # nothing asked of it yet
 
 
 def _quota(upstream: Upstream) -> dict[str, object] | None:

@@ -92,6 +92,12 @@ class UpstreamUnavailable(RegistryError):
     code, status, message = "UNAVAILABLE", 503, "upstream registry unavailable"
 
 
+class Offline(UpstreamUnavailable):
+    """The mirror is offline for this upstream: it never dials it, and what was asked is not cached."""
+
+    message = "the mirror is offline and this is not cached"
+
+
 class UpstreamFailed(RegistryError):
     """The upstream broke off or sent bytes that do not match their digest."""
 

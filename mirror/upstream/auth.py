@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TOKEN_LIFETIME = 60.0
 _PARAM_RE = re.compile(r'\s*([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))\s*,?')
-_REPOSITORY_PATH_RE = re.compile(r"^/v2/(.+?)/(?:manifests|blobs|tags)/")
+_REPOSITORY_PATH_RE = re.compile(r"^/v2/(.+?)/(?:manifests|blobs|tags|referrers)/")
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,12 @@ def parse_challenge(header: str) -> Challenge | None:
     return Challenge(scheme.lower(), params)
 
 
-def repository_scope(request: httpx.Request) -> str | None:
-    match = _REPOSITORY_PATH_RE.match(request.url.path)
+def repository_scope(request: httpx.Request, base_path: str = "") -> str | None:
+    """The token scope a request needs: its repository, found below the registry's base path."""
+    path = request.url.path
+    if base_path and path.startswith(base_path + "/"):
+        path = path[len(base_path) :]
+    match = _REPOSITORY_PATH_RE.match(path)
     return f"repository:{match.group(1)}:pull" if match else None
 
 
@@ -76,8 +80,9 @@ class _Token:
 
 
 class RegistryAuth(httpx.Auth):
-    def __init__(self, upstream_host: str, username: str | None, password: str | None) -> None:
+    def __init__(self, upstream_host: str, username: str | None, password: str | None, base_path: str = "") -> None:
         self.upstream_host = upstream_host
+        self.base_path = base_path  # where /v2/ is below: Artifactory's and Nexus's API paths
         self._basic: str | None = None
         if username is not None and password is not None:
             self._basic = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
@@ -91,7 +96,7 @@ class RegistryAuth(httpx.Auth):
         raise RuntimeError("RegistryAuth works with httpx.AsyncClient only")
 
     async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        scope = repository_scope(request) or ""
+        scope = repository_scope(request, self.base_path) or ""
         self._authorize(request, scope)
         response = yield request
         if response.status_code != 401:

@@ -259,6 +259,12 @@ function renderUpstreams(upstreams, now) {
       const pulls = u.name === "docker.io" ? " (what Docker Hub counts as pulls)" : "";
       li.appendChild(el("div", "muted small", `${u.requests} requests · ${u.manifest_gets} manifest GETs${pulls}`));
       if (u.quota) li.appendChild(quotaLine(u.quota, now));
+      for (const m of u.mirrors) {
+        const line = el("div", "small mono", `via mirror ${m.url}: ${m.status}`);
+        if (m.status === "down" || m.status === "degraded") line.classList.add("warn-text");
+        li.appendChild(line);
+      }
+      if (u.offline) li.appendChild(el("div", "small warn-text", "offline: never dialled, only the cache answers"));
       if (u.last_error_message) {
         li.appendChild(el("div", "error-text", `${ago(u.last_error, now)}: ${u.last_error_message}`));
       }

@@ -1,0 +1,152 @@
+"""Where an upstream's registry API answers: its mirrors in order, then the registry itself.
+
+containerd's `hosts.toml` is the model: each mirror is told which registry with `?ns=<host>`,
+and a mirror that fails is passed over for the next, then for the registry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from mirror import __version__
+from mirror.config import MirrorConfig, UpstreamConfig
+from mirror.upstream.auth import RegistryAuth
+from mirror.upstream.egress import EgressTransport, ProxyRoute
+from mirror.upstream.health import Health
+from mirror.upstream.trust import ssl_context
+
+log = logging.getLogger(__name__)
+
+ERROR_BODY_LIMIT = 64 * 1024
+# A mirror's 404 with one of these codes is the registry's own answer, passed on; any other
+# 404 (NAME_UNKNOWN: a mirror that does not mirror this registry) means: ask the next one.
+REGISTRY_NOT_FOUND = frozenset({"MANIFEST_UNKNOWN", "BLOB_UNKNOWN"})
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a request asks for: `/v2/<repository>/<rest>` at whichever endpoint answers it."""
+
+    repository: str  # as the registry names it (Docker Hub's `library/` applied), before any prefix
+    rest: str  # `manifests/<reference>`, `blobs/<digest>`, `tags/list`, `referrers/<digest>`
+
+    def describe(self, registry: str) -> str:
+        """The image or blob, for messages: `docker.io/library/alpine:3.19`, `…@sha256:…`, `… blob sha256:…`."""
+        kind, _, reference = self.rest.partition("/")
+        name = f"{registry}/{self.repository}"
+        if kind == "manifests":
+            return f"{name}{'@' if ':' in reference else ':'}{reference}"
+        if kind == "blobs":
+            return f"blob {reference} of {name}"
+        return f"{name} ({self.rest})"
+
+
+@dataclass(frozen=True)
+class Page:
+    """A next page the answering endpoint linked to: asked of that endpoint only."""
+
+    endpoint: Endpoint
+    url: str
+
+
+class Endpoint:
+    """One place the upstream's API answers: a mirror of it (asked with `?ns=`), or the registry at `url`."""
+
+    def __init__(self, url: str, client: httpx.AsyncClient, health: Health, *, ns: str | None, prefix: str) -> None:
+        self.url = url
+        self.client = client
+        self.health = health
+        self.ns = ns  # a mirror: the registry it is asked for
+        self.prefix = prefix  # put in front of every repository (a Harbor proxy project)
+        self.base_path = httpx.URL(url).path.rstrip("/")
+
+    @property
+    def is_mirror(self) -> bool:
+        return self.ns is not None
+
+    def describe(self) -> str:
+        return f"mirror {self.url}" if self.is_mirror else self.url
+
+    def request(
+        self,
+        method: str,
+        target: Target | Page,
+        headers: list[tuple[str, str]] | None,
+        params: Mapping[str, str] | None,
+    ) -> httpx.Request:
+        if isinstance(target, Page):
+            return self.client.build_request(method, target.url, headers=headers)
+        repository = f"{self.prefix}/{target.repository}" if self.prefix else target.repository
+        if self.ns is not None:
+            params = {**(params or {}), "ns": self.ns}
+        return self.client.build_request(method, f"/v2/{repository}/{target.rest}", headers=headers, params=params)
+
+    def next_page(self, answered: httpx.URL, link: str) -> Page:
+        """The page a `Link` names, as a URL at this endpoint; a `/v2/…` path from a registry behind a
+        path (nginx in front of distribution) is put below the base path."""
+        if link.startswith("/v2/") and self.base_path:
+            link = self.base_path + link
+        return Page(self, str(answered.join(link)))
+
+
+def build_endpoints(
+    config: UpstreamConfig,
+    route: ProxyRoute,
+    health: Health,
+    hooks: Mapping[str, list[Callable[..., Any]]],
+) -> list[Endpoint]:
+    """The upstream's mirrors in order, then its url (unless mirrors_only); `health` is the last one's."""
+    limits = httpx.Limits(max_connections=max(64, config.max_connections + 16), max_keepalive_connections=32)
+    timeout = httpx.Timeout(config.read_timeout, connect=config.connect_timeout, pool=config.connect_timeout)
+
+    def client(url: str, login: MirrorConfig | UpstreamConfig) -> httpx.AsyncClient:
+        base_path = httpx.URL(url).path.rstrip("/")
+        return httpx.AsyncClient(
+            base_url=url,
+            auth=RegistryAuth(httpx.URL(url).host, login.username, login.password, base_path),
+            follow_redirects=True,
+            max_redirects=5,
+            timeout=timeout,
+            transport=EgressTransport(route, ssl_context(login.ca_file, login.client_cert, login.client_key), limits),
+            headers={"User-Agent": f"mirror/{__version__}", "Accept-Encoding": "identity"},
+            event_hooks=dict(hooks),
+            trust_env=False,
+        )
+
+    endpoints = [Endpoint(m.url, client(m.url, m), Health(), ns=config.name, prefix="") for m in config.mirrors]
+    if not config.mirrors_only:
+        endpoints.append(
+            Endpoint(config.url, client(config.url, config), Health(), ns=None, prefix=config.repository_prefix)
+        )
+    endpoints[-1].health = health
+    return endpoints
+
+
+async def read_error_body(response: httpx.Response) -> bytes:
+    """At most ERROR_BODY_LIMIT bytes of an error answer (none for HEAD); a broken one reads as empty."""
+    body = b""
+    if response.request.method == "HEAD":
+        return body
+    try:
+        async for chunk in response.aiter_raw():
+            body += chunk
+            if len(body) > ERROR_BODY_LIMIT:
+                break
+    except httpx.HTTPError:
+        pass
+    return body
+
+
+def parse_error_body(body: bytes) -> tuple[str | None, str | None, object]:
+    """The first error's code, message and detail, from the spec's JSON error body."""
+    try:
+        error = json.loads(body)["errors"][0]
+        return str(error["code"]), str(error.get("message", "")) or None, error.get("detail")
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None, None, None
