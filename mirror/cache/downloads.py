@@ -410,7 +410,14 @@ class Download:
         try:
             return os.open(self.file.path, os.O_RDONLY)
         except FileNotFoundError as exc:
-            raise DownloadFailed(f"upstream download of {self.digest} failed") from exc
+            if not self.verified:
+                raise DownloadFailed(f"upstream download of {self.digest} failed") from exc
+        # Verified, so committed meanwhile: the partial file is now the blob (a reader that joined
+        # just before the rename; a soak run on CI cut a config blob here).
+        try:
+            return os.open(self.store.path(self.digest), os.O_RDONLY)
+        except FileNotFoundError as exc:
+            raise DownloadFailed(f"blob {self.digest} was evicted as it was committed") from exc
 
     async def wait_size(self) -> int:
         """The blob's size: announced by the upstream, or known once the download is complete."""
