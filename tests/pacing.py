@@ -67,16 +67,17 @@ class PacedUpstream:
     `wait_for(...)` until its line is there.
     """
 
-    def __init__(self, registry: Registry, directory: Path, rate: str = "2m") -> None:
+    def __init__(self, registry: Registry, directory: Path, rate: str = "2m", path: str = "") -> None:
         self.registry = registry
         self.directory = directory
-        self.rate = rate
+        self.rate = rate  # "0": unpaced
+        self.path = path  # the registry's API below this path, as Artifactory and Nexus serve it
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://127.0.0.1:{self.port}{self.path}"
 
     @property
     def log_path(self) -> Path:
@@ -117,8 +118,9 @@ class PacedUpstream:
             "  server {\n"
             f"    listen 127.0.0.1:{self.port};\n"
             "    client_max_body_size 0;\n"
-            "    location / {\n"
-            f"      proxy_pass http://{backend};\n"
+            # Below a path, nginx swaps the path for "/" on the way to the registry.
+            f"    location {self.path}/ {{\n"
+            f"      proxy_pass http://{backend}{'/' if self.path else ''};\n"
             "      proxy_set_header Host $http_host;\n"
             "      proxy_http_version 1.1;\n"  # keep-alive to the registry, Range passed as sent
             '      proxy_set_header Connection "";\n'

@@ -361,6 +361,7 @@ class MirrorProcess:
     upstream_keys: dict[str, str] = field(default_factory=dict)  # more keys for one upstream, by name
     env: dict[str, str] = field(default_factory=dict)  # laid over this process's environment
     wrapper: list[str] = field(default_factory=list)  # a command that execs the mirror (same PID)
+    args: list[str] = field(default_factory=list)  # more `mirror serve` flags, e.g. --offline
     # Short, so that stop() (SIGTERM) does not wait out the default 30 s drain for downloads a
     # test left in flight; the drain's own tests set it.
     drain_timeout: str = "2s"
@@ -396,7 +397,7 @@ class MirrorProcess:
         config = self.write_config()
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [*self.wrapper, sys.executable, "-m", "mirror", "serve", "--config", str(config)],
+                [*self.wrapper, sys.executable, "-m", "mirror", "serve", "--config", str(config), *self.args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},

@@ -23,7 +23,7 @@ COMPARED = (
 JSON_TYPES = ("application/json", "application/json; charset=utf-8")
 
 
-def _cases(images: dict[str, Image]) -> list[tuple[str, str, dict[str, str]]]:
+def read_endpoints(images: dict[str, Image]) -> list[tuple[str, str, dict[str, str]]]:
     demo = images["demo"]
     layer = max(demo.blobs, key=lambda digest: len(demo.blobs[digest]))
     accept = {"Accept": demo.media_type}
@@ -50,7 +50,7 @@ def _code(response: httpx.Response) -> str | None:
     return str(response.json()["errors"][0]["code"])
 
 
-def _agree(ours: httpx.Response, theirs: httpx.Response, what: str) -> None:
+def agree(ours: httpx.Response, theirs: httpx.Response, what: str) -> None:
     method = ours.request.method
     assert ours.status_code == theirs.status_code, f"{method} {what}: {ours.text[:300]}"
     assert _code(ours) == _code(theirs), f"{method} {what}"
@@ -86,14 +86,14 @@ def test_every_read_endpoint_answers_as_the_registry_does(
     mirror: MirrorProcess, registry: Registry, images: dict[str, Image], method: str
 ) -> None:
     for temperature in ("cold", "warm"):
-        for what, path, headers in _cases(images):
+        for what, path, headers in read_endpoints(images):
             if method == "HEAD" and ("Range" in headers or "/tags/list" in path):
                 # RFC 9110 §14.2 defines Range for GET only, so the mirror ignores it on HEAD; the spec
                 # defines tags/list for GET only, and the mirror answers HEAD where distribution says 405.
                 continue
             theirs = httpx.request(method, registry.url + path, headers=headers)
             ours = httpx.request(method, mirror.url + path, headers=headers)
-            _agree(ours, theirs, f"{what} ({temperature})")
+            agree(ours, theirs, f"{what} ({temperature})")
             if method == "GET":
                 # Warm it for the second round, whichever way the first one went.
                 mirror.wait_idle()

@@ -24,45 +24,79 @@ def _mirror_host(url: str) -> tuple[str, bool]:
     return parts.netloc, parts.scheme == "http"
 
 
-def docker(url: str, registries: list[str]) -> str:
+# What `--no-fallback` cannot do for Docker, said where the operator reads it.
+DOCKER_NO_FALLBACK_NOTE = (
+    "# Docker goes to Docker Hub whenever a registry-mirrors entry fails, and no daemon.json\n"
+    "# setting stops it. So this daemon.json names no mirror: pull by the mirror's own name\n"
+    "# ({host}/library/alpine:3.19), or block registry-1.docker.io at the firewall.\n"
+)
+
+
+def docker(url: str, registries: list[str], no_fallback: bool = False) -> str:
     """daemon.json: Docker mirrors only Docker Hub, so other registries are not listed."""
     host, plain_http = _mirror_host(url)
-    config: dict[str, list[str]] = {"registry-mirrors": [url.rstrip("/")]}
+    config: dict[str, list[str]] = {} if no_fallback else {"registry-mirrors": [url.rstrip("/")]}
     if plain_http:
         config["insecure-registries"] = [host]
     return json.dumps(config, indent=2) + "\n"
 
 
-def containerd_hosts(url: str, registries: list[str]) -> dict[str, str]:
-    """One hosts.toml per registry, keyed by the directory name under certs.d."""
+def containerd_hosts(
+    url: str, registries: list[str], default_upstream: str, no_fallback: bool = False
+) -> dict[str, str]:
+    """One hosts.toml per registry, keyed by the directory name under certs.d.
+
+    containerd tries the `[host]` entries, then `server`. With `no_fallback`, `server` is the
+    mirror too (the registry's own name as a path below it, for all but the default upstream).
+    """
     _mirror_host(url)
+    base = url.rstrip("/")
     files = {}
     for registry in registries:
-        server = _DOCKER_HUB_SERVER if registry == DOCKER_HUB else f"https://{registry}"
-        files[registry] = f'server = "{server}"\n\n[host."{url.rstrip("/")}"]\n  capabilities = ["pull", "resolve"]\n'
+        if not no_fallback:
+            server = _DOCKER_HUB_SERVER if registry == DOCKER_HUB else f"https://{registry}"
+            head = f'server = "{server}"\n'
+        elif registry == default_upstream:
+            head = f'server = "{base}"\n'
+        else:
+            head = f'server = "{base}/v2/{registry}"\noverride_path = true\n'
+        files[registry] = f'{head}\n[host."{base}"]\n  capabilities = ["pull", "resolve"]\n'
     return files
 
 
-def podman(url: str, registries: list[str], default_upstream: str) -> str:
-    """registries.conf: the default upstream at the mirror's root, others under a path prefix."""
+def podman(url: str, registries: list[str], default_upstream: str, no_fallback: bool = False) -> str:
+    """registries.conf: the default upstream at the mirror's root, others under a path prefix.
+
+    podman tries the mirrors, then `location`; with `no_fallback` the mirror is the location.
+    """
     host, plain_http = _mirror_host(url)
     blocks = []
     for registry in registries:
         location = host if registry == default_upstream else f"{host}/{registry}"
-        block = f'[[registry]]\nlocation = "{registry}"\n\n[[registry.mirror]]\nlocation = "{location}"\n'
+        if no_fallback:
+            block = f'[[registry]]\nprefix = "{registry}"\nlocation = "{location}"\n'
+        else:
+            block = f'[[registry]]\nlocation = "{registry}"\n\n[[registry.mirror]]\nlocation = "{location}"\n'
         if plain_http:
             block += "insecure = true\n"
         blocks.append(block)
     return "\n".join(blocks)
 
 
-def render(client: str, url: str, registries: list[str], default_upstream: str, output: Path | None) -> str:
+def render(
+    client: str,
+    url: str,
+    registries: list[str],
+    default_upstream: str,
+    output: Path | None,
+    no_fallback: bool = False,
+) -> str:
     """The text to print; for containerd with `output`, the hosts.toml files are written there."""
     if client == "docker":
-        return docker(url, registries)
+        return docker(url, registries, no_fallback)
     if client == "podman":
-        return podman(url, registries, default_upstream)
-    files = containerd_hosts(url, registries)
+        return podman(url, registries, default_upstream, no_fallback)
+    files = containerd_hosts(url, registries, default_upstream, no_fallback)
     if output is not None:
         for registry, text in files.items():
             (output / registry).mkdir(parents=True, exist_ok=True)

@@ -52,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     client.add_argument("--config", type=Path, help="mirror config file, for its upstreams")
     client.add_argument("--output", type=Path, metavar="DIR", help="containerd: write DIR/<registry>/hosts.toml")
+    client.add_argument(
+        "--no-fallback",
+        action="store_true",
+        help="settings that never send the client to the registry itself when the mirror refuses",
+    )
     for name, text in [
         ("config", "print the effective config (file, environment and defaults), secrets masked"),
         ("gc", "remove stale temp files, invalid files and orphaned metadata"),
@@ -126,7 +131,12 @@ def client_config(args: argparse.Namespace) -> int:
     config = load(args.config, env=os.environ)
     registries = args.registry or list(config.upstreams)
     try:
-        text = clientconfig.render(args.client, args.url, registries, config.server.default_upstream, args.output)
+        text = clientconfig.render(
+            args.client, args.url, registries, config.server.default_upstream, args.output, args.no_fallback
+        )
+        if args.client == "docker" and args.no_fallback:
+            host = args.url.split("://", 1)[-1].rstrip("/")
+            print(clientconfig.DOCKER_NO_FALLBACK_NOTE.format(host=host), end="", file=sys.stderr)
     except clientconfig.ClientConfigError as exc:
         print(f"mirror: {exc}", file=sys.stderr)
         return 2
