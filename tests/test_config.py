@@ -181,3 +181,72 @@ def test_negative_ttl() -> None:
     with pytest.raises(ConfigError) as error:
         from_dict({"cache": {"negative_ttl": "never"}})
     assert error.value.key == "cache.negative_ttl"
+
+
+def test_tiers_and_offline_settings(tmp_path: Path) -> None:
+    password = tmp_path / "regional.password"
+    password.write_text("r3gional\n")
+    config = from_dict(
+        {
+            "server": {"offline": True},
+            "upstreams": {
+                "docker.io": {
+                    "url": "https://artifactory.corp/artifactory/api/docker/remote/",
+                    "repository_prefix": "dockerhub-proxy",
+                    "mirrors": [
+                        "http://regional.corp:5000",
+                        {"url": "https://regional-b.corp", "username": "edge", "password_file": str(password)},
+                    ],
+                    "mirrors_only": True,
+                }
+            },
+        }
+    )
+    upstream = config.upstreams["docker.io"]
+    assert config.server.offline
+    assert upstream.url == "https://artifactory.corp/artifactory/api/docker/remote"
+    assert upstream.repository_prefix == "dockerhub-proxy"
+    assert [m.url for m in upstream.mirrors] == ["http://regional.corp:5000", "https://regional-b.corp"]
+    assert upstream.mirrors[1].password == "r3gional" and "r3gional" not in repr(upstream)
+    assert upstream.mirrors_only and not upstream.offline
+    env = load(None, env={"MIRROR_SERVER_OFFLINE": "true", "MIRROR_UPSTREAM_DOCKER_IO_OFFLINE": "1"})
+    assert env.server.offline and env.upstreams["docker.io"].offline
+
+
+@pytest.mark.parametrize(
+    ("upstream", "key"),
+    [
+        ({"url": "https://r.example/v2"}, "upstreams.docker.io.url"),
+        ({"url": "https://r.example?x=1"}, "upstreams.docker.io.url"),
+        ({"url": "https://r.example", "mirrors_only": True}, "upstreams.docker.io.mirrors_only"),
+        ({"url": "https://r.example", "mirrors": "http://m"}, "upstreams.docker.io.mirrors"),
+        ({"url": "https://r.example", "mirrors": ["ftp://m"]}, "upstreams.docker.io.mirrors[0].url"),
+        (
+            {"url": "https://r.example", "mirrors": [{"url": "http://m", "colour": 1}]},
+            "upstreams.docker.io.mirrors[0].colour",
+        ),
+        ({"url": "https://r.example", "repository_prefix": "Bad Prefix"}, "upstreams.docker.io.repository_prefix"),
+        ({"url": "https://r.example", "offline": "sometimes"}, "upstreams.docker.io.offline"),
+    ],
+)
+def test_tier_errors_name_the_key(upstream: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        from_dict({"upstreams": {"docker.io": upstream}})
+    assert error.value.key == key
+
+
+def test_config_command_shows_the_mirrors_masked(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[upstreams."docker.io"]\nurl = "https://registry-1.docker.io"\n'
+        '[[upstreams."docker.io".mirrors]]\nurl = "https://regional.corp"\nusername = "edge"\npassword = "s3cret"\n'
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "mirror", "config", "--config", str(path)], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    assert "s3cret" not in result.stdout
+    printed = tomllib.loads(result.stdout)
+    assert printed["upstreams"]["docker.io"]["mirrors"] == [
+        {"url": "https://regional.corp", "username": "edge", "password": "***"}
+    ]
