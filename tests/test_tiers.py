@@ -18,6 +18,7 @@ import httpx
 import pytest
 from pacing import PacedUpstream
 from support import Image, MirrorProcess, Pusher, Registry
+from test_access import htpasswd
 from test_pull import skopeo_copy, verify_dir_copy
 from test_spec import agree, read_endpoints
 from token_upstream import TokenIssuer, enable_token_auth
@@ -249,6 +250,35 @@ def test_a_regional_mirror_without_the_registry_is_passed_over(origin: tuple[Reg
         verify_dir_copy(tmp_path / "pull", image)
         assert quay_only.stats()["upstreams"]["quay.io"]["requests"] == 0, "asked, and it never asked quay.io"
         assert regional.stats()["blob_misses"] == len(image.all_blobs())
+    finally:
+        stop_all(started)
+
+
+def test_a_regional_mirror_with_a_login_of_its_own(origin: tuple[Registry, Image], tmp_path: Path) -> None:
+    """A mirror table with its own username and password; a wrong one is passed over for url."""
+    registry, image = origin
+    users = htpasswd(tmp_path / "regional.htpasswd", {"edge-1": "r3gional"})
+    regional = MirrorProcess(
+        tmp_path / "regional", {"docker.io": registry.url}, extra_config=f'[auth]\nhtpasswd = "{users}"\n'
+    )
+
+    def edge(name: str, password: str, keys: str) -> MirrorProcess:
+        mirror = (
+            f'[[upstreams."docker.io".mirrors]]\nurl = "{regional.url}"\nusername = "edge-1"\npassword = "{password}"\n'
+        )
+        return MirrorProcess(tmp_path / name, {"docker.io": registry.url}, upstream_keys={"docker.io": keys + mirror})
+
+    good = edge("good", "r3gional", "mirrors_only = true\n")
+    wrong = edge("wrong", "guess", "")
+    started = start_all(regional, good, wrong)
+    try:
+        skopeo_copy(good, "library/tiered:latest", tmp_path / "pull-good")
+        verify_dir_copy(tmp_path / "pull-good", image)
+        assert regional.stats()["blob_misses"] == len(image.all_blobs())
+        mark = registry.mark()
+        skopeo_copy(wrong, "library/tiered:latest", tmp_path / "pull-wrong")
+        verify_dir_copy(tmp_path / "pull-wrong", image)
+        assert blob_gets(registry, mark) == Counter(dict.fromkeys(image.all_blobs(), 1)), "from url, past the refusal"
     finally:
         stop_all(started)
 
