@@ -144,6 +144,35 @@ def test_sixteen_cold_clients_on_an_edge_make_one_download_per_blob(
         stop_all(started)
 
 
+def test_a_large_blob_costs_the_registry_its_size_once_through_two_tiers(
+    origin: tuple[Registry, Image], tmp_path: Path
+) -> None:
+    """Large enough for parallel ranges at every tier: the regional mirror fetches them from the
+    registry; the edge asks it for the whole blob, whose ranges would each miss its download."""
+    registry, _ = origin
+    with Pusher(registry.url) as pusher:
+        image = pusher.image("library/big", "latest", [24 * 1024 * 1024, 4096], seed=25)
+    layer = max(image.blobs, key=lambda digest: len(image.blobs[digest]))
+    engine = 'parallel_threshold = "4MiB"\nmax_connections_per_blob = 4'
+    with PacedUpstream(registry, tmp_path / "nginx", rate="16m") as paced:
+        regional = MirrorProcess(tmp_path / "regional", {"docker.io": paced.url}, upstream_config=engine)
+        edge = edge_of(tmp_path / "edge", registry, regional, keys="mirrors_only = true")
+        edge.upstream_config = 'parallel_threshold = "8MiB"\nmax_connections_per_blob = 3'  # not aligned with it
+        started = start_all(regional, edge)
+        try:
+            with ThreadPoolExecutor(4) as pool:
+                outs = [tmp_path / f"pull-{n}" for n in range(4)]
+                list(pool.map(lambda out: skopeo_copy(edge, "library/big:latest", out), outs))
+            for out in outs:
+                verify_dir_copy(out, image)
+            regional.wait_idle()
+        finally:
+            stop_all(started)
+        gets = paced.blob_gets(layer)
+        assert len(gets) > 1, "the regional mirror fetched it in ranges"
+        assert paced.body_bytes(layer) == len(image.blobs[layer]), [(r.range, r.body_bytes) for r in gets]
+
+
 def test_through_two_tiers_every_endpoint_answers_as_the_registry_does(
     registry: Registry, images: dict[str, Image], tmp_path: Path
 ) -> None:
