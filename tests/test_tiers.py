@@ -67,6 +67,15 @@ def stop_all(mirrors: list[MirrorProcess]) -> None:
         mirror.stop()
 
 
+def pull_concurrently(mirror: MirrorProcess, reference: str, image: Image, directory: Path, clients: int) -> None:
+    """`clients` skopeo pulls at once, each checked byte for byte."""
+    outs = [directory / f"pull-{n}" for n in range(clients)]
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(lambda out: skopeo_copy(mirror, reference, out), outs))
+    for out in outs:
+        verify_dir_copy(out, image)
+
+
 def edge_of(root: Path, registry: Registry, *regionals: MirrorProcess, keys: str = "") -> MirrorProcess:
     mirrors = ", ".join(f'"{regional.url}"' for regional in regionals)
     return MirrorProcess(
@@ -128,11 +137,7 @@ def test_sixteen_cold_clients_on_an_edge_make_one_download_per_blob(
     started = start_all(regional, edge)
     try:
         mark = registry.mark()
-        with ThreadPoolExecutor(16) as pool:
-            outs = [tmp_path / f"pull-{n}" for n in range(16)]
-            list(pool.map(lambda out: skopeo_copy(edge, "library/tiered:latest", out), outs))
-        for out in outs:
-            verify_dir_copy(out, image)
+        pull_concurrently(edge, "library/tiered:latest", image, tmp_path, 16)
         edge.wait_idle()
         regional.wait_idle()
         gets = blob_gets(registry, mark)
@@ -160,11 +165,7 @@ def test_a_large_blob_costs_the_registry_its_size_once_through_two_tiers(
         edge.upstream_config = 'parallel_threshold = "8MiB"\nmax_connections_per_blob = 3'  # not aligned with it
         started = start_all(regional, edge)
         try:
-            with ThreadPoolExecutor(4) as pool:
-                outs = [tmp_path / f"pull-{n}" for n in range(4)]
-                list(pool.map(lambda out: skopeo_copy(edge, "library/big:latest", out), outs))
-            for out in outs:
-                verify_dir_copy(out, image)
+            pull_concurrently(edge, "library/big:latest", image, tmp_path, 4)
             regional.wait_idle()
         finally:
             stop_all(started)
@@ -252,11 +253,7 @@ def test_the_next_regional_mirror_takes_over_when_the_first_is_killed(
     started = start_all(first, second, edge)
     try:
         first.kill()
-        with ThreadPoolExecutor(4) as pool:
-            outs = [tmp_path / f"pull-{n}" for n in range(4)]
-            list(pool.map(lambda out: skopeo_copy(edge, "library/tiered:latest", out), outs))
-        for out in outs:
-            verify_dir_copy(out, image)
+        pull_concurrently(edge, "library/tiered:latest", image, tmp_path, 4)
         assert second.stats()["blob_misses"] == len(image.all_blobs())
         mirrors = httpx.get(f"{edge.url}/api/dashboard").json()["upstreams"][0]["mirrors"]
         assert [m["status"] for m in mirrors] in (["down", "ok"], ["degraded", "ok"])
