@@ -243,6 +243,27 @@ def test_a_stale_answer_stays_stale_at_the_edge(tmp_path: Path) -> None:
         registry.stop()
 
 
+def test_the_registry_quota_reaches_the_edge(tmp_path: Path) -> None:
+    """Docker Hub's ratelimit headers, seen by the regional mirror, are passed on to the edge."""
+    quota = {"ratelimit-limit": "100;w=21600", "ratelimit-remaining": "76;w=21600"}
+    registry = Registry(tmp_path / "hub", headers=quota).start()
+    try:
+        with Pusher(registry.url) as pusher:
+            image = pusher.image("library/app", "latest", [4096], seed=26)
+        regional = MirrorProcess(tmp_path / "regional", {"docker.io": registry.url})
+        edge = edge_of(tmp_path / "edge", registry, regional, keys="mirrors_only = true")
+        started = start_all(regional, edge)
+        try:
+            answer = httpx.get(f"{edge.url}/v2/library/app/manifests/latest", headers={"Accept": image.media_type})
+            assert answer.headers["ratelimit-remaining"] == "76;w=21600"
+            seen = edge.stats()["upstreams"]["docker.io"]
+            assert (seen["ratelimit_limit"], seen["ratelimit_remaining"]) == (100, 76)
+        finally:
+            stop_all(started)
+    finally:
+        registry.stop()
+
+
 def test_the_next_regional_mirror_takes_over_when_the_first_is_killed(
     origin: tuple[Registry, Image], tmp_path: Path
 ) -> None:
