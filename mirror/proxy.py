@@ -45,6 +45,8 @@ MISSING_KEPT = 10_000
 
 # Upstream failures after which a cached tag is served rather than the error.
 _FALLBACK_ERRORS = (UpstreamUnavailable, TooManyRequests)
+# The upstream's answers for a tag it deleted: with keep_deleted_tags, the cached one is served.
+_DELETED_CODES = frozenset({"MANIFEST_UNKNOWN", "NAME_UNKNOWN"})
 
 
 @dataclass(frozen=True)
@@ -103,15 +105,25 @@ class Proxy:
         """The answer when it is fresh and held in memory: no I/O and no await, so the app can
         answer the commonest request (a warm tag) without its framework."""
         if isinstance(reference, Digest):
+            if str(reference) in upstream.policy.blocked:
+                return None
             cached = self.manifests.get_in_memory(str(reference))
             return cached if cached is not None and admits(accepted, cached.media_type) else None
         entries = self.tag_store.tag_entries_in_memory(upstream.name, repository, reference)
         entry = _answer_for(entries, accepted) if entries else None
-        if entry is None or time.time() - entry.fetched_at >= self.tag_ttl:
+        if entry is None or time.time() - entry.fetched_at >= self.tag_ttl or entry.digest in upstream.policy.blocked:
             return None
         return self.manifests.get_in_memory(entry.digest)
 
     async def manifest(
+        self, upstream: Upstream, repository: str, reference: str | Digest, accept: list[str]
+    ) -> ManifestAnswer:
+        """The manifest for a tag or digest; a blocked digest is refused however it was reached."""
+        answer = await self._manifest(upstream, repository, reference, accept)
+        upstream.policy.check_digest(answer.manifest.digest)
+        return answer
+
+    async def _manifest(
         self, upstream: Upstream, repository: str, reference: str | Digest, accept: list[str]
     ) -> ManifestAnswer:
         accepted = accepted_types(accept)
@@ -124,6 +136,7 @@ class Proxy:
         key = (upstream.name, repository, str(reference), accept_key(accepted))
         if isinstance(reference, Digest):
             digest = reference
+            upstream.policy.check_digest(str(digest))  # before any upstream request
             return await self._manifest_fetches.run(
                 key, lambda: self._fetch_by_digest(upstream, repository, digest, accept)
             )
@@ -194,11 +207,19 @@ class Proxy:
                         self.stats.manifest_hits += 1
                         return ManifestAnswer(cached, "REVALIDATED", upstream_headers=head.quota)
             fetched = await upstream.get_manifest(repository, tag, accept)
-        except _FALLBACK_ERRORS as exc:
+        except (*_FALLBACK_ERRORS, ManifestUnknown) as exc:
+            deleted = isinstance(exc, ManifestUnknown) and exc.code in _DELETED_CODES
+            if isinstance(exc, ManifestUnknown) and not (deleted and upstream.policy.keep_deleted_tags):
+                raise
             stale = await self._stale_tag(entries, entry, accepted)
             if stale is None:
                 raise
-            log.warning("upstream %s failed (%s); serving cached %s:%s", upstream.name, exc.message, repository, tag)
+            if deleted:
+                log.warning("upstream %s no longer has %s:%s; keeping the cached one", upstream.name, repository, tag)
+            else:
+                log.warning(
+                    "upstream %s failed (%s); serving cached %s:%s", upstream.name, exc.message, repository, tag
+                )
             self.stats.manifest_stale += 1
             manifest, fetched_at = stale
             return ManifestAnswer(manifest, "STALE", max(0.0, time.time() - fetched_at))

@@ -44,6 +44,7 @@ UPSTREAM_ENV_KEYS = (
     "repository_prefix",
     "mirrors_only",
     "offline",
+    "keep_deleted_tags",
 )
 
 

@@ -51,9 +51,19 @@ class CacheConfig:
 
 
 @dataclass(frozen=True)
+class AccessRule:
+    """Who may read which repositories: users from htpasswd ("*": everyone, anonymous too), and
+    patterns of `<registry>/<repository>` (`docker.io/library/*`, `ghcr.io/org/**`)."""
+
+    users: tuple[str, ...]
+    repositories: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class AuthConfig:
     htpasswd: Path | None = None  # registry clients must log in (bcrypt htpasswd)
     admin_htpasswd: Path | None = None  # for /stats, /metrics, /api/* and the dashboard
+    rules: tuple[AccessRule, ...] = ()  # none: whoever may use the mirror reads everything
 
 
 @dataclass(frozen=True)
@@ -109,6 +119,10 @@ class UpstreamConfig:
     mirrors: tuple[MirrorConfig, ...] = ()  # asked in order before url
     mirrors_only: bool = False  # never dial url itself
     offline: bool = False  # never dial url or the mirrors: serve what is cached
+    allow: tuple[str, ...] = ()  # repository patterns; when set, nothing else is fetched or served
+    deny: tuple[str, ...] = ()  # repository patterns refused; deny wins over allow
+    block: tuple[str, ...] = ()  # digests refused for good, whatever the repository or tag
+    keep_deleted_tags: bool = False  # a tag the upstream no longer has is served from the cache
 
     def __repr__(self) -> str:
         secret = "'***'" if self.password is not None else "None"
@@ -121,7 +135,8 @@ class UpstreamConfig:
             f"max_connections_per_blob={self.max_connections_per_blob}, "
             f"parallel_threshold={self.parallel_threshold}, max_bandwidth={self.max_bandwidth}, "
             f"repository_prefix={self.repository_prefix!r}, mirrors={self.mirrors!r}, "
-            f"mirrors_only={self.mirrors_only}, offline={self.offline})"
+            f"mirrors_only={self.mirrors_only}, offline={self.offline}, allow={self.allow!r}, "
+            f"deny={self.deny!r}, block={self.block!r}, keep_deleted_tags={self.keep_deleted_tags})"
         )
 
 

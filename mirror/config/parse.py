@@ -11,6 +11,7 @@ from mirror.config.model import (
     DEFAULT_CACHE_DIR,
     DEFAULT_LISTEN,
     DOCKER_HUB,
+    AccessRule,
     AuthConfig,
     CacheConfig,
     Config,
@@ -34,6 +35,9 @@ from mirror.config.values import (
     parse_size,
     secret_key,
 )
+from mirror.registry.errors import RegistryError
+from mirror.registry.patterns import PatternError, compile_pattern
+from mirror.registry.reference import parse_digest
 
 
 def _prefetch(root: Table) -> tuple[PrefetchConfig, ...]:
@@ -137,6 +141,47 @@ def _repository_prefix(table: Table) -> str:
     return prefix  # type: ignore[no-any-return]  # Table.get checked it is a str
 
 
+def _patterns(table: Table, key: str) -> tuple[str, ...]:
+    """A list of repository patterns (`library/*`, `myorg/**`), each checked."""
+    patterns = table.get(key, list, [])
+    for pattern in patterns:
+        try:
+            compile_pattern(pattern if isinstance(pattern, str) else "")
+        except PatternError as exc:
+            raise ConfigError(table.key(key), str(exc)) from None
+    return tuple(patterns)
+
+
+def _digests(table: Table, key: str) -> tuple[str, ...]:
+    digests = table.get(key, list, [])
+    for digest in digests:
+        try:
+            parse_digest(digest if isinstance(digest, str) else "")
+        except RegistryError:
+            raise ConfigError(table.key(key), f"expected digests like 'sha256:<64 hex>', got {digest!r}") from None
+    return tuple(digests)
+
+
+def _rules(table: Table) -> tuple[AccessRule, ...]:
+    entries = table.raw("rules", [])
+    if not isinstance(entries, list):
+        raise ConfigError(table.key("rules"), "expected a list of [[auth.rules]] tables")
+    rules = []
+    for number, entry in enumerate(entries):
+        rule = Table(entry, f"{table.key('rules')}[{number}]")
+        users = rule.get("users", list)
+        if not users or not all(isinstance(user, str) and user for user in users):
+            raise ConfigError(rule.key("users"), 'expected user names from htpasswd, or "*" for everyone')
+        repositories = _patterns(rule, "repositories")
+        if not repositories or not all("/" in pattern for pattern in repositories):
+            raise ConfigError(
+                rule.key("repositories"), "expected patterns that start with the registry, like 'docker.io/library/*'"
+            )
+        rule.finish()
+        rules.append(AccessRule(tuple(users), repositories))
+    return tuple(rules)
+
+
 def _upstream(name: str, table: Table) -> UpstreamConfig:
     url = _registry_url(table)
     username, password, ca_file, client_cert, client_key = _tls_and_login(table)
@@ -166,6 +211,10 @@ def _upstream(name: str, table: Table) -> UpstreamConfig:
         mirrors=mirrors,
         mirrors_only=mirrors_only,
         offline=bool_key(table, "offline"),
+        allow=_patterns(table, "allow"),
+        deny=_patterns(table, "deny"),
+        block=_digests(table, "block"),
+        keep_deleted_tags=bool_key(table, "keep_deleted_tags"),
     )
     table.finish()
     return upstream
@@ -190,7 +239,7 @@ def from_dict(data: dict[str, Any], proxy_env: ProxyEnvironment | None = None) -
     server_table.finish()
 
     auth_table = root.table("auth")
-    auth = AuthConfig(file_key(auth_table, "htpasswd"), file_key(auth_table, "admin_htpasswd"))
+    auth = AuthConfig(file_key(auth_table, "htpasswd"), file_key(auth_table, "admin_htpasswd"), _rules(auth_table))
     auth_table.finish()
 
     cache_table = root.table("cache")

@@ -51,6 +51,7 @@ def render(config: Config) -> str:
         ),
         table("log", {"format": config.log.format}),
         table("auth", {"htpasswd": config.auth.htpasswd, "admin_htpasswd": config.auth.admin_htpasswd}),
+        *(table("[auth.rules]", {"users": r.users, "repositories": r.repositories}) for r in config.auth.rules),
     ]
     for name, upstream in config.upstreams.items():
         parts.append(
@@ -73,6 +74,10 @@ def render(config: Config) -> str:
                     "repository_prefix": upstream.repository_prefix or None,
                     "mirrors_only": upstream.mirrors_only,
                     "offline": upstream.offline,
+                    "allow": upstream.allow or None,
+                    "deny": upstream.deny or None,
+                    "block": upstream.block or None,
+                    "keep_deleted_tags": upstream.keep_deleted_tags,
                 },
             )
         )

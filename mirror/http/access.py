@@ -1,4 +1,5 @@
-"""Optional client access control: htpasswd (bcrypt) Basic auth for the registry API and admin pages.
+"""Optional client access control: htpasswd (bcrypt) Basic auth for the registry API and admin
+pages, and per-repository read rules (`[[auth.rules]]`).
 
 Docker-style clients first call `/v2/`, get `401` with a Basic challenge, and retry with the
 credential (`docker login` does exactly that). Successful checks are cached for a few minutes,
@@ -11,6 +12,7 @@ import base64
 import binascii
 import hashlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio.to_thread
@@ -18,9 +20,10 @@ import bcrypt
 from cachetools import TTLCache
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mirror.config import ConfigError
+from mirror.config import AccessRule, ConfigError
 from mirror.http.responses import raw_error
-from mirror.registry.errors import Unauthorized
+from mirror.registry.errors import Denied, RegistryError, Unauthorized
+from mirror.registry.patterns import Patterns
 
 log = logging.getLogger(__name__)
 
@@ -55,32 +58,60 @@ class Htpasswd:
         self.users = users
         self._verified: TTLCache[bytes, str] = TTLCache(maxsize=1024, ttl=300)
 
-    async def check(self, authorization: str | None) -> bool:
+    async def check(self, authorization: str | None) -> str | None:
+        """The user a Basic credential logs in, or None; the credential itself is never logged."""
         if not authorization or authorization[:6].lower() != "basic ":
-            return False
+            return None
         key = hashlib.sha256(authorization.encode()).digest()
         if key in self._verified:
-            return True
+            return self._verified[key]
         try:
             user, _, password = base64.b64decode(authorization[6:].strip(), validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
-            return False
+            return None
         hashed = self.users.get(user)
         if hashed is None:
-            return False
+            return None
         if not await anyio.to_thread.run_sync(bcrypt.checkpw, password.encode(), hashed):
-            return False
+            return None
         self._verified[key] = user
-        return True
+        return user
+
+
+class AccessRules:
+    """`[[auth.rules]]`: which users ("*": everyone, anonymous too) read which `<registry>/<repository>`."""
+
+    def __init__(self, rules: tuple[AccessRule, ...]) -> None:
+        self._rules = [(frozenset(rule.users), Patterns.of(rule.repositories)) for rule in rules]
+        self.anonymous_reads = any("*" in users for users, _ in self._rules)
+
+    def allows(self, user: str | None, name: str) -> bool:
+        """Whether `user` (None: anonymous) may read the repository `name` (`docker.io/library/alpine`)."""
+        return any(("*" in users or user in users) and patterns.match(name) for users, patterns in self._rules)
+
+
+# The repository a registry API path reads, as `<registry>/<repository>`; None for any other path.
+RepositoryOf = Callable[[str, bytes], str | None]
 
 
 class AccessControl:
-    """ASGI middleware: registry clients need `clients`, admin pages need `admins` (when set)."""
+    """ASGI middleware: registry clients need `clients` (when set) and a rule that grants the
+    repository (when `rules` are set); admin pages need `admins` (when set)."""
 
-    def __init__(self, app: ASGIApp, *, clients: Htpasswd | None, admins: Htpasswd | None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        clients: Htpasswd | None,
+        admins: Htpasswd | None,
+        rules: AccessRules | None = None,
+        repository_of: RepositoryOf | None = None,
+    ) -> None:
         self.app = app
         self.clients = clients
         self.admins = admins
+        self.rules = rules
+        self.repository_of = repository_of
 
     def _guard(self, path: str) -> tuple[Htpasswd | None, str]:
         if path == CATALOG_PATH:  # repository names can be private
@@ -95,18 +126,39 @@ class AccessControl:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        guard, realm = self._guard(scope["path"])
-        if guard is None:
+        path = scope["path"]
+        guard, realm = self._guard(path)
+        rules = self.rules if realm == "mirror" else None
+        if guard is None and rules is None:
             await self.app(scope, receive, send)
             return
         authorization = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = value.decode("latin-1")
-        if await guard.check(authorization):
-            await self.app(scope, receive, send)
+        user = await guard.check(authorization) if guard is not None else None
+        if (
+            guard is not None
+            and user is None
+            and (authorization is not None or rules is None or not rules.anonymous_reads)
+        ):
+            await self._refuse(send, Unauthorized(headers={"WWW-Authenticate": f'Basic realm="{realm}"'}))
             return
-        refusal = Unauthorized(headers={"WWW-Authenticate": f'Basic realm="{realm}"'})
+        if rules is not None and self.repository_of is not None:
+            repository = self.repository_of(path, scope["query_string"])
+            if repository is not None and not rules.allows(user, repository):
+                if user is None:  # anonymous: ask for a login, which may be granted it
+                    refusal: RegistryError = Unauthorized(
+                        f"log in to read {repository}", headers={"WWW-Authenticate": f'Basic realm="{realm}"'}
+                    )
+                else:
+                    refusal = Denied(f"{user} may not read {repository}: no [[auth.rules]] grants it")
+                await self._refuse(send, refusal)
+                return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _refuse(send: Send, refusal: RegistryError) -> None:
         headers, body = raw_error(refusal)
         await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

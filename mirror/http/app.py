@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 import anyio.to_thread
 from starlette.applications import Starlette
@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from mirror.cache import inventory
 from mirror.composition import Mirror
-from mirror.http.access import CATALOG_PATH, AccessControl, Htpasswd, load_htpasswd
+from mirror.http.access import CATALOG_PATH, AccessControl, AccessRules, Htpasswd, load_htpasswd
 from mirror.http.accesslog import AccessLog
 from mirror.http.dashboard import dashboard_routes
 from mirror.http.drain import CountRequests, Drain, readiness_route
@@ -50,6 +50,24 @@ _REGISTRY_PATH_RE = re.compile(
 _READ_METHODS = ("GET", "HEAD")
 
 
+def repository_reader(mirror: Mirror) -> Callable[[str, bytes], str | None]:
+    """For access rules: the `<registry>/<repository>` an API path reads; None for any other path
+    or bad input, which the app then refuses on its own."""
+
+    def repository_of(path: str, query_string: bytes) -> str | None:
+        match = _REGISTRY_PATH_RE.match(path.removeprefix("/v2/")) if path.startswith("/v2/") else None
+        if match is None:
+            return None
+        ns = parse_qs(query_string.decode("latin-1")).get("ns", [None])[0] if query_string else None
+        try:
+            upstream, name = mirror.resolve_upstream(match["name"], ns)
+            return f"{upstream.name}/{upstream.repository(parse_name(name))}"
+        except RegistryError:
+            return None
+
+    return repository_of
+
+
 def _mirror(request: Request) -> Mirror:
     mirror: Mirror = request.app.state.mirror
     return mirror
@@ -75,6 +93,7 @@ async def registry(request: Request) -> Response:
     upstream, name = mirror.resolve_upstream(match["name"], ns)
     request.state.upstream = upstream.name
     repository = upstream.repository(parse_name(name))
+    upstream.policy.check(repository)  # allow and deny, before any upstream request
     mirror.traffic.count(upstream.name, repository)
     if match["kind"] == "manifests":
         return await _manifest(request, mirror, upstream, repository, match["reference"])
@@ -140,6 +159,7 @@ async def _manifest(request: Request, mirror: Mirror, upstream: Upstream, reposi
 
 
 async def _blob(request: Request, mirror: Mirror, upstream: Upstream, repository: str, digest: Digest) -> Response:
+    upstream.policy.check_digest(str(digest))
     if request.method == "HEAD":
         size = await mirror.proxy.blob_size(upstream, repository, digest)
         return Response(b"", headers={API_VERSION_HEADER[0]: API_VERSION_HEADER[1], **blob_headers(str(digest), size)})
@@ -262,8 +282,13 @@ def create_app(mirror: Mirror, drain: Drain | None = None) -> Starlette:
         Middleware(CountRequests, drain=drain),
         Middleware(AccessLog, json_format=config.log.format == "json"),
     ]
-    if clients is not None or admins is not None:
-        middleware.append(Middleware(AccessControl, clients=clients, admins=admins))
+    rules = AccessRules(config.auth.rules) if config.auth.rules else None
+    if clients is not None or admins is not None or rules is not None:
+        middleware.append(
+            Middleware(
+                AccessControl, clients=clients, admins=admins, rules=rules, repository_of=repository_reader(mirror)
+            )
+        )
     middleware.append(Middleware(WarmManifests, mirror=mirror))
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers, middleware=middleware)
     app.state.mirror = mirror  # for the routes: Starlette's way to hand them shared state

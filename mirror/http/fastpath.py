@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mirror.cache.metadata import Manifest
 from mirror.composition import Mirror
 from mirror.http import accesslog
+from mirror.http.access import AccessRules
 from mirror.http.responses import manifest_headers
 from mirror.registry.errors import RegistryError
 from mirror.registry.mediatypes import accepted_types
@@ -57,6 +58,8 @@ def warm_question(mirror: Mirror, method: str, path: str, accept: list[str]) -> 
         reference = parse_reference(match["reference"])
     except RegistryError:
         return None
+    if not upstream.policy.allows(repository):
+        return None  # the app refuses it, naming the rule
     return WarmQuestion(method, path, upstream, repository, reference, accepted_types(accept))
 
 
@@ -107,9 +110,10 @@ class WarmAnswers:
 
     _MAX_HEADS = 4096
 
-    def __init__(self, mirror: Mirror, *, json_log: bool) -> None:
+    def __init__(self, mirror: Mirror, *, json_log: bool, rules: AccessRules | None = None) -> None:
         self._mirror = mirror
         self._json_log = json_log
+        self._rules = rules  # read as anonymous: the protocol serves only clients that do not log in
         # The log level is set once, before the server starts.
         self._log_access = accesslog.log.isEnabledFor(logging.INFO)
         self._heads: dict[tuple[str, str], bytes] = {}  # (digest, media type) -> header lines
@@ -132,7 +136,12 @@ class WarmAnswers:
                 return None
         if len(accept) > _MAX_ACCEPT_HEADERS or sum(map(len, accept)) > _MAX_ACCEPT_CHARS:
             return None  # questions are remembered: an odd Accept takes the app's road instead
-        return warm_question(mirror, method.decode(), url.decode(), accept)
+        question = warm_question(mirror, method.decode(), url.decode(), accept)
+        rules = self._rules
+        if question is not None and rules is not None:
+            name = f"{question.upstream.name}/{question.repository}"
+            return question if rules.allows(None, name) else None  # else the app refuses it
+        return question
 
     def answer(self, question: WarmQuestion, client: tuple[str, int] | None) -> tuple[bytes, bytes] | None:
         """(header lines, body) of a 200 when the answer is fresh in memory, else None."""
@@ -166,6 +175,8 @@ class WarmAnswers:
 
 def warm_answers(mirror: Mirror) -> WarmAnswers | None:
     """The protocol's answerer, unless registry clients must authenticate (the app checks that)."""
-    if mirror.config.auth.htpasswd is not None:
+    auth = mirror.config.auth
+    if auth.htpasswd is not None:
         return None
-    return WarmAnswers(mirror, json_log=mirror.config.log.format == "json")
+    rules = AccessRules(auth.rules) if auth.rules else None
+    return WarmAnswers(mirror, json_log=mirror.config.log.format == "json", rules=rules)

@@ -82,6 +82,10 @@ class Unauthorized(RegistryError):
     code, status, message = "UNAUTHORIZED", 401, "authentication required"
 
 
+class Denied(RegistryError):
+    code, status, message = "DENIED", 403, "requested access to the resource is denied"
+
+
 class TooManyRequests(RegistryError):
     code, status, message = "TOOMANYREQUESTS", 429, "too many requests"
 

@@ -32,6 +32,7 @@ from mirror.upstream.endpoints import (
     Page,
     Target,
 )
+from mirror.upstream.policy import RepositoryPolicy
 from mirror.upstream.session import RegistrySession
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ class Upstream(RegistrySession):
         hooks: dict[str, list[Callable[..., Any]]] = {"request": [self._count_request], "response": [self._read_quota]}
         super().__init__(config, stats.upstream(config.name), proxy_env, hooks, offline=offline)
         self.mirrored = any(endpoint.is_mirror for endpoint in self.endpoints)
+        self.policy = RepositoryPolicy(config)
         self.link = Link(
             LinkPolicy(
                 config.max_connections, config.max_connections_per_blob, config.parallel_threshold, config.max_bandwidth
