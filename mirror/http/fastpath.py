@@ -139,8 +139,8 @@ class WarmAnswers:
         question = warm_question(mirror, method.decode(), url.decode(), accept)
         rules = self._rules
         if question is not None and rules is not None:
-            name = f"{question.upstream.name}/{question.repository}"
-            return question if rules.allows(None, name) else None  # else the app refuses it
+            read = f"{question.upstream.name}/{question.repository}"
+            return question if rules.allows(None, read) else None  # else the app refuses it
         return question
 
     def answer(self, question: WarmQuestion, client: tuple[str, int] | None) -> tuple[bytes, bytes] | None:
