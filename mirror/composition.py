@@ -16,6 +16,7 @@ from mirror.cache.blobs import BlobStore
 from mirror.cache.directory import CacheDirectory
 from mirror.cache.inflight import InflightDownloads
 from mirror.cache.kept import KeptLists
+from mirror.cache.links import BlobLinks
 from mirror.cache.metadata import ManifestCache
 from mirror.cache.tags import LocalTagStore
 from mirror.config import Config
@@ -28,6 +29,12 @@ from mirror.upstream import Upstream, anonymous_quota_warning
 from mirror.warmer import keep_warm
 
 log = logging.getLogger(__name__)
+
+
+def links_matter(config: Config) -> bool:
+    """Whether the cache may hold what not every client may read: then a digest is served under a
+    repository only once linked to it. With anonymous upstreams and no rules, everything is public."""
+    return bool(config.auth.rules) or any(upstream.username is not None for upstream in config.upstreams.values())
 
 
 class Mirror:
@@ -56,6 +63,8 @@ class Mirror:
             config.cache.tag_ttl,
             self.kept_lists,
             config.cache.negative_ttl,
+            BlobLinks(self.directory.metadata),
+            enforce_links=links_matter(config),
         )
         self.upstreams = {
             name: Upstream(upstream, self.stats, config.proxy_env, offline=config.server.offline)

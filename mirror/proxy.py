@@ -19,6 +19,7 @@ from mirror.cache.flights import SingleFlight
 from mirror.cache.inflight import InflightDownloads
 from mirror.cache.kept import KeptLists
 from mirror.cache.layout import TagEntry, referrers_key, taglist_key
+from mirror.cache.links import BlobLinks
 from mirror.cache.metadata import Manifest, ManifestCache, manifest_digest, same_answer
 from mirror.cache.passthrough import PassThrough
 from mirror.cache.tags import TagStore
@@ -81,11 +82,16 @@ class Proxy:
         tag_ttl: float,
         kept_lists: KeptLists,
         negative_ttl: float = 0.0,
+        links: BlobLinks | None = None,
+        enforce_links: bool = False,
     ) -> None:
         self.store = store
         self.manifests = manifests
         self.tag_store = tags
         self.kept_lists = kept_lists
+        self.links = links
+        # Serve a cached digest under a repository only once linked to it (private content is held).
+        self.enforce_links = enforce_links and links is not None
         self.inflight = inflight
         self.stats = stats
         self.tag_ttl = tag_ttl
@@ -107,6 +113,8 @@ class Proxy:
         if isinstance(reference, Digest):
             if str(reference) in upstream.policy.blocked:
                 return None
+            if self.enforce_links and not self._linked_in_memory(upstream, repository, str(reference)):
+                return None
             cached = self.manifests.get_in_memory(str(reference))
             return cached if cached is not None and admits(accepted, cached.media_type) else None
         entries = self.tag_store.tag_entries_in_memory(upstream.name, repository, reference)
@@ -120,7 +128,10 @@ class Proxy:
     ) -> ManifestAnswer:
         """The manifest for a tag or digest; a blocked digest is refused however it was reached."""
         answer = await self._manifest(upstream, repository, reference, accept)
-        upstream.policy.check_digest(answer.manifest.digest)
+        manifest = answer.manifest
+        upstream.policy.check_digest(manifest.digest)
+        if self.links is not None:
+            await self.links.link_manifest(upstream.name, repository, manifest.digest, manifest.body)
         return answer
 
     async def _manifest(
@@ -164,6 +175,8 @@ class Proxy:
         self, upstream: Upstream, repository: str, digest: Digest, accept: list[str]
     ) -> ManifestAnswer:
         stored = await self.manifests.get(digest)
+        if stored is not None:  # held; but does it belong here?
+            await self._check_link(upstream, repository, digest, manifest=True, accept=accept)
         if stored is not None and admits(accepted_types(accept), stored.media_type):
             self.stats.manifest_hits += 1
             return ManifestAnswer(stored, "HIT")
@@ -304,6 +317,34 @@ class Proxy:
             await passthrough.open()
             return PassThroughBody(passthrough)
         return DownloadBody(download, status, self.stats)
+
+    def _linked_in_memory(self, upstream: Upstream, repository: str, digest: str) -> bool:
+        return self.links is not None and self.links.linked_in_memory(upstream.name, repository, digest)
+
+    async def _check_link(
+        self, upstream: Upstream, repository: str, digest: Digest, *, manifest: bool, accept: list[str] | None = None
+    ) -> None:
+        """A held digest may be served under `repository` if linked to it, or if the upstream says,
+        under that repository and with its credential, that it has it there (then it is linked).
+        Otherwise the upstream's answer (404, 401, 503) is raised."""
+        if not self.enforce_links or self.links is None:
+            return
+        if await self.links.linked(upstream.name, repository, str(digest)):
+            return
+        if manifest:
+            await upstream.head_manifest(repository, str(digest), accept or [ACCEPT_ALL])
+        else:
+            await upstream.head_blob(repository, digest)
+        await self.links.link(upstream.name, repository, {str(digest)})
+
+    async def check_blob_link(self, upstream: Upstream, repository: str, digest: Digest) -> None:
+        """Before a held or downloading blob is served under `repository`: it must belong there.
+
+        A blob neither held nor downloading is fetched under that repository, which checks it."""
+        if not self.enforce_links:
+            return
+        if self.store.size_now(digest) is not None or self.inflight.get(digest) is not None:
+            await self._check_link(upstream, repository, digest, manifest=False)
 
     async def blob_size(self, upstream: Upstream, repository: str, digest: Digest) -> int | None:
         """The size of a blob for HEAD, without downloading it."""

@@ -101,6 +101,12 @@ def test_upstream_is_chosen_by_ns_then_path_then_default(two_mirror: MirrorProce
 
 
 def test_blobs_are_shared_across_upstreams(two_mirror: MirrorProcess, upstreams: Upstreams) -> None:
+    """Stored once; served under ghcr.io's name once ghcr.io has said it holds it there.
+
+    ghcr.io has credentials here, so the cache may hold private content: a digest is served
+    under a repository only once linked to it (a manifest of it named it, or the upstream said
+    yes to a HEAD under that name). The bytes are never fetched twice.
+    """
     digest = upstreams.shared_layer
     first = httpx.get(f"{two_mirror.url}/v2/library/demo/blobs/{digest}")
     assert first.headers["x-cache"] == "MISS"
@@ -109,7 +115,11 @@ def test_blobs_are_shared_across_upstreams(two_mirror: MirrorProcess, upstreams:
     second = httpx.get(f"{two_mirror.url}/v2/ghcr.io/org/app/blobs/{digest}")
     assert second.headers["x-cache"] == "HIT"
     assert second.content == first.content
-    assert upstreams.ghcr.requests_since(mark) == []
+    asked = [(method, status) for method, _, status in upstreams.ghcr.requests_since(mark)]
+    assert asked == [("HEAD", 401), ("HEAD", 200)], "one HEAD (after its token) checked it belongs there"
+    mark = upstreams.ghcr.mark()
+    third = httpx.get(f"{two_mirror.url}/v2/ghcr.io/org/app/blobs/{digest}")
+    assert third.headers["x-cache"] == "HIT" and upstreams.ghcr.requests_since(mark) == []
 
 
 def test_unconfigured_hosts_are_never_contacted(two_mirror: MirrorProcess) -> None:

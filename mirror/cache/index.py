@@ -5,7 +5,8 @@ Synchronous: the server calls it through a thread, the command-line tools direct
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 
 import diskcache
 
@@ -16,12 +17,17 @@ from mirror.cache.layout import (
     TagEntry,
     decode_tag_entries,
     encode_tag_entries,
+    link_key,
     manifest_key,
     read_key,
     tag_key,
 )
 
 TagEntries = dict[str, TagEntry]  # accept key -> answer
+
+
+def json_time() -> str:
+    return str(round(time.time(), 3))
 
 
 class MetadataIndex:
@@ -62,6 +68,25 @@ class MetadataIndex:
                 return False
             self._db.delete(tag_key(upstream, repository, tag))
             return True
+
+    def link(self, upstream: str, repository: str, digests: Iterable[str]) -> None:
+        """Record that these digests may be served under the repository."""
+        now = json_time()
+        with self._db.transact():
+            for digest in digests:
+                self._db.set(link_key(upstream, repository, digest), now)
+
+    def linked(self, upstream: str, repository: str, digest: str) -> bool:
+        return link_key(upstream, repository, digest) in self._db
+
+    def unlink(self, digest: str) -> int:
+        """Forget every link to a digest (it was removed); how many there were."""
+        removed = 0
+        for key in list(self._db.iterkeys()):
+            parts = read_key(key)
+            if parts is not None and len(parts) == 4 and parts[0] == "link" and parts[3] == digest:
+                removed += bool(self._db.delete(key))
+        return removed
 
     def kept_list(self, key: str) -> KeptList | None:
         """A list answer by its key (layout's taglist_key, referrers_key)."""

@@ -13,6 +13,9 @@ This module is the one owner of that format (version 2)::
         ["tag", upstream, repository, tag] -> {accept key: {"digest", "media_type", "fetched_at"}}
         ["taglist", upstream, repository] -> {"items": [tag, …] in lexical order, "fetched_at"}
         ["referrers", upstream, repository, digest] -> {"items": [descriptor, …], "fetched_at"}
+        ["link", upstream, repository, digest] -> seconds since the epoch when linked: the blob or
+                                          manifest may be served under that repository (a manifest
+                                          of it, fetched by the mirror or imported, referenced it)
 
 Keys and values are plain text, never pickles of our classes, so moving a module can never
 make a cache unreadable. Format 1 (no FORMAT file; pickled tuples and `TagEntry` objects)
@@ -99,6 +102,10 @@ def manifest_key(digest: str) -> str:
 
 def tag_key(upstream: str, repository: str, tag: str) -> str:
     return json.dumps(["tag", upstream, repository, tag])
+
+
+def link_key(upstream: str, repository: str, digest: str) -> str:
+    return json.dumps(["link", upstream, repository, digest])
 
 
 def taglist_key(upstream: str, repository: str) -> str:

@@ -90,6 +90,9 @@ class AccessRules:
         return any(("*" in users or user in users) and patterns.match(name) for users, patterns in self._rules)
 
 
+# What containers/image sends with no credentials (`--src-no-creds`): an empty user and password.
+_EMPTY_BASIC = frozenset({b"basic og==", b"basic"})
+
 # The repository a registry API path reads, as `<registry>/<repository>`; None for any other path.
 RepositoryOf = Callable[[str, bytes], str | None]
 
@@ -134,14 +137,14 @@ class AccessControl:
             return
         authorization = None
         for name, value in scope["headers"]:
-            if name == b"authorization":
+            if name == b"authorization" and value.strip().lower() not in _EMPTY_BASIC:
                 authorization = value.decode("latin-1")
         user = await guard.check(authorization) if guard is not None else None
-        if (
-            guard is not None
-            and user is None
-            and (authorization is not None or rules is None or not rules.anonymous_reads)
-        ):
+        # `/v2/` challenges every client that has not logged in, as Docker Hub does: a client told
+        # 200 there never sends its login afterwards (containers/image does not). A client that
+        # has none carries on anonymously, and the rules decide per repository.
+        anonymous_may = rules is not None and rules.anonymous_reads and path not in ("/v2", "/v2/")
+        if guard is not None and user is None and (authorization is not None or not anonymous_may):
             await self._refuse(send, Unauthorized(headers={"WWW-Authenticate": f'Basic realm="{realm}"'}))
             return
         if rules is not None and self.repository_of is not None:

@@ -81,3 +81,15 @@ def accept_key(accepted: frozenset[str]) -> str:
                 _accept_key_cache.clear()
             _accept_key_cache[accepted] = key
     return key
+
+
+def referenced_digests(manifest: object) -> set[str]:
+    """What a manifest (parsed JSON) names by digest: config, layers or blobs, child manifests, subject."""
+    if not isinstance(manifest, dict):
+        return set()
+    descriptors = [manifest.get("config"), manifest.get("subject")]
+    for key in ("layers", "blobs", "manifests"):
+        listed = manifest.get(key)
+        if isinstance(listed, list):
+            descriptors += listed
+    return {d["digest"] for d in descriptors if isinstance(d, dict) and isinstance(d.get("digest"), str)}

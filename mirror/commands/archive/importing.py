@@ -38,6 +38,7 @@ from mirror.registry.mediatypes import (
     OCI_INDEX,
     OCI_MANIFEST,
     platform_name,
+    referenced_digests,
 )
 from mirror.registry.reference import Digest, parse_digest
 
@@ -314,6 +315,21 @@ def _set_tags(cache: CacheDirectory, plan: ImportPlan) -> None:
             return kept | {IMPORT_ACCEPT: answer}
 
         cache.metadata.update_tag(name.upstream, name.repository, name.reference, retag)
+        cache.metadata.link(name.upstream, name.repository, _image_digests(plan, digest))
+
+
+def _image_digests(plan: ImportPlan, digest: str) -> set[str]:
+    """A manifest and all it names, through an index's children: what is linked to its repository."""
+    found = {digest}
+    pending = [digest]
+    while pending:
+        current = plan.manifests.get(pending.pop())
+        if current is None:
+            continue
+        for named in referenced_digests(parse_json(current[1], digest)) - found:
+            found.add(named)
+            pending.append(named)
+    return found
 
 
 def import_archive(cache_dir: Path, archive: Path, repository: str | None = None) -> ImportReport:

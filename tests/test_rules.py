@@ -1,0 +1,230 @@
+"""Who may pull what: access rules per repository, blob links, allow, deny and block, deleted tags.
+
+Real parts: distribution registries (one behind token auth with credentials, as a private
+ghcr.io organisation is), skopeo as the client, mirror processes.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from support import ALL_MANIFESTS, Image, MirrorProcess, Pusher, Registry
+from test_access import htpasswd
+from test_pull import verify_dir_copy
+from token_upstream import TokenIssuer, enable_token_auth
+
+ACCEPT = {"Accept": ", ".join(ALL_MANIFESTS)}
+RULES = """
+[[auth.rules]]
+users = ["*"]
+repositories = ["docker.io/library/*", "ghcr.io/org/public-*"]
+[[auth.rules]]
+users = ["ci"]
+repositories = ["ghcr.io/org/*"]
+[[auth.rules]]
+users = ["alice"]
+repositories = ["docker.io/**"]
+"""
+
+
+@dataclass
+class Ghcr:
+    registry: Registry
+    private: Image
+    public: Image
+
+
+@pytest.fixture(scope="module")
+def ghcr(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ghcr]:
+    """A private organisation: token auth that hands out tokens to its one account only."""
+    root = tmp_path_factory.mktemp("ghcr")
+    registry = Registry(root / "registry").start()
+    issuer = TokenIssuer(root / "issuer", credentials=("bot", "b0t-secret"))
+    try:
+        with Pusher(registry.url) as pusher:
+            private = pusher.image("org/private", "1.0", [96 * 1024, 4096], seed=31)
+            public = pusher.image("org/public-app", "1.0", [64 * 1024, 4096], seed=32)
+        enable_token_auth(registry, issuer, None)
+        yield Ghcr(registry, private, public)
+    finally:
+        issuer.stop()
+        registry.stop()
+
+
+@pytest.fixture
+def ruled(tmp_path: Path, registry: Registry, images: dict[str, Image], ghcr: Ghcr) -> Iterator[MirrorProcess]:
+    users = htpasswd(tmp_path / "users.htpasswd", {"ci": "ci-pass", "alice": "alice-pass"})
+    mirror = MirrorProcess(
+        tmp_path / "m",
+        {"docker.io": registry.url, "ghcr.io": ghcr.registry.url},
+        credentials={"ghcr.io": ("bot", "b0t-secret")},
+        extra_config=f'[auth]\nhtpasswd = "{users}"\n{RULES}',
+    ).start()
+    try:
+        yield mirror
+    finally:
+        mirror.stop()
+
+
+def get(mirror: MirrorProcess, path: str, user: str | None) -> httpx.Response:
+    auth = (user, f"{user}-pass") if user else None
+    return httpx.get(f"{mirror.url}{path}", headers=ACCEPT, auth=auth)
+
+
+def reads(mirror: MirrorProcess, image: Image, prefix: str, user: str | None) -> list[int]:
+    """The statuses of reading an image by tag, by digest and by one blob."""
+    blob = next(iter(image.blobs))
+    paths = [
+        f"/v2/{prefix}{image.repository}/manifests/{image.tag}",
+        f"/v2/{prefix}{image.repository}/manifests/{image.digest}",
+        f"/v2/{prefix}{image.repository}/blobs/{blob}",
+    ]
+    return [get(mirror, path, user).status_code for path in paths]
+
+
+def test_each_reads_exactly_what_it_is_granted_cold_and_warm(
+    ruled: MirrorProcess, images: dict[str, Image], ghcr: Ghcr
+) -> None:
+    demo, private, public = images["demo"], ghcr.private, ghcr.public
+    for _ in ("cold", "warm"):
+        assert reads(ruled, demo, "", None) == [200, 200, 200]
+        assert reads(ruled, public, "ghcr.io/", None) == [200, 200, 200]
+        assert reads(ruled, private, "ghcr.io/", None) == [401, 401, 401]
+        assert reads(ruled, private, "ghcr.io/", "ci") == [200, 200, 200]
+        assert reads(ruled, private, "ghcr.io/", "alice") == [403, 403, 403]
+        assert reads(ruled, demo, "", "alice") == [200, 200, 200]
+        ruled.wait_idle()
+    anonymous = get(ruled, f"/v2/ghcr.io/org/private/manifests/{private.tag}", None)
+    assert anonymous.headers["www-authenticate"] == 'Basic realm="mirror"'
+    assert anonymous.json()["errors"][0]["code"] == "UNAUTHORIZED"
+    denied = get(ruled, f"/v2/ghcr.io/org/private/manifests/{private.tag}", "alice")
+    assert denied.json()["errors"][0] == {
+        "code": "DENIED",
+        "message": "alice may not read ghcr.io/org/private: no [[auth.rules]] grants it",
+    }
+    assert get(ruled, "/v2/", None).status_code == 401, "challenged, so that clients with a login send it"
+    assert get(ruled, "/v2/", "ci").status_code == 200
+    assert httpx.get(f"{ruled.url}/v2/", auth=("ci", "wrong")).status_code == 401
+
+
+def test_a_private_blob_is_never_read_through_a_public_name(
+    ruled: MirrorProcess, images: dict[str, Image], ghcr: Ghcr
+) -> None:
+    private = ghcr.private
+    assert reads(ruled, private, "ghcr.io/", "ci") == [200, 200, 200]  # now cached
+    ruled.wait_idle()
+    for blob in private.all_blobs():
+        through_public = get(ruled, f"/v2/ghcr.io/org/public-app/blobs/{blob}", None)
+        assert through_public.status_code == 404, through_public.text
+        assert through_public.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
+        through_other_registry = get(ruled, f"/v2/library/demo/blobs/{blob}", None)
+        assert through_other_registry.status_code == 404
+    by_digest = get(ruled, f"/v2/ghcr.io/org/public-app/manifests/{private.digest}", None)
+    assert by_digest.status_code == 404 and by_digest.json()["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+
+
+def test_real_clients_read_with_their_logins(ruled: MirrorProcess, ghcr: Ghcr, tmp_path: Path) -> None:
+    def skopeo(reference: str, creds: str | None, out: Path) -> subprocess.CompletedProcess[str]:
+        argv = ["skopeo", "copy", "--src-tls-verify=false"]
+        argv += [f"--src-creds={creds}"] if creds else ["--src-no-creds"]
+        argv += [f"docker://127.0.0.1:{ruled.port}/{reference}", f"dir:{out}"]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=120)
+
+    assert skopeo("ghcr.io/org/private:1.0", "ci:ci-pass", tmp_path / "ci").returncode == 0
+    verify_dir_copy(tmp_path / "ci", ghcr.private)
+    refused = skopeo("ghcr.io/org/private:1.0", "alice:alice-pass", tmp_path / "alice")
+    assert refused.returncode != 0 and "denied" in refused.stderr.lower()
+    anonymous = skopeo("ghcr.io/org/private:1.0", None, tmp_path / "anonymous")
+    assert anonymous.returncode != 0 and "unauthorized" in anonymous.stderr.lower()
+    assert skopeo("ghcr.io/org/public-app:1.0", None, tmp_path / "public").returncode == 0
+    verify_dir_copy(tmp_path / "public", ghcr.public)
+
+
+# Allow, deny and block
+
+
+def test_allow_deny_and_block(tmp_path: Path, registry: Registry, images: dict[str, Image]) -> None:
+    demo, oci = images["demo"], images["oci"]
+    keys = (
+        'allow = ["library/*", "team/**"]\ndeny = ["library/multi*", "team/secret/**"]\n'
+        f'block = ["{oci.digest}", "{next(iter(demo.blobs))}"]\n'
+    )
+    mirror = MirrorProcess(tmp_path / "m", {"docker.io": registry.url}, upstream_keys={"docker.io": keys}).start()
+    try:
+        mark = registry.mark()
+        refusals = {
+            "/v2/library/multi/manifests/latest": (
+                "docker.io/library/multi is refused by [upstreams.\"docker.io\"] deny 'library/multi*'"
+            ),
+            f"/v2/library/multi/manifests/{images['list'].digest}": "deny 'library/multi*'",
+            "/v2/other/thing/manifests/latest": 'docker.io/other/thing is not in [upstreams."docker.io"] allow',
+            "/v2/team/secret/deep/x/manifests/1": "deny 'team/secret/**'",
+            f"/v2/library/ocidemo/manifests/{oci.digest}": f"{oci.digest} is blocked",
+            f"/v2/library/demo/blobs/{next(iter(demo.blobs))}": "is blocked",
+        }
+        for path, message in refusals.items():
+            response = httpx.get(mirror.url + path, headers=ACCEPT)
+            assert response.status_code == 403, path
+            assert response.json()["errors"][0]["code"] == "DENIED"
+            assert message in response.json()["errors"][0]["message"]
+        assert registry.requests_since(mark) == [], "nothing refused was asked of the upstream"
+        by_tag = httpx.get(f"{mirror.url}/v2/library/ocidemo/manifests/latest", headers=ACCEPT)
+        assert by_tag.status_code == 403, "a tag that resolves to a blocked digest"
+        assert httpx.get(f"{mirror.url}/v2/team/app/manifests/1", headers=ACCEPT).status_code == 404, "allowed: asked"
+    finally:
+        mirror.stop()
+
+
+def test_a_block_refuses_what_is_already_cached_after_a_restart(
+    tmp_path: Path, registry: Registry, images: dict[str, Image]
+) -> None:
+    oci = images["oci"]
+    mirror = MirrorProcess(tmp_path / "m", {"docker.io": registry.url})
+    try:
+        mirror.start()
+        assert httpx.get(f"{mirror.url}/v2/library/ocidemo/manifests/latest", headers=ACCEPT).status_code == 200
+        mirror.stop()
+        mirror.upstream_keys = {"docker.io": f'block = ["{oci.digest}"]'}
+        mirror.start()
+        for reference in ("latest", oci.digest):
+            answer = httpx.get(f"{mirror.url}/v2/library/ocidemo/manifests/{reference}", headers=ACCEPT)
+            assert answer.status_code == 403 and "blocked" in answer.json()["errors"][0]["message"]
+    finally:
+        mirror.stop()
+
+
+# Tags deleted upstream
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_a_tag_deleted_upstream(tmp_path: Path, keep: bool) -> None:
+    registry = Registry(tmp_path / "registry").start()
+    try:
+        with Pusher(registry.url) as pusher:
+            image = pusher.image("library/gone", "v1", [4096], seed=33)
+        keys = {"docker.io": "keep_deleted_tags = true"} if keep else {}
+        mirror = MirrorProcess(
+            tmp_path / "m", {"docker.io": registry.url}, extra_config='tag_ttl = "0s"', upstream_keys=keys
+        ).start()
+        try:
+            url = f"{mirror.url}/v2/library/gone/manifests/v1"
+            assert httpx.get(url, headers=ACCEPT).status_code == 200
+            deleted = httpx.delete(f"{registry.url}/v2/library/gone/manifests/{image.digest}")
+            assert deleted.status_code == 202
+            answer = httpx.get(url, headers=ACCEPT)
+            if keep:
+                assert answer.status_code == 200 and answer.headers["x-cache"] == "STALE"
+                assert answer.content == image.manifest
+                assert "no longer has library/gone:v1; keeping the cached one" in mirror.log_path.read_text()
+            else:
+                assert answer.status_code == 404
+                assert answer.json()["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+        finally:
+            mirror.stop()
+    finally:
+        registry.stop()
