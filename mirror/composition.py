@@ -34,7 +34,10 @@ log = logging.getLogger(__name__)
 def links_matter(config: Config) -> bool:
     """Whether the cache may hold what not every client may read: then a digest is served under a
     repository only once linked to it. With anonymous upstreams and no rules, everything is public."""
-    return bool(config.auth.rules) or any(upstream.username is not None for upstream in config.upstreams.values())
+    return bool(config.auth.rules) or any(
+        upstream.username is not None or upstream.credentials or any(m.username for m in upstream.mirrors)
+        for upstream in config.upstreams.values()
+    )
 
 
 class Mirror:

@@ -16,7 +16,7 @@ import pytest
 from support import ALL_MANIFESTS, Image, MirrorProcess, Pusher, Registry
 from test_access import htpasswd
 from test_pull import verify_dir_copy
-from token_upstream import TokenIssuer, enable_token_auth
+from token_upstream import TokenIssuer, enable_token_auth, token_user
 
 ACCEPT = {"Accept": ", ".join(ALL_MANIFESTS)}
 RULES = """
@@ -196,6 +196,39 @@ def test_a_block_refuses_what_is_already_cached_after_a_restart(
             assert answer.status_code == 403 and "blocked" in answer.json()["errors"][0]["message"]
     finally:
         mirror.stop()
+
+
+# Credentials per namespace
+
+
+def test_two_namespaces_of_one_upstream_with_their_own_logins(tmp_path: Path) -> None:
+    registry = Registry(tmp_path / "hub").start()
+    issuer = TokenIssuer(tmp_path / "issuer", accounts={"myorg-bot": "p1", "team-bot": "p2", "general": "p3"})
+    try:
+        with Pusher(registry.url) as pusher:
+            mine = pusher.image("myorg/app", "1.0", [4096], seed=34)
+            theirs = pusher.image("myorg/team/tool", "1.0", [4096], seed=35)
+            other = pusher.image("library/base", "1.0", [4096], seed=36)
+        enable_token_auth(registry, issuer, None)
+        table = '[[upstreams."docker.io".credentials]]\nrepositories = ["{}"]\nusername = "{}"\npassword = "{}"\n'
+        keys = 'username = "general"\npassword = "p3"\n'  # the upstream's own login, for the rest
+        keys += table.format("myorg/**", "myorg-bot", "p1") + table.format("myorg/team/*", "team-bot", "p2")
+        mirror = MirrorProcess(tmp_path / "m", {"docker.io": registry.url}, upstream_keys={"docker.io": keys}).start()
+        try:
+            for image in (mine, theirs, other):
+                url = f"{mirror.url}/v2/{image.repository}/manifests/{image.tag}"
+                assert httpx.get(url, headers=ACCEPT).status_code == 200
+        finally:
+            mirror.stop()
+        asked = {(token_user(r), r.path.split("scope=")[1].split("&")[0]) for r in issuer.requests}
+        assert asked == {
+            ("myorg-bot", "repository%3Amyorg%2Fapp%3Apull"),
+            ("team-bot", "repository%3Amyorg%2Fteam%2Ftool%3Apull"),  # the most specific pattern
+            ("general", "repository%3Alibrary%2Fbase%3Apull"),
+        }
+    finally:
+        issuer.stop()
+        registry.stop()
 
 
 # Tags deleted upstream

@@ -61,10 +61,11 @@ class _Server:
 
 @dataclass
 class TokenIssuer:
-    """Issues pull tokens; with `credentials`, only to clients that present them."""
+    """Issues pull tokens; with `credentials` (or several `accounts`), only to clients that present one."""
 
     root: Path
     credentials: tuple[str, str] | None = None
+    accounts: dict[str, str] = field(default_factory=dict)  # more user → password pairs it accepts
     lifetime: int = 300
     requests: list[Recorded] = field(default_factory=list)
 
@@ -117,9 +118,12 @@ class TokenIssuer:
 
     def answer(self, path: str, authorization: str | None) -> tuple[int, dict[str, Any]]:
         query = parse_qs(urlsplit(path).query)
+        accounts = dict(self.accounts)
         if self.credentials is not None:
-            expected = "Basic " + base64.b64encode(":".join(self.credentials).encode()).decode()
-            if authorization != expected:
+            accounts[self.credentials[0]] = self.credentials[1]
+        if accounts:
+            accepted = {"Basic " + base64.b64encode(f"{u}:{p}".encode()).decode() for u, p in accounts.items()}
+            if authorization not in accepted:
                 return 401, {"details": "incorrect username or password"}
         access = []
         for scope in query.get("scope", []):
@@ -145,6 +149,14 @@ class TokenIssuer:
         signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
         signature = self.key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
         return f"{signing_input}.{_b64(signature)}"
+
+
+def token_user(recorded: Recorded) -> str | None:
+    """The user a token request logged in as, from its Basic credential."""
+    authorization = recorded.headers.get("Authorization", "")
+    if not authorization.startswith("Basic "):
+        return None
+    return base64.b64decode(authorization[6:]).decode().partition(":")[0]
 
 
 class StaticCDN:

@@ -100,6 +100,18 @@ class MirrorConfig:
 
 
 @dataclass(frozen=True)
+class NamespaceCredential:
+    """A login for some of an upstream's repositories (`myorg/*`): the most specific pattern wins."""
+
+    repositories: tuple[str, ...]
+    username: str
+    password: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return f"NamespaceCredential(repositories={self.repositories!r}, username={self.username!r}, password='***')"
+
+
+@dataclass(frozen=True)
 class UpstreamConfig:
     name: str
     url: str
@@ -123,6 +135,7 @@ class UpstreamConfig:
     deny: tuple[str, ...] = ()  # repository patterns refused; deny wins over allow
     block: tuple[str, ...] = ()  # digests refused for good, whatever the repository or tag
     keep_deleted_tags: bool = False  # a tag the upstream no longer has is served from the cache
+    credentials: tuple[NamespaceCredential, ...] = ()  # logins for namespaces, over username/password
 
     def __repr__(self) -> str:
         secret = "'***'" if self.password is not None else "None"
@@ -136,7 +149,8 @@ class UpstreamConfig:
             f"parallel_threshold={self.parallel_threshold}, max_bandwidth={self.max_bandwidth}, "
             f"repository_prefix={self.repository_prefix!r}, mirrors={self.mirrors!r}, "
             f"mirrors_only={self.mirrors_only}, offline={self.offline}, allow={self.allow!r}, "
-            f"deny={self.deny!r}, block={self.block!r}, keep_deleted_tags={self.keep_deleted_tags})"
+            f"deny={self.deny!r}, block={self.block!r}, keep_deleted_tags={self.keep_deleted_tags}, "
+            f"credentials={self.credentials!r})"
         )
 
 

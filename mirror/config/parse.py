@@ -18,6 +18,7 @@ from mirror.config.model import (
     ConfigError,
     LogConfig,
     MirrorConfig,
+    NamespaceCredential,
     PrefetchConfig,
     ServerConfig,
     UpstreamConfig,
@@ -182,6 +183,28 @@ def _rules(table: Table) -> tuple[AccessRule, ...]:
     return tuple(rules)
 
 
+def _credentials(table: Table) -> tuple[NamespaceCredential, ...]:
+    """`[[upstreams."x".credentials]]`: repositories, username, password or password_file."""
+    entries = table.raw("credentials", [])
+    if not isinstance(entries, list):
+        raise ConfigError(table.key("credentials"), "expected a list of [[credentials]] tables")
+    found = []
+    for number, entry in enumerate(entries):
+        login = Table(entry, f"{table.key('credentials')}[{number}]")
+        repositories = _patterns(login, "repositories")
+        if not repositories:
+            raise ConfigError(login.key("repositories"), "expected the repository patterns this login is for")
+        username = login.get("username", str)
+        password = secret_key(login, "password")
+        if username is None or password is None:
+            raise ConfigError(
+                login.key("username" if username is None else "password"), "username and password go together"
+            )
+        login.finish()
+        found.append(NamespaceCredential(repositories, username, password))
+    return tuple(found)
+
+
 def _upstream(name: str, table: Table) -> UpstreamConfig:
     url = _registry_url(table)
     username, password, ca_file, client_cert, client_key = _tls_and_login(table)
@@ -215,6 +238,7 @@ def _upstream(name: str, table: Table) -> UpstreamConfig:
         deny=_patterns(table, "deny"),
         block=_digests(table, "block"),
         keep_deleted_tags=bool_key(table, "keep_deleted_tags"),
+        credentials=_credentials(table),
     )
     table.finish()
     return upstream

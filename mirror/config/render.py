@@ -81,6 +81,13 @@ def render(config: Config) -> str:
                 },
             )
         )
+        for login in upstream.credentials:
+            parts.append(
+                table(
+                    f'[upstreams."{name}".credentials]',
+                    {"repositories": login.repositories, "username": login.username, "password": "***"},
+                )
+            )
         for mirror in upstream.mirrors:
             parts.append(
                 table(

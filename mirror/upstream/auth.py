@@ -13,7 +13,7 @@ import ipaddress
 import logging
 import re
 import time
-from collections.abc import AsyncGenerator, Generator
+from collections.abc import AsyncGenerator, Callable, Generator
 from dataclasses import dataclass
 
 import httpx
@@ -79,13 +79,29 @@ class _Token:
     expires_at: float
 
 
+def basic(username: str | None, password: str | None) -> str | None:
+    if username is None or password is None:
+        return None
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+
+
+# Per namespace: (a test of the repository's name, its Basic credential), most specific first.
+Namespaces = list[tuple[Callable[[str], bool], str]]
+
+
 class RegistryAuth(httpx.Auth):
-    def __init__(self, upstream_host: str, username: str | None, password: str | None, base_path: str = "") -> None:
+    def __init__(
+        self,
+        upstream_host: str,
+        username: str | None,
+        password: str | None,
+        base_path: str = "",
+        namespaces: Namespaces | None = None,
+    ) -> None:
         self.upstream_host = upstream_host
         self.base_path = base_path  # where /v2/ is below: Artifactory's and Nexus's API paths
-        self._basic: str | None = None
-        if username is not None and password is not None:
-            self._basic = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+        self._default_basic = basic(username, password)
+        self._namespaces = namespaces or []
         self._tokens: TLRUCache[str, _Token] = TLRUCache(
             maxsize=4096, ttu=lambda _key, token, _now: token.expires_at, timer=time.monotonic
         )
@@ -94,6 +110,15 @@ class RegistryAuth(httpx.Auth):
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         raise RuntimeError("RegistryAuth works with httpx.AsyncClient only")
+
+    def _basic(self, scope: str) -> str | None:
+        """The credential for a scope's repository: its namespace's, else the upstream's."""
+        repository = scope.split(":")[1] if scope.count(":") == 2 else None
+        if repository is not None:
+            for matches, credential in self._namespaces:
+                if matches(repository):
+                    return credential
+        return self._default_basic
 
     async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
         scope = repository_scope(request, self.base_path) or ""
@@ -118,7 +143,7 @@ class RegistryAuth(httpx.Auth):
                     token = self._store_token(scope, token_response)
                     if token is None:
                         return
-        elif self._basic is None:
+        elif self._basic(scope) is None:
             return
         self._authorize(request, scope)
         yield request
@@ -129,8 +154,10 @@ class RegistryAuth(httpx.Auth):
         token = self._tokens.get(scope)
         if token is not None:
             request.headers["Authorization"] = f"Bearer {token.value}"
-        elif self._basic is not None and self._challenge is not None and self._challenge.scheme == "basic":
-            request.headers["Authorization"] = self._basic
+        elif self._challenge is not None and self._challenge.scheme == "basic":
+            credential = self._basic(scope)
+            if credential is not None:
+                request.headers["Authorization"] = credential
 
     def _token_request(self, challenge: Challenge, scope: str) -> httpx.Request | None:
         realm = challenge.params.get("realm")
@@ -144,8 +171,9 @@ class RegistryAuth(httpx.Auth):
         if scope:
             params["scope"] = scope
         request = httpx.Request("GET", url.copy_merge_params(params))
-        if self._basic is not None and same_site(url.host, self.upstream_host):
-            request.headers["Authorization"] = self._basic
+        credential = self._basic(scope)
+        if credential is not None and same_site(url.host, self.upstream_host):
+            request.headers["Authorization"] = credential
         return request
 
     def _store_token(self, scope: str, response: httpx.Response) -> _Token | None:

@@ -16,7 +16,8 @@ import httpx
 
 from mirror import __version__
 from mirror.config import MirrorConfig, UpstreamConfig
-from mirror.upstream.auth import RegistryAuth
+from mirror.registry.patterns import compile_pattern
+from mirror.upstream.auth import Namespaces, RegistryAuth, basic
 from mirror.upstream.egress import EgressTransport, ProxyRoute
 from mirror.upstream.health import Health
 from mirror.upstream.trust import ssl_context
@@ -105,11 +106,13 @@ def build_endpoints(
     limits = httpx.Limits(max_connections=max(64, config.max_connections + 16), max_keepalive_connections=32)
     timeout = httpx.Timeout(config.read_timeout, connect=config.connect_timeout, pool=config.connect_timeout)
 
-    def client(url: str, login: MirrorConfig | UpstreamConfig) -> httpx.AsyncClient:
+    def client(
+        url: str, login: MirrorConfig | UpstreamConfig, namespaces: Namespaces | None = None
+    ) -> httpx.AsyncClient:
         base_path = httpx.URL(url).path.rstrip("/")
         return httpx.AsyncClient(
             base_url=url,
-            auth=RegistryAuth(httpx.URL(url).host, login.username, login.password, base_path),
+            auth=RegistryAuth(httpx.URL(url).host, login.username, login.password, base_path, namespaces),
             follow_redirects=True,
             max_redirects=5,
             timeout=timeout,
@@ -121,11 +124,31 @@ def build_endpoints(
 
     endpoints = [Endpoint(m.url, client(m.url, m), Health(), ns=config.name, prefix="") for m in config.mirrors]
     if not config.mirrors_only:
-        endpoints.append(
-            Endpoint(config.url, client(config.url, config), Health(), ns=None, prefix=config.repository_prefix)
-        )
+        origin = client(config.url, config, namespace_logins(config))
+        endpoints.append(Endpoint(config.url, origin, Health(), ns=None, prefix=config.repository_prefix))
     endpoints[-1].health = health
     return endpoints
+
+
+def namespace_logins(config: UpstreamConfig) -> Namespaces:
+    """Each `credentials` pattern with its login, the most specific first: most literal
+    characters, then fewest wildcards. Patterns are written as clients name repositories,
+    so a `repository_prefix` is taken off before they are tried."""
+    ranked = []
+    for login in config.credentials:
+        credential = basic(login.username, login.password)
+        assert credential is not None
+        for pattern in login.repositories:
+            literal = len(pattern.replace("*", ""))
+            ranked.append((-literal, pattern.count("*"), pattern, credential))
+    ranked.sort(key=lambda entry: entry[:2])
+    prefix = f"{config.repository_prefix}/" if config.repository_prefix else ""
+
+    def matcher(pattern: str) -> Callable[[str], bool]:
+        compiled = compile_pattern(pattern)
+        return lambda repository: compiled.match(repository.removeprefix(prefix)) is not None
+
+    return [(matcher(pattern), credential) for _, _, pattern, credential in ranked]
 
 
 async def read_error_body(response: httpx.Response) -> bytes:
