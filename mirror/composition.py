@@ -12,12 +12,15 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import anyio.to_thread
+
 from mirror.cache.blobs import BlobStore
 from mirror.cache.directory import CacheDirectory
 from mirror.cache.inflight import InflightDownloads
 from mirror.cache.kept import KeptLists
 from mirror.cache.links import BlobLinks
 from mirror.cache.metadata import ManifestCache
+from mirror.cache.removal import Removal, Target, apply_to_index, plan_removal
 from mirror.cache.tags import LocalTagStore
 from mirror.config import Config
 from mirror.proxy import Proxy
@@ -57,6 +60,7 @@ class Mirror:
         self.tags = LocalTagStore(self.directory.metadata)
         self.inflight = InflightDownloads(self.store, self.stats)
         self.kept_lists = KeptLists(self.directory.metadata)
+        self.links = BlobLinks(self.directory.metadata)
         self.proxy = Proxy(
             self.store,
             self.manifests,
@@ -66,7 +70,7 @@ class Mirror:
             config.cache.tag_ttl,
             self.kept_lists,
             config.cache.negative_ttl,
-            BlobLinks(self.directory.metadata),
+            self.links,
             enforce_links=links_matter(config),
         )
         self.upstreams = {
@@ -113,6 +117,21 @@ class Mirror:
         if rest and is_registry_host(first):
             return self.upstream_for(first), rest
         return self.upstream_for(None), path_name
+
+    async def remove(self, targets: list[Target], with_blobs: bool) -> Removal:
+        """`mirror rm` through the server: out of the index and the files, and out of memory, so
+        that nothing removed is answered again without a fetch (which `block` can refuse)."""
+        removal = await anyio.to_thread.run_sync(plan_removal, self.directory, targets, with_blobs)
+        await anyio.to_thread.run_sync(apply_to_index, self.directory.metadata, removal)
+        for key in removal.tags:
+            self.tags.forget_in_memory(*key)
+        for digest in removal.manifests:
+            self.manifests.forget_in_memory(digest)
+        for digest in removal.manifests | removal.blobs:
+            self.links.forget(digest)
+        await self.store.remove([parse_digest(d) for d in removal.manifests | removal.blobs])
+        log.info("removed %s", removal.summary())
+        return removal
 
     def snapshot(self) -> dict[str, object]:
         return self.stats.snapshot(

@@ -7,15 +7,19 @@ ghcr.io organisation is), skopeo as the client, mirror processes.
 from __future__ import annotations
 
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from pacing import PacedUpstream
 from support import ALL_MANIFESTS, Image, MirrorProcess, Pusher, Registry
 from test_access import htpasswd
-from test_pull import verify_dir_copy
+from test_pull import skopeo_copy, verify_dir_copy
 from token_upstream import TokenIssuer, enable_token_auth, token_user
 
 ACCEPT = {"Accept": ", ".join(ALL_MANIFESTS)}
@@ -261,3 +265,67 @@ def test_a_tag_deleted_upstream(tmp_path: Path, keep: bool) -> None:
             mirror.stop()
     finally:
         registry.stop()
+
+
+# Removing
+
+
+def mirror_rm(mirror: MirrorProcess, *targets: str, blobs: bool = False) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "mirror", "rm", "--config", str(mirror.root / "config.toml"), *targets]
+    return subprocess.run(argv + (["--blobs"] if blobs else []), capture_output=True, text=True, timeout=60)
+
+
+def test_rm_while_another_pull_streams(tmp_path: Path, registry: Registry, images: dict[str, Image]) -> None:
+    demo, listed = images["demo"], images["list"]
+    with PacedUpstream(registry, tmp_path / "paced", rate="256k") as paced:
+        mirror = MirrorProcess(tmp_path / "m", {"docker.io": paced.url}).start()
+        try:
+            skopeo_copy(mirror, "library/demo:latest", tmp_path / "demo-1")
+            mirror.wait_idle()
+            url = f"{mirror.url}/v2/library/demo/manifests/latest"
+            assert httpx.get(url, headers={"Accept": demo.media_type}).headers["x-cache"] == "HIT"  # from memory
+            with ThreadPoolExecutor(1) as pool:
+                slow = pool.submit(skopeo_copy, mirror, "library/multi:latest", tmp_path / "multi")
+                time.sleep(0.5)
+                assert not slow.done(), "the other pull still streams"
+                removed = mirror_rm(mirror, "demo", blobs=True)
+                assert removed.returncode == 0, removed.stderr
+                slow.result()
+            verify_dir_copy(tmp_path / "multi", listed)
+            assert "removed tag docker.io/library/demo:latest" in removed.stdout
+            for digest in demo.all_blobs():
+                assert f"removed blob {digest}" in removed.stdout or f"removed manifest {digest}" in removed.stdout
+                assert not mirror.blob_path(digest).exists()
+            again = httpx.get(url, headers={"Accept": demo.media_type})
+            assert again.status_code == 200 and again.headers["x-cache"] == "MISS", "fetched again, not from memory"
+            mark = len(paced.requests())
+            skopeo_copy(mirror, "library/demo:latest", tmp_path / "demo-2")
+            verify_dir_copy(tmp_path / "demo-2", demo)
+            fetched = {r.uri.rsplit("/", 1)[1] for r in paced.requests()[mark:] if "/blobs/" in r.uri}
+            assert fetched == set(demo.blobs), "every blob fetched again"
+        finally:
+            mirror.stop()
+
+
+def test_rm_on_the_directory_and_a_block_after_it(tmp_path: Path, registry: Registry, images: dict[str, Image]) -> None:
+    oci = images["oci"]
+    mirror = MirrorProcess(tmp_path / "m", {"docker.io": registry.url}).start()
+    try:
+        skopeo_copy(mirror, "library/ocidemo:latest", tmp_path / "pull")
+        mirror.wait_idle()
+    finally:
+        mirror.stop()
+    removed = mirror_rm(mirror, f"ocidemo@{oci.digest}", "library/nothing:here")  # no server: the directory
+    assert removed.returncode == 0, removed.stderr
+    assert f"removed manifest {oci.digest}" in removed.stdout and "not cached: library/nothing:here" in removed.stderr
+    assert not mirror.blob_path(oci.digest).exists()
+    assert all(mirror.blob_path(d).exists() for d in oci.blobs), "without --blobs, layers stay"
+    mirror.upstream_keys = {"docker.io": f'block = ["{oci.digest}"]'}
+    mirror.start()
+    try:
+        mark = registry.mark()
+        answer = httpx.get(f"{mirror.url}/v2/library/ocidemo/manifests/latest", headers=ACCEPT)
+        assert answer.status_code == 403 and "blocked" in answer.json()["errors"][0]["message"]
+        assert [m for m, p, _ in registry.requests_since(mark) if "/manifests/" in p] == ["GET"], "asked, then refused"
+    finally:
+        mirror.stop()

@@ -253,6 +253,13 @@ class BlobStore:
             self._evicting.difference_update(victims)
         log.debug("evicted %d blobs", len(victims))
 
+    async def remove(self, digests: list[Digest]) -> None:
+        """Remove these blobs on request (`mirror rm`), not to make room: not counted as evictions."""
+        for digest in digests:
+            self._forget(digest)
+            self._pinned.discard(digest)
+        await anyio.to_thread.run_sync(_unlink_all, [self.path(d) for d in digests])
+
     async def read(self, digest: Digest) -> bytes | None:
         """Read a small cached object (a manifest) whole."""
         try:

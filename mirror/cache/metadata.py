@@ -102,6 +102,11 @@ class ManifestCache:
         self._held[key] = (manifest, digest)
         return manifest
 
+    def forget_in_memory(self, digest: str) -> None:
+        """After `mirror rm` took the manifest out of the index: not answered from memory either."""
+        self._held.pop(digest, None)
+        self._media_types.pop(digest, None)
+
     async def put(self, digest: Digest, manifest: Manifest) -> None:
         if await self.store.stat(digest) is None:
             await self.store.put(digest, manifest.body)

@@ -29,6 +29,8 @@ class TagStore(Protocol):
 
     async def forget_tags_older_than(self, age: float, in_use: Callable[[str], bool]) -> int: ...
 
+    def forget_in_memory(self, upstream: str, repository: str, tag: str) -> None: ...
+
 
 class LocalTagStore:
     """Tags in this cache's metadata index, the recent ones also in memory."""
@@ -60,6 +62,10 @@ class LocalTagStore:
 
         await anyio.to_thread.run_sync(self._index.update_tag, upstream, repository, tag, merge)
         self._tags[(upstream, repository, tag)] = stored
+
+    def forget_in_memory(self, upstream: str, repository: str, tag: str) -> None:
+        """After `mirror rm` took the tag out of the index: not answered from memory either."""
+        self._tags.pop((upstream, repository, tag), None)
 
     async def forget_tags_older_than(self, age: float, in_use: Callable[[str], bool]) -> int:
         """Drop tags nobody pulled for `age` seconds: not fetched, revalidated, nor served (`in_use(digest)`).

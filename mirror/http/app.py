@@ -20,6 +20,7 @@ from mirror.cache import inventory
 from mirror.composition import Mirror
 from mirror.http.access import CATALOG_PATH, AccessControl, AccessRules, Htpasswd, load_htpasswd
 from mirror.http.accesslog import AccessLog
+from mirror.http.admin import admin_routes
 from mirror.http.dashboard import dashboard_routes
 from mirror.http.drain import CountRequests, Drain, readiness_route
 from mirror.http.fastpath import WarmManifests
@@ -270,6 +271,7 @@ def create_app(mirror: Mirror, drain: Drain | None = None) -> Starlette:
         Route("/metrics", metrics_route),
         Route("/healthz", healthz),
         readiness_route(drain),
+        *admin_routes(),
         Route("/api/images", images_route),
         Route("/api/images/{repository:path}", images_route),
         *dashboard_routes(mirror),
