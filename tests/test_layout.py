@@ -12,7 +12,7 @@ MAX_LINES = 450
 LAYERS = [
     {"mirror", "mirror.registry"},  # the spec's grammar: the config checks names, digests and patterns with it
     {"mirror.stats", "mirror.config"},
-    {"mirror.traffic", "mirror.link"},
+    {"mirror.traffic", "mirror.link", "mirror.logins"},
     {"mirror.cache", "mirror.upstream"},  # side by side: neither imports the other
     {"mirror.bodies"},
     {"mirror.proxy"},

@@ -17,7 +17,7 @@ from mirror import __version__
 from mirror.cache import inventory, maintenance
 from mirror.cache.directory import CacheDirectory
 from mirror.cache.format import CacheFormatError
-from mirror.commands import archive, clientconfig, prefetch, remove
+from mirror.commands import archive, clientconfig, credentials, prefetch, remove
 from mirror.composition import Mirror
 from mirror.config import DOCKER_HUB, Config, ConfigError, load, render
 from mirror.http.app import create_app
@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     warm.add_argument("--config", type=Path, help="the config file `mirror serve` uses (for its address)")
     warm.add_argument("--url", help="the mirror's URL (default: from the config's listen address)")
     remove.add_parser(commands)
+    credentials.add_parser(commands)
     ls = commands.add_parser("ls", help="list cached images: tags, digests, sizes, last pull, platforms")
     ls.add_argument("repository", nargs="?", help="only this repository (e.g. library/alpine or ghcr.io/org/app)")
     ls.add_argument("--config", type=Path, help="the config file `mirror serve` uses")
@@ -203,6 +204,8 @@ def run(args: argparse.Namespace) -> int:
         return prefetch_images(args, config)
     if args.command in ("export", "import"):
         return archive.main(args, config)
+    if args.command == "credentials":
+        return credentials.run(args, config)
     if args.command == "rm":
         return remove.remove(args, config)
     if args.command == "ls":

@@ -21,7 +21,7 @@ ENV_KEYS = {
         "drain_timeout",
         "offline",
     ),
-    "auth": ("htpasswd", "admin_htpasswd"),
+    "auth": ("htpasswd", "admin_htpasswd", "login_keys"),
     "cache": ("directory", "tag_ttl", "max_size", "max_age", "tag_max_age", "negative_ttl"),
     "log": ("format",),
 }

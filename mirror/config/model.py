@@ -64,6 +64,7 @@ class AuthConfig:
     htpasswd: Path | None = None  # registry clients must log in (bcrypt htpasswd)
     admin_htpasswd: Path | None = None  # for /stats, /metrics, /api/* and the dashboard
     rules: tuple[AccessRule, ...] = ()  # none: whoever may use the mirror reads everything
+    login_keys: Path | None = None  # the keys of temporary logins (`mirror credentials`), a JSON file
 
 
 @dataclass(frozen=True)

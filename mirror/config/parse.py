@@ -263,7 +263,13 @@ def from_dict(data: dict[str, Any], proxy_env: ProxyEnvironment | None = None) -
     server_table.finish()
 
     auth_table = root.table("auth")
-    auth = AuthConfig(file_key(auth_table, "htpasswd"), file_key(auth_table, "admin_htpasswd"), _rules(auth_table))
+    login_keys = auth_table.get("login_keys", str)
+    auth = AuthConfig(
+        file_key(auth_table, "htpasswd"),
+        file_key(auth_table, "admin_htpasswd"),
+        _rules(auth_table),
+        Path(login_keys) if login_keys else None,
+    )
     auth_table.finish()
 
     cache_table = root.table("cache")

@@ -50,7 +50,14 @@ def render(config: Config) -> str:
             },
         ),
         table("log", {"format": config.log.format}),
-        table("auth", {"htpasswd": config.auth.htpasswd, "admin_htpasswd": config.auth.admin_htpasswd}),
+        table(
+            "auth",
+            {
+                "htpasswd": config.auth.htpasswd,
+                "admin_htpasswd": config.auth.admin_htpasswd,
+                "login_keys": config.auth.login_keys,
+            },
+        ),
         *(table("[auth.rules]", {"users": r.users, "repositories": r.repositories}) for r in config.auth.rules),
     ]
     for name, upstream in config.upstreams.items():

@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mirror.config import AccessRule, ConfigError
 from mirror.http.responses import raw_error
+from mirror.logins import LoginError, LoginKeys
 from mirror.registry.errors import Denied, RegistryError, Unauthorized
 from mirror.registry.patterns import Patterns
 
@@ -54,28 +55,41 @@ def load_htpasswd(path: Path, key: str) -> dict[str, bytes]:
 
 
 class Htpasswd:
-    def __init__(self, users: dict[str, bytes]) -> None:
+    """Logins: htpasswd users (bcrypt), and temporary logins signed with `login_keys`."""
+
+    def __init__(self, users: dict[str, bytes], login_keys: LoginKeys | None = None) -> None:
         self.users = users
+        self.login_keys = login_keys
         self._verified: TTLCache[bytes, str] = TTLCache(maxsize=1024, ttl=300)
 
     async def check(self, authorization: str | None) -> str | None:
         """The user a Basic credential logs in, or None; the credential itself is never logged."""
+        return (await self.login(authorization))[0]
+
+    async def login(self, authorization: str | None) -> tuple[str | None, str | None]:
+        """The user a Basic credential logs in, or None and why (for a temporary login that expired)."""
         if not authorization or authorization[:6].lower() != "basic ":
-            return None
+            return None, None
         key = hashlib.sha256(authorization.encode()).digest()
         if key in self._verified:
-            return self._verified[key]
+            return self._verified[key], None
         try:
             user, _, password = base64.b64decode(authorization[6:].strip(), validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
-            return None
+            return None, None
         hashed = self.users.get(user)
-        if hashed is None:
-            return None
-        if not await anyio.to_thread.run_sync(bcrypt.checkpw, password.encode(), hashed):
-            return None
-        self._verified[key] = user
-        return user
+        # bcrypt reads 72 bytes, as `htpasswd -B` did when it made the hash; bcrypt>=4.1 raises on more.
+        secret = password.encode()[:72]
+        if hashed is not None and await anyio.to_thread.run_sync(bcrypt.checkpw, secret, hashed):
+            self._verified[key] = user  # a temporary login is checked every time: it expires, or is revoked
+            return user, None
+        if self.login_keys is None or password.count(".") != 2:
+            return None, None
+        try:
+            self.login_keys.verify(user, password)
+        except LoginError as exc:
+            return None, str(exc)
+        return user, None
 
 
 class AccessRules:
@@ -139,13 +153,14 @@ class AccessControl:
         for name, value in scope["headers"]:
             if name == b"authorization" and value.strip().lower() not in _EMPTY_BASIC:
                 authorization = value.decode("latin-1")
-        user = await guard.check(authorization) if guard is not None else None
+        user, why = await guard.login(authorization) if guard is not None else (None, None)
         # `/v2/` challenges every client that has not logged in, as Docker Hub does: a client told
         # 200 there never sends its login afterwards (containers/image does not). A client that
         # has none carries on anonymously, and the rules decide per repository.
         anonymous_may = rules is not None and rules.anonymous_reads and path not in ("/v2", "/v2/")
         if guard is not None and user is None and (authorization is not None or not anonymous_may):
-            await self._refuse(send, Unauthorized(headers={"WWW-Authenticate": f'Basic realm="{realm}"'}))
+            challenge = {"WWW-Authenticate": f'Basic realm="{realm}"'}
+            await self._refuse(send, Unauthorized(why or Unauthorized.message, headers=challenge))
             return
         if rules is not None and self.repository_of is not None:
             repository = self.repository_of(path, scope["query_string"])

@@ -34,6 +34,7 @@ from mirror.http.responses import (
     parse_range,
 )
 from mirror.link import is_background
+from mirror.logins import LoginKeys
 from mirror.proxy import ManifestAnswer
 from mirror.registry.errors import NotFound, RegistryError, Unsupported
 from mirror.registry.mediatypes import OCI_INDEX
@@ -277,10 +278,14 @@ def create_app(mirror: Mirror, drain: Drain | None = None) -> Starlette:
         *dashboard_routes(mirror),
     ]
     handlers = {RegistryError: registry_error, HTTPException: http_error, Exception: internal_error}
-    clients, admins = (
-        Htpasswd(load_htpasswd(path, key)) if path is not None else None
-        for path, key in ((config.auth.htpasswd, "auth.htpasswd"), (config.auth.admin_htpasswd, "auth.admin_htpasswd"))
+    auth = config.auth
+    login_keys = LoginKeys(auth.login_keys) if auth.login_keys is not None else None
+    clients = (
+        Htpasswd(load_htpasswd(auth.htpasswd, "auth.htpasswd") if auth.htpasswd else {}, login_keys)
+        if auth.htpasswd is not None or login_keys is not None
+        else None
     )
+    admins = Htpasswd(load_htpasswd(auth.admin_htpasswd, "auth.admin_htpasswd")) if auth.admin_htpasswd else None
     middleware = [
         Middleware(CountRequests, drain=drain),
         Middleware(AccessLog, json_format=config.log.format == "json"),

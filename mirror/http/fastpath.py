@@ -176,7 +176,7 @@ class WarmAnswers:
 def warm_answers(mirror: Mirror) -> WarmAnswers | None:
     """The protocol's answerer, unless registry clients must authenticate (the app checks that)."""
     auth = mirror.config.auth
-    if auth.htpasswd is not None:
+    if auth.htpasswd is not None or auth.login_keys is not None:
         return None
     rules = AccessRules(auth.rules) if auth.rules else None
     return WarmAnswers(mirror, json_log=mirror.config.log.format == "json", rules=rules)
