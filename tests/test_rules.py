@@ -329,3 +329,18 @@ def test_rm_on_the_directory_and_a_block_after_it(tmp_path: Path, registry: Regi
         assert [m for m, p, _ in registry.requests_since(mark) if "/manifests/" in p] == ["GET"], "asked, then refused"
     finally:
         mirror.stop()
+
+
+def test_rules_hold_on_the_protocol_fast_path(tmp_path: Path, registry: Registry, images: dict[str, Image]) -> None:
+    """No logins at all, anonymous rules only: warm tags are answered by the protocol, and only those granted."""
+    rules = '[[auth.rules]]\nusers = ["*"]\nrepositories = ["docker.io/library/demo"]\n'
+    mirror = MirrorProcess(tmp_path / "m", {"docker.io": registry.url}, extra_config=rules).start()
+    try:
+        for _ in range(3):
+            assert get(mirror, "/v2/library/demo/manifests/latest", None).status_code == 200
+            refused = get(mirror, "/v2/library/multi/manifests/latest", None)
+            assert refused.status_code == 401
+            assert get(mirror, f"/v2/library/multi/manifests/{images['list'].digest}", None).status_code == 401
+        assert mirror.stats()["protocol_answers"] >= 1, "the warm tag came from the protocol's fast path"
+    finally:
+        mirror.stop()
