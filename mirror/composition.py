@@ -7,6 +7,7 @@ the HTTP protocol's fast path; nothing finds it through the framework.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -22,7 +23,7 @@ from mirror.cache.links import BlobLinks
 from mirror.cache.metadata import ManifestCache
 from mirror.cache.removal import Removal, Target, apply_to_index, plan_removal
 from mirror.cache.tags import LocalTagStore
-from mirror.config import Config
+from mirror.config import Config, render
 from mirror.proxy import Proxy
 from mirror.registry.errors import NameUnknown, RegistryError
 from mirror.registry.reference import is_registry_host, parse_digest
@@ -49,6 +50,8 @@ class Mirror:
     def __init__(self, config: Config) -> None:
         """Open the cache (a directory scan: call before serving) and build the parts."""
         self.config = config
+        # Which config is in force, for mirror_info: the effective config, secrets masked, hashed.
+        self.config_hash = hashlib.sha256(render(config).encode()).hexdigest()[:12]
         self.stats = Stats()
         self.traffic = Traffic()
         self.directory = CacheDirectory.open(config.cache.directory)  # format checked, upgraded if old

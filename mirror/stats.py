@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import re
 import time
 from dataclasses import dataclass, field, fields
@@ -83,6 +84,7 @@ class Stats:
     disk_full: int = 0
     started_at: float = field(default_factory=time.time)
     upstreams: dict[str, UpstreamStats] = field(default_factory=dict)
+    latencies: Latencies = field(default_factory=lambda: Latencies())  # /metrics only
 
     def upstream(self, name: str) -> UpstreamStats:
         return self.upstreams.setdefault(name, UpstreamStats())
@@ -97,7 +99,11 @@ class Stats:
         return self.total("bytes_fetched_from_upstream")
 
     def counters(self) -> dict[str, int]:
-        counters = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("started_at", "upstreams")}
+        counters = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in ("started_at", "upstreams", "latencies")
+        }
         return counters | {name: self.total(name) for name in UPSTREAM_TOTALS}
 
     def snapshot(
@@ -204,3 +210,77 @@ def prometheus(snapshot: dict[str, object]) -> str:
             labels = f'upstream="{_label(upstream)}",source="{_label(values["ratelimit_source"])}"'
             lines.append(f"mirror_upstream_ratelimit_source_info{{{labels}}} 1")
     return "\n".join(lines) + "\n"
+
+
+# Latency buckets, in seconds: from a warm tag in memory to a large blob over a slow link.
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+)
+
+
+class Histogram:
+    """Cumulative-bucket counts, a sum and a count: Prometheus's histogram."""
+
+    __slots__ = ("count", "counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(LATENCY_BUCKETS)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, seconds: float) -> None:
+        index = bisect.bisect_left(LATENCY_BUCKETS, seconds)  # the first bucket whose bound holds it
+        if index < len(LATENCY_BUCKETS):
+            self.counts[index] += 1  # beyond the last bound: only in +Inf, which is the count
+        self.sum += seconds
+        self.count += 1
+
+
+class Latencies:
+    """Time to first byte and total time of requests, by route and cache status."""
+
+    def __init__(self) -> None:
+        self.first_byte: dict[tuple[str, str], Histogram] = {}
+        self.total: dict[tuple[str, str], Histogram] = {}
+
+    def observe(self, route: str, cache: str, first_byte: float, total: float) -> None:
+        key = (route, cache)
+        for table, seconds in ((self.first_byte, first_byte), (self.total, total)):
+            histogram = table.get(key)
+            if histogram is None:
+                histogram = table[key] = Histogram()
+            histogram.observe(seconds)
+
+    def prometheus(self) -> str:
+        lines: list[str] = []
+        for name, table, text in (
+            ("mirror_request_first_byte_seconds", self.first_byte, "Time from a request to its first byte sent."),
+            ("mirror_request_duration_seconds", self.total, "Time from a request to its last byte sent."),
+        ):
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} histogram"]
+            for (route, cache), histogram in sorted(table.items()):
+                labels = f'route="{_label(route)}",cache="{_label(cache)}"'
+                cumulative = 0
+                for bound, count in zip(LATENCY_BUCKETS, histogram.counts, strict=True):
+                    cumulative += count
+                    lines.append(f'{name}_bucket{{{labels},le="{bound}"}} {cumulative}')
+                lines.append(f'{name}_bucket{{{labels},le="+Inf"}} {histogram.count}')
+                lines.append(f"{name}_sum{{{labels}}} {histogram.sum:.6f}")
+                lines.append(f"{name}_count{{{labels}}} {histogram.count}")
+        return "\n".join(lines) + "\n"

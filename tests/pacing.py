@@ -20,7 +20,8 @@ from support import Registry, free_port, start_server, stop_process
 _LOG_FORMAT = (
     "log_format paced escape=json '{"
     '"method":"$request_method","uri":"$request_uri","status":$status,'
-    '"range":"$http_range","bytes":$body_bytes_sent,"seconds":$request_time,"ended":$msec'
+    '"range":"$http_range","bytes":$body_bytes_sent,"seconds":$request_time,"ended":$msec,'
+    '"request_id":"$http_x_request_id"'
     "}';"
 )
 _TEMP_KINDS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -37,6 +38,7 @@ class PacedRequest:
     body_bytes: int  # body bytes nginx sent to the client ($body_bytes_sent)
     seconds: float  # from the request's first byte to the log line ($request_time)
     ended: float  # when it ended, seconds since the epoch ($msec)
+    request_id: str = ""  # the request's X-Request-Id
 
     @property
     def started(self) -> float:
@@ -148,6 +150,7 @@ class PacedUpstream:
                     record["bytes"],
                     float(record["seconds"]),
                     float(record["ended"]),
+                    record.get("request_id", ""),
                 )
             )
         return found

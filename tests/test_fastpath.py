@@ -62,7 +62,8 @@ class Connection:
 
 
 def without_date(headers: dict[str, str]) -> dict[str, str]:
-    return {name: value for name, value in headers.items() if name != "date"}
+    """The headers that must be the same for every answer: not the date, nor the request's own id."""
+    return {name: value for name, value in headers.items() if name not in ("date", "x-request-id")}
 
 
 def warm(mirror: MirrorProcess, image: Image, path: str) -> None:
@@ -96,7 +97,8 @@ def test_protocol_answers_are_the_apps(mirror: MirrorProcess, images: dict[str, 
         assert status == 200
         assert body == demo.manifest
         assert without_date(headers) == without_date(by_app[1])
-        assert headers["date"]
+        assert headers["date"] and headers["x-request-id"]
+    assert len({headers["x-request-id"] for _, headers, _ in [*answers, by_app]}) == 4, "each answer its own id"
     assert by_app[1]["x-cache"] == "HIT"
     assert by_app[1]["docker-content-digest"] == demo.digest
     for status, headers, body in heads:

@@ -10,7 +10,11 @@ MAX_LINES = 450
 
 # Each module may import its own package and the layers below it, never above or beside.
 LAYERS = [
-    {"mirror", "mirror.registry"},  # the spec's grammar: the config checks names, digests and patterns with it
+    {
+        "mirror",
+        "mirror.registry",
+        "mirror.requestid",
+    },  # the spec's grammar: the config checks names, digests and patterns with it
     {"mirror.stats", "mirror.config"},
     {"mirror.traffic", "mirror.link", "mirror.logins"},
     {"mirror.cache", "mirror.upstream"},  # side by side: neither imports the other

@@ -1,55 +1,93 @@
-"""One access-log line per request, with the cache status, bytes, duration and upstream."""
+"""One access-log line per request, with the cache status, bytes, duration, upstream and request id;
+and the latency histograms of `/metrics`."""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mirror import requestid
+from mirror.stats import Latencies
+
 log = logging.getLogger("mirror.access")
+
+_ROUTE_RE = re.compile(r"^/v2/.+/(manifests|blobs|referrers)/[^/]+$|^/v2/.+/(tags)/list$")
+
+
+def route_of(path: str) -> str:
+    """The route a path takes, as the histograms label it: manifest, blob, tags, referrers, base, other."""
+    match = _ROUTE_RE.match(path)
+    if match is not None:
+        kind = match[1] or match[2]
+        return {"manifests": "manifest", "blobs": "blob"}.get(kind, kind)
+    return "base" if path in ("/v2/", "/v2") else "other"
 
 
 class AccessLog:
-    """ASGI middleware; the cache status comes from the response's `X-Cache` header."""
+    """ASGI middleware; the cache status comes from the response's `X-Cache` header.
 
-    def __init__(self, app: ASGIApp, *, json_format: bool) -> None:
+    It also gives each request its id (the client's `X-Request-Id`, or a new one): returned
+    to the client, written in the line, and sent upstream with the requests made for it.
+    """
+
+    def __init__(self, app: ASGIApp, *, json_format: bool, latencies: Latencies | None = None) -> None:
         self.app = app
         self.json_format = json_format
+        self.latencies = latencies
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not log.isEnabledFor(logging.INFO):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
         status = 0
         sent = 0
         cache = "-"
+        first_byte: float | None = None
+        given = next((value for name, value in scope["headers"] if name == b"x-request-id"), None)
+        request_id = requestid.accept(given.decode("latin-1") if given is not None else None)
+        token = requestid.current.set(request_id)
 
         async def logging_send(message: Message) -> None:
-            nonlocal status, sent, cache
+            nonlocal status, sent, cache, first_byte
             if message["type"] == "http.response.start":
                 status = message["status"]
-                for name, value in message.get("headers", []):
+                headers = list(message.get("headers", []))
+                for name, value in headers:
                     if name == b"x-cache":
                         cache = value.decode("latin-1")
+                headers.append((b"x-request-id", request_id.encode("latin-1")))
+                message = {**message, "headers": headers}
             elif message["type"] == "http.response.body":
-                sent += len(message.get("body", b""))
+                body = message.get("body", b"")
+                sent += len(body)
+                if first_byte is None and (body or not message.get("more_body", False)):
+                    first_byte = time.perf_counter() - started
             await send(message)
 
         try:
             await self.app(scope, receive, logging_send)
         finally:
-            self._write(scope, status, sent, cache, (time.perf_counter() - started) * 1000)
+            requestid.current.reset(token)
+            total = time.perf_counter() - started
+            if self.latencies is not None and status:
+                self.latencies.observe(route_of(scope.get("path", "")), cache, first_byte or total, total)
+            if log.isEnabledFor(logging.INFO):
+                self._write(scope, status, sent, cache, total * 1000, request_id)
 
-    def _write(self, scope: Scope, status: int, sent: int, cache: str, duration_ms: float) -> None:
+    def _write(self, scope: Scope, status: int, sent: int, cache: str, duration_ms: float, request_id: str) -> None:
         client = scope.get("client") or ("-", 0)
         path = scope.get("path", "")
         if scope.get("query_string"):
             path += "?" + scope["query_string"].decode("latin-1")
         upstream = scope.get("state", {}).get("upstream", "-")
-        write_line(self.json_format, client[0], scope["method"], path, status, sent, duration_ms, cache, upstream)
+        write_line(
+            self.json_format, client[0], scope["method"], path, status, sent, duration_ms, cache, upstream, request_id
+        )
 
 
 def write_line(
@@ -62,6 +100,7 @@ def write_line(
     duration_ms: float,
     cache: str,
     upstream: str,
+    request_id: str = "-",
 ) -> None:
     """One request's line, as JSON or as text."""
     if json_format:
@@ -74,12 +113,13 @@ def write_line(
             "duration_ms": round(duration_ms, 2),
             "cache": cache,
             "upstream": upstream,
+            "request_id": request_id,
         }
         log.info(json.dumps(record))
     else:
         # repr-style quoting keeps a crafted path from forging extra log lines.
         log.info(
-            '%s "%s %s" %d %d %.1fms %s %s',
+            '%s "%s %s" %d %d %.1fms %s %s %s',
             client,
             method,
             json.dumps(path)[1:-1],
@@ -88,4 +128,5 @@ def write_line(
             duration_ms,
             cache,
             upstream,
+            request_id,
         )

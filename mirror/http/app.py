@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from mirror import __version__
 from mirror.cache import inventory
 from mirror.composition import Mirror
 from mirror.http.access import CATALOG_PATH, AccessControl, AccessRules, Htpasswd, load_htpasswd
@@ -212,7 +213,10 @@ async def stats_route(request: Request) -> Response:
 
 
 async def metrics_route(request: Request) -> Response:
-    return PlainTextResponse(prometheus(_mirror(request).snapshot()), media_type="text/plain; version=0.0.4")
+    mirror = _mirror(request)
+    info = f'# TYPE mirror_info gauge\nmirror_info{{version="{__version__}",config_hash="{mirror.config_hash}"}} 1\n'
+    text = prometheus(mirror.snapshot()) + mirror.stats.latencies.prometheus() + info
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
 
 async def images_route(request: Request) -> Response:
@@ -288,7 +292,7 @@ def create_app(mirror: Mirror, drain: Drain | None = None) -> Starlette:
     admins = Htpasswd(load_htpasswd(auth.admin_htpasswd, "auth.admin_htpasswd")) if auth.admin_htpasswd else None
     middleware = [
         Middleware(CountRequests, drain=drain),
-        Middleware(AccessLog, json_format=config.log.format == "json"),
+        Middleware(AccessLog, json_format=config.log.format == "json", latencies=mirror.stats.latencies),
     ]
     rules = AccessRules(config.auth.rules) if config.auth.rules else None
     if clients is not None or admins is not None or rules is not None:

@@ -14,10 +14,11 @@ from __future__ import annotations
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from mirror import requestid
 from mirror.cache.metadata import Manifest
 from mirror.composition import Mirror
 from mirror.http import accesslog
@@ -45,6 +46,7 @@ class WarmQuestion:
     repository: str
     reference: str | Digest
     accepted: frozenset[str]
+    request_id: str | None = None  # the client's X-Request-Id, when it sent a sane one
 
 
 def warm_question(mirror: Mirror, method: str, path: str, accept: list[str]) -> WarmQuestion | None:
@@ -129,14 +131,19 @@ class WarmAnswers:
         if b"?" in url or b"%" in url or b"#" in url or not url.isascii():
             return None
         accept = []
+        request_id = None
         for name, value in headers:
             if name == b"accept":
                 accept.append(value.decode("latin-1"))
+            elif name == b"x-request-id":
+                request_id = requestid.accept(value.decode("latin-1"))
             elif name in self._PASS_ON:
                 return None
         if len(accept) > _MAX_ACCEPT_HEADERS or sum(map(len, accept)) > _MAX_ACCEPT_CHARS:
             return None  # questions are remembered: an odd Accept takes the app's road instead
         question = warm_question(mirror, method.decode(), url.decode(), accept)
+        if question is not None and request_id is not None:
+            question = replace(question, request_id=request_id)
         rules = self._rules
         if question is not None and rules is not None:
             read = f"{question.upstream.name}/{question.repository}"
@@ -151,14 +158,25 @@ class WarmAnswers:
         if manifest is None:
             return None
         mirror.stats.protocol_answers += 1
-        head = self._head(manifest)
+        request_id = question.request_id or requestid.make()
+        head = self._head(manifest) + b"x-request-id: " + request_id.encode() + b"\r\n"
         body = manifest.body if question.method == "GET" else b""
+        took = time.perf_counter() - started
+        mirror.stats.latencies.observe("manifest", "HIT", took, took)
         if self._log_access:
-            took_ms = (time.perf_counter() - started) * 1000
             address = client[0] if client else "-"
             upstream = question.upstream.name
             accesslog.write_line(
-                self._json_log, address, question.method, question.path, 200, len(body), took_ms, "HIT", upstream
+                self._json_log,
+                address,
+                question.method,
+                question.path,
+                200,
+                len(body),
+                took * 1000,
+                "HIT",
+                upstream,
+                request_id,
             )
         return head, body
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from mirror import requestid
 from mirror.config import ProxyEnvironment, UpstreamConfig
 from mirror.link import Link, LinkPolicy
 from mirror.registry.errors import (
@@ -89,6 +90,9 @@ class Upstream(RegistrySession):
 
     async def _count_request(self, request: httpx.Request) -> None:
         self.counters.requests += 1
+        request_id = requestid.current.get()
+        if request_id is not None:
+            request.headers[requestid.HEADER] = request_id  # to the upstream, and to other mirrors
 
     async def _read_quota(self, response: httpx.Response) -> None:
         request = response.request
