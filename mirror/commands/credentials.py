@@ -45,8 +45,7 @@ def _act(args: argparse.Namespace, config: Config, keys: LoginKeys) -> int:
     if args.action == "issue":
         ttl = parse_duration(args.ttl, "--ttl")
         issued = keys.issue(args.user, ttl)
-        host = "127.0.0.1" if config.server.host in ("0.0.0.0", "::", "") else config.server.host
-        server = args.server or f"{host}:{config.server.port}"
+        server = args.server or config.local_address
         if args.kubernetes_secret:
             sys.stdout.write(kubernetes_secret(args.kubernetes_secret, server, issued))
         elif args.docker_config:

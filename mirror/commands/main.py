@@ -90,8 +90,7 @@ def prefetch_images(args: argparse.Namespace, config: Config) -> int:
     if not images:
         print("mirror prefetch: name at least one image, or --file", file=sys.stderr)
         return 2
-    host = "127.0.0.1" if config.server.host in ("0.0.0.0", "::") else config.server.host
-    url = args.url or f"http://{host}:{config.server.port}"
+    url = args.url or f"http://{config.local_address}"
     platforms = None if args.all_platforms else set(args.platform or ["linux/amd64"])
     return prefetch.run(url, images, platforms)
 
@@ -110,9 +109,8 @@ def list_cached(args: argparse.Namespace, config: Config) -> int:
 
 def server_stats(config: Config) -> dict[str, object] | None:
     """The running server's /stats, or None when it does not answer."""
-    host = "127.0.0.1" if config.server.host in ("0.0.0.0", "::", "") else config.server.host
     try:
-        response = httpx.get(f"http://{host}:{config.server.port}/stats", timeout=2, trust_env=False)
+        response = httpx.get(f"http://{config.local_address}/stats", timeout=2, trust_env=False)
     except httpx.HTTPError:
         return None
     return {"source": "server", **response.json()} if response.status_code == 200 else None

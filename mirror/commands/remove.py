@@ -54,12 +54,11 @@ def remove(args: argparse.Namespace, config: Config) -> int:
 
 def _through_server(config: Config, targets: list[str], blobs: bool) -> dict[str, object] | None:
     """The server's answer, or None when no server answers at the config's address."""
-    host = "127.0.0.1" if config.server.host in ("0.0.0.0", "::", "") else config.server.host
     scheme = "https" if config.server.tls_cert else "http"
     user, _, password = os.environ.get(ADMIN_CREDENTIALS, "").partition(":")
     try:
         response = httpx.post(
-            f"{scheme}://{host}:{config.server.port}/api/rm",
+            f"{scheme}://{config.local_address}/api/rm",
             json={"targets": targets, "blobs": blobs},
             auth=(user, password) if user else None,
             timeout=60,

@@ -169,4 +169,17 @@ class Config:
 
     @property
     def listen(self) -> str:
-        return f"{self.server.host}:{self.server.port}"
+        return f"{_bracketed(self.server.host)}:{self.server.port}"
+
+    @property
+    def local_address(self) -> str:
+        """host:port where commands on this machine reach the server: loopback when it listens everywhere."""
+        host = self.server.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"  # "::" listens on both families (Linux's default bindv6only=0)
+        return f"{_bracketed(host)}:{self.server.port}"
+
+
+def _bracketed(host: str) -> str:
+    """An IPv6 address as a URL and `listen` write it: `[::1]`."""
+    return f"[{host}]" if ":" in host else host
