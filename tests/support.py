@@ -365,6 +365,7 @@ class MirrorProcess:
     # Short, so that stop() (SIGTERM) does not wait out the default 30 s drain for downloads a
     # test left in flight; the drain's own tests set it.
     drain_timeout: str = "2s"
+    listen_host: str = "127.0.0.1"  # "[::]": both families
 
     @property
     def url(self) -> str:
@@ -381,7 +382,7 @@ class MirrorProcess:
     def write_config(self) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
         config = self.root / "config.toml"
-        text = f'[server]\nlisten = "127.0.0.1:{self.port}"\ndrain_timeout = "{self.drain_timeout}"\n'
+        text = f'[server]\nlisten = "{self.listen_host}:{self.port}"\ndrain_timeout = "{self.drain_timeout}"\n'
         text += f"{self.server_config}\n"
         text += f'[cache]\ndirectory = "{self.cache_dir}"\n' + self.extra_config + "\n"
         for name, url in self.upstreams.items():

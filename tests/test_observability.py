@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -72,3 +74,28 @@ def test_a_request_id_follows_a_pull_through_the_tiers(
     for mirror in (edge, regional):
         access = [line for line in mirror.log_path.read_text().splitlines() if "mirror.access" in line]
         assert any("/manifests/latest" in line and line.endswith(" pull-7f3a") for line in access), access
+
+
+def test_listening_on_both_families(tmp_path: Path, registry: Registry, images: dict[str, Image]) -> None:
+    """`listen = "[::]:PORT"` serves IPv6 (::1) and IPv4 (127.0.0.1) clients alike."""
+    mirror = MirrorProcess(tmp_path / "m", {"docker.io": registry.url}, listen_host="[::]").start()
+    try:
+        demo = images["demo"]
+        for host in ("[::1]", "127.0.0.1"):
+            answer = httpx.get(
+                f"http://{host}:{mirror.port}/v2/library/demo/manifests/latest", headers={"Accept": demo.media_type}
+            )
+            assert answer.status_code == 200 and answer.content == demo.manifest
+        # Every blob of the image over IPv6 (skopeo 1.9's reference grammar has no IPv6 literals).
+        for digest, data in demo.all_blobs().items():
+            blob = httpx.get(f"http://[::1]:{mirror.port}/v2/library/demo/blobs/{digest}")
+            assert blob.status_code == 200 and blob.content == data
+        stats = subprocess.run(
+            [sys.executable, "-m", "mirror", "stats", "--config", str(mirror.root / "config.toml")],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert stats.returncode == 0 and stats.stdout.split()[:2] == ["source", "server"], "commands reach it too"
+    finally:
+        mirror.stop()

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -174,8 +175,26 @@ def serve(config: Config) -> int:
         http=bounded_protocol(config.server.head_timeout, warm_answers(mirror)),
     )
     server = DrainingServer(server_config, drain, config.server.drain_timeout)
-    server.run()
+    try:
+        sockets = [both_families(config.server.port)] if config.server.host == "::" else None
+    except OSError as exc:
+        print(f"mirror: cannot listen on {config.listen}: {exc.strerror}", file=sys.stderr)
+        return STARTUP_FAILURE
+    server.run(sockets=sockets)
     return 0 if server.started else STARTUP_FAILURE
+
+
+def both_families(port: int) -> socket.socket:
+    """`[::]:PORT` for IPv6 and IPv4 clients alike: asyncio would make it IPv6-only (IPV6_V6ONLY)."""
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(("::", port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def main(argv: list[str] | None = None) -> int:
