@@ -7,7 +7,6 @@ the HTTP protocol's fast path; nothing finds it through the framework.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -23,7 +22,7 @@ from mirror.cache.links import BlobLinks
 from mirror.cache.metadata import ManifestCache
 from mirror.cache.removal import Removal, Target, apply_to_index, plan_removal
 from mirror.cache.tags import LocalTagStore
-from mirror.config import Config, render
+from mirror.config import Config, config_hash
 from mirror.proxy import Proxy
 from mirror.registry.errors import NameUnknown, RegistryError
 from mirror.registry.reference import is_registry_host, parse_digest
@@ -50,8 +49,7 @@ class Mirror:
     def __init__(self, config: Config) -> None:
         """Open the cache (a directory scan: call before serving) and build the parts."""
         self.config = config
-        # Which config is in force, for mirror_info: the effective config, secrets masked, hashed.
-        self.config_hash = hashlib.sha256(render(config).encode()).hexdigest()[:12]
+        self.config_hash = config_hash(config)
         self.stats = Stats()
         self.traffic = Traffic()
         self.directory = CacheDirectory.open(config.cache.directory)  # format checked, upgraded if old
@@ -120,6 +118,37 @@ class Mirror:
         if rest and is_registry_host(first):
             return self.upstream_for(first), rest
         return self.upstream_for(None), path_name
+
+    def apply(self, config: Config) -> list[str]:
+        """A reloaded config (SIGHUP): apply what can change in place; the keys that need a restart.
+
+        In place: the upstreams' allow, deny, block, keep_deleted_tags, logins and offline;
+        tag_ttl; max_size; whether links are enforced. Access control and TLS are the app's.
+        """
+        old = self.config
+        restart = [
+            key
+            for key, before, after in (
+                ("server.listen", old.listen, config.listen),
+                ("server.default_upstream", old.server.default_upstream, config.server.default_upstream),
+                ("server.head_timeout", old.server.head_timeout, config.server.head_timeout),
+                ("cache.directory", old.cache.directory, config.cache.directory),
+                ("cache.negative_ttl", old.cache.negative_ttl, config.cache.negative_ttl),
+                ("log.format", old.log.format, config.log.format),
+                ("prefetch", old.prefetch, config.prefetch),
+                ("upstreams", sorted(old.upstreams), sorted(config.upstreams)),
+            )
+            if before != after
+        ]
+        for name, upstream in self.upstreams.items():
+            if name in config.upstreams:
+                restart += upstream.reconfigure(config.upstreams[name], offline=config.server.offline)
+        self.proxy.tag_ttl = config.cache.tag_ttl
+        self.proxy.enforce_links = links_matter(config)
+        self.store.max_size = config.cache.max_size
+        self.config = config
+        self.config_hash = config_hash(config)
+        return restart
 
     async def remove(self, targets: list[Target], with_blobs: bool) -> Removal:
         """`mirror rm` through the server: out of the index and the files, and out of memory, so

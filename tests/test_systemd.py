@@ -28,6 +28,7 @@ def test_unit_verifies(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "mirror.service" not in result.stderr, result.stderr
     assert "ExecStart=/opt/mirror/bin/mirror serve --config /etc/mirror/config.toml" in UNIT.read_text()
+    assert "ExecReload=/bin/kill -HUP $MAINPID" in UNIT.read_text()
 
 
 def test_unit_is_hardened(tmp_path: Path) -> None:

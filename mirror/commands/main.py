@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -20,10 +21,12 @@ from mirror.cache.directory import CacheDirectory
 from mirror.cache.format import CacheFormatError
 from mirror.commands import archive, clientconfig, credentials, prefetch, remove
 from mirror.composition import Mirror
-from mirror.config import DOCKER_HUB, Config, ConfigError, load, render
+from mirror.config import DOCKER_HUB, Config, ConfigError, config_hash, load, render
+from mirror.http.access import access_settings
 from mirror.http.app import create_app
 from mirror.http.drain import AFTER_DRAIN_GRACE, Drain, DrainingServer
 from mirror.http.fastpath import warm_answers
+from mirror.http.reload import Reloader, check_certificate
 from mirror.http.server import bounded_protocol
 
 
@@ -66,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     ]:
         command = commands.add_parser(name, help=text)
         command.add_argument("--config", type=Path, help="the config file `mirror serve` uses")
+        if name == "config":
+            command.add_argument(
+                "--check", type=Path, metavar="FILE", help="validate FILE (and the files it names) without running"
+            )
     warm = commands.add_parser("prefetch", help="warm the cache with images, through the running mirror")
     warm.add_argument("images", nargs="*", metavar="IMAGE", help="e.g. alpine:3.19 or ghcr.io/org/app:1.0")
     warm.add_argument("--file", type=Path, help="a file with one image per line (# comments allowed)")
@@ -151,7 +158,8 @@ def client_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def serve(config: Config) -> int:
+def serve(config: Config, reload_config: Callable[[], Config] | None = None) -> int:
+    """Run the server; `reload_config` loads the config again, as at start-up, on SIGHUP."""
     logging.basicConfig(level=config.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
@@ -161,6 +169,8 @@ def serve(config: Config) -> int:
     except OSError as exc:
         print(f"mirror: cannot open the cache in {config.cache.directory}: {exc}", file=sys.stderr)
         return 1
+    answers = warm_answers(mirror)
+    protocol = bounded_protocol(config.server.head_timeout, answers)
     server_config = uvicorn.Config(
         app,
         host=config.server.host,
@@ -172,9 +182,14 @@ def serve(config: Config) -> int:
         ssl_certfile=config.server.tls_cert,
         ssl_keyfile=config.server.tls_key,
         server_header=False,
-        http=bounded_protocol(config.server.head_timeout, warm_answers(mirror)),
+        http=protocol,
     )
-    server = DrainingServer(server_config, drain, config.server.drain_timeout)
+    reloader = None
+    if reload_config is not None:
+        reloader = Reloader(
+            reload_config, mirror, app.state.access, answers, protocol.remembered, lambda: server_config.ssl
+        )
+    server = DrainingServer(server_config, drain, config.server.drain_timeout, reloader)
     try:
         sockets = [both_families(config.server.port)] if config.server.host == "::" else None
     except OSError as exc:
@@ -182,6 +197,15 @@ def serve(config: Config) -> int:
         return STARTUP_FAILURE
     server.run(sockets=sockets)
     return 0 if server.started else STARTUP_FAILURE
+
+
+def check_config(path: Path) -> int:
+    """What a start or a SIGHUP would make of the file: loaded, and the files it names read."""
+    config = load(path, env=os.environ)  # a ConfigError ends in one line naming the key (main)
+    access_settings(config.auth, lambda path, query: None)
+    check_certificate(config)
+    print(f"{path}: ok (config {config_hash(config)})")
+    return 0
 
 
 def both_families(port: int) -> socket.socket:
@@ -213,9 +237,13 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "client-config":
         return client_config(args)
     if args.command == "serve":
-        return serve(
-            load(args.config, listen=args.listen, cache_dir=args.cache_dir, offline=args.offline, env=os.environ)
-        )
+
+        def load_again() -> Config:
+            return load(args.config, listen=args.listen, cache_dir=args.cache_dir, offline=args.offline, env=os.environ)
+
+        return serve(load_again(), load_again)
+    if args.command == "config" and args.check is not None:
+        return check_config(args.check)
     config = load(args.config, env=os.environ)
     if args.command == "prefetch":
         return prefetch_images(args, config)

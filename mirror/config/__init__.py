@@ -28,7 +28,7 @@ from mirror.config.model import (
 )
 from mirror.config.parse import from_dict
 from mirror.config.proxies import ProxyEnvironment, ProxyURLError, mask_url, parse_proxy_url
-from mirror.config.render import render
+from mirror.config.render import config_hash, render
 from mirror.config.values import parse_duration, parse_listen, parse_size
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "ServerConfig",
     "UpstreamConfig",
     "apply_env",
+    "config_hash",
     "env_name",
     "from_dict",
     "load",

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from mirror.config.model import Config
 from mirror.config.proxies import mask_url
 from mirror.config.values import format_rate
+
+
+def config_hash(config: Config) -> str:
+    """Which config is in force (mirror_info, `mirror config --check`): its rendering, secrets masked, hashed."""
+    return hashlib.sha256(render(config).encode()).hexdigest()[:12]
 
 
 def render(config: Config) -> str:

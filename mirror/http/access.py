@@ -13,6 +13,7 @@ import binascii
 import hashlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio.to_thread
@@ -20,7 +21,7 @@ import bcrypt
 from cachetools import TTLCache
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mirror.config import AccessRule, ConfigError
+from mirror.config import AccessRule, AuthConfig, ConfigError
 from mirror.http.responses import raw_error
 from mirror.logins import LoginError, LoginKeys
 from mirror.registry.errors import Denied, RegistryError, Unauthorized
@@ -111,32 +112,53 @@ _EMPTY_BASIC = frozenset({b"basic og==", b"basic"})
 RepositoryOf = Callable[[str, bytes], str | None]
 
 
+@dataclass
+class AccessSettings:
+    """What AccessControl enforces; replaced whole by a reload (SIGHUP)."""
+
+    clients: Htpasswd | None = None
+    admins: Htpasswd | None = None
+    rules: AccessRules | None = None
+    repository_of: RepositoryOf | None = None
+
+    def take(self, other: AccessSettings) -> None:
+        """Enforce `other` from the next request on (the middleware keeps this object)."""
+        self.clients, self.admins, self.rules, self.repository_of = (
+            other.clients,
+            other.admins,
+            other.rules,
+            other.repository_of,
+        )
+
+
+def access_settings(auth: AuthConfig, repository_of: RepositoryOf) -> AccessSettings:
+    """The settings an `[auth]` table makes; reads the htpasswd files (ConfigError names the key)."""
+    login_keys = LoginKeys(auth.login_keys) if auth.login_keys is not None else None
+    clients = None
+    if auth.htpasswd is not None or login_keys is not None:
+        users = load_htpasswd(auth.htpasswd, "auth.htpasswd") if auth.htpasswd is not None else {}
+        clients = Htpasswd(users, login_keys)
+    admins = Htpasswd(load_htpasswd(auth.admin_htpasswd, "auth.admin_htpasswd")) if auth.admin_htpasswd else None
+    rules = AccessRules(auth.rules) if auth.rules else None
+    return AccessSettings(clients, admins, rules, repository_of)
+
+
 class AccessControl:
     """ASGI middleware: registry clients need `clients` (when set) and a rule that grants the
-    repository (when `rules` are set); admin pages need `admins` (when set)."""
+    repository (when `rules` are set); admin pages need `admins` (when set). The settings are
+    read at every request, so a reload takes effect on the next one."""
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        clients: Htpasswd | None,
-        admins: Htpasswd | None,
-        rules: AccessRules | None = None,
-        repository_of: RepositoryOf | None = None,
-    ) -> None:
+    def __init__(self, app: ASGIApp, *, settings: AccessSettings) -> None:
         self.app = app
-        self.clients = clients
-        self.admins = admins
-        self.rules = rules
-        self.repository_of = repository_of
+        self.settings = settings
 
-    def _guard(self, path: str) -> tuple[Htpasswd | None, str]:
+    def _guard(self, settings: AccessSettings, path: str) -> tuple[Htpasswd | None, str]:
         if path == CATALOG_PATH:  # repository names can be private
-            return self.admins, "mirror admin"
+            return settings.admins, "mirror admin"
         if path == "/v2" or path.startswith("/v2/"):
-            return self.clients, "mirror"
+            return settings.clients, "mirror"
         if path in ADMIN_PATHS or path.startswith(ADMIN_PREFIXES) or path.startswith(ADMIN_DIRECTORIES):
-            return self.admins, "mirror admin"
+            return settings.admins, "mirror admin"
         return None, ""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -144,8 +166,9 @@ class AccessControl:
             await self.app(scope, receive, send)
             return
         path = scope["path"]
-        guard, realm = self._guard(path)
-        rules = self.rules if realm == "mirror" else None
+        settings = self.settings
+        guard, realm = self._guard(settings, path)
+        rules = settings.rules if realm == "mirror" else None
         if guard is None and rules is None:
             await self.app(scope, receive, send)
             return
@@ -162,8 +185,8 @@ class AccessControl:
             challenge = {"WWW-Authenticate": f'Basic realm="{realm}"'}
             await self._refuse(send, Unauthorized(why or Unauthorized.message, headers=challenge))
             return
-        if rules is not None and self.repository_of is not None:
-            repository = self.repository_of(path, scope["query_string"])
+        if rules is not None and settings.repository_of is not None:
+            repository = settings.repository_of(path, scope["query_string"])
             if repository is not None and not rules.allows(user, repository):
                 if user is None:  # anonymous: ask for a login, which may be granted it
                     refusal: RegistryError = Unauthorized(

@@ -19,7 +19,7 @@ from starlette.routing import Route
 from mirror import __version__
 from mirror.cache import inventory
 from mirror.composition import Mirror
-from mirror.http.access import CATALOG_PATH, AccessControl, AccessRules, Htpasswd, load_htpasswd
+from mirror.http.access import CATALOG_PATH, AccessControl, access_settings
 from mirror.http.accesslog import AccessLog
 from mirror.http.admin import admin_routes
 from mirror.http.dashboard import dashboard_routes
@@ -35,7 +35,6 @@ from mirror.http.responses import (
     parse_range,
 )
 from mirror.link import is_background
-from mirror.logins import LoginKeys
 from mirror.proxy import ManifestAnswer
 from mirror.registry.errors import NotFound, RegistryError, Unsupported
 from mirror.registry.mediatypes import OCI_INDEX
@@ -282,26 +281,14 @@ def create_app(mirror: Mirror, drain: Drain | None = None) -> Starlette:
         *dashboard_routes(mirror),
     ]
     handlers = {RegistryError: registry_error, HTTPException: http_error, Exception: internal_error}
-    auth = config.auth
-    login_keys = LoginKeys(auth.login_keys) if auth.login_keys is not None else None
-    clients = (
-        Htpasswd(load_htpasswd(auth.htpasswd, "auth.htpasswd") if auth.htpasswd else {}, login_keys)
-        if auth.htpasswd is not None or login_keys is not None
-        else None
-    )
-    admins = Htpasswd(load_htpasswd(auth.admin_htpasswd, "auth.admin_htpasswd")) if auth.admin_htpasswd else None
+    access = access_settings(config.auth, repository_reader(mirror))
     middleware = [
         Middleware(CountRequests, drain=drain),
         Middleware(AccessLog, json_format=config.log.format == "json", latencies=mirror.stats.latencies),
+        Middleware(AccessControl, settings=access),
     ]
-    rules = AccessRules(config.auth.rules) if config.auth.rules else None
-    if clients is not None or admins is not None or rules is not None:
-        middleware.append(
-            Middleware(
-                AccessControl, clients=clients, admins=admins, rules=rules, repository_of=repository_reader(mirror)
-            )
-        )
     middleware.append(Middleware(WarmManifests, mirror=mirror))
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers, middleware=middleware)
     app.state.mirror = mirror  # for the routes: Starlette's way to hand them shared state
+    app.state.access = access  # for a reload
     return app

@@ -17,6 +17,7 @@ import socket
 import time
 from collections.abc import Sized
 from types import FrameType
+from typing import Protocol
 
 import uvicorn
 from starlette.requests import Request
@@ -90,6 +91,10 @@ def readiness_route(drain: Drain) -> Route:
     return Route(READYZ_PATH, readyz)
 
 
+class Reloading(Protocol):
+    def reload(self) -> bool: ...
+
+
 class DrainingServer(uvicorn.Server):
     """uvicorn's server with a drain before its shutdown.
 
@@ -98,10 +103,11 @@ class DrainingServer(uvicorn.Server):
     (uvicorn's force exit).
     """
 
-    def __init__(self, config: uvicorn.Config, drain: Drain, timeout: float) -> None:
+    def __init__(self, config: uvicorn.Config, drain: Drain, timeout: float, reloader: Reloading | None = None) -> None:
         super().__init__(config)
         self.drain = drain
         self.timeout = timeout
+        self.reloader = reloader
         self._cut = False  # a second signal ended the drain
         self._drained = False  # the drain is over: uvicorn's shutdown runs
 
@@ -115,6 +121,11 @@ class DrainingServer(uvicorn.Server):
             self._cut = True
         else:
             self.force_exit = True
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.reloader is not None:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reloader.reload)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         if self.drain.draining:

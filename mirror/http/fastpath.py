@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mirror import requestid
 from mirror.cache.metadata import Manifest
 from mirror.composition import Mirror
+from mirror.config import AuthConfig
 from mirror.http import accesslog
 from mirror.http.access import AccessRules
 from mirror.http.responses import manifest_headers
@@ -112,10 +113,20 @@ class WarmAnswers:
 
     _MAX_HEADS = 4096
 
-    def __init__(self, mirror: Mirror, *, json_log: bool, rules: AccessRules | None = None) -> None:
+    def __init__(self, mirror: Mirror, *, json_log: bool) -> None:
         self._mirror = mirror
         self._json_log = json_log
-        self._rules = rules  # read as anonymous: the protocol serves only clients that do not log in
+        self._off = False
+        self._rules: AccessRules | None = None
+        self.configure(mirror.config.auth)
+
+    def configure(self, auth: AuthConfig) -> None:
+        """Off when clients log in (the app checks that); else reading as anonymous, under the rules.
+
+        After a reload the protocol forgets the questions it remembered, which were asked under the old.
+        """
+        self._off = auth.htpasswd is not None or auth.login_keys is not None
+        self._rules = AccessRules(auth.rules) if auth.rules else None
         # The log level is set once, before the server starts.
         self._log_access = accesslog.log.isEnabledFor(logging.INFO)
         self._heads: dict[tuple[str, str], bytes] = {}  # (digest, media type) -> header lines
@@ -126,7 +137,7 @@ class WarmAnswers:
         Depends only on the request's bytes and the config, so the protocol may remember it.
         """
         mirror = self._mirror
-        if method not in (b"GET", b"HEAD") or not url.startswith(b"/v2/"):
+        if self._off or method not in (b"GET", b"HEAD") or not url.startswith(b"/v2/"):
             return None
         if b"?" in url or b"%" in url or b"#" in url or not url.isascii():
             return None
@@ -191,10 +202,6 @@ class WarmAnswers:
         return head
 
 
-def warm_answers(mirror: Mirror) -> WarmAnswers | None:
-    """The protocol's answerer, unless registry clients must authenticate (the app checks that)."""
-    auth = mirror.config.auth
-    if auth.htpasswd is not None or auth.login_keys is not None:
-        return None
-    rules = AccessRules(auth.rules) if auth.rules else None
-    return WarmAnswers(mirror, json_log=mirror.config.log.format == "json", rules=rules)
+def warm_answers(mirror: Mirror) -> WarmAnswers:
+    """The protocol's answerer (idle while registry clients must authenticate: the app checks that)."""
+    return WarmAnswers(mirror, json_log=mirror.config.log.format == "json")

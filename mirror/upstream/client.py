@@ -32,6 +32,7 @@ from mirror.upstream.endpoints import (
     Endpoint,
     Page,
     Target,
+    relogin,
 )
 from mirror.upstream.policy import RepositoryPolicy
 from mirror.upstream.session import RegistrySession
@@ -72,6 +73,25 @@ class FetchedManifest:
     quota: tuple[tuple[str, str], ...] = ()
 
 
+# What a reload cannot change in place: the clients, their transports and the link are built from these.
+RESTART_KEYS = (
+    "url",
+    "mirrors",
+    "mirrors_only",
+    "repository_prefix",
+    "proxy",
+    "ca_file",
+    "client_cert",
+    "client_key",
+    "connect_timeout",
+    "read_timeout",
+    "max_connections",
+    "max_connections_per_blob",
+    "parallel_threshold",
+    "max_bandwidth",
+)
+
+
 class Upstream(RegistrySession):
     """One upstream registry: what the mirror asks of it (manifests, blobs, tags, referrers)."""
 
@@ -82,11 +102,24 @@ class Upstream(RegistrySession):
         super().__init__(config, stats.upstream(config.name), proxy_env, hooks, offline=offline)
         self.mirrored = any(endpoint.is_mirror for endpoint in self.endpoints)
         self.policy = RepositoryPolicy(config)
+        self.config = config
         self.link = Link(
             LinkPolicy(
                 config.max_connections, config.max_connections_per_blob, config.parallel_threshold, config.max_bandwidth
             )
         )
+
+    def reconfigure(self, config: UpstreamConfig, *, offline: bool) -> list[str]:
+        """Apply what a reload may change (allow, deny, block, keep_deleted_tags, logins, offline);
+        the keys whose change needs a restart."""
+        self.policy = RepositoryPolicy(config)
+        self.offline = self.counters.offline = offline or config.offline
+        relogin(self.endpoints, config)
+        changed = [
+            f'upstreams."{self.name}".{key}' for key in RESTART_KEYS if _fixed(config, key) != _fixed(self.config, key)
+        ]
+        self.config = config
+        return changed
 
     async def _count_request(self, request: httpx.Request) -> None:
         self.counters.requests += 1
@@ -262,6 +295,13 @@ def anonymous_quota_warning(config: UpstreamConfig) -> str | None:
         'Set [upstreams."docker.io"] username and password (an access token) for the account\'s larger quota; '
         "the dashboard and /metrics show the quota Docker Hub reports."
     )
+
+
+def _fixed(config: UpstreamConfig, key: str) -> object:
+    """A key as far as a restart is concerned: a mirror's login may change in place, its address not."""
+    if key == "mirrors":
+        return [(m.url, m.ca_file, m.client_cert, m.client_key) for m in config.mirrors]
+    return getattr(config, key)
 
 
 def _staleness(response: httpx.Response, endpoint: Endpoint) -> Staleness | None:

@@ -130,6 +130,18 @@ def build_endpoints(
     return endpoints
 
 
+def relogin(endpoints: list[Endpoint], config: UpstreamConfig) -> None:
+    """New logins from a reloaded config: each endpoint's client gets a new auth (its tokens start over)."""
+    logins: dict[str, MirrorConfig | UpstreamConfig] = {m.url: m for m in config.mirrors}
+    for endpoint in endpoints:
+        login = config if not endpoint.is_mirror else logins.get(endpoint.url)
+        if login is None:
+            continue  # a mirror no longer listed: it goes at the restart
+        namespaces = namespace_logins(config) if not endpoint.is_mirror else None
+        host = httpx.URL(endpoint.url).host
+        endpoint.client.auth = RegistryAuth(host, login.username, login.password, endpoint.base_path, namespaces)
+
+
 def namespace_logins(config: UpstreamConfig) -> Namespaces:
     """Each `credentials` pattern with its login, the most specific first: most literal
     characters, then fewest wildcards. Patterns are written as clients name repositories,
