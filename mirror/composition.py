@@ -55,9 +55,8 @@ class Mirror:
         self.directory = CacheDirectory.open(config.cache.directory)  # format checked, upgraded if old
         keep = config.cache.inventory_max_age
         self.store = BlobStore(self.directory.layout, config.cache.max_size, self.stats, pin_max_age=keep)
-        self.store.open_sync()
+        self.store.sweep()  # the index of blobs is built in the background (start): serving needs none
         self.manifests = ManifestCache(self.directory.metadata, self.store)
-        self.manifests.load_pins()
         self.tags = LocalTagStore(self.directory.metadata)
         self.inflight = InflightDownloads(self.store, self.stats)
         self.kept_lists = KeptLists(self.directory.metadata)
@@ -83,16 +82,19 @@ class Mirror:
             log.info("upstream %s at %s, %s", upstream.name, upstream.url, upstream.route.describe())
         for warning in filter(None, map(anonymous_quota_warning, config.upstreams.values())):
             log.warning("%s", warning)
-        log.info("cache %s holds %d blobs (%d bytes)", config.cache.directory, self.store.count, self.store.total_bytes)
 
     async def start(self) -> None:
-        """Make room if max_size shrank since the last run, then start the background work."""
-        await self.store.evict_to_fit()
-        background: list[Coroutine[Any, Any, None]] = [self.traffic.sample_forever(self.stats)]
+        """Start the background work: first the index of what is cached, then making room if max_size shrank."""
+        background: list[Coroutine[Any, Any, None]] = [self._index(), self.traffic.sample_forever(self.stats)]
         if self.config.cache.max_age is not None or self.config.cache.inventory_max_age is not None:
             background.append(self._expire_forever())
         background += [keep_warm(self.proxy, self.upstream_for, entry) for entry in self.config.prefetch]
         self._tasks = [asyncio.create_task(work) for work in background]
+
+    async def _index(self) -> None:
+        await anyio.to_thread.run_sync(self.manifests.load_pins)
+        await self.store.scan()
+        await self.store.evict_to_fit()
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -171,6 +173,7 @@ class Mirror:
             cached_blobs=self.store.count,
             cached_bytes=self.store.total_bytes,
             max_size=self.config.cache.max_size,
+            index_ready=self.store.scanned,
         )
 
     def _manifest_used_within(self, age: float) -> Callable[[str], bool]:

@@ -107,11 +107,12 @@ class Stats:
         return counters | {name: self.total(name) for name in UPSTREAM_TOTALS}
 
     def snapshot(
-        self, *, inflight: int, cached_blobs: int, cached_bytes: int, max_size: int | None
+        self, *, inflight: int, cached_blobs: int, cached_bytes: int, max_size: int | None, index_ready: bool = True
     ) -> dict[str, object]:
         return {
             **self.counters(),
             "inflight_downloads": inflight,
+            "blob_index_ready": int(index_ready),  # 0 while the start-up scan runs: counts below are partial
             "cached_blobs": cached_blobs,
             "cached_bytes": cached_bytes,
             "max_size_bytes": max_size or 0,

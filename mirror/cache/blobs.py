@@ -60,6 +60,7 @@ class BlobStore:
         self.reserved = 0
         # Room kept free on the cache's filesystem beyond a download's size.
         self.disk_margin = 64 * 1024 * 1024
+        self.scanned = False  # the LRU index holds every file: until then, nothing is evicted
 
     @property
     def count(self) -> int:
@@ -69,15 +70,36 @@ class BlobStore:
         return self.layout.blob_path(digest)
 
     def open_sync(self) -> None:
-        """Sweep temp files left by a crash, and index what is cached (the directory is prepared)."""
+        """Sweep what a crash left, and index what is cached (the directory is prepared): for tools."""
+        self.sweep()
+        self._index(self._scan_files())
+
+    def sweep(self) -> None:
+        """Remove temp files left by a crash, and partial downloads nobody came back for in a day."""
         for leftover in self.tmp.iterdir():
             log.info("removing leftover temp file %s", leftover.name)
             leftover.unlink(missing_ok=True)
-        # Partial downloads are kept for the next request to resume, unless nobody came back for a day.
         for partial in self.layout.partial.glob("*/*"):
             if time.time() - partial.stat().st_mtime > PARTIAL_MAX_AGE:
                 log.info("removing partial download %s, untouched for a day", partial.name)
                 partial.unlink(missing_ok=True)
+        filesystem = os.statvfs(self.root)
+        self.disk_margin = min(self.disk_margin, filesystem.f_blocks * filesystem.f_frsize // 50)
+
+    async def scan(self) -> None:
+        """Build the LRU order from one directory scan, in a thread, while the server already serves.
+
+        Serving needs no index (a blob's file is the blob); only eviction does, so it waits for this.
+        Blobs used since start-up keep their place: the most recent.
+        """
+        started = time.monotonic()
+        found = await anyio.to_thread.run_sync(self._scan_files)
+        self._index(found)
+        log.info(
+            "indexed %d cached blobs (%d bytes) in %.1f s", len(self._lru), self.total_bytes, time.monotonic() - started
+        )
+
+    def _scan_files(self) -> list[tuple[float, Digest, int]]:
         found: list[tuple[float, Digest, int]] = []
         for algorithm_dir in self.layout.blobs.iterdir():
             for prefix_dir in algorithm_dir.iterdir():
@@ -87,13 +109,20 @@ class BlobStore:
                             digest = parse_digest(f"{algorithm_dir.name}:{entry.name}")
                         except RegistryError:
                             continue
-                        stat = entry.stat()
+                        try:
+                            stat = entry.stat()
+                        except FileNotFoundError:
+                            continue  # removed while the scan ran
                         found.append((stat.st_mtime, digest, stat.st_size))
-        filesystem = os.statvfs(self.root)
-        self.disk_margin = min(self.disk_margin, filesystem.f_blocks * filesystem.f_frsize // 50)
         found.sort(key=lambda item: item[0])
-        self._lru = OrderedDict((digest, (size, mtime)) for mtime, digest, size in found)
-        self.total_bytes = sum(size for _, _, size in found)
+        return found
+
+    def _index(self, found: list[tuple[float, Digest, int]]) -> None:
+        used_since = self._lru
+        self._lru = OrderedDict((digest, (size, mtime)) for mtime, digest, size in found if digest not in used_since)
+        self._lru.update(used_since)
+        self.total_bytes = sum(size for size, _ in self._lru.values())
+        self.scanned = True
 
     def _used(self, digest: Digest, size: int) -> None:
         """Mark a blob as just used; a file the index did not know (an import) joins it."""
@@ -240,6 +269,9 @@ class BlobStore:
 
     async def _evict(self, victims: list[Digest]) -> None:
         if not victims:
+            return
+        if not self.scanned:
+            log.debug("not evicting before the start-up scan has indexed every blob")
             return
         for digest in victims:
             self.stats.evictions += 1
