@@ -20,7 +20,10 @@ from mirror.cache.inflight import InflightDownloads
 from mirror.cache.kept import KeptLists
 from mirror.cache.links import BlobLinks
 from mirror.cache.metadata import ManifestCache
-from mirror.cache.removal import Removal, Target, apply_to_index, plan_removal
+from mirror.cache.pins import Pin, PinError, check_budget, image_digests, load_pins
+from mirror.cache.pins import pin as pin_images
+from mirror.cache.pins import unpin as unpin_images
+from mirror.cache.removal import Removal, RemovalError, Target, apply_to_index, parse_target, plan_removal
 from mirror.cache.tags import LocalTagStore
 from mirror.config import Config, config_hash
 from mirror.proxy import Proxy
@@ -61,6 +64,7 @@ class Mirror:
         self.inflight = InflightDownloads(self.store, self.stats)
         self.kept_lists = KeptLists(self.directory.metadata)
         self.links = BlobLinks(self.directory.metadata)
+        self.pins: list[Pin] = []
         self.proxy = Proxy(
             self.store,
             self.manifests,
@@ -93,8 +97,38 @@ class Mirror:
 
     async def _index(self) -> None:
         await anyio.to_thread.run_sync(self.manifests.load_pins)
+        await self.refresh_pins()
         await self.store.scan()
         await self.store.evict_to_fit()
+
+    async def refresh_pins(self) -> None:
+        """What is never evicted: the pins in the index, and `[[pin]]` images that are cached."""
+        pins = await anyio.to_thread.run_sync(load_pins, self.directory)
+        for image in self.config.pins:
+            try:
+                target = parse_target(image)
+                pins.append(Pin(image, await anyio.to_thread.run_sync(image_digests, self.directory, target)))
+            except (PinError, RemovalError) as exc:
+                log.warning("[[pin]] %s: %s", image, exc)
+        try:
+            check_budget(pins, self.config.cache.max_size)
+        except PinError as exc:
+            log.error("%s; pins are kept anyway, and max_size is exceeded", exc)
+        self.pins = pins
+        self.store.forever = frozenset(digest for pin in pins for digest in pin.digests)
+
+    async def pin(self, targets: list[Target], *, unpin: bool = False) -> list[str]:
+        """`mirror pin` and `mirror unpin` through the server; the names pinned or unpinned."""
+        if unpin:
+            done = await anyio.to_thread.run_sync(unpin_images, self.directory, targets)
+        else:
+            config_pins = [pin for pin in self.pins if pin.name in self.config.pins]
+            made = await anyio.to_thread.run_sync(
+                pin_images, self.directory, targets, self.config.cache.max_size, config_pins
+            )
+            done = [pin.name for pin in made]
+        await self.refresh_pins()
+        return done
 
     async def close(self) -> None:
         for task in self._tasks:

@@ -211,6 +211,8 @@ def test_dashboard_renders_in_headless_chromium(
     pull_some(mirror, tmp_path)
     push_artifact(registry)
     skopeo_copy(mirror, "library/sbom:v1", tmp_path / "pull-sbom")
+    pinned = httpx.post(f"{mirror.url}/api/pin", json={"targets": ["library/demo:latest"]})
+    assert pinned.json() == {"pinned": ["docker.io/library/demo:latest"]}
     time.sleep(1.1)
     data = dashboard(mirror)
     assert data["cache"]["max_bytes"] == 4 * 1024 * 1024
@@ -239,3 +241,5 @@ def test_dashboard_renders_in_headless_chromium(
     assert '<span class="image-repository">library/multi</span><span class="image-tag">:latest</span>' in images
     assert '<td class="image-platforms">linux/amd64, linux/arm64</td>' in images
     assert f'<td class="artifact-type">{SBOM_TYPE}</td>' in images
+    demo_row = images[images.index('<span class="image-repository">library/demo</span>') :].split("</tr>")[0]
+    assert '<td class="flag pinned">pinned</td>' in demo_row

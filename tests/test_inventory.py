@@ -42,5 +42,5 @@ def test_ls_and_api_list_tags_digests_sizes_and_platforms(mirror: MirrorProcess,
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["REPOSITORY", "TAG", "DIGEST", "SIZE", "LAST", "PULL", "PLATFORMS"]
+    assert lines[0].split() == ["REPOSITORY", "TAG", "DIGEST", "SIZE", "LAST", "PULL", "PINNED", "PLATFORMS"]
     assert any("docker.io/library/multi" in line and "linux/amd64,linux/arm64" in line for line in lines)

@@ -61,6 +61,7 @@ class BlobStore:
         # Room kept free on the cache's filesystem beyond a download's size.
         self.disk_margin = 64 * 1024 * 1024
         self.scanned = False  # the LRU index holds every file: until then, nothing is evicted
+        self.forever: frozenset[str] = frozenset()  # pinned images' digests: never evicted
 
     @property
     def count(self) -> int:
@@ -239,6 +240,8 @@ class BlobStore:
             for digest, (size, last_use) in self._lru.items():
                 if amount <= 0:
                     return victims
+                if str(digest) in self.forever:
+                    continue
                 if self._kept(digest, last_use, now) == inventory:
                     victims.append(digest)
                     amount -= size
@@ -263,11 +266,12 @@ class BlobStore:
         for digest, (_, last_use) in self._lru.items():
             if last_use >= now - max_age:
                 break
-            if not self._kept(digest, last_use, now):  # tag_max_age may be longer than max_age
-                victims.append(digest)
+            if not self._kept(digest, last_use, now) and str(digest) not in self.forever:
+                victims.append(digest)  # tag_max_age may be longer than max_age; pins are for good
         await self._evict(victims)
 
     async def _evict(self, victims: list[Digest]) -> None:
+        victims = [digest for digest in victims if str(digest) not in self.forever]
         if not victims:
             return
         if not self.scanned:

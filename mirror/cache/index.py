@@ -88,6 +88,21 @@ class MetadataIndex:
                 removed += bool(self._db.delete(key))
         return removed
 
+    def items_of(self, kind: str) -> Iterator[tuple[list[str], str]]:
+        """(the key's parts after the kind, the value) of every key of a kind (layout's keys)."""
+        for key in list(self._db.iterkeys()):
+            parts = read_key(key)
+            if parts is not None and parts[0] == kind:
+                value = self._db.get(key)
+                if isinstance(value, str):
+                    yield parts[1:], value
+
+    def set_raw(self, key: str, value: str) -> None:
+        self._db.set(key, value)
+
+    def delete_raw(self, key: str) -> bool:
+        return bool(self._db.delete(key))
+
     def kept_list(self, key: str) -> KeptList | None:
         """A list answer by its key (layout's taglist_key, referrers_key)."""
         return KeptList.decode(self._db.get(key))

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mirror.cache.directory import CacheDirectory
+from mirror.cache.pins import PinError, image_digests, load_pins
+from mirror.cache.removal import RemovalError, parse_target
 from mirror.registry.mediatypes import IMAGE_CONFIG_TYPES, platform_name
 
 
@@ -55,9 +57,13 @@ def _image_size(cache: CacheDirectory, manifest: dict[str, Any] | None) -> tuple
     return declared, present
 
 
-def list_images(cache: CacheDirectory, repository: str | None = None) -> list[dict[str, Any]]:
-    """Every cached tag, newest first within each repository."""
+def list_images(
+    cache: CacheDirectory, repository: str | None = None, pinned: frozenset[str] | None = None
+) -> list[dict[str, Any]]:
+    """Every cached tag, newest first within each repository; `pinned`: the digests never evicted."""
     rows: list[dict[str, Any]] = []
+    if pinned is None:
+        pinned = frozenset(digest for pin in load_pins(cache) for digest in pin.digests)
     for upstream, repo, tag, entries in cache.metadata.tags():
         if repository is not None and repository not in (repo, f"{upstream}/{repo}"):
             continue
@@ -80,6 +86,7 @@ def list_images(cache: CacheDirectory, repository: str | None = None) -> list[di
                     "platforms": summary.platforms,
                     "artifact_type": summary.artifact_type,
                     "last_pull": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry.fetched_at)),
+                    "pinned": entry.digest in pinned,
                 }
             )
     rows.sort(key=lambda r: (r["upstream"], r["repository"], r["tag"]))
@@ -87,7 +94,7 @@ def list_images(cache: CacheDirectory, repository: str | None = None) -> list[di
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
-    header = ["REPOSITORY", "TAG", "DIGEST", "SIZE", "LAST PULL", "PLATFORMS"]  # or an artifact's type
+    header = ["REPOSITORY", "TAG", "DIGEST", "SIZE", "LAST PULL", "PINNED", "PLATFORMS"]  # or an artifact's type
     table = [header] + [
         [
             f"{r['upstream']}/{r['repository']}",
@@ -95,6 +102,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
             r["digest"][:19],
             _size_cell(r),
             r["last_pull"],
+            "yes" if r["pinned"] else "-",
             r["artifact_type"] or ",".join(r["platforms"]) or "-",
         ]
         for r in rows
@@ -121,3 +129,14 @@ def _human(size: int | None) -> str:
             return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
         value /= 1024
     return f"{value:.1f}TiB"
+
+
+def pinned_digests(cache: CacheDirectory, config_pins: tuple[str, ...]) -> frozenset[str]:
+    """The digests never evicted: the index's pins and the `[[pin]]` images cached (as a tool sees them)."""
+    found = {digest for pin in load_pins(cache) for digest in pin.digests}
+    for image in config_pins:
+        try:
+            found |= set(image_digests(cache, parse_target(image)))
+        except (PinError, RemovalError):
+            continue
+    return frozenset(found)

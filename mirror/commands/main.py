@@ -19,7 +19,7 @@ from mirror import __version__
 from mirror.cache import inventory, maintenance
 from mirror.cache.directory import CacheDirectory
 from mirror.cache.format import CacheFormatError
-from mirror.commands import archive, clientconfig, credentials, prefetch, remove
+from mirror.commands import archive, changes, clientconfig, credentials, prefetch
 from mirror.composition import Mirror
 from mirror.config import DOCKER_HUB, Config, ConfigError, config_hash, load, render
 from mirror.http.access import access_settings
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     warm.add_argument("--all-platforms", action="store_true", help="fetch every platform of an index")
     warm.add_argument("--config", type=Path, help="the config file `mirror serve` uses (for its address)")
     warm.add_argument("--url", help="the mirror's URL (default: from the config's listen address)")
-    remove.add_parser(commands)
+    changes.add_parsers(commands)
     credentials.add_parser(commands)
     ls = commands.add_parser("ls", help="list cached images: tags, digests, sizes, last pull, platforms")
     ls.add_argument("repository", nargs="?", help="only this repository (e.g. library/alpine or ghcr.io/org/app)")
@@ -108,7 +108,7 @@ def list_cached(args: argparse.Namespace, config: Config) -> int:
     if CacheDirectory.exists(config.cache.directory):
         cache = CacheDirectory.open(config.cache.directory)
         try:
-            rows = inventory.list_images(cache, args.repository)
+            rows = inventory.list_images(cache, args.repository, inventory.pinned_digests(cache, config.pins))
         finally:
             cache.close()
     sys.stdout.write(json.dumps(rows, indent=2) + "\n" if args.json else inventory.format_rows(rows))
@@ -252,7 +252,9 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "credentials":
         return credentials.run(args, config)
     if args.command == "rm":
-        return remove.remove(args, config)
+        return changes.remove(args, config)
+    if args.command in ("pin", "unpin"):
+        return changes.pin(args, config)
     if args.command == "ls":
         return list_cached(args, config)
     if args.command == "config":

@@ -162,6 +162,7 @@ class Config:
     log: LogConfig = LogConfig()
     auth: AuthConfig = AuthConfig()
     prefetch: tuple[PrefetchConfig, ...] = ()
+    pins: tuple[str, ...] = ()  # [[pin]] image = "…": never evicted, once cached
     upstreams: dict[str, UpstreamConfig] = field(
         default_factory=lambda: {DOCKER_HUB: UpstreamConfig(DOCKER_HUB, DOCKER_HUB_URL)}
     )

@@ -64,6 +64,21 @@ def _prefetch(root: Table) -> tuple[PrefetchConfig, ...]:
     return tuple(found)
 
 
+def _pins(root: Table) -> tuple[str, ...]:
+    entries = root.raw("pin", [])
+    if not isinstance(entries, list):
+        raise ConfigError("pin", 'expected a list of [[pin]] tables with image = "…"')
+    images = []
+    for number, data in enumerate(entries):
+        table = Table(data, f"pin[{number}]")
+        image = table.get("image", str)
+        if not image:
+            raise ConfigError(table.key("image"), "missing: the image to keep for good, e.g. 'alpine:3.19'")
+        table.finish()
+        images.append(image)
+    return tuple(images)
+
+
 def proxy_key(table: Table) -> str | None:
     """The upstream's `proxy` URL, with `proxy_password_file`'s password put into it."""
     proxy = table.get("proxy", str)
@@ -303,6 +318,7 @@ def from_dict(data: dict[str, Any], proxy_env: ProxyEnvironment | None = None) -
             raise ConfigError(f"upstreams.{name}", "the table name must be a registry host, like 'docker.io'")
     upstreams_table.finish()
     prefetch = _prefetch(root)
+    pins = _pins(root)
     if default_upstream not in upstreams:
         raise ConfigError(server_table.key("default_upstream"), f"{default_upstream!r} is not a configured upstream")
     root.finish()
@@ -314,6 +330,7 @@ def from_dict(data: dict[str, Any], proxy_env: ProxyEnvironment | None = None) -
         log=LogConfig(log_format),
         auth=auth,
         prefetch=prefetch,
+        pins=pins,
         upstreams=upstreams,
         proxy_env=checked_proxy_env(proxy_env or ProxyEnvironment()),
     )

@@ -120,6 +120,8 @@ def render(config: Config) -> str:
     if shown:
         lines = [f"# {name}={value}" for name, value in shown.items()]
         parts.append("# From the environment; upstreams without `proxy` follow these:\n" + "\n".join(lines) + "\n")
+    for image in config.pins:
+        parts.append(table("[pin]", {"image": image}))
     for entry in config.prefetch:
         platforms = entry.platforms if entry.platforms is not None else ("all",)
         parts.append(table("[prefetch]", {"image": entry.image, "platforms": platforms, "refresh": entry.refresh}))

@@ -223,7 +223,7 @@ async def images_route(request: Request) -> Response:
     # Some registry APIs spell a repository's slashes as `$`; accept both.
     repository = request.path_params.get("repository") or request.query_params.get("repository")
     repository = repository.replace("$", "/") if repository else None
-    rows = await anyio.to_thread.run_sync(inventory.list_images, mirror.directory, repository)
+    rows = await anyio.to_thread.run_sync(inventory.list_images, mirror.directory, repository, mirror.store.forever)
     return JSONResponse(rows)
 
 

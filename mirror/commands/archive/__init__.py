@@ -16,9 +16,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mirror.cache.pins import PinError
 from mirror.commands.archive.export import export
 from mirror.commands.archive.importing import import_archive
-from mirror.commands.archive.names import ArchiveError
+from mirror.commands.archive.names import ArchiveError, ImageName
+from mirror.commands.changes import pin_through_server_or_directory
 from mirror.config import Config
 
 
@@ -40,6 +42,22 @@ def add_commands(commands: Any) -> None:
         metavar="IMAGE",
         help="the image that tag-only names (skopeo oci-archive:FILE:TAG) belong to, e.g. docker.io/library/alpine",
     )
+    into.add_argument(
+        "--no-pin", action="store_true", help="let the imported images be evicted (by default they never are)"
+    )
+
+
+def _pin_imported(config: Config, images: list[tuple[ImageName, str]]) -> None:
+    """Imported images may be the only copy anywhere (a site without internet): pinned, within max_size.
+
+    Through the running server when there is one, so that it stops evicting them at once."""
+    names = [str(name) for name, _ in images]
+    try:
+        pinned = pin_through_server_or_directory(config, names)
+    except (PinError, SystemExit) as exc:
+        print(f"mirror import: note: not pinned: {exc}", file=sys.stderr)
+        return
+    print(f"mirror import: pinned {len(pinned)} image(s); `mirror unpin` lets them go", file=sys.stderr)
 
 
 def main(args: argparse.Namespace, config: Config) -> int:
@@ -80,6 +98,8 @@ def main(args: argparse.Namespace, config: Config) -> int:
         )
     for name, digest in imported.images:
         print(f"{name} {digest}")
+    if not args.no_pin:
+        _pin_imported(config, imported.images)
     print(
         f"imported {args.archive}: {imported.manifests} manifests, {imported.blobs} new blobs "
         f"({imported.bytes} bytes), {imported.already_cached} already cached",

@@ -321,7 +321,8 @@ async function refresh() {
 let images = [];
 
 function imageText(row) {
-  return [row.upstream + "/" + row.repository + ":" + row.tag, row.digest, row.artifact_type || "", ...row.platforms]
+  const flags = [row.pinned ? "pinned" : "", row.complete ? "" : "partial"];
+  return [row.upstream + "/" + row.repository + ":" + row.tag, row.digest, row.artifact_type || "", ...row.platforms, ...flags]
     .join(" ")
     .toLowerCase();
 }
@@ -351,6 +352,7 @@ function renderImages() {
       }
       tr.appendChild(size);
       tr.appendChild(el("td", "when muted small", ago(Date.parse(row.last_pull) / 1000, now)));
+      tr.appendChild(el("td", row.pinned ? "flag pinned" : "flag muted", row.pinned ? "pinned" : "–"));
       return tr;
     })
   );

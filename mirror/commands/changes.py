@@ -1,0 +1,118 @@
+"""`mirror rm` and `mirror pin`/`unpin`: through the running server when there is one, so that it
+acts on what it holds in memory too; on the cache directory otherwise."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import httpx
+
+from mirror.cache.directory import CacheDirectory
+from mirror.cache.pins import PinError
+from mirror.cache.pins import pin as pin_images
+from mirror.cache.pins import unpin as unpin_images
+from mirror.cache.removal import RemovalError, apply_to_directory, parse_target, plan_removal
+from mirror.config import Config
+
+ADMIN_CREDENTIALS = "MIRROR_ADMIN_CREDENTIALS"  # user:password for a server with admin_htpasswd
+
+
+def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    rm = commands.add_parser("rm", help="remove images, manifests or blobs from the cache")
+    rm.add_argument(
+        "targets", nargs="+", metavar="IMAGE|DIGEST", help="alpine:3.19, ghcr.io/org/app@sha256:…, sha256:…"
+    )
+    rm.add_argument("--blobs", action="store_true", help="also the layers and configs nothing else kept names")
+    rm.add_argument("--config", type=Path, help="the config file `mirror serve` uses")
+    for name, text in (("pin", "never evict these cached images"), ("unpin", "let these images be evicted again")):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("targets", nargs="+", metavar="IMAGE", help="alpine:3.19, ghcr.io/org/app@sha256:…")
+        command.add_argument("--config", type=Path, help="the config file `mirror serve` uses")
+
+
+def pin(args: argparse.Namespace, config: Config) -> int:
+    """`mirror pin` / `mirror unpin`."""
+    try:
+        done = pin_through_server_or_directory(config, args.targets, unpin=args.command == "unpin")
+    except RemovalError as exc:
+        print(f"mirror {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except PinError as exc:
+        print(f"mirror {args.command}: {exc}", file=sys.stderr)
+        return 1
+    for name in done:
+        print(f"{args.command}ned {name}")
+    return 0
+
+
+def pin_through_server_or_directory(config: Config, names: list[str], *, unpin: bool = False) -> list[str]:
+    """Pin or unpin images: through the running server, else in the cache directory; the names done."""
+    command = "unpin" if unpin else "pin"
+    targets = [parse_target(text) for text in names]
+    answer = _through_server(config, "/api/pin", {"targets": names, "unpin": unpin}, command)
+    if answer is not None:
+        return [str(name) for name in answer["unpinned" if unpin else "pinned"]]  # type: ignore[attr-defined]
+    if not CacheDirectory.exists(config.cache.directory):
+        raise PinError(f"no cache at {config.cache.directory}")
+    cache = CacheDirectory.open(config.cache.directory)
+    try:
+        if unpin:
+            return unpin_images(cache, targets)
+        return [made.name for made in pin_images(cache, targets, config.cache.max_size, [])]
+    finally:
+        cache.close()
+
+
+def remove(args: argparse.Namespace, config: Config) -> int:
+    try:
+        targets = [parse_target(text) for text in args.targets]
+    except RemovalError as exc:
+        print(f"mirror rm: {exc}", file=sys.stderr)
+        return 2
+    summary = _through_server(config, "/api/rm", {"targets": args.targets, "blobs": args.blobs}, "rm")
+    if summary is None:
+        if not CacheDirectory.exists(config.cache.directory):
+            print(f"mirror rm: no cache at {config.cache.directory}", file=sys.stderr)
+            return 1
+        cache = CacheDirectory.open(config.cache.directory)
+        try:
+            removal = plan_removal(cache, targets, args.blobs)
+            apply_to_directory(cache, removal)
+        finally:
+            cache.close()
+        summary = {"source": "directory", **removal.summary()}
+    for kind in ("tags", "manifests", "blobs"):
+        for item in summary[kind]:  # type: ignore[attr-defined]  # lists, from summary()
+            print(f"removed {kind[:-1]} {item}")
+    for text in summary["unknown"]:  # type: ignore[attr-defined]  # a list, from summary()
+        print(f"not cached: {text}", file=sys.stderr)
+    return 1 if summary["unknown"] and len(summary["unknown"]) == len(targets) else 0  # type: ignore[arg-type]
+
+
+def _through_server(config: Config, path: str, payload: dict[str, object], command: str) -> dict[str, object] | None:
+    """The server's answer, or None when no server answers at the config's address."""
+    scheme = "https" if config.server.tls_cert else "http"
+    user, _, password = os.environ.get(ADMIN_CREDENTIALS, "").partition(":")
+    try:
+        response = httpx.post(
+            f"{scheme}://{config.local_address}{path}",
+            json=payload,
+            auth=(user, password) if user else None,
+            timeout=60,
+            trust_env=False,
+            verify=False,  # our own server on this host, maybe with a certificate for another name
+        )
+    except httpx.TransportError:
+        return None
+    if response.status_code == 401:
+        raise SystemExit(f"mirror {command}: the server wants an admin login: set {ADMIN_CREDENTIALS}=user:password")
+    if response.status_code != 200:
+        try:
+            message = response.json()["errors"][0]["message"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            message = response.text[:300]
+        raise SystemExit(f"mirror {command}: {message}")
+    return {"source": "server", **response.json()}
