@@ -569,6 +569,16 @@ def goal_checks(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
                     e["client_MBps"] > d["client_MBps"] and e["ok"],
                 )
             )
+    s9 = r("9").get("mirror", {})
+    if s9.get("first_answer_s") is not None:
+        dropped = "" if s9.get("page_cache_dropped") else ", page cache not dropped"
+        goals.append(
+            (
+                f"start-up: first right answer with {s9['blobs']:,} cached blobs",
+                f"{s9['first_answer_s']:.2f} s (index ready at {s9['index_ready_s']:.1f} s{dropped})",
+                s9["first_answer_s"] <= s9["goal_s"] and s9["ok"],
+            )
+        )
     d4 = s4.get("drayage", {})
     if "req_per_s" in m4 and "req_per_s" in d4:
         goals.append(

@@ -20,6 +20,7 @@ from bench import h2load, nginx, procs, puller
 from bench.http import Client
 from bench.netns import Wan
 from bench.seed import Blob, Image
+from bench.startup import s9_startup
 
 MB = 1_000_000
 
@@ -555,4 +556,5 @@ SCENARIOS: dict[str, tuple[str, Callable[[Context], dict[str, Any]]]] = {
     "6": ("peak RSS, N clients on one cold huge blob", s6_rss),
     "7": ("cold time to first byte", s7_ttfb),
     "8": ("accelerated cold pull, one big layer behind a paced upstream", s8_accelerated),
+    "9": ("start-up with a large cache, page cache dropped", s9_startup),
 }
