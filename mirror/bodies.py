@@ -65,17 +65,18 @@ class CachedBody(BlobBody):
 
 
 class DownloadBody(BlobBody):
-    def __init__(self, download: Download, cache_status: str, stats: Stats) -> None:
+    def __init__(self, download: Download, cache_status: str, stats: Stats, *, shared_only: bool = False) -> None:
         self._download = download
         self.cache_status = cache_status  # MISS: this request started it; COALESCED: joined
         self._stats = stats
+        self._shared_only = shared_only  # for another replica: never a ranged request of its own
 
     async def size(self, wait: bool = False) -> int | None:
         return await self._download.wait_size() if wait else self._download.size
 
     async def iter_range(self, start: int, end: int | None) -> AsyncIterator[bytes | memoryview]:
         joined = self.cache_status == "COALESCED"  # bytes another client's download already fetched
-        async for chunk in self._download.iter_range(start, end):
+        async for chunk in self._download.iter_range(start, end, shared_only=self._shared_only):
             if joined:
                 self._stats.bytes_served_from_cache += len(chunk)
             yield chunk

@@ -13,6 +13,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import anyio.to_thread
+import httpx
 
 from mirror.cache.blobs import BlobStore
 from mirror.cache.directory import CacheDirectory
@@ -24,11 +25,14 @@ from mirror.cache.pins import Pin, PinError, check_budget, image_digests, load_p
 from mirror.cache.pins import pin as pin_images
 from mirror.cache.pins import unpin as unpin_images
 from mirror.cache.removal import Removal, RemovalError, Target, apply_to_index, parse_target, plan_removal
-from mirror.cache.tags import LocalTagStore
+from mirror.cache.tags import LocalTagStore, TagStore
 from mirror.config import Config, config_hash
-from mirror.proxy import Proxy
+from mirror.fleet.coordinator import Fleet
+from mirror.fleet.peers import FleetSource
+from mirror.fleet.tags import FleetTagStore
+from mirror.proxy import BlobSource, Proxy
 from mirror.registry.errors import NameUnknown, RegistryError
-from mirror.registry.reference import is_registry_host, parse_digest
+from mirror.registry.reference import Digest, is_registry_host, parse_digest
 from mirror.stats import Stats
 from mirror.traffic import Traffic
 from mirror.upstream import Upstream, anonymous_quota_warning
@@ -60,8 +64,16 @@ class Mirror:
         self.store = BlobStore(self.directory.layout, config.cache.max_size, self.stats, pin_max_age=keep)
         self.store.sweep()  # the index of blobs is built in the background (start): serving needs none
         self.manifests = ManifestCache(self.directory.metadata, self.store)
-        self.tags = LocalTagStore(self.directory.metadata)
+        self.local_tags = LocalTagStore(self.directory.metadata)
         self.inflight = InflightDownloads(self.store, self.stats)
+        self.fleet = Fleet(config.fleet, self._member_report) if config.fleet is not None else None
+        self.tags: TagStore = self.local_tags
+        if self.fleet is not None:
+            self.tags = FleetTagStore(self.local_tags, self.fleet)
+            self.inflight.on_finished = self.fleet.finished_digest
+            self.store.on_removed = self._dropped
+            self._peers = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=2.0), trust_env=False)
+            self._sources: dict[str, FleetSource] = {}
         self.kept_lists = KeptLists(self.directory.metadata)
         self.links = BlobLinks(self.directory.metadata)
         self.pins: list[Pin] = []
@@ -92,13 +104,50 @@ class Mirror:
         background: list[Coroutine[Any, Any, None]] = [self._index(), self.traffic.sample_forever(self.stats)]
         if self.config.cache.max_age is not None or self.config.cache.inventory_max_age is not None:
             background.append(self._expire_forever())
-        background += [keep_warm(self.proxy, self.upstream_for, entry) for entry in self.config.prefetch]
+        background += [
+            keep_warm(self.proxy, self.upstream_for, entry, self.blob_source) for entry in self.config.prefetch
+        ]
+        if self.fleet is not None:
+            background.append(self.fleet.heartbeat_forever(self._held))
         self._tasks = [asyncio.create_task(work) for work in background]
+
+    def blob_source(self, upstream: Upstream) -> BlobSource:
+        """Where an upstream's missing blobs come from: in a fleet, other replicas first."""
+        if self.fleet is None:
+            return upstream
+        source = self._sources.get(upstream.name)
+        if source is None:
+            counters = self.stats.upstream("fleet replicas")
+            source = self._sources[upstream.name] = FleetSource(upstream, self.fleet, self._peers, counters)
+        return source
+
+    def _held(self) -> list[str]:
+        """What this replica holds, for the fleet (once the start-up scan has listed it)."""
+        return self.store.digests() if self.store.scanned else []
+
+    def _dropped(self, digests: list[Digest]) -> None:
+        if self.fleet is not None:
+            task = asyncio.get_running_loop().create_task(self.fleet.dropped(str(d) for d in digests))
+            self._tasks.append(task)
+            self._tasks = [t for t in self._tasks if not t.done()]
+
+    def _member_report(self) -> dict[str, Any]:
+        hits = self.stats.manifest_hits + self.stats.blob_hits + self.stats.coalesced
+        misses = self.stats.manifest_misses + self.stats.blob_misses
+        return {
+            "blobs": self.store.count,
+            "bytes": self.store.total_bytes,
+            "max_size": self.config.cache.max_size,
+            "hit_ratio": round(hits / (hits + misses), 4) if hits + misses else None,
+            "requests": self.stats.requests,
+        }
 
     async def _index(self) -> None:
         await anyio.to_thread.run_sync(self.manifests.load_pins)
         await self.refresh_pins()
         await self.store.scan()
+        if self.fleet is not None:
+            await self.fleet.register(self.store.digests())  # a replica that rejoins says what it holds
         await self.store.evict_to_fit()
 
     async def refresh_pins(self) -> None:
@@ -135,6 +184,9 @@ class Mirror:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.inflight.close()
+        if self.fleet is not None:
+            await self.fleet.close()
+            await self._peers.aclose()
         for upstream in self.upstreams.values():
             await upstream.aclose()
         self.directory.close()
@@ -202,6 +254,16 @@ class Mirror:
         return removal
 
     def snapshot(self) -> dict[str, object]:
+        snapshot = self._snapshot()
+        if self.fleet is not None:
+            snapshot["fleet"] = {
+                "peer_url": self.fleet.me,
+                "redis": "up" if self.fleet.up else "down: on its own",
+                "last_error": self.fleet.last_error,
+            }
+        return snapshot
+
+    def _snapshot(self) -> dict[str, object]:
         return self.stats.snapshot(
             inflight=len(self.inflight),
             cached_blobs=self.store.count,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -18,12 +17,13 @@ from mirror.cache.downloads import BlobStream
 from mirror.cache.flights import SingleFlight
 from mirror.cache.inflight import InflightDownloads
 from mirror.cache.kept import KeptLists
-from mirror.cache.layout import TagEntry, referrers_key, taglist_key
+from mirror.cache.layout import TagEntry
 from mirror.cache.links import BlobLinks
 from mirror.cache.metadata import Manifest, ManifestCache, manifest_digest, same_answer
 from mirror.cache.passthrough import PassThrough
 from mirror.cache.tags import TagStore
 from mirror.link import Link
+from mirror.lists import ListAnswers
 from mirror.registry.errors import (
     DigestInvalid,
     ManifestUnknown,
@@ -32,14 +32,15 @@ from mirror.registry.errors import (
     TooManyRequests,
     UpstreamUnavailable,
 )
-from mirror.registry.mediatypes import ACCEPT_ALL, OCI_INDEX, accept_key, accepted_types, admits
-from mirror.registry.paging import lexical
+from mirror.registry.mediatypes import ACCEPT_ALL, accept_key, accepted_types, admits
 from mirror.registry.reference import Digest, parse_digest
-from mirror.registry.referrers import fallback_tag, index_descriptors, with_artifact_type
 from mirror.stats import Stats
 from mirror.upstream import Upstream
 
 log = logging.getLogger(__name__)
+
+# How long a replica waits for the answer another replica of the fleet is fetching.
+FLEET_WAIT = 5.0
 
 # Tags remembered as missing (each for negative_ttl), at most.
 MISSING_KEPT = 10_000
@@ -71,7 +72,7 @@ class BlobSource(Protocol):
     ) -> AbstractAsyncContextManager[BlobStream]: ...
 
 
-class Proxy:
+class Proxy(ListAnswers):
     def __init__(
         self,
         store: BlobStore,
@@ -202,10 +203,15 @@ class Proxy:
         entries = await self.tag_store.tag_entries(upstream.name, repository, tag, reload=True)
         entry = _answer_for(entries, accepted)
         if entry is not None and time.time() - entry.fetched_at < self.tag_ttl:
-            cached = await self.manifests.get(parse_digest(entry.digest))
+            cached = await self._held_or_shared(entry.digest)
             if cached is not None:
                 self.stats.manifest_hits += 1
                 return ManifestAnswer(cached, "HIT")
+        if not await self.tag_store.claim_refresh(upstream.name, repository, tag, self.tag_ttl):
+            # Another replica of the fleet asks the upstream for this tag: wait for its answer.
+            shared = await self._answer_from_fleet(upstream, repository, tag, accepted, entry)
+            if shared is not None:
+                return shared
         try:
             if entry is not None:
                 head = await upstream.head_manifest(repository, tag, accept)
@@ -253,6 +259,38 @@ class Proxy:
         await self._remember_tag(upstream, repository, tag, key, manifest)
         return ManifestAnswer(manifest, "MISS", upstream_headers=fetched.quota)
 
+    async def _answer_from_fleet(
+        self, upstream: Upstream, repository: str, tag: str, accepted: frozenset[str], old: TagEntry | None
+    ) -> ManifestAnswer | None:
+        """The answer another replica fetched (polled for FLEET_WAIT); the old one, STALE, when it
+        gives none in time; None when there is nothing to serve (then this replica asks itself)."""
+        deadline = time.monotonic() + FLEET_WAIT
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            entries = await self.tag_store.tag_entries(upstream.name, repository, tag, reload=True)
+            entry = _answer_for(entries, accepted)
+            if entry is not None and (old is None or entry.fetched_at > old.fetched_at):
+                cached = await self._held_or_shared(entry.digest)
+                if cached is not None:
+                    self.stats.manifest_hits += 1
+                    return ManifestAnswer(cached, "HIT")
+        if old is not None and (cached := await self.manifests.get(parse_digest(old.digest))) is not None:
+            self.stats.manifest_stale += 1
+            return ManifestAnswer(cached, "STALE", max(0.0, time.time() - old.fetched_at))
+        return None
+
+    async def _held_or_shared(self, digest: str) -> Manifest | None:
+        """A manifest from this cache, else as another replica of the fleet shared it (checked, then kept)."""
+        held = await self.manifests.get(parse_digest(digest))
+        if held is not None:
+            return held
+        shared = await self.tag_store.shared_manifest(digest)
+        if shared is None or manifest_digest(shared[1]) != digest:
+            return None
+        manifest = Manifest(digest, shared[0], shared[1])
+        await self.manifests.put(parse_digest(digest), manifest)
+        return manifest
+
     async def _remember_tag(
         self,
         upstream: Upstream,
@@ -263,6 +301,7 @@ class Proxy:
         fetched_at: float | None = None,
     ) -> None:
         entry = TagEntry(manifest.digest, manifest.media_type, time.time() if fetched_at is None else fetched_at)
+        await self.tag_store.share_manifest(manifest.digest, manifest.media_type, manifest.body)
         await self.tag_store.set_tag(upstream.name, repository, tag, key, entry)
 
     async def _stale_tag(
@@ -346,6 +385,20 @@ class Proxy:
         if self.store.size_now(digest) is not None or self.inflight.get(digest) is not None:
             await self._check_link(upstream, repository, digest, manifest=False)
 
+    async def local_blob(self, digest: Digest) -> BlobBody | None:
+        """For another replica: the blob if held, or the download fetching it joined; never a new download."""
+        opened = await self.store.open(digest)
+        if opened is not None:
+            return CachedBody(*opened, self.stats)
+        download = self.inflight.get(digest)
+        if download is None:
+            return None
+        try:
+            await asyncio.shield(download.ready)
+        except NoRoom:
+            return None
+        return DownloadBody(download, "COALESCED", self.stats, shared_only=True)
+
     async def blob_size(self, upstream: Upstream, repository: str, digest: Digest) -> int | None:
         """The size of a blob for HEAD, without downloading it."""
         stat = await self.store.stat(digest)
@@ -356,67 +409,6 @@ class Proxy:
         if download is not None and download.size is not None:
             return download.size
         return await upstream.head_blob(repository, digest)
-
-    # Tags
-
-    async def tag_list(self, upstream: Upstream, repository: str) -> tuple[str, ...]:
-        """A repository's whole tag list in the spec's order."""
-
-        async def fetch() -> list[str]:
-            return sorted(set(await upstream.all_tags(repository)), key=lexical)
-
-        return await self._kept(upstream, taglist_key(upstream.name, repository), fetch)
-
-    # Referrers
-
-    async def referrers(self, upstream: Upstream, repository: str, digest: Digest) -> tuple[dict[str, Any], ...]:
-        """The descriptors of what refers to `digest`: the upstream's referrers API, or else the
-        spec's fallback tag `<alg>-<hex>`; none only when the upstream has neither."""
-
-        async def fetch() -> list[dict[str, Any]]:
-            listed = await upstream.referrers(repository, digest)
-            if listed is not None:
-                return listed
-            try:
-                answer = await self.manifest(upstream, repository, fallback_tag(digest), [OCI_INDEX])
-            except ManifestUnknown:
-                return []
-            return await self._described(upstream, repository, index_descriptors(answer.manifest.body))
-
-        return await self._kept(upstream, referrers_key(upstream.name, repository, str(digest)), fetch)
-
-    async def _described(
-        self, upstream: Upstream, repository: str, descriptors: list[dict[str, Any]]
-    ) -> list[dict[str, Any]]:
-        """Fill in each descriptor's artifactType, as the spec requires, from the referrer's manifest."""
-        described = []
-        for descriptor in descriptors:
-            if "artifactType" not in descriptor:
-                answer = await self.manifest(upstream, repository, parse_digest(descriptor["digest"]), [ACCEPT_ALL])
-                descriptor = with_artifact_type(descriptor, answer.manifest.body)
-            described.append(descriptor)
-        return described
-
-    async def _kept(self, upstream: Upstream, key: str, fetch: Callable[[], Awaitable[list[Any]]]) -> tuple[Any, ...]:
-        """A list answer: kept for tag_ttl, one fetch at a time, served stale when the upstream fails."""
-        kept = self.kept_lists.get_in_memory(key)
-        if kept is not None and time.time() - kept.fetched_at < self.tag_ttl:
-            return kept.items
-
-        async def refresh() -> tuple[Any, ...]:
-            kept = await self.kept_lists.get(key)
-            if kept is not None and time.time() - kept.fetched_at < self.tag_ttl:
-                return kept.items
-            try:
-                items = await fetch()
-            except _FALLBACK_ERRORS as exc:
-                if kept is None:
-                    raise
-                log.warning("upstream %s failed (%s); serving the cached %s", upstream.name, exc.message, key)
-                return kept.items
-            return (await self.kept_lists.put(key, items)).items
-
-        return await self._list_fetches.run(key, refresh)
 
 
 def _answer_for(entries: dict[str, TagEntry], accepted: frozenset[str]) -> TagEntry | None:

@@ -186,6 +186,9 @@ def prometheus(snapshot: dict[str, object]) -> str:
     for name, value in snapshot.items():
         if name in UPSTREAM_TOTALS or name == "upstreams":
             continue  # rendered per upstream below
+        if name == "fleet" and isinstance(value, dict):
+            lines += ["# TYPE mirror_fleet_redis_up gauge", f"mirror_fleet_redis_up {int(value.get('redis') == 'up')}"]
+            continue
         metric = f"mirror_{name}"
         if name in _HELP:
             metric += "_total"

@@ -250,3 +250,28 @@ def test_config_command_shows_the_mirrors_masked(tmp_path: Path) -> None:
     assert printed["upstreams"]["docker.io"]["mirrors"] == [
         {"url": "https://regional.corp", "username": "edge", "password": "***"}
     ]
+
+
+def test_fleet_settings(tmp_path: Path) -> None:
+    secret = tmp_path / "fleet-secret"
+    secret.write_text("0123456789abcdef0123\n")
+    fleet = {"redis": "redis://:r3dis@redis.corp:6379/0", "peer_url": "http://m2:5000/", "secret_file": str(secret)}
+    config = from_dict({"fleet": fleet})
+    assert config.fleet is not None
+    assert (config.fleet.peer_url, config.fleet.secret, config.fleet.heartbeat) == (
+        "http://m2:5000",
+        "0123456789abcdef0123",
+        2.0,
+    )
+    assert "r3dis" not in repr(config.fleet) and "0123456789" not in repr(config.fleet)
+    assert from_dict({}).fleet is None
+    for bad, key in (
+        ({**fleet, "redis": "http://x"}, "fleet.redis"),
+        ({**fleet, "secret_file": None, "secret": "short"}, "fleet.secret"),
+        ({**fleet, "heartbeat": "5s", "lease_ttl": "10s"}, "fleet.lease_ttl"),
+        ({**fleet, "peer_url": "m2:5000"}, "fleet.peer_url"),
+    ):
+        data = {k: v for k, v in bad.items() if v is not None}
+        with pytest.raises(ConfigError) as error:
+            from_dict({"fleet": data})
+        assert error.value.key == key

@@ -18,7 +18,7 @@ LAYERS = [
     {"mirror.stats", "mirror.config"},
     {"mirror.traffic", "mirror.link", "mirror.logins"},
     {"mirror.cache", "mirror.upstream"},  # side by side: neither imports the other
-    {"mirror.bodies"},
+    {"mirror.bodies", "mirror.lists", "mirror.fleet"},  # lists: a mixin of the proxy's
     {"mirror.proxy"},
     {"mirror.warmer"},
     {"mirror.composition"},

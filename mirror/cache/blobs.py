@@ -14,7 +14,7 @@ import os
 import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from io import FileIO
 from pathlib import Path
 
@@ -62,10 +62,15 @@ class BlobStore:
         self.disk_margin = 64 * 1024 * 1024
         self.scanned = False  # the LRU index holds every file: until then, nothing is evicted
         self.forever: frozenset[str] = frozenset()  # pinned images' digests: never evicted
+        self.on_removed: Callable[[list[Digest]], None] | None = None  # evicted or removed (a fleet forgets them)
 
     @property
     def count(self) -> int:
         return len(self._lru)
+
+    def digests(self) -> list[str]:
+        """Every indexed blob's digest (the fleet registers them)."""
+        return [str(digest) for digest in self._lru]
 
     def path(self, digest: Digest) -> Path:
         return self.layout.blob_path(digest)
@@ -287,6 +292,8 @@ class BlobStore:
             await anyio.to_thread.run_sync(_unlink_all, [self.path(d) for d in victims])
         finally:
             self._evicting.difference_update(victims)
+        if self.on_removed is not None:
+            self.on_removed(victims)
         log.debug("evicted %d blobs", len(victims))
 
     async def remove(self, digests: list[Digest]) -> None:
@@ -295,6 +302,8 @@ class BlobStore:
             self._forget(digest)
             self._pinned.discard(digest)
         await anyio.to_thread.run_sync(_unlink_all, [self.path(d) for d in digests])
+        if self.on_removed is not None:
+            self.on_removed(digests)
 
     async def read(self, digest: Digest) -> bytes | None:
         """Read a small cached object (a manifest) whole."""

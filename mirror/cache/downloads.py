@@ -339,13 +339,15 @@ class Download:
 
     # Reading
 
-    async def iter_range(self, start: int, end: int | None) -> AsyncIterator[bytes]:
+    async def iter_range(self, start: int, end: int | None, *, shared_only: bool = False) -> AsyncIterator[bytes]:
         """Yield bytes [start, end) as they arrive; end None means to the end of the blob.
 
         A start far beyond where the download is gets its own ranged request, whose bytes
-        cannot be checked against the digest: see `_far`.
+        cannot be checked against the digest: see `_far`; not with `shared_only` (another
+        replica, which verifies what it gets, and must not cost the upstream the bytes twice).
         """
-        source = self._iter_direct(start, end) if self._far(start) else self._iter_shared(start, end)
+        direct = self._far(start) and not shared_only
+        source = self._iter_direct(start, end) if direct else self._iter_shared(start, end)
         async for chunk in source:
             yield chunk
 

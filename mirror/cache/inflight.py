@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from mirror.cache.blobs import BlobStore
 from mirror.cache.downloads import Download, OpenSource
@@ -18,6 +19,8 @@ class InflightDownloads:
         self.store = store
         self.stats = stats
         self._downloads: dict[Digest, Download] = {}
+        # Told when a download ends, and whether the blob was committed (a fleet says it holds it).
+        self.on_finished: Callable[[Digest, bool], Awaitable[None]] | None = None
 
     def __len__(self) -> int:
         return len(self._downloads)
@@ -34,6 +37,8 @@ class InflightDownloads:
                 await download.run(open_source)
             finally:
                 del self._downloads[digest]
+                if self.on_finished is not None and not (download.task and download.task.cancelled()):
+                    await self.on_finished(digest, download.ok)
 
         download.task = asyncio.create_task(run(), name=f"download {digest}")
         return download

@@ -31,6 +31,12 @@ class TagStore(Protocol):
 
     def forget_in_memory(self, upstream: str, repository: str, tag: str) -> None: ...
 
+    async def claim_refresh(self, upstream: str, repository: str, tag: str, seconds: float) -> bool: ...
+
+    async def share_manifest(self, digest: str, media_type: str, body: bytes) -> None: ...
+
+    async def shared_manifest(self, digest: str) -> tuple[str, bytes] | None: ...
+
 
 class LocalTagStore:
     """Tags in this cache's metadata index, the recent ones also in memory."""
@@ -66,6 +72,20 @@ class LocalTagStore:
     def forget_in_memory(self, upstream: str, repository: str, tag: str) -> None:
         """After `mirror rm` took the tag out of the index: not answered from memory either."""
         self._tags.pop((upstream, repository, tag), None)
+
+    def remember(self, upstream: str, repository: str, tag: str, entries: TagEntries) -> None:
+        """Answers learnt elsewhere (the fleet's), for the memory of this replica."""
+        self._tags[(upstream, repository, tag)] = entries
+
+    async def claim_refresh(self, upstream: str, repository: str, tag: str, seconds: float) -> bool:
+        """A replica on its own revalidates whenever a tag's answer is old."""
+        return True
+
+    async def share_manifest(self, digest: str, media_type: str, body: bytes) -> None:
+        """Nobody to share with."""
+
+    async def shared_manifest(self, digest: str) -> tuple[str, bytes] | None:
+        return None
 
     async def forget_tags_older_than(self, age: float, in_use: Callable[[str], bool]) -> int:
         """Drop tags nobody pulled for `age` seconds: not fetched, revalidated, nor served (`in_use(digest)`).

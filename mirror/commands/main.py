@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     ]:
         command = commands.add_parser(name, help=text)
         command.add_argument("--config", type=Path, help="the config file `mirror serve` uses")
+        if name == "stats":
+            command.add_argument("--fleet", action="store_true", help="every replica of the fleet, and its totals")
         if name == "config":
             command.add_argument(
                 "--check", type=Path, metavar="FILE", help="validate FILE (and the files it names) without running"
@@ -115,13 +117,42 @@ def list_cached(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def server_stats(config: Config) -> dict[str, object] | None:
+def server_stats(config: Config, scope: str | None = None) -> dict[str, object] | None:
     """The running server's /stats, or None when it does not answer."""
+    params = {"scope": scope} if scope else None
     try:
-        response = httpx.get(f"http://{config.local_address}/stats", timeout=2, trust_env=False)
+        response = httpx.get(f"http://{config.local_address}/stats", params=params, timeout=2, trust_env=False)
     except httpx.HTTPError:
         return None
     return {"source": "server", **response.json()} if response.status_code == 200 else None
+
+
+def fleet_table(config: Config) -> int:
+    """`mirror stats --fleet`: one line per replica, then the totals."""
+    values = server_stats(config, "fleet")
+    if values is None or values.get("scope") != "fleet":
+        print("mirror stats --fleet: no fleet here (no server answers, or it has no [fleet])", file=sys.stderr)
+        return 1
+    print(f"redis {values['redis']}")
+    rows = [["REPLICA", "BLOBS", "BYTES", "REQUESTS", "HIT RATIO"]]
+    for r in values["replicas"]:  # type: ignore[attr-defined]  # a list, from JSON
+        ratio = r.get("hit_ratio")
+        rows.append(
+            [
+                r["peer_url"],
+                str(r.get("blobs")),
+                str(r.get("bytes")),
+                str(r.get("requests")),
+                "-" if ratio is None else f"{ratio:.1%}",
+            ]
+        )
+    totals = values["totals"]
+    rows.append(["total", str(totals["blobs"]), str(totals["bytes"]), str(totals["requests"]), ""])  # type: ignore[index]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    sys.stdout.write(
+        "".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n" for row in rows)
+    )
+    return 0
 
 
 def maintain(command: str, config: Config) -> int:
@@ -260,4 +291,6 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "config":
         sys.stdout.write(render(config))
         return 0
+    if args.command == "stats" and args.fleet:
+        return fleet_table(config)
     return maintain(args.command, config)

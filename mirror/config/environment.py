@@ -24,6 +24,7 @@ ENV_KEYS = {
     "auth": ("htpasswd", "admin_htpasswd", "login_keys"),
     "cache": ("directory", "tag_ttl", "max_size", "max_age", "tag_max_age", "negative_ttl"),
     "log": ("format",),
+    "fleet": ("redis", "peer_url", "secret", "secret_file", "heartbeat", "lease_ttl"),
 }
 UPSTREAM_ENV_KEYS = (
     "url",

@@ -156,6 +156,20 @@ class UpstreamConfig:
 
 
 @dataclass(frozen=True)
+class FleetConfig:
+    """Replicas that coordinate through Redis: one upstream download per blob, fleet-wide."""
+
+    redis: str = field(repr=False)  # redis://host:6379/0 (may hold a password)
+    peer_url: str  # how the other replicas reach this one
+    secret: str = field(repr=False)  # authenticates replica-to-replica requests
+    heartbeat: float = 2.0  # a replica that misses three is gone
+    lease_ttl: float = 10.0  # a download's lease, renewed while it runs
+
+    def __repr__(self) -> str:
+        return f"FleetConfig(redis={mask_url(self.redis)!r}, peer_url={self.peer_url!r}, secret='***')"
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = ServerConfig()
     cache: CacheConfig = CacheConfig()
@@ -163,6 +177,7 @@ class Config:
     auth: AuthConfig = AuthConfig()
     prefetch: tuple[PrefetchConfig, ...] = ()
     pins: tuple[str, ...] = ()  # [[pin]] image = "…": never evicted, once cached
+    fleet: FleetConfig | None = None  # [fleet]: replicas coordinated through Redis
     upstreams: dict[str, UpstreamConfig] = field(
         default_factory=lambda: {DOCKER_HUB: UpstreamConfig(DOCKER_HUB, DOCKER_HUB_URL)}
     )

@@ -16,6 +16,7 @@ from mirror.config.model import (
     CacheConfig,
     Config,
     ConfigError,
+    FleetConfig,
     LogConfig,
     MirrorConfig,
     NamespaceCredential,
@@ -62,6 +63,27 @@ def _prefetch(root: Table) -> tuple[PrefetchConfig, ...]:
         table.finish()
         found.append(PrefetchConfig(image, None if "all" in platforms else tuple(platforms), refresh))
     return tuple(found)
+
+
+def _fleet(table: Table) -> FleetConfig | None:
+    """`[fleet]`: redis, peer_url, secret or secret_file; absent: a replica on its own."""
+    if not table.data:
+        return None
+    redis = table.get("redis", str)
+    if not redis or urlsplit(redis).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(table.key("redis"), f"expected redis://host:6379/0, got {redis!r}")
+    peer_url = table.get("peer_url", str)
+    if not peer_url or urlsplit(peer_url).scheme not in ("http", "https") or not urlsplit(peer_url).hostname:
+        raise ConfigError(table.key("peer_url"), "expected how the other replicas reach this one: http://host:port")
+    secret = secret_key(table, "secret")
+    if not secret or len(secret) < 16:
+        raise ConfigError(table.key("secret"), "expected a shared secret of 16 characters or more (or secret_file)")
+    heartbeat = parse_duration(table.raw("heartbeat", "2s"), table.key("heartbeat"))
+    lease_ttl = parse_duration(table.raw("lease_ttl", "10s"), table.key("lease_ttl"))
+    if heartbeat <= 0 or lease_ttl < 3 * heartbeat:
+        raise ConfigError(table.key("lease_ttl"), "expected heartbeat > 0 and lease_ttl at least three heartbeats")
+    table.finish()
+    return FleetConfig(redis, peer_url.rstrip("/"), secret, heartbeat, lease_ttl)
 
 
 def _pins(root: Table) -> tuple[str, ...]:
@@ -319,6 +341,7 @@ def from_dict(data: dict[str, Any], proxy_env: ProxyEnvironment | None = None) -
     upstreams_table.finish()
     prefetch = _prefetch(root)
     pins = _pins(root)
+    fleet = _fleet(root.table("fleet"))
     if default_upstream not in upstreams:
         raise ConfigError(server_table.key("default_upstream"), f"{default_upstream!r} is not a configured upstream")
     root.finish()
@@ -331,6 +354,7 @@ def from_dict(data: dict[str, Any], proxy_env: ProxyEnvironment | None = None) -
         auth=auth,
         prefetch=prefetch,
         pins=pins,
+        fleet=fleet,
         upstreams=upstreams,
         proxy_env=checked_proxy_env(proxy_env or ProxyEnvironment()),
     )

@@ -120,6 +120,20 @@ def render(config: Config) -> str:
     if shown:
         lines = [f"# {name}={value}" for name, value in shown.items()]
         parts.append("# From the environment; upstreams without `proxy` follow these:\n" + "\n".join(lines) + "\n")
+    if config.fleet is not None:
+        fleet = config.fleet
+        parts.append(
+            table(
+                "fleet",
+                {
+                    "redis": mask_url(fleet.redis),
+                    "peer_url": fleet.peer_url,
+                    "secret": "***",
+                    "heartbeat": fleet.heartbeat,
+                    "lease_ttl": fleet.lease_ttl,
+                },
+            )
+        )
     for image in config.pins:
         parts.append(table("[pin]", {"image": image}))
     for entry in config.prefetch:

@@ -25,14 +25,14 @@ from mirror.http.admin import admin_routes
 from mirror.http.dashboard import dashboard_routes
 from mirror.http.drain import CountRequests, Drain, readiness_route
 from mirror.http.fastpath import WarmManifests
+from mirror.http.fleet import fleet_routes, stats_of
 from mirror.http.responses import (
     API_VERSION_HEADER,
-    BlobResponse,
     blob_headers,
     error_response,
     json_body,
     manifest_headers,
-    parse_range,
+    serve_blob,
 )
 from mirror.link import is_background
 from mirror.proxy import ManifestAnswer
@@ -167,23 +167,8 @@ async def _blob(request: Request, mirror: Mirror, upstream: Upstream, repository
         size = await mirror.proxy.blob_size(upstream, repository, digest)
         return Response(b"", headers={API_VERSION_HEADER[0]: API_VERSION_HEADER[1], **blob_headers(str(digest), size)})
     background = is_background(request.headers.get("priority"))  # `mirror prefetch`
-    body = await mirror.proxy.blob(upstream, repository, digest, background=background)
-    try:
-        range_header = request.headers.get("range") if body.ranged else None
-        # Without a Range the bytes can start before the size is known (chunked); with one, wait for it.
-        total = await body.size(wait=range_header is not None)
-        headers = {API_VERSION_HEADER[0]: API_VERSION_HEADER[1], **blob_headers(str(digest), total)}
-        headers["X-Cache"] = body.cache_status
-        start, end, status = 0, total, 200
-        byte_range = parse_range(range_header, total) if total is not None else None
-    except BaseException:
-        await body.aclose()  # a 416, or a download that failed before its size was known
-        raise
-    if byte_range is not None:
-        (start, end), status = byte_range, 206
-        headers["Content-Range"] = f"bytes {start}-{end - 1}/{total}"
-        headers["Content-Length"] = str(end - start)
-    return BlobResponse(body.iter_range(start, end), status, headers, str(digest), cleanup=body.aclose)
+    body = await mirror.proxy.blob(mirror.blob_source(upstream), repository, digest, background=background)
+    return await serve_blob(request, body, digest)
 
 
 async def catalog_route(request: Request) -> Response:
@@ -208,7 +193,7 @@ async def catalog_route(request: Request) -> Response:
 
 
 async def stats_route(request: Request) -> Response:
-    return JSONResponse(_mirror(request).snapshot())
+    return await stats_of(_mirror(request), request.query_params.get("scope"))
 
 
 async def metrics_route(request: Request) -> Response:
@@ -276,6 +261,7 @@ def create_app(mirror: Mirror, drain: Drain | None = None) -> Starlette:
         Route("/healthz", healthz),
         readiness_route(drain),
         *admin_routes(),
+        *fleet_routes(),
         Route("/api/images", images_route),
         Route("/api/images/{repository:path}", images_route),
         *dashboard_routes(mirror),

@@ -6,11 +6,14 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from mirror.bodies import BlobBody
 from mirror.cache.metadata import Manifest
 from mirror.registry.errors import DownloadFailed, RangeInvalid, RegistryError
+from mirror.registry.reference import Digest
 
 log = logging.getLogger(__name__)
 
@@ -129,3 +132,23 @@ class BlobResponse(StreamingResponse):
             log.warning("cutting off the response for %s: %s", self.digest, exc.message)
             return
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def serve_blob(request: Request, body: BlobBody, digest: Digest) -> Response:
+    """A blob's response, whole or the Range asked for, from whatever body the proxy gave."""
+    try:
+        range_header = request.headers.get("range") if body.ranged else None
+        # Without a Range the bytes can start before the size is known (chunked); with one, wait for it.
+        total = await body.size(wait=range_header is not None)
+        headers = {API_VERSION_HEADER[0]: API_VERSION_HEADER[1], **blob_headers(str(digest), total)}
+        headers["X-Cache"] = body.cache_status
+        start, end, status = 0, total, 200
+        byte_range = parse_range(range_header, total) if total is not None else None
+    except BaseException:
+        await body.aclose()  # a 416, or a download that failed before its size was known
+        raise
+    if byte_range is not None:
+        (start, end), status = byte_range, 206
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{total}"
+        headers["Content-Length"] = str(end - start)
+    return BlobResponse(body.iter_range(start, end), status, headers, str(digest), cleanup=body.aclose)

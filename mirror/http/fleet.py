@@ -1,0 +1,58 @@
+"""The fleet's routes: replica-to-replica blobs (`/_fleet/blobs/<digest>`, the fleet secret), and
+`/stats?scope=fleet`."""
+
+from __future__ import annotations
+
+import hmac
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from mirror.composition import Mirror
+from mirror.fleet.peers import PEER_PATH, SECRET_HEADER
+from mirror.http.responses import serve_blob
+from mirror.registry.errors import BlobUnknown, Denied, NotFound
+from mirror.registry.reference import parse_digest
+
+
+async def peer_blob(request: Request) -> Response:
+    """A blob this replica holds, or is downloading, for another replica; never a new download."""
+    mirror: Mirror = request.app.state.mirror
+    if mirror.fleet is None:
+        raise NotFound("this mirror is not in a fleet")
+    given = request.headers.get(SECRET_HEADER, "")
+    if not hmac.compare_digest(given.encode(), mirror.fleet.secret.encode()):
+        raise Denied("replica-to-replica requests need the fleet's secret")
+    digest = parse_digest(request.path_params["digest"])
+    body = await mirror.proxy.local_blob(digest)
+    if body is None:
+        raise BlobUnknown(detail={"digest": str(digest)})
+    return await serve_blob(request, body, digest)
+
+
+async def fleet_stats(mirror: Mirror) -> dict[str, object]:
+    """Every live replica's record, and the fleet's totals."""
+    assert mirror.fleet is not None
+    replicas = sorted(await mirror.fleet.members(), key=lambda member: str(member.get("peer_url")))
+    return {
+        "scope": "fleet",
+        "redis": "up" if mirror.fleet.up else "down",
+        "replicas": replicas,
+        "totals": {
+            "replicas": len(replicas),
+            "blobs": sum(int(r.get("blobs") or 0) for r in replicas),
+            "bytes": sum(int(r.get("bytes") or 0) for r in replicas),
+            "requests": sum(int(r.get("requests") or 0) for r in replicas),
+        },
+    }
+
+
+async def stats_of(mirror: Mirror, scope: str | None) -> JSONResponse:
+    if scope == "fleet" and mirror.fleet is not None:
+        return JSONResponse(await fleet_stats(mirror))
+    return JSONResponse(mirror.snapshot())
+
+
+def fleet_routes() -> list[Route]:
+    return [Route(PEER_PATH + "{digest}", peer_blob, methods=["GET", "HEAD"])]

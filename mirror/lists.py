@@ -1,0 +1,98 @@
+"""Answers that are lists: a repository's tags and a digest's referrers, kept whole for tag_ttl."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from mirror.cache.flights import SingleFlight
+from mirror.cache.kept import KeptLists
+from mirror.cache.layout import referrers_key, taglist_key
+from mirror.registry.errors import ManifestUnknown, TooManyRequests, UpstreamUnavailable
+from mirror.registry.mediatypes import ACCEPT_ALL, OCI_INDEX
+from mirror.registry.paging import lexical
+from mirror.registry.reference import Digest, parse_digest
+from mirror.registry.referrers import fallback_tag, index_descriptors, with_artifact_type
+from mirror.upstream import Upstream
+
+if TYPE_CHECKING:
+    from mirror.proxy import ManifestAnswer
+
+log = logging.getLogger(__name__)
+
+# Upstream failures after which a kept list is served rather than the error.
+_FALLBACK_ERRORS = (UpstreamUnavailable, TooManyRequests)
+
+
+class ListAnswers:
+    """Tag lists and referrers for the proxy (a mixin: `manifest` is the proxy's)."""
+
+    kept_lists: KeptLists
+    tag_ttl: float
+    _list_fetches: SingleFlight[str, tuple[Any, ...]]
+
+    async def manifest(
+        self, upstream: Upstream, repository: str, reference: str | Digest, accept: list[str]
+    ) -> ManifestAnswer:
+        raise NotImplementedError  # the proxy's
+
+    async def tag_list(self, upstream: Upstream, repository: str) -> tuple[str, ...]:
+        """A repository's whole tag list in the spec's order."""
+
+        async def fetch() -> list[str]:
+            return sorted(set(await upstream.all_tags(repository)), key=lexical)
+
+        return await self._kept(upstream, taglist_key(upstream.name, repository), fetch)
+
+    # Referrers
+
+    async def referrers(self, upstream: Upstream, repository: str, digest: Digest) -> tuple[dict[str, Any], ...]:
+        """The descriptors of what refers to `digest`: the upstream's referrers API, or else the
+        spec's fallback tag `<alg>-<hex>`; none only when the upstream has neither."""
+
+        async def fetch() -> list[dict[str, Any]]:
+            listed = await upstream.referrers(repository, digest)
+            if listed is not None:
+                return listed
+            try:
+                answer = await self.manifest(upstream, repository, fallback_tag(digest), [OCI_INDEX])
+            except ManifestUnknown:
+                return []
+            return await self._described(upstream, repository, index_descriptors(answer.manifest.body))
+
+        return await self._kept(upstream, referrers_key(upstream.name, repository, str(digest)), fetch)
+
+    async def _described(
+        self, upstream: Upstream, repository: str, descriptors: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Fill in each descriptor's artifactType, as the spec requires, from the referrer's manifest."""
+        described = []
+        for descriptor in descriptors:
+            if "artifactType" not in descriptor:
+                answer = await self.manifest(upstream, repository, parse_digest(descriptor["digest"]), [ACCEPT_ALL])
+                descriptor = with_artifact_type(descriptor, answer.manifest.body)
+            described.append(descriptor)
+        return described
+
+    async def _kept(self, upstream: Upstream, key: str, fetch: Callable[[], Awaitable[list[Any]]]) -> tuple[Any, ...]:
+        """A list answer: kept for tag_ttl, one fetch at a time, served stale when the upstream fails."""
+        kept = self.kept_lists.get_in_memory(key)
+        if kept is not None and time.time() - kept.fetched_at < self.tag_ttl:
+            return kept.items
+
+        async def refresh() -> tuple[Any, ...]:
+            kept = await self.kept_lists.get(key)
+            if kept is not None and time.time() - kept.fetched_at < self.tag_ttl:
+                return kept.items
+            try:
+                items = await fetch()
+            except _FALLBACK_ERRORS as exc:
+                if kept is None:
+                    raise
+                log.warning("upstream %s failed (%s); serving the cached %s", upstream.name, exc.message, key)
+                return kept.items
+            return (await self.kept_lists.put(key, items)).items
+
+        return await self._list_fetches.run(key, refresh)

@@ -1,0 +1,146 @@
+"""Real parts for the fleet's tests: Debian's redis-server and haproxy in the foreground, stopped
+by PID; replicas as `mirror serve` processes; a client that pulls as Docker does (retrying a cut
+blob with Range, through the balancer)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from support import ALL_MANIFESTS, Image, MirrorProcess, free_port, start_server, stop_process
+
+HAPROXY_CONFIG = Path(__file__).parent.parent / "deploy" / "haproxy.cfg"
+SECRET = "fleet-secret-for-the-tests-0123"
+
+
+def need(binary: str) -> str:
+    path = shutil.which(binary) or next(
+        (p for p in (f"/usr/sbin/{binary}", f"/usr/bin/{binary}") if Path(p).exists()), None
+    )
+    if path is None:
+        pytest.fail(f"{binary} is missing (scripts/install-deps test installs it)")
+    return path
+
+
+@dataclass
+class RedisServer:
+    root: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.root.mkdir(parents=True, exist_ok=True)
+        argv = [need("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        argv += ["--appendonly", "no", "--dir", str(self.root), "--daemonize", "no"]
+        self.process = start_server(argv, self.root / "redis.log", self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+            self.process = None
+
+
+@dataclass
+class HAProxy:
+    """haproxy with the shipped configuration, its servers replaced by the replicas."""
+
+    root: Path
+    replicas: list[MirrorProcess]
+    round_robin: bool = False
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def config(self) -> str:
+        text = HAPROXY_CONFIG.read_text().replace("bind :5000", f"bind 127.0.0.1:{self.port}")
+        servers = "".join(f"    server mirror-{n} 127.0.0.1:{r.port}\n" for n, r in enumerate(self.replicas, 1))
+        text = re.sub(r"(    server mirror-\d+ [^\n]+\n)+", servers, text)
+        if self.round_robin:  # a balancer that knows nothing of digests: round robin, DNS, a Service
+            text = re.sub(r"    balance [^\n]+\n    hash-type consistent\n", "    balance roundrobin\n", text)
+        return text
+
+    def start(self) -> HAProxy:
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / "haproxy.cfg"
+        path.write_text(self.config())
+        self.process = start_server([need("haproxy"), "-db", "-f", str(path)], self.root / "haproxy.log", self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+            self.process = None
+
+
+def replica(root: Path, upstream_url: str, redis: RedisServer, *, extra: str = "") -> MirrorProcess:
+    mirror = MirrorProcess(root, {"docker.io": upstream_url})
+    mirror.extra_config = (
+        f'{extra}\n[fleet]\nredis = "{redis.url}"\npeer_url = "http://127.0.0.1:{mirror.port}"\n'
+        f'secret = "{SECRET}"\nheartbeat = "0.5s"\nlease_ttl = "2s"\n'
+    )
+    return mirror
+
+
+def wait_members(replicas: list[MirrorProcess], count: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = [len(httpx.get(f"{r.url}/stats", params={"scope": "fleet"}).json()["replicas"]) for r in replicas]
+        if all(n == count for n in seen):
+            return
+        assert time.monotonic() < deadline, f"replicas see {seen} members, not {count}"
+        time.sleep(0.2)
+
+
+def pull(base_url: str, image: Image, attempts: int = 20) -> bool:
+    """Manifest, then every blob, each hashed; a cut blob is resumed with Range, as Docker does."""
+    accept = {"Accept": ", ".join(ALL_MANIFESTS)}
+    with httpx.Client(base_url=base_url, timeout=60) as client:
+        for attempt in range(attempts):
+            try:
+                answer = client.get(f"/v2/{image.repository}/manifests/{image.tag}", headers=accept)
+                if answer.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2 * (attempt + 1))
+        else:
+            return False
+        for digest, data in image.all_blobs().items():
+            if not _blob(client, image.repository, digest, data, attempts):
+                return False
+    return True
+
+
+def _blob(client: httpx.Client, repository: str, digest: str, data: bytes, attempts: int) -> bool:
+    received = bytearray()
+    for attempt in range(attempts):
+        headers = {"Range": f"bytes={len(received)}-"} if received else {}
+        try:
+            with client.stream("GET", f"/v2/{repository}/blobs/{digest}", headers=headers) as response:
+                if response.status_code not in (200, 206):
+                    raise httpx.HTTPError(f"answered {response.status_code}")
+                if response.status_code == 200:
+                    received.clear()
+                for chunk in response.iter_bytes():
+                    received += chunk
+            if len(received) == len(data):
+                return "sha256:" + hashlib.sha256(received).hexdigest() == digest
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2 * (attempt + 1))
+    return False

@@ -1,0 +1,213 @@
+"""A fleet of replicas coordinated through Redis, behind HAProxy: one upstream download per blob.
+
+Real parts: Debian's redis-server and haproxy, mirror processes as replicas, nginx in front of
+the real registry (it logs the body bytes the upstream served, per request).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from fleet_parts import SECRET, HAProxy, RedisServer, pull, replica, wait_members
+from pacing import PacedUpstream
+from support import ALL_MANIFESTS, Image, MirrorProcess, Pusher, Registry
+
+from mirror.cache.layout import CacheLayout
+from mirror.registry.reference import parse_digest
+
+
+@dataclass
+class Origin:
+    registry: Registry
+    images: list[Image]
+
+
+@pytest.fixture(scope="module")
+def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Origin]:
+    registry = Registry(tmp_path_factory.mktemp("fleet-origin")).start()
+    try:
+        with Pusher(registry.url) as pusher:
+            images = [pusher.image(f"library/fleet{n}", "1", [3 << 20, 1 << 20, 4096], seed=300 + n) for n in range(4)]
+        yield Origin(registry, images)
+    finally:
+        registry.stop()
+
+
+@dataclass
+class Fleet:
+    redis: RedisServer
+    upstream: PacedUpstream
+    replicas: list[MirrorProcess]
+    balancer: HAProxy
+
+    def stop(self) -> None:
+        self.balancer.stop()
+        for mirror in self.replicas:
+            mirror.stop()
+        self.upstream.stop()
+        self.redis.stop()
+
+
+def start_fleet(
+    root: Path, origin: Origin, *, round_robin: bool, rate: str = "0", count: int = 3, cache: str = ""
+) -> Fleet:
+    redis = RedisServer(root / "redis").start()
+    upstream = PacedUpstream(origin.registry, root / "nginx", rate=rate).start()
+    replicas = [replica(root / f"replica-{n}", upstream.url, redis, extra=cache) for n in range(count)]
+    balancer = HAProxy(root / "haproxy", replicas, round_robin=round_robin)
+    fleet = Fleet(redis, upstream, replicas, balancer)
+    try:
+        for mirror in replicas:
+            mirror.start()
+        wait_members(replicas, count)
+        balancer.start()
+    except BaseException:
+        fleet.stop()
+        raise
+    return fleet
+
+
+def upstream_bytes(upstream: PacedUpstream, images: list[Image]) -> tuple[int, int]:
+    """(blob body bytes the upstream served, one copy of the images' blobs)."""
+    digests = {d for image in images for d in image.all_blobs()}
+    served = sum(upstream.body_bytes(digest) for digest in digests)
+    return served, sum(len(data) for image in images for data in image.all_blobs().values())
+
+
+def pull_all(url: str, images: list[Image], clients: int) -> list[bool]:
+    jobs = [images[n % len(images)] for n in range(clients)]
+    with ThreadPoolExecutor(clients) as pool:
+        return list(pool.map(lambda image: pull(url, image), jobs))
+
+
+def held_by(fleet: Fleet, digest: str) -> list[int]:
+    return [
+        n for n, r in enumerate(fleet.replicas) if CacheLayout(r.cache_dir).blob_path(parse_digest(digest)).exists()
+    ]
+
+
+def test_round_robin_32_cold_clients_one_download_per_blob(origin: Origin, tmp_path: Path) -> None:
+    fleet = start_fleet(tmp_path, origin, round_robin=True)
+    try:
+        assert all(pull_all(fleet.balancer.url, origin.images, 32))
+        for mirror in fleet.replicas:
+            mirror.wait_idle()
+        served, one_copy = upstream_bytes(fleet.upstream, origin.images)
+        print(f"round robin, 32 cold clients: upstream {served / one_copy:.2f}× the images")
+        assert served == one_copy, "each blob once from the upstream, whatever replica asked"
+        for image in origin.images:
+            for digest in image.all_blobs():
+                for n in held_by(fleet, digest):
+                    path = CacheLayout(fleet.replicas[n].cache_dir).blob_path(parse_digest(digest))
+                    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest.split(":")[1]
+        spread = [len(held_by(fleet, d)) for image in origin.images for d in image.blobs]
+        assert max(spread) > 1, "popular blobs spread over several replicas"
+    finally:
+        fleet.stop()
+
+
+def test_digest_hashing_keeps_one_copy_in_the_fleet(origin: Origin, tmp_path: Path) -> None:
+    fleet = start_fleet(tmp_path, origin, round_robin=False)
+    try:
+        assert all(pull_all(fleet.balancer.url, origin.images, 16))
+        for mirror in fleet.replicas:
+            mirror.wait_idle()
+        for image in origin.images:
+            for digest in image.blobs:
+                assert len(held_by(fleet, digest)) == 1, digest
+        stored = sum(r.stats()["cached_bytes"] for r in fleet.replicas)
+        manifests = sum(len(image.manifest) for image in origin.images)
+        _, one_copy = upstream_bytes(fleet.upstream, origin.images)
+        assert stored - manifests * len(fleet.replicas) <= one_copy, "the disks add up to one copy"
+    finally:
+        fleet.stop()
+
+
+def test_a_replica_killed_mid_pull_and_its_rejoin(origin: Origin, tmp_path: Path) -> None:
+    """32 cold clients on one image, and a replica SIGKILLed mid-download."""
+    fleet = start_fleet(tmp_path, origin, round_robin=True, rate="2m")
+    image = origin.images[0]
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            pulls = pool.submit(pull_all, fleet.balancer.url, [image], 32)
+            time.sleep(1.0)
+            fleet.replicas[0].kill()
+            assert all(pulls.result()), "every pull completes: retried through the balancer"
+        for mirror in fleet.replicas[1:]:
+            mirror.wait_idle()
+        served, one_copy = upstream_bytes(fleet.upstream, [image])
+        largest = max(len(data) for data in image.all_blobs().values())
+        print(f"replica killed: upstream {served:,} bytes for {one_copy:,} ({served / one_copy:.2f}×)")
+        assert served <= one_copy + largest
+        fleet.replicas[0].start()  # rejoins: registers what it holds
+        wait_members(fleet.replicas, 3)
+        mark = len(fleet.upstream.requests())
+        assert all(pull_all(fleet.balancer.url, [image], 16))
+        after = [r for r in fleet.upstream.requests()[mark:] if "/blobs/" in r.uri]
+        assert sum(r.body_bytes for r in after) == 0, "a rejoined replica costs no upstream bytes"
+    finally:
+        fleet.stop()
+
+
+def test_redis_down_and_back(origin: Origin, tmp_path: Path) -> None:
+    fleet = start_fleet(tmp_path, origin, round_robin=True)
+    try:
+        fleet.redis.stop()
+        assert all(pull_all(fleet.balancer.url, origin.images[:1], 4)), "pulls go on without Redis"
+        health = fleet.replicas[0].stats()["fleet"]
+        assert health["redis"].startswith("down")
+        fleet.redis.start()  # empty: the replicas register again
+        wait_members(fleet.replicas, 3)
+        for mirror in fleet.replicas:
+            mirror.wait_idle()
+        mark = len(fleet.upstream.requests())
+        assert all(pull_all(fleet.balancer.url, origin.images[1:], 16))
+        for mirror in fleet.replicas:
+            mirror.wait_idle()
+        digests = {d for image in origin.images[1:] for d in image.all_blobs()}
+        gets = [r for r in fleet.upstream.requests()[mark:] if r.uri.rsplit("/", 1)[-1] in digests]
+        one_copy = sum(len(data) for image in origin.images[1:] for data in image.all_blobs().values())
+        assert sum(r.body_bytes for r in gets) == one_copy, "1.00× again once Redis is back"
+    finally:
+        fleet.stop()
+
+
+def test_tags_revalidated_once_per_ttl_for_the_whole_fleet(origin: Origin, tmp_path: Path) -> None:
+    fleet = start_fleet(tmp_path, origin, round_robin=True, cache='tag_ttl = "2s"')
+    try:
+        image = origin.images[0]
+        url = f"/v2/{image.repository}/manifests/{image.tag}"
+        mark = len(fleet.upstream.requests())
+        started = time.monotonic()
+        with httpx.Client(base_url=fleet.balancer.url) as client:
+            while time.monotonic() - started < 10:
+                assert client.get(url, headers={"Accept": ", ".join(ALL_MANIFESTS)}).status_code == 200
+                time.sleep(0.01)
+        asked = [r for r in fleet.upstream.requests()[mark:] if "/manifests/" in r.uri]
+        print(f"tags: {len(asked)} upstream manifest requests in 10 s with tag_ttl 2s over 3 replicas")
+        assert len(asked) <= 10 / 2 + 2
+    finally:
+        fleet.stop()
+
+
+def test_a_replica_request_without_the_secret_is_refused(origin: Origin, tmp_path: Path) -> None:
+    fleet = start_fleet(tmp_path, origin, round_robin=True, count=2)
+    try:
+        image = origin.images[0]
+        assert pull(fleet.replicas[0].url, image)
+        fleet.replicas[0].wait_idle()
+        digest = next(iter(image.blobs))
+        path = f"{fleet.replicas[0].url}/_fleet/blobs/{digest}"
+        assert httpx.get(path).status_code == 403
+        assert httpx.get(path, headers={"X-Mirror-Fleet-Secret": "wrong"}).status_code == 403
+        good = httpx.get(path, headers={"X-Mirror-Fleet-Secret": SECRET})
+        assert good.status_code == 200 and good.content == image.blobs[digest]
+    finally:
+        fleet.stop()
