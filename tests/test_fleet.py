@@ -7,6 +7,8 @@ the real registry (it logs the body bytes the upstream served, per request).
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -109,6 +111,28 @@ def test_round_robin_32_cold_clients_one_download_per_blob(origin: Origin, tmp_p
                     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest.split(":")[1]
         spread = [len(held_by(fleet, d)) for image in origin.images for d in image.blobs]
         assert max(spread) > 1, "popular blobs spread over several replicas"
+        # Every replica, and the fleet's totals: /stats?scope=fleet, the dashboard, mirror stats --fleet.
+        time.sleep(1.0)  # a heartbeat after the pulls
+        seen = httpx.get(f"{fleet.replicas[0].url}/stats", params={"scope": "fleet"}).json()
+        assert seen["redis"] == "up" and seen["totals"]["replicas"] == 3
+        assert seen["totals"]["blobs"] == sum(r.stats()["cached_blobs"] for r in fleet.replicas)
+        assert httpx.get(f"{fleet.replicas[1].url}/api/dashboard").json()["fleet"]["totals"]["replicas"] == 3
+        table = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mirror",
+                "stats",
+                "--fleet",
+                "--config",
+                str(fleet.replicas[2].root / "config.toml"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert table.returncode == 0 and table.stdout.startswith("redis up"), table.stderr
+        assert all(r.url in table.stdout for r in fleet.replicas)
     finally:
         fleet.stop()
 

@@ -17,6 +17,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from mirror.composition import Mirror
+from mirror.http.fleet import fleet_stats
 from mirror.registry.errors import NotFound
 from mirror.traffic import SAMPLE_INTERVAL, hits_and_misses
 from mirror.upstream import Upstream, anonymous_quota_warning
@@ -122,7 +123,10 @@ def payload(mirror: Mirror) -> dict[str, Any]:
 
 def dashboard_routes(mirror: Mirror) -> list[Route]:
     async def api_route(request: Request) -> Response:
-        return JSONResponse(payload(mirror), headers={"Cache-Control": "no-store"})
+        data = payload(mirror)
+        if mirror.fleet is not None:
+            data["fleet"] = await fleet_stats(mirror)  # every replica, from Redis
+        return JSONResponse(data, headers={"Cache-Control": "no-store"})
 
     return [
         Route("/", page_route),

@@ -288,6 +288,30 @@ function renderWarnings(warnings) {
   $("warnings").hidden = warnings.length === 0;
 }
 
+function renderFleet(fleet) {
+  $("fleet-card").hidden = !fleet;
+  if (!fleet) return;
+  const redis = $("fleet-redis");
+  redis.textContent = "redis " + fleet.redis;
+  redis.className = "pill " + (fleet.redis === "up" ? "pill-ok" : "pill-down");
+  const rows = fleet.replicas.map((r) => {
+    const tr = el("tr");
+    tr.appendChild(el("td", "mono", r.peer_url));
+    tr.appendChild(el("td", "num", count(r.blobs || 0)));
+    tr.appendChild(el("td", "num", bytes(r.bytes || 0)));
+    tr.appendChild(el("td", "num", count(r.requests || 0)));
+    tr.appendChild(el("td", "num", r.hit_ratio === null || r.hit_ratio === undefined ? "–" : percent(r.hit_ratio)));
+    return tr;
+  });
+  const total = el("tr", "total");
+  total.appendChild(el("td", "", `${fleet.totals.replicas} replicas`));
+  total.appendChild(el("td", "num", count(fleet.totals.blobs)));
+  total.appendChild(el("td", "num", bytes(fleet.totals.bytes)));
+  total.appendChild(el("td", "num", count(fleet.totals.requests)));
+  total.appendChild(el("td", "num", ""));
+  $("fleet").tBodies[0].replaceChildren(...rows, total);
+}
+
 function render(data) {
   renderWarnings(data.warnings);
   renderKpis(data);
@@ -295,6 +319,7 @@ function render(data) {
   renderRepositories(data.top_repositories);
   renderInflight(data.inflight);
   renderUpstreams(data.upstreams, data.now);
+  renderFleet(data.fleet);
   const state = $("state");
   state.textContent = "live";
   state.className = "pill pill-ok";
