@@ -10,6 +10,7 @@ one stays in force.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from collections.abc import Callable
@@ -39,6 +40,7 @@ class Reloader:
         self.answers = answers
         self.remembered = remembered  # the protocol's questions, asked under the old config
         self.tls = tls
+        self._pins: asyncio.Task[None] | None = None
 
     def reload(self) -> bool:
         old = self.mirror.config
@@ -50,6 +52,7 @@ class Reloader:
             log.error("SIGHUP: the new config is refused, the old one stays in force: %s", exc)
             return False
         restart = self.mirror.apply(config)
+        self._pins = asyncio.get_running_loop().create_task(self.mirror.refresh_pins())  # [[pin]] may have changed
         self.access.take(settings)
         self.answers.configure(config.auth)
         self.remembered.clear()
