@@ -13,8 +13,8 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from io import FileIO
 
-from mirror.cache.blobs import iter_file
 from mirror.cache.downloads import Download
+from mirror.cache.files import iter_file
 from mirror.cache.passthrough import PassThrough
 from mirror.stats import Stats
 

@@ -77,6 +77,7 @@ class Mirror:
         self.kept_lists = KeptLists(self.directory.metadata)
         self.links = BlobLinks(self.directory.metadata)
         self.pins: list[Pin] = []
+        self.index_ready = False
         self.proxy = Proxy(
             self.store,
             self.manifests,
@@ -149,6 +150,7 @@ class Mirror:
         if self.fleet is not None:
             await self.fleet.register(self.store.digests())  # a replica that rejoins says what it holds
         await self.store.evict_to_fit()
+        self.index_ready = True  # indexed, and max_size enforced on what a restart found
 
     async def refresh_pins(self) -> None:
         """What is never evicted: the pins in the index, and `[[pin]]` images that are cached."""
@@ -269,7 +271,7 @@ class Mirror:
             cached_blobs=self.store.count,
             cached_bytes=self.store.total_bytes,
             max_size=self.config.cache.max_size,
-            index_ready=self.store.scanned,
+            index_ready=self.index_ready,
         )
 
     def _manifest_used_within(self, age: float) -> Callable[[str], bool]:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from mirror.cache.flights import SingleFlight
 from mirror.cache.kept import KeptLists
 from mirror.cache.layout import referrers_key, taglist_key
+from mirror.cache.metadata import Manifest
 from mirror.registry.errors import ManifestUnknown, TooManyRequests, UpstreamUnavailable
 from mirror.registry.mediatypes import ACCEPT_ALL, OCI_INDEX
 from mirror.registry.paging import lexical
@@ -17,8 +18,13 @@ from mirror.registry.reference import Digest, parse_digest
 from mirror.registry.referrers import fallback_tag, index_descriptors, with_artifact_type
 from mirror.upstream import Upstream
 
-if TYPE_CHECKING:
-    from mirror.proxy import ManifestAnswer
+
+class _Answer(Protocol):
+    """What the proxy's manifest answer is to the lists: a manifest."""
+
+    @property
+    def manifest(self) -> Manifest: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +41,7 @@ class ListAnswers:
 
     async def manifest(
         self, upstream: Upstream, repository: str, reference: str | Digest, accept: list[str]
-    ) -> ManifestAnswer:
+    ) -> _Answer:
         raise NotImplementedError  # the proxy's
 
     async def tag_list(self, upstream: Upstream, repository: str) -> tuple[str, ...]:

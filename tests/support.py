@@ -426,6 +426,15 @@ class MirrorProcess:
         stats: dict[str, Any] = httpx.get(f"{self.url}/stats").json()
         return stats
 
+    def wait_indexed(self, timeout: float = 30.0) -> dict[str, Any]:
+        """Wait until the start-up scan has indexed the cache and enforced max_size; the stats then."""
+        deadline = time.monotonic() + timeout
+        while not (stats := self.stats())["blob_index_ready"]:
+            if time.monotonic() > deadline:
+                raise AssertionError("the start-up scan did not finish")
+            time.sleep(0.02)
+        return stats
+
     def wait_idle(self, timeout: float = 20.0) -> None:
         """Wait until no download is in flight: clients get the last byte before the fsync."""
         deadline = time.monotonic() + timeout

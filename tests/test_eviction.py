@@ -129,7 +129,7 @@ def test_restart_rebuilds_the_index_and_enforces_a_smaller_budget(registry: Regi
     process.extra_config = f"max_size = {2 * MIB}"
     process.start()
     try:
-        stats = process.stats()
+        stats = process.wait_indexed()  # serving at once; the budget is enforced once the scan is done
         assert stats["cached_blobs"] == 2
         assert stats["cached_bytes"] == 2 * MIB
         assert cached_bytes_on_disk(process) == 2 * MIB

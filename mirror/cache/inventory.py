@@ -102,7 +102,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
             r["digest"][:19],
             _size_cell(r),
             r["last_pull"],
-            "yes" if r["pinned"] else "-",
+            "yes" if r["pinned"] else "no",
             r["artifact_type"] or ",".join(r["platforms"]) or "-",
         ]
         for r in rows
