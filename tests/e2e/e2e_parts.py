@@ -668,3 +668,20 @@ def assert_each_blob_served_at_most_once(upstreams: list[Upstream]) -> None:
         registry, cdn = upstream.blobs_served()
         assert not [d for d, n in registry.items() if n > 1], f"{upstream.name} registry: {registry}"
         assert not [d for d, n in cdn.items() if n > 1], f"{upstream.name} CDN: {cdn}"
+
+
+class ClientMessages(dict[str, str]):
+    """What clients printed when they failed, by what was tried: written to a file at the end,
+    for a person to read what users would see."""
+
+    def record(self, what: str, result: subprocess.CompletedProcess[str]) -> str:
+        """Keep what a failing client printed; returns it for assertions."""
+        assert result.returncode != 0, f"{what}: expected a failure, got\n{result.stdout}"
+        text = (result.stderr.strip() or result.stdout.strip()).replace("\r", "")
+        self[what] = text
+        return text
+
+    def write(self, path: Path) -> None:
+        text = "".join(f"## {what}\n\n{message}\n\n" for what, message in self.items())
+        path.write_text(text)
+        print("\n" + text)

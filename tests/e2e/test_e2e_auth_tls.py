@@ -33,7 +33,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from e2e_parts import DockerClient, DockerEngine, Podman, Upstream, assert_loopback_only, config_digest, run
+from e2e_parts import (
+    ClientMessages,
+    DockerClient,
+    DockerEngine,
+    Podman,
+    Upstream,
+    assert_loopback_only,
+    config_digest,
+    run,
+)
 from support import Image, MirrorProcess
 
 pytestmark = pytest.mark.e2e
@@ -41,23 +50,14 @@ pytestmark = pytest.mark.e2e
 USER, PASSWORD = "ci", "pull-secret"
 # TEST-NET-1 (RFC 5737), added to this namespace's lo for the module: not in 127.0.0.0/8.
 REMOTE = "192.0.2.10"
-MESSAGES: dict[str, str] = {}
-
-
-def record(what: str, result: subprocess.CompletedProcess[str]) -> str:
-    """Keep what a failing client printed; returns it for assertions."""
-    assert result.returncode != 0, f"{what}: expected a failure, got\n{result.stdout}"
-    text = (result.stderr.strip() or result.stdout.strip()).replace("\r", "")
-    MESSAGES[what] = text
-    return text
+MESSAGES = ClientMessages()
+record = MESSAGES.record
 
 
 @pytest.fixture(scope="module", autouse=True)
 def messages_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     yield
-    text = "".join(f"## {what}\n\n{message}\n\n" for what, message in MESSAGES.items())
-    (tmp_path_factory.getbasetemp() / "e2e-auth-tls-messages.txt").write_text(text)
-    print("\n" + text)
+    MESSAGES.write(tmp_path_factory.getbasetemp() / "e2e-auth-tls-messages.txt")
 
 
 def htpasswd(path: Path, users: dict[str, str]) -> Path:

@@ -19,30 +19,21 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from e2e_parts import MIRROR_CLI, DockerEngine, Upstream, config_digest, run
+from e2e_parts import MIRROR_CLI, ClientMessages, DockerEngine, Upstream, config_digest, run
 from support import Image, MirrorProcess
 from test_e2e_auth_tls import docker_with_input, htpasswd
 
 pytestmark = pytest.mark.e2e
 
 TTL = 20  # seconds: long enough for a login and a cold pull, short enough to wait out
-MESSAGES: dict[str, str] = {}
-
-
-def record(what: str, result: subprocess.CompletedProcess[str]) -> str:
-    """What a failing client printed, kept for the messages file."""
-    assert result.returncode != 0, f"{what}: expected a failure, got\n{result.stdout}"
-    text = (result.stderr.strip() or result.stdout.strip()).replace("\r", "")
-    MESSAGES[what] = text
-    return text
+MESSAGES = ClientMessages()
+record = MESSAGES.record
 
 
 @pytest.fixture(scope="module", autouse=True)
 def messages_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     yield
-    text = "".join(f"## {what}\n\n{message}\n\n" for what, message in MESSAGES.items())
-    (tmp_path_factory.getbasetemp() / "e2e-logins-messages.txt").write_text(text)
-    print("\n" + text)
+    MESSAGES.write(tmp_path_factory.getbasetemp() / "e2e-logins-messages.txt")
 
 
 @pytest.fixture(scope="module")
