@@ -42,13 +42,17 @@ from mirror.registry.patterns import PatternError, compile_pattern
 from mirror.registry.reference import parse_digest
 
 
-def _prefetch(root: Table) -> tuple[PrefetchConfig, ...]:
-    entries = root.raw("prefetch", [])
+def _array_of_tables(table: Table, name: str, usage: str) -> list[Table]:
+    """`[[<table>.<name>]]` as Tables, each named for its errors (`pin[0].image`)."""
+    entries = table.raw(name, [])
     if not isinstance(entries, list):
-        raise ConfigError("prefetch", "expected a list of [[prefetch]] tables")
+        raise ConfigError(table.key(name), f"expected {usage}")
+    return [Table(entry, f"{table.key(name)}[{number}]") for number, entry in enumerate(entries)]
+
+
+def _prefetch(root: Table) -> tuple[PrefetchConfig, ...]:
     found = []
-    for number, data in enumerate(entries):
-        table = Table(data, f"prefetch[{number}]")
+    for table in _array_of_tables(root, "prefetch", "a list of [[prefetch]] tables"):
         image = table.get("image", str)
         if not image:
             raise ConfigError(table.key("image"), "missing: the image to keep warm, e.g. 'alpine:3.19'")
@@ -87,12 +91,8 @@ def _fleet(table: Table) -> FleetConfig | None:
 
 
 def _pins(root: Table) -> tuple[str, ...]:
-    entries = root.raw("pin", [])
-    if not isinstance(entries, list):
-        raise ConfigError("pin", 'expected a list of [[pin]] tables with image = "…"')
     images = []
-    for number, data in enumerate(entries):
-        table = Table(data, f"pin[{number}]")
+    for table in _array_of_tables(root, "pin", 'a list of [[pin]] tables with image = "…"'):
         image = table.get("image", str)
         if not image:
             raise ConfigError(table.key("image"), "missing: the image to keep for good, e.g. 'alpine:3.19'")
@@ -201,12 +201,8 @@ def _digests(table: Table, key: str) -> tuple[str, ...]:
 
 
 def _rules(table: Table) -> tuple[AccessRule, ...]:
-    entries = table.raw("rules", [])
-    if not isinstance(entries, list):
-        raise ConfigError(table.key("rules"), "expected a list of [[auth.rules]] tables")
     rules = []
-    for number, entry in enumerate(entries):
-        rule = Table(entry, f"{table.key('rules')}[{number}]")
+    for rule in _array_of_tables(table, "rules", "a list of [[auth.rules]] tables"):
         users = rule.get("users", list)
         if not users or not all(isinstance(user, str) and user for user in users):
             raise ConfigError(rule.key("users"), 'expected user names from htpasswd, or "*" for everyone')
@@ -222,12 +218,8 @@ def _rules(table: Table) -> tuple[AccessRule, ...]:
 
 def _credentials(table: Table) -> tuple[NamespaceCredential, ...]:
     """`[[upstreams."x".credentials]]`: repositories, username, password or password_file."""
-    entries = table.raw("credentials", [])
-    if not isinstance(entries, list):
-        raise ConfigError(table.key("credentials"), "expected a list of [[credentials]] tables")
     found = []
-    for number, entry in enumerate(entries):
-        login = Table(entry, f"{table.key('credentials')}[{number}]")
+    for login in _array_of_tables(table, "credentials", "a list of [[credentials]] tables"):
         repositories = _patterns(login, "repositories")
         if not repositories:
             raise ConfigError(login.key("repositories"), "expected the repository patterns this login is for")
