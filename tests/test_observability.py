@@ -99,3 +99,16 @@ def test_listening_on_both_families(tmp_path: Path, registry: Registry, images: 
         assert stats.returncode == 0 and stats.stdout.split()[:2] == ["source", "server"], "commands reach it too"
     finally:
         mirror.stop()
+
+
+def test_the_open_files_limit_is_raised_to_the_hard_limit(tmp_path: Path, registry: Registry) -> None:
+    """A container runtime's soft limit (often 1024) would cap connections; the mirror takes the hard one."""
+    mirror = MirrorProcess(tmp_path / "m", {"docker.io": registry.url}, wrapper=["prlimit", "--nofile=1024:8192"])
+    try:
+        mirror.start()
+        assert mirror.process is not None
+        limits = Path(f"/proc/{mirror.process.pid}/limits").read_text()
+        line = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+        assert line.split()[3:5] == ["8192", "8192"], line
+    finally:
+        mirror.stop()

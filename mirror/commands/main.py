@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import resource
 import socket
 import sys
 from collections.abc import Callable
@@ -193,6 +194,7 @@ def serve(config: Config, reload_config: Callable[[], Config] | None = None) -> 
     """Run the server; `reload_config` loads the config again, as at start-up, on SIGHUP."""
     logging.basicConfig(level=config.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    raise_open_files()
     try:
         mirror = Mirror(config)
         drain = Drain(mirror.inflight)
@@ -237,6 +239,19 @@ def check_config(path: Path) -> int:
     check_certificate(config)
     print(f"{path}: ok (config {config_hash(config)})")
     return 0
+
+
+def raise_open_files() -> None:
+    """Every client connection, upstream connection and open blob is a file: take the whole hard
+    limit. systemd's unit sets 65536; a container inherits its runtime's soft limit, often 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            logging.getLogger(__name__).warning("open files stay limited to %d: %s", soft, exc)
+            return
+        logging.getLogger(__name__).info("open files: limit raised from %d to %s", soft, hard)
 
 
 def both_families(port: int) -> socket.socket:
