@@ -11,7 +11,7 @@ from mirror.cache.flights import SingleFlight
 from mirror.cache.kept import KeptLists
 from mirror.cache.layout import referrers_key, taglist_key
 from mirror.cache.metadata import Manifest
-from mirror.registry.errors import ManifestUnknown, TooManyRequests, UpstreamUnavailable
+from mirror.registry.errors import FALLBACK_ERRORS, ManifestUnknown
 from mirror.registry.mediatypes import ACCEPT_ALL, OCI_INDEX
 from mirror.registry.paging import lexical
 from mirror.registry.reference import Digest, parse_digest
@@ -27,9 +27,6 @@ class _Answer(Protocol):
 
 
 log = logging.getLogger(__name__)
-
-# Upstream failures after which a kept list is served rather than the error.
-_FALLBACK_ERRORS = (UpstreamUnavailable, TooManyRequests)
 
 
 class ListAnswers:
@@ -94,7 +91,7 @@ class ListAnswers:
                 return kept.items
             try:
                 items = await fetch()
-            except _FALLBACK_ERRORS as exc:
+            except FALLBACK_ERRORS as exc:
                 if kept is None:
                     raise
                 log.warning("upstream %s failed (%s); serving the cached %s", upstream.name, exc.message, key)

@@ -25,12 +25,11 @@ from mirror.cache.tags import TagStore
 from mirror.link import Link
 from mirror.lists import ListAnswers
 from mirror.registry.errors import (
+    FALLBACK_ERRORS,
     DigestInvalid,
     ManifestUnknown,
     NoRoom,
     RegistryError,
-    TooManyRequests,
-    UpstreamUnavailable,
 )
 from mirror.registry.mediatypes import ACCEPT_ALL, accept_key, accepted_types, admits
 from mirror.registry.reference import Digest, parse_digest
@@ -45,8 +44,6 @@ FLEET_WAIT = 5.0
 # Tags remembered as missing (each for negative_ttl), at most.
 MISSING_KEPT = 10_000
 
-# Upstream failures after which a cached tag is served rather than the error.
-_FALLBACK_ERRORS = (UpstreamUnavailable, TooManyRequests)
 # The upstream's answers for a tag it deleted: with keep_deleted_tags, the cached one is served.
 _DELETED_CODES = frozenset({"MANIFEST_UNKNOWN", "NAME_UNKNOWN"})
 
@@ -183,7 +180,7 @@ class Proxy(ListAnswers):
             return ManifestAnswer(stored, "HIT")
         try:
             fetched = await upstream.get_manifest(repository, str(digest), accept)
-        except _FALLBACK_ERRORS:
+        except FALLBACK_ERRORS:
             if stored is None:
                 raise
             log.warning("upstream %s failed; serving cached manifest %s", upstream.name, digest)
@@ -226,7 +223,7 @@ class Proxy(ListAnswers):
                         self.stats.manifest_hits += 1
                         return ManifestAnswer(cached, "REVALIDATED", upstream_headers=head.quota)
             fetched = await upstream.get_manifest(repository, tag, accept)
-        except (*_FALLBACK_ERRORS, ManifestUnknown) as exc:
+        except (*FALLBACK_ERRORS, ManifestUnknown) as exc:
             deleted = isinstance(exc, ManifestUnknown) and exc.code in _DELETED_CODES
             if isinstance(exc, ManifestUnknown) and not (deleted and upstream.policy.keep_deleted_tags):
                 raise

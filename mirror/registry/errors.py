@@ -128,3 +128,7 @@ class NoRoom(Exception):
 
 class PaginationNumberInvalid(RegistryError):
     code, status, message = "PAGINATION_NUMBER_INVALID", 400, "invalid number of results requested"
+
+
+# The upstream's failures after which a cached answer (a tag, a list) is served rather than the error.
+FALLBACK_ERRORS = (UpstreamUnavailable, TooManyRequests)
