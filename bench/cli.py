@@ -46,8 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="quick check of the mirror only (+ direct), tiny sizes, loopback; exit 1 on misbehaviour",
     )
     p.add_argument("--targets", default=",".join(ALL_TARGETS), help="comma list of %(default)s")
-    p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma list of 1..9 (default: all)")
+    p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma list of 1..10 (default: all)")
     p.add_argument("--startup-blobs", type=int, default=1_000_000, help="scenario 9 blob files (default %(default)s)")
+    p.add_argument("--fleet-clients", type=int, default=32, help="scenario 10 clients (default %(default)s)")
     p.add_argument("--wan-rate", default="200mbit", help="tc tbf rate of the upstream's link (default %(default)s)")
     p.add_argument("--no-wan", action="store_true", help="no namespaces: upstream on loopback, no rate limit")
     p.add_argument("--layers", type=int, default=5, help="layers in the test image (default %(default)s)")
@@ -120,6 +121,7 @@ def apply_smoke(args: argparse.Namespace) -> None:
     args.accel_layer_mb, args.accel_rate = 80, "160mbit"  # 8 ranges of 10 MiB, at 20 MB/s each
     args.request_timeout, args.scenario_timeout, args.total_timeout = 30.0, 60.0, 120.0
     args.startup_blobs = 20_000
+    args.fleet_clients = 8
 
 
 def accel_rate_of(args: argparse.Namespace) -> int:
@@ -430,6 +432,7 @@ def _run(args: argparse.Namespace, run_dir: Path) -> int:
                 "accel_rate_Bps": accel_rate,
                 "accel_rate": args.accel_rate or f"1/8 of {args.wan_rate}",
                 "client_workers": args.workers,
+                "fleet_clients": args.fleet_clients,
                 "mirror_tag_ttl": procs.Mirror.tag_ttl,
             },
             "mirror_source": _git_state(),

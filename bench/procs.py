@@ -26,6 +26,7 @@ import httpx
 _ACCESS_RE = re.compile(r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[\d.]+" (?P<status>\d{3}) (?P<bytes>\d+|-)')
 
 PID_FILE: Path | None = None
+FLEET_SECRET = "bench-fleet-secret-0123456789"
 _live: list[subprocess.Popen[bytes]] = []
 
 
@@ -98,6 +99,18 @@ def wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0)
     raise RuntimeError(f"{url} did not come up in {timeout}s")
 
 
+def wait_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Until something accepts TCP connections on 127.0.0.1:`port` (a server that speaks no HTTP)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode} before listening on {port}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1.0):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
+
+
 def version_of(argv: list[str]) -> str:
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
@@ -140,6 +153,13 @@ class AccessLogged:
                         }
                     )
         return found
+
+
+class Reachable(Protocol):
+    """Anything clients pull from: a target, or the balancer in front of a fleet."""
+
+    @property
+    def url(self) -> str: ...
 
 
 class Origin(Protocol):
@@ -329,15 +349,19 @@ class Drayage(Target):
 
 class Mirror(Target):
     tag_ttl: str = "60s"
+    fleet_redis: str | None = None  # scenario 10: a replica of the fleet that this Redis coordinates
 
     def _start(self) -> None:
         assert self.cache is not None
         config = self.cache / "config.toml"
-        config.write_text(
+        text = (
             f'[server]\nlisten = "127.0.0.1:{self.port}"\nlog_level = "warning"\n'
             f'[cache]\ndirectory = "{self.cache / "data"}"\ntag_ttl = "{self.tag_ttl}"\n'
             f'[upstreams."docker.io"]\nurl = "{self.upstream.url}"\n'
         )
+        if self.fleet_redis is not None:
+            text += f'[fleet]\nredis = "{self.fleet_redis}"\npeer_url = "{self.url}"\nsecret = "{FLEET_SECRET}"\n'
+        config.write_text(text)
         self.process = spawn(
             [sys.executable, "-m", "mirror", "serve", "--config", str(config)],
             log=self.root / "mirror.log",

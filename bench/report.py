@@ -353,7 +353,44 @@ def _s9(res: dict[str, Any], meta: dict[str, Any]) -> str:
     return _table(headers, rows)
 
 
-RENDERERS = {"1": _s1, "2": _s2, "3": _s3, "4": _s4, "5": _s5, "6": _s6, "7": _s7, "8": _s8, "9": _s9}
+def _s10(res: dict[str, Any], meta: dict[str, Any]) -> str:
+    rows = []
+    setups = res.get("mirror", {})
+    single = setups.get("1 mirror", {}).get("cold", {}).get("wall_s")
+    for label, e in setups.items():
+        if (f := _failed(e)) and "cold" not in e:
+            rows.append([label, f] + [""] * 7)
+            continue
+        cold, warm = e.get("cold", {}), e.get("warm", {})
+        held = e.get("replica_bytes")
+        rows.append(
+            [
+                label,
+                _fmt(cold.get("wall_s")),
+                _fmt(_ratio(cold.get("wall_s"), single)),
+                _fmt(cold.get("upstream_x_image"), 4),
+                _fmt(cold.get("upstream_blob_gets")),
+                _fmt(warm.get("wall_s")),
+                _fmt(warm.get("client_MBps"), 0),
+                " / ".join(f"{b / MB:,.1f}" for b in held) if held else "–",
+                f"{_fmt(cold.get('verified_copies'))} + {_fmt(warm.get('verified_copies'))}",
+            ]
+        )
+    headers = [
+        "set-up",
+        "cold wall s",
+        "÷ 1 mirror",
+        "upstream ÷ image",
+        "upstream blob GETs",
+        "warm wall s",
+        "warm MB/s (aggregate)",
+        "MB held per replica",
+        "verified copies (cold + warm)",
+    ]
+    return _table(headers, rows)
+
+
+RENDERERS = {"1": _s1, "2": _s2, "3": _s3, "4": _s4, "5": _s5, "6": _s6, "7": _s7, "8": _s8, "9": _s9, "10": _s10}
 
 NOTES = {
     "1": "One client pulls the image (manifest → config → 5 layers, 3 layers at a time, every blob hashed and "
@@ -383,6 +420,11 @@ NOTES = {
     "(manifest → config → layer, hashed and checked). One connection gets 1/8 of the link; 8 ranged requests "
     "at once could fill it. Upstream bytes are body bytes from nginx's access log; on the wire = the "
     "client-side veth's rx counter (TCP/IP and HTTP headers included).",
+    "10": "The mirror only: one mirror alone, then 3 replicas (`[fleet]`, one Redis) behind HAProxy with the "
+    "shipped `deploy/haproxy.cfg` (blobs hashed on their digest, manifests on their repository), then the same "
+    "fleet behind round robin (a balancer that knows nothing of digests: DNS, a Kubernetes Service). Each on "
+    "empty caches: N cold clients at once over the WAN, then N warm clients. Everything shares the machine's "
+    "CPUs: the replicas, HAProxy, Redis and the clients.",
     "9": "The mirror only. N small blob files with correct names are made in a fresh cache, `sync` and "
     "`echo 3 > /proc/sys/vm/drop_caches`, then `mirror serve` starts; the time from its start to the first right "
     "answer for a blob (its bytes checked), and until `/stats` says the LRU index is built.",
@@ -601,6 +643,7 @@ def goal_checks(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
                 s9["first_answer_s"] <= s9["goal_s"] and s9["ok"],
             )
         )
+    goals += _fleet_goals(r("10").get("mirror", {}), image_bytes)
     d4 = s4.get("drayage", {})
     if "req_per_s" in m4 and "req_per_s" in d4:
         goals.append(
@@ -610,6 +653,32 @@ def goal_checks(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
                 m4["req_per_s"] > d4["req_per_s"],
             )
         )
+    return goals
+
+
+def _fleet_goals(setups: dict[str, Any], image_bytes: int) -> list[tuple[str, str, bool]]:
+    """Issue 17: a fleet's cold pull costs the upstream one image and about the single mirror's time."""
+    single = setups.get("1 mirror", {}).get("cold", {})
+    goals = []
+    for label, e in setups.items():
+        cold = e.get("cold", {})
+        if label == "1 mirror" or "wall_s" not in cold:
+            continue
+        goals.append(
+            (
+                f"fleet ({label}), {cold['clients']} cold clients: upstream bytes = 1.00 × image",
+                f"{cold['upstream_bytes'] / image_bytes:.4f}× ({cold['upstream_bytes']:,} B)",
+                cold["upstream_bytes"] <= image_bytes and cold["ok"],
+            )
+        )
+        if single.get("wall_s"):
+            goals.append(
+                (
+                    f"fleet ({label}): cold wall ≤ 1.25 × one mirror's",
+                    f"{cold['wall_s']:.2f} s vs {single['wall_s']:.2f} s = {cold['wall_s'] / single['wall_s']:.2f}×",
+                    cold["wall_s"] <= 1.25 * single["wall_s"],
+                )
+            )
     return goals
 
 
@@ -631,7 +700,7 @@ def check_mirror(results: dict[str, Any], *, smoke: bool) -> list[str]:
             return
         if e.get("ok") is False:
             problems.append(f"scenario {sid} {label}: failed: {e.get('error') or e.get('errors')}")
-        if sid in ("1", "2") and "upstream_x_image" in e and e["upstream_bytes"] > image_bytes:
+        if sid in ("1", "2", "10") and "upstream_x_image" in e and e["upstream_bytes"] > image_bytes:
             problems.append(f"scenario {sid} {label}: upstream served {e['upstream_x_image']:.4f} × the image")
         if sid == "4" and e.get("upstream_manifest_requests", 0) > 1:
             problems.append(f"scenario 4: {e['upstream_manifest_requests']} upstream manifest requests for one tag")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import h2load, nginx, procs, puller
+from bench.fleet import s10_fleet
 from bench.http import Client
 from bench.netns import Wan
 from bench.seed import Blob, Image
@@ -141,7 +142,7 @@ def _short(value: Any) -> str:
 
 def _pull(
     ctx: Context,
-    target: procs.Target,
+    target: procs.Reachable,
     clients: int,
     meter: UpstreamMeter | None = None,
     image: Image | None = None,
@@ -557,4 +558,5 @@ SCENARIOS: dict[str, tuple[str, Callable[[Context], dict[str, Any]]]] = {
     "7": ("cold time to first byte", s7_ttfb),
     "8": ("accelerated cold pull, one big layer behind a paced upstream", s8_accelerated),
     "9": ("start-up with a large cache, page cache dropped", s9_startup),
+    "10": ("a fleet of 3 replicas behind HAProxy vs 1 mirror, N cold then N warm clients", s10_fleet),
 }

@@ -1,0 +1,148 @@
+"""Scenario 10: the fleet (issue 17): 3 replicas behind HAProxy against 1 mirror, over the same WAN.
+
+Each set-up starts on empty caches: one mirror alone, then 3 replicas sharing a Redis, behind
+HAProxy with the shipped `deploy/haproxy.cfg` (blobs hashed on their digest), then the same
+with round robin (a balancer that knows nothing of digests: DNS, a Kubernetes Service). N cold
+clients pull at once, then N warm clients. Redis (Debian's redis-server) and HAProxy run in the
+foreground on loopback, stopped by PID, like every other process of the bench.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from bench import procs
+
+if TYPE_CHECKING:
+    from bench.scenarios import Context
+
+REPLICAS = 3
+HAPROXY_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "haproxy.cfg"
+
+
+def binary(name: str) -> str:
+    found = shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if Path(p).exists()), None)
+    if found is None:
+        raise RuntimeError(f"{name} is not installed (scripts/install-deps bench installs it)")
+    return found
+
+
+def haproxy_config(port: int, replica_ports: list[int], *, round_robin: bool) -> str:
+    """The shipped configuration, bound to `port`, its servers replaced by the replicas."""
+    text = HAPROXY_CONFIG.read_text().replace("bind :5000", f"bind 127.0.0.1:{port}")
+    servers = "".join(f"    server mirror-{n} 127.0.0.1:{p}\n" for n, p in enumerate(replica_ports, 1))
+    text = re.sub(r"(    server mirror-\d+ [^\n]+\n)+", servers, text)
+    if round_robin:
+        text = re.sub(r"    balance [^\n]+\n    hash-type consistent\n", "    balance roundrobin\n", text)
+    return text
+
+
+@dataclass
+class Fleet:
+    """Redis, REPLICAS mirrors with a [fleet] table, and HAProxy in front; `url` is HAProxy's."""
+
+    name: str
+    upstream: procs.Origin
+    root: Path
+    round_robin: bool = False
+    port: int = 0
+    replicas: list[procs.Target] = field(default_factory=list)
+    redis: subprocess.Popen[bytes] | None = None
+    haproxy: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start_fresh(self) -> Fleet:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+        self.root.mkdir(parents=True)
+        redis_port = procs.free_port()
+        argv = [binary("redis-server"), "--port", str(redis_port), "--bind", "127.0.0.1", "--save", ""]
+        argv += ["--appendonly", "no", "--dir", str(self.root), "--daemonize", "no"]
+        self.redis = procs.spawn(argv, log=self.root / "redis.log")
+        procs.wait_port(redis_port, self.redis)
+        for n in range(REPLICAS):
+            replica = procs.Mirror(f"{self.name}-{n}", self.upstream, self.root / f"replica-{n}")
+            replica.fleet_redis = f"redis://127.0.0.1:{redis_port}/0"
+            self.replicas.append(replica.start_fresh())
+        self.port = procs.free_port()
+        config = self.root / "haproxy.cfg"
+        config.write_text(haproxy_config(self.port, [r.port for r in self.replicas], round_robin=self.round_robin))
+        self.haproxy = procs.spawn([binary("haproxy"), "-db", "-f", str(config)], log=self.root / "haproxy.log")
+        procs.wait_http(f"{self.url}/healthz", self.haproxy)
+        self.wait_members()
+        return self
+
+    def wait_members(self, timeout: float = 30.0) -> None:
+        """Every replica sees all the others (a replica that does not would download on its own)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = [
+                len(httpx.get(f"{r.url}/stats", params={"scope": "fleet"}, timeout=5).json()["replicas"])
+                for r in self.replicas
+            ]
+            if all(n == REPLICAS for n in seen):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the replicas see {seen} members, not {REPLICAS}")
+            time.sleep(0.2)
+
+    def copies(self) -> dict[str, Any]:
+        """What each replica holds, from its /stats."""
+        held = [httpx.get(f"{r.url}/stats", timeout=5).json() for r in self.replicas]
+        return {
+            "replica_blobs": [s["cached_blobs"] for s in held],
+            "replica_bytes": [s["cached_bytes"] for s in held],
+        }
+
+    def stop(self) -> None:
+        procs.stop(self.haproxy)
+        self.haproxy = None
+        for replica in self.replicas:
+            replica.stop()
+        self.replicas = []
+        procs.stop(self.redis)
+        self.redis = None
+
+
+def s10_fleet(ctx: Context) -> dict[str, Any]:
+    from bench.scenarios import _guard, _pull  # the scenarios' own pull, measured the same way
+
+    if "mirror" not in ctx.targets:
+        return {}
+    clients = ctx.args.fleet_clients
+    single = ctx.targets["mirror"]
+    setups: dict[str, procs.Target | Fleet] = {
+        "1 mirror": single,
+        f"{REPLICAS} replicas, digest hash": Fleet("fleet-hash", ctx.upstream, ctx.run_dir / "fleet-hash"),
+        f"{REPLICAS} replicas, round robin": Fleet(
+            "fleet-rr", ctx.upstream, ctx.run_dir / "fleet-rr", round_robin=True
+        ),
+    }
+    results: dict[str, Any] = {}
+    for label, setup in setups.items():
+
+        def run(setup: procs.Target | Fleet = setup) -> dict[str, Any]:
+            try:
+                setup.start_fresh()
+                cold = _pull(ctx, setup, clients)
+                warm = _pull(ctx, setup, clients)
+                out: dict[str, Any] = {"ok": cold["ok"] and warm["ok"], "cold": cold, "warm": warm}
+                if isinstance(setup, Fleet):
+                    out.update(setup.copies())
+                return out
+            finally:
+                setup.stop()
+
+        results[label] = _guard(ctx, "10 fleet", label, run)
+    return {"mirror": results}
