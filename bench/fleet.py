@@ -1,10 +1,12 @@
-"""Scenario 10: the fleet (issue 17): 3 replicas behind HAProxy against 1 mirror, over the same WAN.
+"""Scenario 10: the fleet (issue 17): 3 replicas against 1 mirror, over the same WAN.
 
-Each set-up starts on empty caches: one mirror alone, then 3 replicas sharing a Redis, behind
-HAProxy with the shipped `deploy/haproxy.cfg` (blobs hashed on their digest), then the same
-with round robin (a balancer that knows nothing of digests: DNS, a Kubernetes Service). N cold
-clients pull at once, then N warm clients. Redis (Debian's redis-server) and HAProxy run in the
-foreground on loopback, stopped by PID, like every other process of the bench.
+Each set-up starts on empty caches: one mirror alone; one mirror behind HAProxy (what the
+balancer alone costs); 3 replicas sharing a Redis with the clients spread over them (as DNS
+round robin spreads them); the same behind HAProxy with the shipped `deploy/haproxy.cfg` (blobs
+hashed on their digest); and behind HAProxy's round robin (a balancer that knows nothing of
+digests, like a Kubernetes Service). N cold clients pull at once, then N warm clients. Redis
+(Debian's redis-server) and HAProxy run in the foreground on loopback, stopped by PID, like
+every other process of the bench.
 """
 
 from __future__ import annotations
@@ -35,24 +37,27 @@ def binary(name: str) -> str:
     return found
 
 
-def haproxy_config(port: int, replica_ports: list[int], *, round_robin: bool) -> str:
-    """The shipped configuration, bound to `port`, its servers replaced by the replicas."""
+def haproxy_config(port: int, replica_ports: list[int], *, balance: str) -> str:
+    """The shipped configuration (digest hashing), bound to `port`, its servers replaced by the
+    replicas; with `balance = "roundrobin"`, a balancer that knows nothing of digests."""
     text = HAPROXY_CONFIG.read_text().replace("bind :5000", f"bind 127.0.0.1:{port}")
     servers = "".join(f"    server mirror-{n} 127.0.0.1:{p}\n" for n, p in enumerate(replica_ports, 1))
     text = re.sub(r"(    server mirror-\d+ [^\n]+\n)+", servers, text)
-    if round_robin:
+    if balance == "roundrobin":
         text = re.sub(r"    balance [^\n]+\n    hash-type consistent\n", "    balance roundrobin\n", text)
     return text
 
 
 @dataclass
 class Fleet:
-    """Redis, REPLICAS mirrors with a [fleet] table, and HAProxy in front; `url` is HAProxy's."""
+    """Redis, `size` mirrors with a [fleet] table, and HAProxy in front (`balance` "hash" or
+    "roundrobin"); with `balance = None` no balancer: the clients are spread over the replicas."""
 
     name: str
     upstream: procs.Origin
     root: Path
-    round_robin: bool = False
+    size: int = REPLICAS
+    balance: str | None = "hash"
     port: int = 0
     replicas: list[procs.Target] = field(default_factory=list)
     redis: subprocess.Popen[bytes] | None = None
@@ -60,7 +65,7 @@ class Fleet:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://127.0.0.1:{self.port}" if self.balance else self.replicas[0].url
 
     def start_fresh(self) -> Fleet:
         self.stop()
@@ -71,15 +76,16 @@ class Fleet:
         argv += ["--appendonly", "no", "--dir", str(self.root), "--daemonize", "no"]
         self.redis = procs.spawn(argv, log=self.root / "redis.log")
         procs.wait_port(redis_port, self.redis)
-        for n in range(REPLICAS):
+        for n in range(self.size):
             replica = procs.Mirror(f"{self.name}-{n}", self.upstream, self.root / f"replica-{n}")
             replica.fleet_redis = f"redis://127.0.0.1:{redis_port}/0"
             self.replicas.append(replica.start_fresh())
-        self.port = procs.free_port()
-        config = self.root / "haproxy.cfg"
-        config.write_text(haproxy_config(self.port, [r.port for r in self.replicas], round_robin=self.round_robin))
-        self.haproxy = procs.spawn([binary("haproxy"), "-db", "-f", str(config)], log=self.root / "haproxy.log")
-        procs.wait_http(f"{self.url}/healthz", self.haproxy)
+        if self.balance is not None:
+            self.port = procs.free_port()
+            config = self.root / "haproxy.cfg"
+            config.write_text(haproxy_config(self.port, [r.port for r in self.replicas], balance=self.balance))
+            self.haproxy = procs.spawn([binary("haproxy"), "-db", "-f", str(config)], log=self.root / "haproxy.log")
+            procs.wait_http(f"{self.url}/healthz", self.haproxy)
         self.wait_members()
         return self
 
@@ -91,10 +97,10 @@ class Fleet:
                 len(httpx.get(f"{r.url}/stats", params={"scope": "fleet"}, timeout=5).json()["replicas"])
                 for r in self.replicas
             ]
-            if all(n == REPLICAS for n in seen):
+            if all(n == self.size for n in seen):
                 return
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the replicas see {seen} members, not {REPLICAS}")
+                raise RuntimeError(f"the replicas see {seen} members, not {self.size}")
             time.sleep(0.2)
 
     def copies(self) -> dict[str, Any]:
@@ -121,12 +127,16 @@ def s10_fleet(ctx: Context) -> dict[str, Any]:
     if "mirror" not in ctx.targets:
         return {}
     clients = ctx.args.fleet_clients
-    single = ctx.targets["mirror"]
+    run_dir = ctx.run_dir
     setups: dict[str, procs.Target | Fleet] = {
-        "1 mirror": single,
-        f"{REPLICAS} replicas, digest hash": Fleet("fleet-hash", ctx.upstream, ctx.run_dir / "fleet-hash"),
-        f"{REPLICAS} replicas, round robin": Fleet(
-            "fleet-rr", ctx.upstream, ctx.run_dir / "fleet-rr", round_robin=True
+        "1 mirror": ctx.targets["mirror"],
+        "1 mirror behind HAProxy": Fleet("behind-haproxy", ctx.upstream, run_dir / "behind-haproxy", size=1),
+        f"{REPLICAS} replicas, clients spread over them": Fleet(
+            "spread", ctx.upstream, run_dir / "spread", balance=None
+        ),
+        f"{REPLICAS} replicas behind HAProxy, digest hash": Fleet("hash", ctx.upstream, run_dir / "hash"),
+        f"{REPLICAS} replicas behind HAProxy, round robin": Fleet(
+            "roundrobin", ctx.upstream, run_dir / "roundrobin", balance="roundrobin"
         ),
     }
     results: dict[str, Any] = {}
@@ -138,7 +148,7 @@ def s10_fleet(ctx: Context) -> dict[str, Any]:
                 cold = _pull(ctx, setup, clients)
                 warm = _pull(ctx, setup, clients)
                 out: dict[str, Any] = {"ok": cold["ok"] and warm["ok"], "cold": cold, "warm": warm}
-                if isinstance(setup, Fleet):
+                if isinstance(setup, Fleet) and setup.size > 1:
                     out.update(setup.copies())
                 return out
             finally:

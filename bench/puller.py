@@ -118,12 +118,16 @@ async def pull_blob(base_url: str, job: dict[str, Any]) -> dict[str, Any]:
 
 async def run_job(job: dict[str, Any]) -> list[dict[str, Any]]:
     """Run `job["clients"]` clients of `job["kind"]` concurrently in this process."""
-    kind, base = job["kind"], job["base_url"]
+    kind = job["kind"]
     clients = job.get("clients", 1)
+    # Clients spread over several servers (a fleet's replicas, as DNS round robin spreads them)
+    bases = job.get("base_urls") or [job["base_url"]]
+    first = job.get("first", 0)  # this process's first client, counted over all processes
+    urls = [bases[(first + n) % len(bases)] for n in range(clients)]
     if kind == "image":
-        return list(await asyncio.gather(*(pull_image(base, job) for _ in range(clients))))
+        return list(await asyncio.gather(*(pull_image(url, job) for url in urls)))
     if kind == "blob":
-        return list(await asyncio.gather(*(pull_blob(base, job) for _ in range(clients))))
+        return list(await asyncio.gather(*(pull_blob(url, job) for url in urls)))
     raise ValueError(f"unknown job kind {kind}")
 
 
@@ -134,7 +138,8 @@ def split(total: int, parts: int) -> list[int]:
 def run_parallel(job: dict[str, Any], workers: int, timeout: float) -> list[dict[str, Any]]:
     """Spread a job's clients over worker processes started together."""
     workers = max(1, min(workers, job.get("clients", 1)))
-    shares = [{**job, "clients": n} for n in split(job.get("clients", 1), workers)]
+    counts = split(job.get("clients", 1), workers)
+    shares = [{**job, "clients": n, "first": sum(counts[:i])} for i, n in enumerate(counts)]
     processes: list[subprocess.Popen[bytes]] = []
     try:
         for share in shares:

@@ -2,6 +2,7 @@
 
 Every value in Redis is JSON text, never a pickle. Keys (all under `mirror:`):
 
+    members                a set of peer URLs: every replica that joined (the live ones have a record)
     member:<peer url>      {"peer_url", "started", "blobs", "bytes", "hit_ratio", "seen"}, PX 3 heartbeats
     holders:<digest>       a set of peer URLs: the replicas that hold the blob
     lease:<digest>         {"peer_url", "since"}, SET NX PX lease_ttl: the replica downloading it
@@ -84,7 +85,11 @@ class Fleet:
     async def close(self) -> None:
         for task in self._leases.values():
             task.cancel()
-        await self._call("leaving", lambda: self._redis.delete(f"{PREFIX}member:{self.me}"), 0)
+        async def leave() -> None:
+            await self._redis.delete(f"{PREFIX}member:{self.me}")
+            await self._redis.srem(f"{PREFIX}members", self.me)
+
+        await self._call("leaving", leave, None)
         await self._redis.aclose()
 
     # Membership
@@ -100,20 +105,30 @@ class Fleet:
     async def beat(self) -> None:
         record = {"peer_url": self.me, "started": self.started, "seen": time.time(), **self._report()}
         ttl = int(self.config.heartbeat * 3000)
-        await self._call(
-            "heartbeat", lambda: self._redis.set(f"{PREFIX}member:{self.me}", json.dumps(record), px=ttl), None
-        )
+
+        async def beat() -> None:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.set(f"{PREFIX}member:{self.me}", json.dumps(record), px=ttl)
+                pipe.sadd(f"{PREFIX}members", self.me)
+                await pipe.execute()
+
+        await self._call("heartbeat", beat, None)
         if self.up and self._was_down:
             self._was_down = False
             count = await self.register(self._held())
             log.info("fleet: joined as %s, holding %d blobs", self.me, count)
 
     async def members(self) -> list[dict[str, Any]]:
-        """The live replicas' records (this one included)."""
+        """The live replicas' records (this one included).
+
+        From the set of those that joined, not a SCAN: that would walk every holder set too.
+        A member whose record expired (three missed heartbeats) has stopped: it leaves the set."""
 
         async def read() -> list[dict[str, Any]]:
-            keys = [key async for key in self._redis.scan_iter(match=f"{PREFIX}member:*", count=100)]
-            values = await self._redis.mget(keys) if keys else []
+            joined = sorted(await self._redis.smembers(f"{PREFIX}members"))
+            values = await self._redis.mget([f"{PREFIX}member:{peer}" for peer in joined]) if joined else []
+            if gone := [peer for peer, value in zip(joined, values, strict=True) if not value]:
+                await self._redis.srem(f"{PREFIX}members", *gone)
             return [json.loads(value) for value in values if value]
 
         members: list[dict[str, Any]] = await self._call("members", read, [])
