@@ -144,3 +144,48 @@ def _blob(client: httpx.Client, repository: str, digest: str, data: bytes, attem
             pass
         time.sleep(0.2 * (attempt + 1))
     return False
+
+
+@dataclass
+class ReplicaSet:
+    """Redis, replicas of one upstream and HAProxy in front of them, started and stopped as one."""
+
+    redis: RedisServer
+    replicas: list[MirrorProcess]
+    balancer: HAProxy
+
+    @classmethod
+    def start(
+        cls, root: Path, upstream_url: str, *, round_robin: bool = False, count: int = 3, extra: str = ""
+    ) -> ReplicaSet:
+        redis = RedisServer(root / "redis").start()
+        replicas = [replica(root / f"replica-{n}", upstream_url, redis, extra=extra) for n in range(count)]
+        fleet = cls(redis, replicas, HAProxy(root / "haproxy", replicas, round_robin=round_robin))
+        try:
+            for mirror in replicas:
+                mirror.start()
+            wait_members(replicas, count)
+            fleet.balancer.start()
+        except BaseException:
+            fleet.stop()
+            raise
+        return fleet
+
+    def stop(self) -> None:
+        self.balancer.stop()
+        for mirror in self.replicas:
+            mirror.stop()
+        self.redis.stop()
+
+    def wait_idle(self) -> None:
+        """Clients get a blob's last byte before the replica's fsync: wait for every replica to settle."""
+        for mirror in self.replicas:
+            mirror.wait_idle()
+
+    def holders(self, digest: str) -> list[int]:
+        """The replicas (by index) that hold the blob; every copy must hash to its digest."""
+        held = [n for n, mirror in enumerate(self.replicas) if mirror.blob_path(digest).exists()]
+        for n in held:
+            data = self.replicas[n].blob_path(digest).read_bytes()
+            assert "sha256:" + hashlib.sha256(data).hexdigest() == digest, f"replica {n}'s copy of {digest} is corrupt"
+        return held

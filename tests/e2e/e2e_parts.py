@@ -685,3 +685,23 @@ class ClientMessages(dict[str, str]):
         text = "".join(f"## {what}\n\n{message}\n\n" for what, message in self.items())
         path.write_text(text)
         print("\n" + text)
+
+
+def registry_blob_gets(log: list[tuple[str, str, int]]) -> Counter[str]:
+    """Per digest: the answered (not 401) blob GETs in a registry's access log."""
+    return Counter(
+        path.rsplit("/", 1)[1]
+        for method, path, status in log
+        if method == "GET" and "/blobs/sha256:" in path and status != 401
+    )
+
+
+def no_fallback_hosts(mirror_url: str, hosts: Path) -> Path:
+    """hosts.toml for docker.io from `mirror client-config containerd --no-fallback`: the mirror is
+    also the `server`, so containerd never falls back to the registry itself. Returns the hosts dir."""
+    argv = [MIRROR_CLI, "client-config", "containerd", "--no-fallback", "--url", mirror_url]
+    run([*argv, "--registry", "docker.io", "--output", str(hosts)], timeout=30)
+    text = (hosts / "docker.io" / "hosts.toml").read_text()
+    assert text.startswith(f'server = "{mirror_url}"\n'), text
+    assert "registry-1.docker.io" not in text, f"hosts.toml names the registry:\n{text}"
+    return hosts

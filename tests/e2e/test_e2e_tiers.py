@@ -23,14 +23,14 @@ from typing import Any
 import pytest
 from e2e_parts import (
     KINDS,
-    MIRROR_CLI,
     Client,
     Containerd,
     ContainerdClient,
     DockerClient,
     DockerEngine,
     amd64,
-    run,
+    no_fallback_hosts,
+    registry_blob_gets,
     seed_kinds,
 )
 from support import Image, MirrorProcess, Pusher, Registry
@@ -58,11 +58,7 @@ class TierCost:
     edge_to_regional: int = 0  # requests the edge sent upstream (to the regional mirror, as mirrors_only)
 
     def blob_gets(self) -> Counter[str]:
-        return Counter(
-            path.rsplit("/", 1)[1]
-            for method, path, _ in self.registry_log
-            if method == "GET" and "/blobs/sha256:" in path
-        )
+        return registry_blob_gets(self.registry_log)
 
 
 RESULTS: list[tuple[str, str, str, dict[str, int], TierCost]] = []  # (client, kind, cold/warm, expected GETs, cost)
@@ -172,12 +168,7 @@ def test_docker_pulls_through_an_edge_chained_to_a_regional_mirror(
 @pytest.fixture
 def containerd_on_the_edge(tmp_path: Path, tiers: Tiers) -> Iterator[ContainerdClient]:
     """containerd with the hosts.toml of `mirror client-config containerd --no-fallback` for the edge."""
-    hosts = tmp_path / "certs.d"
-    argv = [MIRROR_CLI, "client-config", "containerd", "--no-fallback", "--url", tiers.edge.url]
-    run([*argv, "--registry", "docker.io", "--output", str(hosts)], timeout=30)
-    text = (hosts / "docker.io" / "hosts.toml").read_text()
-    assert text.startswith(f'server = "{tiers.edge.url}"\n'), text
-    assert "registry-1.docker.io" not in text, f"hosts.toml names the registry:\n{text}"
+    hosts = no_fallback_hosts(tiers.edge.url, tmp_path / "certs.d")
     containerd = Containerd(tmp_path / "ctd")
     try:
         containerd.start()
