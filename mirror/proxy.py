@@ -172,7 +172,7 @@ class Proxy(ListAnswers):
     async def _fetch_by_digest(
         self, upstream: Upstream, repository: str, digest: Digest, accept: list[str]
     ) -> ManifestAnswer:
-        stored = await self.manifests.get(digest)
+        stored = await self._held_or_shared(str(digest))  # a fleet fetches a manifest once, too
         if stored is not None:  # held; but does it belong here?
             await self._check_link(upstream, repository, digest, manifest=True, accept=accept)
         if stored is not None and admits(accepted_types(accept), stored.media_type):
@@ -192,6 +192,7 @@ class Proxy(ListAnswers):
             raise DigestInvalid("upstream manifest does not match the requested digest", detail={"digest": str(digest)})
         manifest = Manifest(str(digest), fetched.media_type, fetched.body)
         await self.manifests.put(digest, manifest)
+        await self.tag_store.share_manifest(manifest.digest, manifest.media_type, manifest.body)
         return ManifestAnswer(manifest, "MISS")
 
     async def _resolve_tag(self, upstream: Upstream, repository: str, tag: str, accept: list[str]) -> ManifestAnswer:

@@ -137,6 +137,22 @@ def test_round_robin_32_cold_clients_one_download_per_blob(origin: Origin, tmp_p
         fleet.stop()
 
 
+def test_a_manifest_by_digest_is_fetched_once_for_the_fleet(origin: Origin, tmp_path: Path) -> None:
+    """Index children and pinned digests: asked of every replica in turn, the upstream is asked once
+    (Docker Hub counts manifest GETs as pulls)."""
+    fleet = start_fleet(tmp_path, origin, round_robin=True)
+    try:
+        image = origin.images[0]
+        path = f"/v2/{image.repository}/manifests/{image.digest}"
+        for mirror in fleet.replicas:
+            answer = httpx.get(mirror.url + path, headers={"Accept": ", ".join(ALL_MANIFESTS)})
+            assert answer.status_code == 200 and answer.content == image.manifest
+        asked = [r for r in fleet.upstream.requests() if "/manifests/" in r.uri]
+        assert [(r.method, r.uri) for r in asked] == [("GET", path)]
+    finally:
+        fleet.stop()
+
+
 def test_digest_hashing_keeps_one_copy_in_the_fleet(origin: Origin, tmp_path: Path) -> None:
     fleet = start_fleet(tmp_path, origin, round_robin=False)
     try:

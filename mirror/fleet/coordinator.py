@@ -85,6 +85,7 @@ class Fleet:
     async def close(self) -> None:
         for task in self._leases.values():
             task.cancel()
+
         async def leave() -> None:
             await self._redis.delete(f"{PREFIX}member:{self.me}")
             await self._redis.srem(f"{PREFIX}members", self.me)
@@ -125,7 +126,7 @@ class Fleet:
         A member whose record expired (three missed heartbeats) has stopped: it leaves the set."""
 
         async def read() -> list[dict[str, Any]]:
-            joined = sorted(await self._redis.smembers(f"{PREFIX}members"))
+            joined = sorted(str(peer) for peer in await self._redis.smembers(f"{PREFIX}members"))  # decoded
             values = await self._redis.mget([f"{PREFIX}member:{peer}" for peer in joined]) if joined else []
             if gone := [peer for peer, value in zip(joined, values, strict=True) if not value]:
                 await self._redis.srem(f"{PREFIX}members", *gone)
