@@ -6,7 +6,6 @@ the real registry (it logs the body bytes the upstream served, per request).
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 import time
@@ -17,12 +16,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fleet_parts import SECRET, HAProxy, RedisServer, pull, replica, wait_members
+from fleet_parts import SECRET, ReplicaSet, pull, wait_members
 from pacing import PacedUpstream
-from support import ALL_MANIFESTS, Image, MirrorProcess, Pusher, Registry
-
-from mirror.cache.layout import CacheLayout
-from mirror.registry.reference import parse_digest
+from support import ALL_MANIFESTS, Image, Pusher, Registry
 
 
 @dataclass
@@ -43,37 +39,26 @@ def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Origin]:
 
 
 @dataclass
-class Fleet:
-    redis: RedisServer
+class Fleet(ReplicaSet):
+    """The replicas, with nginx between them and the registry counting what the upstream served."""
+
     upstream: PacedUpstream
-    replicas: list[MirrorProcess]
-    balancer: HAProxy
 
     def stop(self) -> None:
-        self.balancer.stop()
-        for mirror in self.replicas:
-            mirror.stop()
+        super().stop()
         self.upstream.stop()
-        self.redis.stop()
 
 
 def start_fleet(
     root: Path, origin: Origin, *, round_robin: bool, rate: str = "0", count: int = 3, cache: str = ""
 ) -> Fleet:
-    redis = RedisServer(root / "redis").start()
     upstream = PacedUpstream(origin.registry, root / "nginx", rate=rate).start()
-    replicas = [replica(root / f"replica-{n}", upstream.url, redis, extra=cache) for n in range(count)]
-    balancer = HAProxy(root / "haproxy", replicas, round_robin=round_robin)
-    fleet = Fleet(redis, upstream, replicas, balancer)
     try:
-        for mirror in replicas:
-            mirror.start()
-        wait_members(replicas, count)
-        balancer.start()
+        replicas = ReplicaSet.start(root, upstream.url, round_robin=round_robin, count=count, extra=cache)
     except BaseException:
-        fleet.stop()
+        upstream.stop()
         raise
-    return fleet
+    return Fleet(replicas.redis, replicas.replicas, replicas.balancer, upstream)
 
 
 def upstream_bytes(upstream: PacedUpstream, images: list[Image]) -> tuple[int, int]:
@@ -89,27 +74,16 @@ def pull_all(url: str, images: list[Image], clients: int) -> list[bool]:
         return list(pool.map(lambda image: pull(url, image), jobs))
 
 
-def held_by(fleet: Fleet, digest: str) -> list[int]:
-    return [
-        n for n, r in enumerate(fleet.replicas) if CacheLayout(r.cache_dir).blob_path(parse_digest(digest)).exists()
-    ]
-
-
 def test_round_robin_32_cold_clients_one_download_per_blob(origin: Origin, tmp_path: Path) -> None:
     fleet = start_fleet(tmp_path, origin, round_robin=True)
     try:
         assert all(pull_all(fleet.balancer.url, origin.images, 32))
-        for mirror in fleet.replicas:
-            mirror.wait_idle()
+        fleet.wait_idle()
         served, one_copy = upstream_bytes(fleet.upstream, origin.images)
         print(f"round robin, 32 cold clients: upstream {served / one_copy:.2f}× the images")
         assert served == one_copy, "each blob once from the upstream, whatever replica asked"
-        for image in origin.images:
-            for digest in image.all_blobs():
-                for n in held_by(fleet, digest):
-                    path = CacheLayout(fleet.replicas[n].cache_dir).blob_path(parse_digest(digest))
-                    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest.split(":")[1]
-        spread = [len(held_by(fleet, d)) for image in origin.images for d in image.blobs]
+        # holders() hashes every copy it finds
+        spread = [len(fleet.holders(d)) for image in origin.images for d in image.all_blobs()]
         assert max(spread) > 1, "popular blobs spread over several replicas"
         # Every replica, and the fleet's totals: /stats?scope=fleet, the dashboard, mirror stats --fleet.
         time.sleep(1.0)  # a heartbeat after the pulls
@@ -157,11 +131,10 @@ def test_digest_hashing_keeps_one_copy_in_the_fleet(origin: Origin, tmp_path: Pa
     fleet = start_fleet(tmp_path, origin, round_robin=False)
     try:
         assert all(pull_all(fleet.balancer.url, origin.images, 16))
-        for mirror in fleet.replicas:
-            mirror.wait_idle()
+        fleet.wait_idle()
         for image in origin.images:
             for digest in image.blobs:
-                assert len(held_by(fleet, digest)) == 1, digest
+                assert len(fleet.holders(digest)) == 1, digest
         stored = sum(r.stats()["cached_bytes"] for r in fleet.replicas)
         manifests = sum(len(image.manifest) for image in origin.images)
         _, one_copy = upstream_bytes(fleet.upstream, origin.images)
@@ -205,12 +178,10 @@ def test_redis_down_and_back(origin: Origin, tmp_path: Path) -> None:
         assert health["redis"].startswith("down")
         fleet.redis.start()  # empty: the replicas register again
         wait_members(fleet.replicas, 3)
-        for mirror in fleet.replicas:
-            mirror.wait_idle()
+        fleet.wait_idle()
         mark = len(fleet.upstream.requests())
         assert all(pull_all(fleet.balancer.url, origin.images[1:], 16))
-        for mirror in fleet.replicas:
-            mirror.wait_idle()
+        fleet.wait_idle()
         digests = {d for image in origin.images[1:] for d in image.all_blobs()}
         gets = [r for r in fleet.upstream.requests()[mark:] if r.uri.rsplit("/", 1)[-1] in digests]
         one_copy = sum(len(data) for image in origin.images[1:] for data in image.all_blobs().values())
