@@ -79,12 +79,14 @@ class MetadataIndex:
     def linked(self, upstream: str, repository: str, digest: str) -> bool:
         return link_key(upstream, repository, digest) in self._db
 
-    def unlink(self, digest: str) -> int:
-        """Forget every link to a digest (it was removed); how many there were."""
+    def unlink(self, digests: set[str]) -> int:
+        """Forget every link to these digests (they were removed); how many there were.
+
+        One walk over the keys for all of them: a link is keyed by repository first."""
         removed = 0
         for key in list(self._db.iterkeys()):
             parts = read_key(key)
-            if parts is not None and len(parts) == 4 and parts[0] == "link" and parts[3] == digest:
+            if parts is not None and len(parts) == 4 and parts[0] == "link" and parts[3] in digests:
                 removed += bool(self._db.delete(key))
         return removed
 

@@ -136,8 +136,7 @@ def apply_to_index(index: MetadataIndex, removal: Removal) -> None:
         index.forget_tag_if(upstream, repository, tag, lambda _entries: True)
     for digest in removal.manifests:
         index.forget_manifest(digest)
-    for digest in removal.manifests | removal.blobs:
-        index.unlink(digest)
+    index.unlink(removal.manifests | removal.blobs)
 
 
 def apply_to_directory(cache: CacheDirectory, removal: Removal) -> None:
