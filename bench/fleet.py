@@ -1,8 +1,8 @@
 """Scenario 10: the fleet (issue 17): 3 replicas against 1 mirror, over the same WAN.
 
 Each set-up starts on empty caches: one mirror alone; one mirror behind HAProxy (what the
-balancer alone costs); 3 replicas sharing a Redis with the clients spread over them (as DNS
-round robin spreads them); the same behind HAProxy with the shipped `deploy/haproxy.cfg` (blobs
+balancer alone costs: no Redis, no [fleet]); 3 replicas sharing a Redis with the clients spread
+over them (as DNS round robin spreads them); the same behind HAProxy with the shipped `deploy/haproxy.cfg` (blobs
 hashed on their digest); and behind HAProxy's round robin (a balancer that knows nothing of
 digests, like a Kubernetes Service). N cold clients pull at once, then N warm clients. Redis
 (Debian's redis-server) and HAProxy run in the foreground on loopback, stopped by PID, like
@@ -37,21 +37,27 @@ def binary(name: str) -> str:
     return found
 
 
-def haproxy_config(port: int, replica_ports: list[int], *, balance: str) -> str:
-    """The shipped configuration (digest hashing), bound to `port`, its servers replaced by the
-    replicas; with `balance = "roundrobin"`, a balancer that knows nothing of digests."""
+def haproxy_config(port: int, replica_ports: list[int], *, balance: str = "hash") -> str:
+    """The shipped configuration (digest hashing), bound to 127.0.0.1:`port`, its servers replaced
+    by the replicas; with `balance = "roundrobin"`, a balancer that knows nothing of digests.
+    The one owner of this rewrite: tests/fleet_parts.py uses it too."""
     text = HAPROXY_CONFIG.read_text().replace("bind :5000", f"bind 127.0.0.1:{port}")
     servers = "".join(f"    server mirror-{n} 127.0.0.1:{p}\n" for n, p in enumerate(replica_ports, 1))
-    text = re.sub(r"(    server mirror-\d+ [^\n]+\n)+", servers, text)
+    text, count = re.subn(r"(    server mirror-\d+ [^\n]+\n)+", servers, text)
+    if count != 2:  # one block per backend
+        raise RuntimeError(f"{HAPROXY_CONFIG}: expected 2 blocks of server lines, found {count}")
     if balance == "roundrobin":
-        text = re.sub(r"    balance [^\n]+\n    hash-type consistent\n", "    balance roundrobin\n", text)
+        text, count = re.subn(r"    balance [^\n]+\n    hash-type consistent\n", "    balance roundrobin\n", text)
+        if count != 2:
+            raise RuntimeError(f"{HAPROXY_CONFIG}: expected 2 hashing backends, found {count}")
     return text
 
 
 @dataclass
 class Fleet:
     """Redis, `size` mirrors with a [fleet] table, and HAProxy in front (`balance` "hash" or
-    "roundrobin"); with `balance = None` no balancer: the clients are spread over the replicas."""
+    "roundrobin"); with `balance = None` no balancer: the clients are spread over the replicas.
+    With `size = 1` a plain mirror (no Redis, no [fleet]) behind HAProxy: the balancer's cost alone."""
 
     name: str
     upstream: procs.Origin
@@ -67,18 +73,19 @@ class Fleet:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}" if self.balance else self.replicas[0].url
 
+    @property
+    def client_urls(self) -> list[str]:
+        """Where the clients go: the balancer, or each replica in turn."""
+        return [self.url] if self.balance else [replica.url for replica in self.replicas]
+
     def start_fresh(self) -> Fleet:
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
         self.root.mkdir(parents=True)
-        redis_port = procs.free_port()
-        argv = [binary("redis-server"), "--port", str(redis_port), "--bind", "127.0.0.1", "--save", ""]
-        argv += ["--appendonly", "no", "--dir", str(self.root), "--daemonize", "no"]
-        self.redis = procs.spawn(argv, log=self.root / "redis.log")
-        procs.wait_port(redis_port, self.redis)
+        redis = self.start_redis() if self.size > 1 else None
         for n in range(self.size):
             replica = procs.Mirror(f"{self.name}-{n}", self.upstream, self.root / f"replica-{n}")
-            replica.fleet_redis = f"redis://127.0.0.1:{redis_port}/0"
+            replica.fleet_redis = redis
             self.replicas.append(replica.start_fresh())
         if self.balance is not None:
             self.port = procs.free_port()
@@ -86,8 +93,17 @@ class Fleet:
             config.write_text(haproxy_config(self.port, [r.port for r in self.replicas], balance=self.balance))
             self.haproxy = procs.spawn([binary("haproxy"), "-db", "-f", str(config)], log=self.root / "haproxy.log")
             procs.wait_http(f"{self.url}/healthz", self.haproxy)
-        self.wait_members()
+        if redis is not None:
+            self.wait_members()
         return self
+
+    def start_redis(self) -> str:
+        port = procs.free_port()
+        argv = [binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+        argv += ["--appendonly", "no", "--dir", str(self.root), "--daemonize", "no"]
+        self.redis = procs.spawn(argv, log=self.root / "redis.log")
+        procs.wait_port(port, self.redis)
+        return f"redis://127.0.0.1:{port}/0"
 
     def wait_members(self, timeout: float = 30.0) -> None:
         """Every replica sees all the others (a replica that does not would download on its own)."""

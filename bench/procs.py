@@ -156,10 +156,13 @@ class AccessLogged:
 
 
 class Reachable(Protocol):
-    """Anything clients pull from: a target, or the balancer in front of a fleet."""
+    """Anything clients pull from: a target, or a fleet of replicas."""
 
     @property
     def url(self) -> str: ...
+
+    @property
+    def client_urls(self) -> list[str]: ...
 
 
 class Origin(Protocol):
@@ -237,6 +240,10 @@ class Target:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def client_urls(self) -> list[str]:
+        return [self.url]
 
     @property
     def pid(self) -> int | None:

@@ -425,13 +425,14 @@ NOTES = {
     "(manifest → config → layer, hashed and checked). One connection gets 1/8 of the link; 8 ranged requests "
     "at once could fill it. Upstream bytes are body bytes from nginx's access log; on the wire = the "
     "client-side veth's rx counter (TCP/IP and HTTP headers included).",
-    "10": "The mirror only, each set-up on empty caches: one mirror alone; one mirror behind HAProxy (what the "
-    "balancer alone costs); 3 replicas (`[fleet]`, one Redis) with the clients spread over them, as DNS round robin "
-    "spreads them; the same behind HAProxy with the shipped `deploy/haproxy.cfg` (blobs hashed on their digest, "
-    "manifests on their repository); and behind HAProxy's round robin (a balancer that knows nothing of digests, "
-    "like a Kubernetes Service). N cold clients at once over the WAN, then N warm clients. Each fleet is compared "
-    "with one mirror behind the same front. Everything shares the machine's 2 CPUs: the replicas, HAProxy, Redis "
-    "and the clients, so the warm numbers show the cost of the extra hops, not the NICs a fleet adds.",
+    "10": "The mirror only, each set-up on empty caches: one mirror alone; one mirror behind HAProxy "
+    "(what the balancer alone costs: no Redis, no `[fleet]`); 3 replicas (`[fleet]`, one Redis) with the "
+    "clients spread over them, as DNS round robin spreads them; the same behind HAProxy with the shipped "
+    "`deploy/haproxy.cfg` (blobs hashed on their digest, manifests on their repository); and behind HAProxy's "
+    "round robin (a balancer that knows nothing of digests, like a Kubernetes Service). N cold clients at once "
+    "over the WAN, then N warm clients. Each fleet is compared with one mirror behind the same front. "
+    "Everything shares the machine's 2 CPUs: the replicas, HAProxy, Redis and the clients, so the warm "
+    "numbers show the cost of the extra hops, not the NICs a fleet adds.",
     "9": "The mirror only. N small blob files with correct names are made in a fresh cache, `sync` and "
     "`echo 3 > /proc/sys/vm/drop_caches`, then `mirror serve` starts; the time from its start to the first right "
     "answer for a blob (its bytes checked), and until `/stats` says the LRU index is built.",

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import h2load, nginx, procs, puller
-from bench.fleet import Fleet, s10_fleet
+from bench.fleet import s10_fleet
 from bench.http import Client
 from bench.netns import Wan
 from bench.seed import Blob, Image
@@ -153,8 +153,7 @@ def _pull(
     image = image or ctx.image
     job = ctx.image_job(target.url, clients, image)
     job["timeout"] = max(job["timeout"], 2 * expected_s + 60)
-    if isinstance(target, Fleet) and target.balance is None:
-        job["base_urls"] = [replica.url for replica in target.replicas]
+    job["base_urls"] = target.client_urls
     meter = meter or UpstreamMeter(ctx)
     with meter:
         results = puller.run_parallel(

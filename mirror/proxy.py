@@ -172,9 +172,14 @@ class Proxy(ListAnswers):
     async def _fetch_by_digest(
         self, upstream: Upstream, repository: str, digest: Digest, accept: list[str]
     ) -> ManifestAnswer:
-        stored = await self._held_or_shared(str(digest))  # a fleet fetches a manifest once, too
+        stored = await self.manifests.get(digest)
+        shared = None if stored is not None else await self._from_fleet(str(digest))
+        if shared is not None:
+            stored = shared
         if stored is not None:  # held; but does it belong here?
             await self._check_link(upstream, repository, digest, manifest=True, accept=accept)
+        if shared is not None:
+            await self.manifests.put(digest, shared)  # only once it may be served here
         if stored is not None and admits(accepted_types(accept), stored.media_type):
             self.stats.manifest_hits += 1
             return ManifestAnswer(stored, "HIT")
@@ -282,12 +287,30 @@ class Proxy(ListAnswers):
         held = await self.manifests.get(parse_digest(digest))
         if held is not None:
             return held
+        shared = await self._shared(digest)
+        if shared is not None:
+            await self.manifests.put(parse_digest(digest), shared)
+        return shared
+
+    async def _shared(self, digest: str) -> Manifest | None:
+        """A manifest as another replica of the fleet shared it, if it matches its digest."""
         shared = await self.tag_store.shared_manifest(digest)
         if shared is None or manifest_digest(shared[1]) != digest:
             return None
-        manifest = Manifest(digest, shared[0], shared[1])
-        await self.manifests.put(parse_digest(digest), manifest)
-        return manifest
+        return Manifest(digest, shared[0], shared[1])
+
+    async def _from_fleet(self, digest: str) -> Manifest | None:
+        """A manifest by digest that another replica shared, or is fetching now (waited for, up to
+        FLEET_WAIT); None when this replica is to fetch it (alone, it always is)."""
+        shared = await self._shared(digest)
+        if shared is not None or await self.tag_store.claim_fetch(digest, FLEET_WAIT):
+            return shared
+        deadline = time.monotonic() + FLEET_WAIT
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            if (shared := await self._shared(digest)) is not None:
+                return shared
+        return None
 
     async def _remember_tag(
         self,

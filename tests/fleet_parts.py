@@ -5,7 +5,6 @@ blob with Range, through the balancer)."""
 from __future__ import annotations
 
 import hashlib
-import re
 import shutil
 import subprocess
 import time
@@ -16,7 +15,8 @@ import httpx
 import pytest
 from support import ALL_MANIFESTS, Image, MirrorProcess, free_port, start_server, stop_process
 
-HAPROXY_CONFIG = Path(__file__).parent.parent / "deploy" / "haproxy.cfg"
+from bench.fleet import haproxy_config  # the shipped deploy/haproxy.cfg, bound to loopback
+
 SECRET = "fleet-secret-for-the-tests-0123"
 
 
@@ -51,6 +51,13 @@ class RedisServer:
             stop_process(self.process)
             self.process = None
 
+    def kill(self) -> None:
+        """SIGKILL: gone mid-run, with no goodbye to its clients."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
 
 @dataclass
 class HAProxy:
@@ -67,12 +74,9 @@ class HAProxy:
         return f"http://127.0.0.1:{self.port}"
 
     def config(self) -> str:
-        text = HAPROXY_CONFIG.read_text().replace("bind :5000", f"bind 127.0.0.1:{self.port}")
-        servers = "".join(f"    server mirror-{n} 127.0.0.1:{r.port}\n" for n, r in enumerate(self.replicas, 1))
-        text = re.sub(r"(    server mirror-\d+ [^\n]+\n)+", servers, text)
-        if self.round_robin:  # a balancer that knows nothing of digests: round robin, DNS, a Service
-            text = re.sub(r"    balance [^\n]+\n    hash-type consistent\n", "    balance roundrobin\n", text)
-        return text
+        # round robin: a balancer that knows nothing of digests (DNS, a Kubernetes Service)
+        balance = "roundrobin" if self.round_robin else "hash"
+        return haproxy_config(self.port, [r.port for r in self.replicas], balance=balance)
 
     def start(self) -> HAProxy:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -87,8 +91,10 @@ class HAProxy:
             self.process = None
 
 
-def replica(root: Path, upstream_url: str, redis: RedisServer, *, extra: str = "") -> MirrorProcess:
-    mirror = MirrorProcess(root, {"docker.io": upstream_url})
+def replica(
+    root: Path, upstream_url: str, redis: RedisServer, *, extra: str = "", upstream_config: str = ""
+) -> MirrorProcess:
+    mirror = MirrorProcess(root, {"docker.io": upstream_url}, upstream_config=upstream_config)
     mirror.extra_config = (
         f'{extra}\n[fleet]\nredis = "{redis.url}"\npeer_url = "http://127.0.0.1:{mirror.port}"\n'
         f'secret = "{SECRET}"\nheartbeat = "0.5s"\nlease_ttl = "2s"\n'
@@ -156,10 +162,20 @@ class ReplicaSet:
 
     @classmethod
     def start(
-        cls, root: Path, upstream_url: str, *, round_robin: bool = False, count: int = 3, extra: str = ""
+        cls,
+        root: Path,
+        upstream_url: str,
+        *,
+        round_robin: bool = False,
+        count: int = 3,
+        extra: str = "",
+        upstream_config: str = "",
     ) -> ReplicaSet:
         redis = RedisServer(root / "redis").start()
-        replicas = [replica(root / f"replica-{n}", upstream_url, redis, extra=extra) for n in range(count)]
+        replicas = [
+            replica(root / f"replica-{n}", upstream_url, redis, extra=extra, upstream_config=upstream_config)
+            for n in range(count)
+        ]
         fleet = cls(redis, replicas, HAProxy(root / "haproxy", replicas, round_robin=round_robin))
         try:
             for mirror in replicas:

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from fleet_parts import SECRET, ReplicaSet, pull, wait_members
 from pacing import PacedUpstream
-from support import ALL_MANIFESTS, Image, Pusher, Registry
+from support import ALL_MANIFESTS, Image, MirrorProcess, Pusher, Registry
 
 
 @dataclass
@@ -50,15 +50,33 @@ class Fleet(ReplicaSet):
 
 
 def start_fleet(
-    root: Path, origin: Origin, *, round_robin: bool, rate: str = "0", count: int = 3, cache: str = ""
+    root: Path,
+    origin: Origin,
+    *,
+    round_robin: bool,
+    rate: str = "0",
+    count: int = 3,
+    cache: str = "",
+    upstream_config: str = "",
 ) -> Fleet:
     upstream = PacedUpstream(origin.registry, root / "nginx", rate=rate).start()
     try:
-        replicas = ReplicaSet.start(root, upstream.url, round_robin=round_robin, count=count, extra=cache)
+        replicas = ReplicaSet.start(
+            root,
+            upstream.url,
+            round_robin=round_robin,
+            count=count,
+            extra=cache,
+            upstream_config=upstream_config,
+        )
     except BaseException:
         upstream.stop()
         raise
     return Fleet(replicas.redis, replicas.replicas, replicas.balancer, upstream)
+
+
+def fleet_members(mirror: MirrorProcess) -> list[str]:
+    return [r["peer_url"] for r in httpx.get(f"{mirror.url}/stats", params={"scope": "fleet"}).json()["replicas"]]
 
 
 def upstream_bytes(upstream: PacedUpstream, images: list[Image]) -> tuple[int, int]:
@@ -112,17 +130,27 @@ def test_round_robin_32_cold_clients_one_download_per_blob(origin: Origin, tmp_p
 
 
 def test_a_manifest_by_digest_is_fetched_once_for_the_fleet(origin: Origin, tmp_path: Path) -> None:
-    """Index children and pinned digests: asked of every replica in turn, the upstream is asked once
-    (Docker Hub counts manifest GETs as pulls)."""
-    fleet = start_fleet(tmp_path, origin, round_robin=True)
+    """Index children and pinned digests, asked of several replicas at once: the upstream is asked
+    once (Docker Hub counts manifest GETs as pulls). With a credential, the cache may hold what not
+    every client may read: a shared manifest is served under a repository only once the upstream
+    says it is there."""
+    credential = 'username = "puller"\npassword = "not-asked-for"\n'  # the registry never challenges
+    fleet = start_fleet(tmp_path, origin, round_robin=True, upstream_config=credential)
     try:
-        image = origin.images[0]
+        image, other = origin.images[0], origin.images[1]
         path = f"/v2/{image.repository}/manifests/{image.digest}"
-        for mirror in fleet.replicas:
-            answer = httpx.get(mirror.url + path, headers={"Accept": ", ".join(ALL_MANIFESTS)})
-            assert answer.status_code == 200 and answer.content == image.manifest
-        asked = [r for r in fleet.upstream.requests() if "/manifests/" in r.uri]
-        assert [(r.method, r.uri) for r in asked] == [("GET", path)]
+        accept = {"Accept": ", ".join(ALL_MANIFESTS)}
+        with ThreadPoolExecutor(8) as pool:  # replicas 0 and 1 at once; replica 2 never asked for it
+            answers = list(pool.map(lambda n: httpx.get(fleet.replicas[n % 2].url + path, headers=accept), range(8)))
+        assert all(a.status_code == 200 and a.content == image.manifest for a in answers)
+        elsewhere = f"/v2/{other.repository}/manifests/{image.digest}"
+        refused = httpx.get(fleet.replicas[2].url + elsewhere, headers=accept)
+        assert refused.status_code == 404 and refused.content != image.manifest
+        served = httpx.get(fleet.replicas[2].url + path, headers=accept)
+        assert served.status_code == 200 and served.content == image.manifest
+        asked = [(r.method, r.uri) for r in fleet.upstream.requests() if "/manifests/" in r.uri]
+        assert asked.count(("GET", path)) == 1, asked
+        assert ("HEAD", elsewhere) in asked and ("GET", elsewhere) not in asked, asked
     finally:
         fleet.stop()
 
@@ -159,21 +187,35 @@ def test_a_replica_killed_mid_pull_and_its_rejoin(origin: Origin, tmp_path: Path
         largest = max(len(data) for data in image.all_blobs().values())
         print(f"replica killed: upstream {served:,} bytes for {one_copy:,} ({served / one_copy:.2f}×)")
         assert served <= one_copy + largest
-        fleet.replicas[0].start()  # rejoins: registers what it holds
+        for digest in image.all_blobs():
+            fleet.holders(digest)  # hashes every copy: no file anywhere is corrupt, the dead one's included
+        # It drops out of the fleet after three missed heartbeats (0.5 s each here)...
+        deadline = time.monotonic() + 5
+        while fleet.replicas[0].url in fleet_members(fleet.replicas[1]):
+            assert time.monotonic() < deadline, "a killed replica stays a member"
+            time.sleep(0.2)
+        fleet.replicas[0].start()  # ...and rejoins: registers what it holds
         wait_members(fleet.replicas, 3)
         mark = len(fleet.upstream.requests())
         assert all(pull_all(fleet.balancer.url, [image], 16))
+        fleet.wait_idle()
         after = [r for r in fleet.upstream.requests()[mark:] if "/blobs/" in r.uri]
+        print(f"after the rejoin: {sum(r.body_bytes for r in after):,} upstream blob bytes")
         assert sum(r.body_bytes for r in after) == 0, "a rejoined replica costs no upstream bytes"
+        for digest in image.all_blobs():
+            fleet.holders(digest)
     finally:
         fleet.stop()
 
 
 def test_redis_down_and_back(origin: Origin, tmp_path: Path) -> None:
-    fleet = start_fleet(tmp_path, origin, round_robin=True)
+    fleet = start_fleet(tmp_path, origin, round_robin=True, rate="2m")
     try:
-        fleet.redis.stop()
-        assert all(pull_all(fleet.balancer.url, origin.images[:1], 4)), "pulls go on without Redis"
+        with ThreadPoolExecutor(1) as pool:  # Redis killed while 8 pulls are on their way
+            pulls = pool.submit(pull_all, fleet.balancer.url, origin.images[:1], 8)
+            time.sleep(1.0)
+            fleet.redis.kill()
+            assert all(pulls.result()), "pulls go on without Redis"
         health = fleet.replicas[0].stats()["fleet"]
         assert health["redis"].startswith("down")
         fleet.redis.start()  # empty: the replicas register again
@@ -185,6 +227,7 @@ def test_redis_down_and_back(origin: Origin, tmp_path: Path) -> None:
         digests = {d for image in origin.images[1:] for d in image.all_blobs()}
         gets = [r for r in fleet.upstream.requests()[mark:] if r.uri.rsplit("/", 1)[-1] in digests]
         one_copy = sum(len(data) for image in origin.images[1:] for data in image.all_blobs().values())
+        print(f"Redis back, 16 cold clients: {sum(r.body_bytes for r in gets):,} upstream bytes for {one_copy:,}")
         assert sum(r.body_bytes for r in gets) == one_copy, "1.00× again once Redis is back"
     finally:
         fleet.stop()

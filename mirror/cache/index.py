@@ -84,6 +84,8 @@ class MetadataIndex:
 
         One walk over the keys for all of them: a link is keyed by repository first."""
         removed = 0
+        if not digests:
+            return removed
         for key in list(self._db.iterkeys()):
             parts = read_key(key)
             if parts is not None and len(parts) == 4 and parts[0] == "link" and parts[3] in digests:

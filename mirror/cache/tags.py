@@ -33,6 +33,8 @@ class TagStore(Protocol):
 
     async def claim_refresh(self, upstream: str, repository: str, tag: str, seconds: float) -> bool: ...
 
+    async def claim_fetch(self, digest: str, seconds: float) -> bool: ...
+
     async def share_manifest(self, digest: str, media_type: str, body: bytes) -> None: ...
 
     async def shared_manifest(self, digest: str) -> tuple[str, bytes] | None: ...
@@ -79,6 +81,10 @@ class LocalTagStore:
 
     async def claim_refresh(self, upstream: str, repository: str, tag: str, seconds: float) -> bool:
         """A replica on its own revalidates whenever a tag's answer is old."""
+        return True
+
+    async def claim_fetch(self, digest: str, seconds: float) -> bool:
+        """A replica on its own fetches what it lacks (its downloads are single-flight already)."""
         return True
 
     async def share_manifest(self, digest: str, media_type: str, body: bytes) -> None:

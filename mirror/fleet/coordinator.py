@@ -6,6 +6,8 @@ Every value in Redis is JSON text, never a pickle. Keys (all under `mirror:`):
     member:<peer url>      {"peer_url", "started", "blobs", "bytes", "hit_ratio", "seen"}, PX 3 heartbeats
     holders:<digest>       a set of peer URLs: the replicas that hold the blob
     lease:<digest>         {"peer_url", "since"}, SET NX PX lease_ttl: the replica downloading it
+    manifest:<digest>      {"media_type", "body"}, EX 7 days: a manifest one replica fetched (mirror.fleet.tags)
+    fetch:<digest>         NX PX: the replica fetching a manifest by digest for the fleet
     tag:<upstream>/<repository>:<tag>     a hash: accept key -> a tag answer (mirror.fleet.tags)
     refresh:<…>            NX PX: the replica revalidating a tag
 
@@ -40,6 +42,13 @@ _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del
 _TAKE_OVER = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1 "
     "else return 0 end"
+)
+# Drops members whose record expired, each only if it still has none: a replica that beat
+# again since it was read stays.
+_PRUNE = (
+    "local gone = 0 for i, peer in ipairs(ARGV) do "
+    "if redis.call('exists', KEYS[1] .. peer) == 0 then gone = gone + redis.call('srem', KEYS[2], peer) end "
+    "end return gone"
 )
 _RENEW = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
@@ -129,7 +138,7 @@ class Fleet:
             joined = sorted(str(peer) for peer in await self._redis.smembers(f"{PREFIX}members"))  # decoded
             values = await self._redis.mget([f"{PREFIX}member:{peer}" for peer in joined]) if joined else []
             if gone := [peer for peer, value in zip(joined, values, strict=True) if not value]:
-                await self._redis.srem(f"{PREFIX}members", *gone)
+                await self._redis.eval(_PRUNE, 2, f"{PREFIX}member:", f"{PREFIX}members", *gone)
             return [json.loads(value) for value in values if value]
 
         members: list[dict[str, Any]] = await self._call("members", read, [])

@@ -52,6 +52,10 @@ class FleetTagStore:
         """Whether this replica revalidates the tag now: one replica per tag per tag_ttl, fleet-wide."""
         return await self.fleet.claim(f"refresh:{upstream}/{repository}:{tag}", seconds)
 
+    async def claim_fetch(self, digest: str, seconds: float) -> bool:
+        """Whether this replica fetches a manifest by digest now: one replica at a time, fleet-wide."""
+        return await self.fleet.claim(f"fetch:{digest}", seconds)
+
     async def share_manifest(self, digest: str, media_type: str, body: bytes) -> None:
         """A tag's manifest, for the replicas that get the tag's answer from Redis and do not hold it."""
         try:

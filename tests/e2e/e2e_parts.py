@@ -332,8 +332,10 @@ class Podman:
         self.env.pop("XDG_RUNTIME_DIR", None)
         # Its SHM lock file would go to the host's /dev/shm: give it a private one. Tests may add more binds.
         self.binds: list[tuple[Path, str]] = [(root / "shm", "/dev/shm")]
+        self.ran_containers = False  # then stop() removes them
 
     def podman(self, *args: str, check: bool = True, timeout: float = PULL_TIMEOUT) -> subprocess.CompletedProcess[str]:
+        self.ran_containers = self.ran_containers or "run" in args[:1]
         argv = [
             "podman",
             "--root", str(self.root / "graph"),
@@ -348,7 +350,10 @@ class Podman:
         return run(private_mounts(self.binds, argv), env=self.env, timeout=timeout, check=check)
 
     def stop(self) -> None:
-        # No daemon; storage is vfs directories under root.
+        # No daemon, but a container may still run (a test that failed after `podman run -d`):
+        # stopped by podman, which knows its PIDs; then storage is vfs directories under root.
+        if self.ran_containers:
+            self.podman("rm", "--all", "--force", "--time", "5", check=False, timeout=60)
         shutil.rmtree(self.root / "graph", ignore_errors=True)
 
 
