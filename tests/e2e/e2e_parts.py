@@ -334,10 +334,9 @@ class Podman:
         self.binds: list[tuple[Path, str]] = [(root / "shm", "/dev/shm")]
         self.ran_containers = False  # then stop() removes them
 
-    def podman(self, *args: str, check: bool = True, timeout: float = PULL_TIMEOUT) -> subprocess.CompletedProcess[str]:
-        self.ran_containers = self.ran_containers or "run" in args[:1]
-        argv = [
-            "podman",
+    def global_flags(self) -> list[str]:
+        """podman's flags for this private storage (scripts/image is given them too)."""
+        return [
             "--root", str(self.root / "graph"),
             "--runroot", str(self.root / "run"),
             "--storage-driver", "vfs",
@@ -345,8 +344,11 @@ class Podman:
             "--cgroup-manager", "cgroupfs",
             "--events-backend", "file",
             "--network-config-dir", str(self.root / "net"),
-            *args,
         ]  # fmt: skip
+
+    def podman(self, *args: str, check: bool = True, timeout: float = PULL_TIMEOUT) -> subprocess.CompletedProcess[str]:
+        self.ran_containers = self.ran_containers or "run" in args[:1]
+        argv = ["podman", *self.global_flags(), *args]
         return run(private_mounts(self.binds, argv), env=self.env, timeout=timeout, check=check)
 
     def stop(self) -> None:

@@ -39,19 +39,6 @@ RUN_FLAGS = ["--ulimit", "nofile=16384:16384", "--ulimit", "nproc=4096:4096", "-
 PEM = re.compile(rb"-----BEGIN CERTIFICATE-----\s+(.+?)-----END CERTIFICATE-----", re.DOTALL)
 
 
-def global_flags(podman: Podman) -> list[str]:
-    """The global flags Podman.podman() passes: scripts/image runs podman with the same ones."""
-    return [
-        "--root", str(podman.root / "graph"),
-        "--runroot", str(podman.root / "run"),
-        "--storage-driver", "vfs",
-        "--tmpdir", str(podman.root / "tmp"),
-        "--cgroup-manager", "cgroupfs",
-        "--events-backend", "file",
-        "--network-config-dir", str(podman.root / "net"),
-    ]  # fmt: skip
-
-
 @dataclass
 class Container:
     podman: Podman
@@ -94,7 +81,7 @@ def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
     (root / "podman" / "hostrun").mkdir()
     podman.binds.append((root / "podman" / "hostrun", "/run"))
     try:
-        env = {**podman.env, "PODMAN": " ".join(["podman", *global_flags(podman)])}
+        env = {**podman.env, "PODMAN": " ".join(["podman", *podman.global_flags()])}
         argv = [str(REPO / "scripts" / "image"), "build", "--offline", "--tag", TAG]
         started = time.monotonic()
         # With podman's private binds (/dev/shm, /run), as Podman.podman() runs podman itself.
