@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import ALL_MANIFESTS, Image, MirrorProcess, free_port, start_server, stop_process
+from support import ALL_MANIFESTS, ByPid, Image, MirrorProcess, free_port, start_server
 
 from bench.fleet import haproxy_config  # the shipped deploy/haproxy.cfg, bound to loopback
 
@@ -30,7 +30,7 @@ def need(binary: str) -> str:
 
 
 @dataclass
-class RedisServer:
+class RedisServer(ByPid):
     root: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
@@ -46,21 +46,9 @@ class RedisServer:
         self.process = start_server(argv, self.root / "redis.log", self.port)
         return self
 
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_process(self.process)
-            self.process = None
-
-    def kill(self) -> None:
-        """SIGKILL: gone mid-run, with no goodbye to its clients."""
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
-
 
 @dataclass
-class HAProxy:
+class HAProxy(ByPid):
     """haproxy with the shipped configuration, its servers replaced by the replicas."""
 
     root: Path
@@ -84,11 +72,6 @@ class HAProxy:
         path.write_text(self.config())
         self.process = start_server([need("haproxy"), "-db", "-f", str(path)], self.root / "haproxy.log", self.port)
         return self
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_process(self.process)
-            self.process = None
 
 
 def replica(

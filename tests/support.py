@@ -99,8 +99,26 @@ def wait_for_port(host: str, port: int, process: subprocess.Popen[bytes], timeou
     raise RuntimeError(f"{host}:{port} did not come up in {timeout}s")
 
 
+class ByPid:
+    """A server the tests started as a child process, stopped (or killed) by its PID."""
+
+    process: subprocess.Popen[bytes] | None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+            self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL: gone mid-run, with no goodbye to its clients."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
 @dataclass
-class Registry:
+class Registry(ByPid):
     """A real `docker-registry` (CNCF distribution) on a loopback port; its access log counts requests."""
 
     root: Path
@@ -140,11 +158,6 @@ class Registry:
             self.stop()
             raise
         return self
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_process(self.process)
-            self.process = None
 
     def requests(self) -> list[tuple[str, str, int]]:
         """(method, path, status) for every request the registry has logged so far."""
@@ -346,7 +359,7 @@ def _seed(pusher: Pusher, layer_size: int) -> dict[str, Image]:
 
 
 @dataclass
-class MirrorProcess:
+class MirrorProcess(ByPid):
     """`mirror serve` as a real subprocess on a loopback port."""
 
     root: Path
@@ -409,17 +422,6 @@ class MirrorProcess:
             self.stop()  # the caller has no handle on a process whose start failed
             raise
         return self
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_process(self.process)
-            self.process = None
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
 
     def stats(self) -> dict[str, Any]:
         """/stats: counters, and `upstreams` with each upstream's own counters and quota."""
