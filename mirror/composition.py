@@ -262,6 +262,7 @@ class Mirror:
                 "peer_url": self.fleet.me,
                 "redis": "up" if self.fleet.up else "down: on its own",
                 "last_error": self.fleet.last_error,
+                "redis_failures": self.fleet.failures,
             }
         return snapshot
 

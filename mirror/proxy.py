@@ -349,25 +349,21 @@ class Proxy(ListAnswers):
         def open_source(start: int, end: int | None) -> AbstractAsyncContextManager[BlobStream]:
             return source.open_blob(repository, digest, start, end)
 
-        while True:
-            opened = await self.store.open(digest)
-            if opened is not None:
-                self.stats.blob_hits += 1
-                return CachedBody(*opened, self.stats)
-            download = self.inflight.get(digest)
-            if download is not None:
-                if not background:
-                    download.client_joined()
-                self.stats.coalesced += 1
-                status = "COALESCED"
-                break
-            # open() paused, so the blob may have landed meanwhile (then: open it). This check
-            # and the start below run without a pause: no second download can slip in between.
-            if self.store.size_now(digest) is None:
-                self.stats.blob_misses += 1
-                download = self.inflight.start(digest, open_source, source.link, background=background)
-                status = "MISS"
-                break
+        found = await self.inflight.find(digest)
+        if isinstance(found, tuple):
+            self.stats.blob_hits += 1
+            return CachedBody(*found, self.stats)
+        if found is not None:
+            download = found
+            if not background:
+                download.client_joined()
+            self.stats.coalesced += 1
+            status = "COALESCED"
+        else:
+            # No pause since find() looked: no second download can slip in between.
+            self.stats.blob_misses += 1
+            download = self.inflight.start(digest, open_source, source.link, background=background)
+            status = "MISS"
         try:
             # Shielded: one client leaving must not cancel the download the others share.
             await asyncio.shield(download.ready)
@@ -408,12 +404,12 @@ class Proxy(ListAnswers):
 
     async def local_blob(self, digest: Digest) -> BlobBody | None:
         """For another replica: the blob if held, or the download fetching it joined; never a new download."""
-        opened = await self.store.open(digest)
-        if opened is not None:
-            return CachedBody(*opened, self.stats)
-        download = self.inflight.get(digest)
-        if download is None:
+        found = await self.inflight.find(digest)
+        if found is None:
             return None
+        if isinstance(found, tuple):
+            return CachedBody(*found, self.stats)
+        download = found
         try:
             await asyncio.shield(download.ready)
         except NoRoom:

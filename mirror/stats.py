@@ -188,6 +188,11 @@ def prometheus(snapshot: dict[str, object]) -> str:
             continue  # rendered per upstream below
         if name == "fleet" and isinstance(value, dict):
             lines += ["# TYPE mirror_fleet_redis_up gauge", f"mirror_fleet_redis_up {int(value.get('redis') == 'up')}"]
+            lines += [
+                "# HELP mirror_fleet_redis_failures_total Redis calls that failed; each was answered without Redis.",
+                "# TYPE mirror_fleet_redis_failures_total counter",
+                f"mirror_fleet_redis_failures_total {value.get('redis_failures', 0)}",
+            ]
             continue
         metric = f"mirror_{name}"
         if name in _HELP:

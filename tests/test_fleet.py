@@ -18,6 +18,7 @@ import httpx
 import pytest
 from fleet_parts import SECRET, ReplicaSet, pull, wait_members
 from pacing import PacedUpstream
+from prometheus_client.parser import text_string_to_metric_families
 from support import ALL_MANIFESTS, Image, MirrorProcess, Pusher, Registry
 
 
@@ -217,13 +218,20 @@ def test_redis_down_and_back(origin: Origin, tmp_path: Path) -> None:
             fleet.redis.kill()
             assert all(pulls.result()), "pulls go on without Redis"
         health = fleet.replicas[0].stats()["fleet"]
-        assert health["redis"].startswith("down")
+        assert health["redis"].startswith("down") and health["redis_failures"] > 0
+        text = httpx.get(f"{fleet.replicas[0].url}/metrics").text
+        metrics = {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples}
+        assert metrics["mirror_fleet_redis_up"] == 0 and metrics["mirror_fleet_redis_failures_total"] > 0
         fleet.redis.start()  # empty: the replicas register again
         wait_members(fleet.replicas, 3)
         fleet.wait_idle()
         mark = len(fleet.upstream.requests())
+        failures = [r.stats()["fleet"]["redis_failures"] for r in fleet.replicas]
         assert all(pull_all(fleet.balancer.url, origin.images[1:], 16))
         fleet.wait_idle()
+        # Each pooled connection to the Redis that was killed fails on its first use: it is
+        # opened again, not counted as Redis failing (then a replica would fetch on its own).
+        assert [r.stats()["fleet"]["redis_failures"] for r in fleet.replicas] == failures
         digests = {d for image in origin.images[1:] for d in image.all_blobs()}
         gets = [r for r in fleet.upstream.requests()[mark:] if r.uri.rsplit("/", 1)[-1] in digests]
         one_copy = sum(len(data) for image in origin.images[1:] for data in image.all_blobs().values())

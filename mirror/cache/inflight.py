@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from io import FileIO
 
 from mirror.cache.blobs import BlobStore
 from mirror.cache.downloads import Download, OpenSource
@@ -27,6 +28,21 @@ class InflightDownloads:
 
     def get(self, digest: Digest) -> Download | None:
         return self._downloads.get(digest)
+
+    async def find(self, digest: Digest) -> tuple[FileIO, int] | Download | None:
+        """The cached file (open, and its size), or the download under way for it; None only when
+        it is neither. The store's open() pauses, and a download may commit and leave meanwhile:
+        then the file is there, and it is opened again. A None is returned without a pause after
+        the last look, so the caller may start a download on it."""
+        while True:
+            opened = await self.store.open(digest)
+            if opened is not None:
+                return opened
+            download = self._downloads.get(digest)
+            if download is not None:
+                return download
+            if self.store.size_now(digest) is None:
+                return None
 
     def start(self, digest: Digest, open_source: OpenSource, link: Link, *, background: bool = False) -> Download:
         download = Download(digest, self.store, self.stats, link, background=background)

@@ -27,6 +27,9 @@ from functools import partial
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from mirror.config import FleetConfig
@@ -64,10 +67,18 @@ class Fleet:
         self.secret = config.secret
         self._report = report  # this replica's numbers for its member record
         self._redis = aioredis.Redis.from_url(
-            config.redis, socket_timeout=1.0, socket_connect_timeout=1.0, decode_responses=True
+            config.redis,
+            socket_timeout=1.0,
+            socket_connect_timeout=1.0,
+            decode_responses=True,
+            # A pooled connection to a Redis that restarted fails once, on its first use: it is
+            # opened again and the command sent once more. (from_url sets no retry of its own; a
+            # slow Redis, a timeout, is not retried: the replica goes on alone at once.)
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
         self.up = False  # Redis answered the last time it was asked
         self.last_error: str | None = None
+        self.failures = 0  # Redis calls that failed, each answered without Redis
         self.started = time.time()
         self._leases: dict[str, asyncio.Task[None]] = {}  # digest -> its renewal
         self._held: Callable[[], Iterable[str]] = lambda: ()
@@ -84,6 +95,7 @@ class Fleet:
                 log.warning("fleet: Redis failed (%s: %s); going on alone until it is back", what, exc)
             self.up = False
             self._was_down = True
+            self.failures += 1
             self.last_error = f"{type(exc).__name__}: {exc}"[:300]
             return fallback
         if not self.up:

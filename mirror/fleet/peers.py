@@ -48,22 +48,29 @@ class FleetSource:
         if not peers:
             # Nobody holds it: the replica with the lease downloads it, the others stream from it.
             # (A range of our own download finds the lease ours: None.)
-            owner = await self.fleet.lease(str(digest))
-            peers = [owner] if owner is not None else await self.fleet.holders(str(digest))
-            if owner is None and peers:
-                # The one that had the lease finished between our two questions: it holds the blob now.
-                await self.fleet.release(str(digest))
+            owner, peers = await self._lease_or_holders(digest)
         async with AsyncExitStack() as stack:
             body = await self._first_that_answers(stack, peers, digest, start)
             if body is None and owner is not None:
                 # The replica downloading it failed us (killed?): one replica takes its lease over,
                 # the others stream from that one, so the upstream is asked once more, not once each.
-                owner = await self.fleet.lease(str(digest), failed=owner)
-                if owner is not None:
-                    body = await self._first_that_answers(stack, [owner], digest, start)
+                owner, peers = await self._lease_or_holders(digest, failed=owner)
+                body = await self._first_that_answers(stack, peers, digest, start)
             if body is None:
                 body = await stack.enter_async_context(self.upstream.open_blob(repository, digest, start, end))
             yield body
+
+    async def _lease_or_holders(self, digest: Digest, failed: str | None = None) -> tuple[str | None, list[str]]:
+        """Whom to ask for a blob: (the replica downloading it, [that one]); or, when the lease is
+        ours, (None, the holders), as the one that had it may have finished between our questions
+        (then the lease goes back); (None, []) when it is ours to download, under our lease."""
+        owner = await self.fleet.lease(str(digest), failed=failed)
+        if owner is not None:
+            return owner, [owner]
+        peers = await self.fleet.holders(str(digest))
+        if peers:
+            await self.fleet.release(str(digest))
+        return None, peers
 
     async def _first_that_answers(
         self, stack: AsyncExitStack, peers: list[str], digest: Digest, start: int
