@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -267,16 +268,17 @@ class Proxy(ListAnswers):
     ) -> ManifestAnswer | None:
         """The answer another replica fetched (polled for FLEET_WAIT); the old one, STALE, when it
         gives none in time; None when there is nothing to serve (then this replica asks itself)."""
-        deadline = time.monotonic() + FLEET_WAIT
-        while time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+
+        async def newer() -> Manifest | None:
             entries = await self.tag_store.tag_entries(upstream.name, repository, tag, reload=True)
             entry = _answer_for(entries, accepted)
             if entry is not None and (old is None or entry.fetched_at > old.fetched_at):
-                cached = await self._held_or_shared(entry.digest)
-                if cached is not None:
-                    self.stats.manifest_hits += 1
-                    return ManifestAnswer(cached, "HIT")
+                return await self._held_or_shared(entry.digest)
+            return None
+
+        if (cached := await _wait_for_fleet(newer)) is not None:
+            self.stats.manifest_hits += 1
+            return ManifestAnswer(cached, "HIT")
         if old is not None and (cached := await self.manifests.get(parse_digest(old.digest))) is not None:
             self.stats.manifest_stale += 1
             return ManifestAnswer(cached, "STALE", max(0.0, time.time() - old.fetched_at))
@@ -305,12 +307,7 @@ class Proxy(ListAnswers):
         shared = await self._shared(digest)
         if shared is not None or await self.tag_store.claim_fetch(digest, FLEET_WAIT):
             return shared
-        deadline = time.monotonic() + FLEET_WAIT
-        while time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-            if (shared := await self._shared(digest)) is not None:
-                return shared
-        return None
+        return await _wait_for_fleet(lambda: self._shared(digest))
 
     async def _remember_tag(
         self,
@@ -426,6 +423,16 @@ class Proxy(ListAnswers):
         if download is not None and download.size is not None:
             return download.size
         return await upstream.head_blob(repository, digest)
+
+
+async def _wait_for_fleet(look: Callable[[], Awaitable[Manifest | None]]) -> Manifest | None:
+    """What another replica is fetching: looked for every 50 ms, for up to FLEET_WAIT."""
+    deadline = time.monotonic() + FLEET_WAIT
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        if (found := await look()) is not None:
+            return found
+    return None
 
 
 def _answer_for(entries: dict[str, TagEntry], accepted: frozenset[str]) -> TagEntry | None:

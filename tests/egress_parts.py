@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from support import free_port, start_server, stop_process
+from support import ByPid, free_port, start_server
 
 UPSTREAM_HOST = "registry.egress.test"
 CDN_HOST = "cdn.egress.test"
@@ -104,7 +104,7 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 @dataclass
-class Squid:
+class Squid(ByPid):
     """Debian's squid in the foreground, on loopback, with basic auth and its own hosts file.
 
     squid drops root for the `proxy` user, so its files live in a directory that user owns,
@@ -185,10 +185,10 @@ class Squid:
         self.process = start_server(["/usr/sbin/squid", "-N", "-f", str(d / "squid.conf")], d / "stderr.log", self.port)
         return self
 
+    stop_timeout = 15.0
+
     def stop(self) -> None:
-        if self.process is not None:
-            stop_process(self.process, timeout=15)
-            self.process = None
+        super().stop()
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def log_lines(self) -> list[str]:
@@ -206,7 +206,7 @@ class Squid:
 
 
 @dataclass
-class Nginx:
+class Nginx(ByPid):
     """Debian's nginx in the foreground: TLS in front of a registry, asking clients for a certificate."""
 
     directory: Path
@@ -248,11 +248,6 @@ class Nginx:
         argv = ["/usr/sbin/nginx", "-c", str(d / "nginx.conf"), "-p", str(d)]
         self.process = start_server(argv, d / "stderr.log", self.port)
         return self
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_process(self.process)
-            self.process = None
 
 
 def private_names(directory: Path, hosts: dict[str, str]) -> list[str]:

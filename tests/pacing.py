@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from support import Registry, free_port, start_server, stop_process
+from support import ByPid, Registry, free_port, start_server
 
 # One JSON object per request; nginx escapes the values (escape=json).
 _LOG_FORMAT = (
@@ -45,7 +45,7 @@ class PacedRequest:
         return self.ended - self.seconds
 
 
-class PacedUpstream:
+class PacedUpstream(ByPid):
     """Debian's nginx as a reverse proxy in front of `registry`, each request paced at `rate`.
 
     `rate` is nginx's `limit_rate`: bytes per second for each request (so for each HTTP/1.1
@@ -92,11 +92,6 @@ class PacedUpstream:
         argv = ["/usr/sbin/nginx", "-c", str(conf), "-p", str(self.directory), "-e", str(self.directory / "error.log")]
         self.process = start_server(argv, self.directory / "stderr.log", self.port)
         return self
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_process(self.process)
-            self.process = None
 
     def __enter__(self) -> PacedUpstream:
         return self.start()

@@ -103,10 +103,11 @@ class ByPid:
     """A server the tests started as a child process, stopped (or killed) by its PID."""
 
     process: subprocess.Popen[bytes] | None
+    stop_timeout = 10.0  # seconds from SIGTERM to SIGKILL
 
     def stop(self) -> None:
         if self.process is not None:
-            stop_process(self.process)
+            stop_process(self.process, self.stop_timeout)
             self.process = None
 
     def kill(self) -> None:
