@@ -1,12 +1,12 @@
 """Scenario 10: the fleet (issue 17): 3 replicas against 1 mirror, over the same WAN.
 
 Each set-up starts on empty caches: one mirror alone; one mirror behind HAProxy (what the
-balancer alone costs: no Redis, no [fleet]); 3 replicas sharing a Redis with the clients spread
-over them (as DNS round robin spreads them); the same behind HAProxy with the shipped `deploy/haproxy.cfg` (blobs
-hashed on their digest); and behind HAProxy's round robin (a balancer that knows nothing of
-digests, like a Kubernetes Service). N cold clients pull at once, then N warm clients. Redis
-(Debian's redis-server) and HAProxy run in the foreground on loopback, stopped by PID, like
-every other process of the bench.
+balancer alone costs: no Redis, no [fleet]); 3 replicas sharing a Redis with the clients
+spread over them (as DNS round robin spreads them); the same behind HAProxy with the shipped
+`deploy/haproxy.cfg` (blobs hashed on their digest); and behind HAProxy's round robin (a
+balancer that knows nothing of digests, like a Kubernetes Service). N cold clients pull at
+once, then N warm clients. Redis (Debian's redis-server) and HAProxy run in the foreground on
+loopback, stopped by PID, like every other process of the bench.
 """
 
 from __future__ import annotations

@@ -173,14 +173,13 @@ class Proxy(ListAnswers):
     async def _fetch_by_digest(
         self, upstream: Upstream, repository: str, digest: Digest, accept: list[str]
     ) -> ManifestAnswer:
-        stored = await self.manifests.get(digest)
-        shared = None if stored is not None else await self._from_fleet(str(digest))
-        if shared is not None:
-            stored = shared
-        if stored is not None:  # held; but does it belong here?
+        stored = held = await self.manifests.get(digest)
+        if held is None:
+            stored = await self._from_fleet(str(digest))
+        if stored is not None:  # held or shared; but does it belong here?
             await self._check_link(upstream, repository, digest, manifest=True, accept=accept)
-        if shared is not None:
-            await self.manifests.put(digest, shared)  # only once it may be served here
+            if held is None:
+                await self.manifests.put(digest, stored)  # a shared one is kept once it may be served here
         if stored is not None and admits(accepted_types(accept), stored.media_type):
             self.stats.manifest_hits += 1
             return ManifestAnswer(stored, "HIT")

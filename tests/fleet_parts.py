@@ -85,10 +85,15 @@ def replica(
     return mirror
 
 
+def fleet_members(mirror: MirrorProcess) -> list[str]:
+    """The peer URLs of the live replicas, as `mirror` sees them."""
+    return [r["peer_url"] for r in httpx.get(f"{mirror.url}/stats", params={"scope": "fleet"}).json()["replicas"]]
+
+
 def wait_members(replicas: list[MirrorProcess], count: int, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        seen = [len(httpx.get(f"{r.url}/stats", params={"scope": "fleet"}).json()["replicas"]) for r in replicas]
+        seen = [len(fleet_members(r)) for r in replicas]
         if all(n == count for n in seen):
             return
         assert time.monotonic() < deadline, f"replicas see {seen} members, not {count}"

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fleet_parts import SECRET, ReplicaSet, pull, wait_members
+from fleet_parts import SECRET, ReplicaSet, fleet_members, pull, wait_members
 from pacing import PacedUpstream
 from prometheus_client.parser import text_string_to_metric_families
-from support import ALL_MANIFESTS, Image, MirrorProcess, Pusher, Registry
+from support import ALL_MANIFESTS, Image, Pusher, Registry
 
 
 @dataclass
@@ -74,10 +74,6 @@ def start_fleet(
         upstream.stop()
         raise
     return Fleet(replicas.redis, replicas.replicas, replicas.balancer, upstream)
-
-
-def fleet_members(mirror: MirrorProcess) -> list[str]:
-    return [r["peer_url"] for r in httpx.get(f"{mirror.url}/stats", params={"scope": "fleet"}).json()["replicas"]]
 
 
 def upstream_bytes(upstream: PacedUpstream, images: list[Image]) -> tuple[int, int]:
