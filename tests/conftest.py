@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -8,15 +7,18 @@ import pytest
 from fake_upstream import FakeUpstream
 from pacing import PacedUpstream
 from support import Image, MirrorProcess, Registry, seed_standard_images
-
-REQUIRED_TOOLS = ("docker-registry", "skopeo")
+from tools import audit_subprocesses, missing_for_suite, suite
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     # A missing tool is a broken test machine, not a reason to skip: fail loudly.
-    missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
+    missing = missing_for_suite()
     if missing:
-        raise pytest.UsageError(f"missing test tools: {', '.join(missing)} (run scripts/test, which installs them)")
+        raise pytest.UsageError(
+            f"missing tools of the {suite()} suite: {', '.join(missing)} "
+            f"(scripts/install-deps {suite()} installs them; scripts/tools.toml declares them)"
+        )
+    audit_subprocesses()
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from support import ByPid, free_port, start_server
+from tools import tool
 
 UPSTREAM_HOST = "registry.egress.test"
 CDN_HOST = "cdn.egress.test"
@@ -128,7 +129,7 @@ class Squid(ByPid):
         d = self.directory
         (d / "hosts").write_text("".join(f"{address} {name}\n" for name, address in self.hosts.items()))
         hashed = subprocess.run(
-            ["openssl", "passwd", "-1", PROXY_PASSWORD], capture_output=True, text=True, check=True
+            [tool("openssl"), "passwd", "-1", PROXY_PASSWORD], capture_output=True, text=True, check=True
         ).stdout.strip()
         (d / "passwd").write_text(f"{PROXY_USER}:{hashed}\n")
         port_line = f"http_port 127.0.0.1:{self.port}"
@@ -182,7 +183,7 @@ class Squid(ByPid):
         proxy_user = pwd.getpwnam("proxy")
         for path in [d, *d.rglob("*")]:
             os.chown(path, proxy_user.pw_uid, proxy_user.pw_gid)
-        self.process = start_server(["/usr/sbin/squid", "-N", "-f", str(d / "squid.conf")], d / "stderr.log", self.port)
+        self.process = start_server([tool("squid"), "-N", "-f", str(d / "squid.conf")], d / "stderr.log", self.port)
         return self
 
     stop_timeout = 15.0
@@ -245,7 +246,7 @@ class Nginx(ByPid):
             "  }\n"
             "}\n"
         )
-        argv = ["/usr/sbin/nginx", "-c", str(d / "nginx.conf"), "-p", str(d)]
+        argv = [tool("nginx"), "-c", str(d / "nginx.conf"), "-p", str(d)]
         self.process = start_server(argv, d / "stderr.log", self.port)
         return self
 
@@ -262,7 +263,17 @@ def private_names(directory: Path, hosts: dict[str, str]) -> list[str]:
     resolv = directory / "resolv.conf"
     resolv.write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
     script = 'mount --bind "$0" /etc/hosts && mount --bind "$1" /etc/resolv.conf && shift && exec "$@"'
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(etc_hosts), str(resolv)]
+    return [
+        tool("unshare"),
+        "--mount",
+        "--propagation",
+        "private",
+        tool("sh"),
+        "-c",
+        script,
+        str(etc_hosts),
+        str(resolv),
+    ]
 
 
 def with_system_ca(directory: Path, ca: Path) -> list[str]:
@@ -279,7 +290,7 @@ def with_system_ca(directory: Path, ca: Path) -> list[str]:
     shutil.copy("/etc/ca-certificates.conf", conf)
     subprocess.run(
         [
-            "update-ca-certificates",
+            tool("update-ca-certificates"),
             "--fresh",
             "--certsconf",
             str(conf),
@@ -296,4 +307,4 @@ def with_system_ca(directory: Path, ca: Path) -> list[str]:
     bundle = (etc_certs / "ca-certificates.crt").read_text()
     assert ca.read_text().strip() in bundle, "update-ca-certificates left the test CA out"
     script = 'mount --bind "$0" /etc/ssl/certs && exec "$@"'
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(etc_certs)]
+    return [tool("unshare"), "--mount", "--propagation", "private", tool("sh"), "-c", script, str(etc_certs)]

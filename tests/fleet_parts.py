@@ -5,28 +5,18 @@ blob with Range, through the balancer)."""
 from __future__ import annotations
 
 import hashlib
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import pytest
 from support import ALL_MANIFESTS, ByPid, Image, MirrorProcess, free_port, start_server
+from tools import tool
 
 from bench.fleet import haproxy_config  # the shipped deploy/haproxy.cfg, bound to loopback
 
 SECRET = "fleet-secret-for-the-tests-0123"
-
-
-def need(binary: str) -> str:
-    path = shutil.which(binary) or next(
-        (p for p in (f"/usr/sbin/{binary}", f"/usr/bin/{binary}") if Path(p).exists()), None
-    )
-    if path is None:
-        pytest.fail(f"{binary} is missing (scripts/install-deps test installs it)")
-    return path
 
 
 @dataclass
@@ -41,7 +31,7 @@ class RedisServer(ByPid):
 
     def start(self) -> RedisServer:
         self.root.mkdir(parents=True, exist_ok=True)
-        argv = [need("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        argv = [tool("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
         argv += ["--appendonly", "no", "--dir", str(self.root), "--daemonize", "no"]
         self.process = start_server(argv, self.root / "redis.log", self.port)
         return self
@@ -70,7 +60,7 @@ class HAProxy(ByPid):
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / "haproxy.cfg"
         path.write_text(self.config())
-        self.process = start_server([need("haproxy"), "-db", "-f", str(path)], self.root / "haproxy.log", self.port)
+        self.process = start_server([tool("haproxy"), "-db", "-f", str(path)], self.root / "haproxy.log", self.port)
         return self
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import TracebackType
 
 from support import ByPid, Registry, free_port, start_server
+from tools import tool
 
 # One JSON object per request; nginx escapes the values (escape=json).
 _LOG_FORMAT = (
@@ -89,7 +90,7 @@ class PacedUpstream(ByPid):
         self.directory.mkdir(parents=True, exist_ok=True)
         conf = self.directory / "nginx.conf"
         conf.write_text(self._config())
-        argv = ["/usr/sbin/nginx", "-c", str(conf), "-p", str(self.directory), "-e", str(self.directory / "error.log")]
+        argv = [tool("nginx"), "-c", str(conf), "-p", str(self.directory), "-e", str(self.directory / "error.log")]
         self.process = start_server(argv, self.directory / "stderr.log", self.port)
         return self
 

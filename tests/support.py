@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from tools import tool
 
 from mirror.cache.layout import CacheLayout
 from mirror.registry.reference import parse_digest
@@ -152,7 +153,7 @@ class Registry(ByPid):
             + self.extra_config
         )
         with open(self.log_path, "ab") as out, open(self.root / "registry.err", "ab") as err:
-            self.process = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=out, stderr=err)
+            self.process = subprocess.Popen([tool("docker-registry"), "serve", str(config)], stdout=out, stderr=err)
         try:
             wait_for_http(f"{self.url}/v2/", self.process)
         except BaseException:

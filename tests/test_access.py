@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from support import Image, MirrorProcess, Registry
+from tools import tool
 
 
 def htpasswd(path: Path, users: dict[str, str]) -> Path:
@@ -50,7 +51,7 @@ def test_clients_must_log_in(guarded: MirrorProcess, images: dict[str, Image], t
     assert httpx.get(f"{guarded.url}/v2/library/demo/blobs/{blob}").status_code == 401
 
     source = f"docker://127.0.0.1:{guarded.port}/library/demo:latest"
-    command = ["skopeo", "copy", "--src-tls-verify=false", source, f"dir:{tmp_path / 'out'}"]
+    command = [tool("skopeo"), "copy", "--src-tls-verify=false", source, f"dir:{tmp_path / 'out'}"]
     refused = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert refused.returncode != 0
     allowed = subprocess.run(
@@ -132,7 +133,7 @@ def test_tls(tmp_path: Path, registry: Registry, images: dict[str, Image]) -> No
             httpx.get(f"{process.url}/v2/")  # an unknown CA is refused, as clients refuse it
         result = subprocess.run(
             [
-                "skopeo",
+                tool("skopeo"),
                 "copy",
                 "--src-cert-dir",
                 str(cert.parent),

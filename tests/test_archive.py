@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 from support import ALL_MANIFESTS, Image, MirrorProcess, Registry
 from test_pull import skopeo_copy, verify_dir_copy
+from tools import tool
 
 UNREACHABLE = "http://127.0.0.1:9"  # nothing listens on the discard port: an offline site
 
@@ -23,7 +24,7 @@ def mirror_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def skopeo(*args: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(["skopeo", *args], capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run([tool("skopeo"), *args], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     return result
 

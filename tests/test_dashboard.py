@@ -16,6 +16,7 @@ import pytest
 from fake_upstream import FakeBlob, FakeUpstream
 from support import ALL_MANIFESTS, Image, MirrorProcess, Pusher, Registry, free_port, sha256
 from test_pull import skopeo_copy
+from tools import tool
 
 SCREENSHOT_COPY = Path("/tmp/mirror-dashboard.png")
 
@@ -147,9 +148,7 @@ def test_upstream_health_reports_failures(tmp_path: Path) -> None:
 
 
 def chromium(*args: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    binary = shutil.which("chromium")
-    if binary is None:
-        pytest.fail("chromium is missing (scripts/install-deps test installs it)")
+    binary = tool("chromium")
     profile = tmp_path / "chromium-profile"
     profile.mkdir(exist_ok=True)
     command = [

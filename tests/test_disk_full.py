@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 from support import MirrorProcess, Pusher, Registry
+from tools import tool
 
 MIB = 1024 * 1024
 
@@ -20,11 +21,11 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 24 MiB tmpfs, mounted for this test only (needs root, as CI runs)."""
     mountpoint = tmp_path / "small-disk"
     mountpoint.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mountpoint)], check=True)
+    subprocess.run([tool("mount"), "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mountpoint)], check=True)
     try:
         yield mountpoint
     finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=True)
+        subprocess.run([tool("umount"), "-l", str(mountpoint)], check=True)
 
 
 def test_full_disk_streams_uncached_and_eviction_recovers(registry: Registry, small_disk: Path) -> None:

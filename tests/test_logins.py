@@ -19,6 +19,7 @@ import yaml
 from support import ALL_MANIFESTS, Image, MirrorProcess, Registry
 from test_access import htpasswd
 from test_pull import verify_dir_copy
+from tools import tool
 
 ACCEPT = {"Accept": ", ".join(ALL_MANIFESTS)}
 RULES = '[[auth.rules]]\nusers = ["ci"]\nrepositories = ["docker.io/library/*"]\n'
@@ -52,7 +53,7 @@ def read(mirror: MirrorProcess, password: str, user: str = "ci") -> httpx.Respon
 
 
 def podman_login(mirror: MirrorProcess, password: str, authfile: Path) -> subprocess.CompletedProcess[str]:
-    argv = ["podman", "login", "--tls-verify=false", "--authfile", str(authfile), "-u", "ci", "--password-stdin"]
+    argv = [tool("podman"), "login", "--tls-verify=false", "--authfile", str(authfile), "-u", "ci", "--password-stdin"]
     return subprocess.run(
         [*argv, f"127.0.0.1:{mirror.port}"], input=password, capture_output=True, text=True, timeout=60
     )
@@ -68,7 +69,7 @@ def test_a_temporary_login_works_with_real_clients_until_it_expires(
     assert logged_in.returncode == 0, logged_in.stderr
     pulled = subprocess.run(
         [
-            "skopeo",
+            tool("skopeo"),
             "copy",
             "--src-tls-verify=false",
             "--authfile",

@@ -11,11 +11,18 @@ from pathlib import Path
 import httpx
 import pytest
 from support import ALL_MANIFESTS, Image, MirrorProcess, Pusher, Registry
+from tools import tool
 
 
 def skopeo_copy(mirror: MirrorProcess, reference: str, out: Path) -> None:
     result = subprocess.run(
-        ["skopeo", "copy", "--src-tls-verify=false", f"docker://127.0.0.1:{mirror.port}/{reference}", f"dir:{out}"],
+        [
+            tool("skopeo"),
+            "copy",
+            "--src-tls-verify=false",
+            f"docker://127.0.0.1:{mirror.port}/{reference}",
+            f"dir:{out}",
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -57,7 +64,7 @@ def test_cold_then_warm_pull(
 
 def test_skopeo_inspect(mirror: MirrorProcess, images: dict[str, Image]) -> None:
     result = subprocess.run(
-        ["skopeo", "inspect", "--tls-verify=false", f"docker://127.0.0.1:{mirror.port}/demo:latest"],
+        [tool("skopeo"), "inspect", "--tls-verify=false", f"docker://127.0.0.1:{mirror.port}/demo:latest"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -21,6 +21,7 @@ from support import ALL_MANIFESTS, Image, MirrorProcess, Pusher, Registry
 from test_access import htpasswd
 from test_pull import skopeo_copy, verify_dir_copy
 from token_upstream import TokenIssuer, enable_token_auth, token_user
+from tools import tool
 
 ACCEPT = {"Accept": ", ".join(ALL_MANIFESTS)}
 RULES = """
@@ -134,7 +135,7 @@ def test_a_private_blob_is_never_read_through_a_public_name(
 
 def test_real_clients_read_with_their_logins(ruled: MirrorProcess, ghcr: Ghcr, tmp_path: Path) -> None:
     def skopeo(reference: str, creds: str | None, out: Path) -> subprocess.CompletedProcess[str]:
-        argv = ["skopeo", "copy", "--src-tls-verify=false"]
+        argv = [tool("skopeo"), "copy", "--src-tls-verify=false"]
         argv += [f"--src-creds={creds}"] if creds else ["--src-no-creds"]
         argv += [f"docker://127.0.0.1:{ruled.port}/{reference}", f"dir:{out}"]
         return subprocess.run(argv, capture_output=True, text=True, timeout=120)

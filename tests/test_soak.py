@@ -16,12 +16,23 @@ from pathlib import Path
 import httpx
 from support import Image, MirrorProcess, Pusher, Registry
 from test_pull import skopeo_copy, verify_dir_copy
+from tools import tool
 
 SECONDS = int(os.environ.get("MIRROR_SOAK_SECONDS", "15"))
 
 
 def wrk(url: str, connections: int, seconds: int, accept: str) -> subprocess.Popen[str]:
-    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-H", f"Accept: {accept}", url]
+    command = [
+        tool("wrk"),
+        "-t1",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--timeout",
+        "10s",
+        "-H",
+        f"Accept: {accept}",
+        url,
+    ]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

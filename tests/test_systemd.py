@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tools import tool
+
 from mirror.config import load
 from mirror.http.drain import AFTER_DRAIN_GRACE
 
@@ -23,7 +25,7 @@ def local_unit(tmp_path: Path) -> Path:
 
 def test_unit_verifies(tmp_path: Path) -> None:
     result = subprocess.run(
-        ["systemd-analyze", "verify", str(local_unit(tmp_path))], capture_output=True, text=True, timeout=60
+        [tool("systemd-analyze"), "verify", str(local_unit(tmp_path))], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
     assert "mirror.service" not in result.stderr, result.stderr
@@ -33,7 +35,7 @@ def test_unit_verifies(tmp_path: Path) -> None:
 
 def test_unit_is_hardened(tmp_path: Path) -> None:
     result = subprocess.run(
-        ["systemd-analyze", "security", "--offline=yes", str(local_unit(tmp_path))],
+        [tool("systemd-analyze"), "security", "--offline=yes", str(local_unit(tmp_path))],
         capture_output=True,
         text=True,
         timeout=60,

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from support import Image, MirrorProcess, Pusher, Registry, stop_process
 from token_upstream import StaticCDN, TokenIssuer
+from tools import tool
 
 MIRROR_CLI = str(Path(sys.executable).parent / "mirror")
 KINDS = ("schema2", "oci", "list", "index")
@@ -67,7 +68,19 @@ def private_mounts(binds: list[tuple[Path, str]], argv: list[str]) -> list[str]:
     script += f'shift {2 * len(binds)}\nexec "$@"\n'
     sources = [str(source) for source, _ in binds]
     targets = [target for _, target in binds]
-    return ["unshare", "--mount", "--propagation", "slave", "sh", "-c", script, "sh", *sources, *targets, *argv]
+    return [
+        tool("unshare"),
+        "--mount",
+        "--propagation",
+        "slave",
+        tool("sh"),
+        "-c",
+        script,
+        "sh",
+        *sources,
+        *targets,
+        *argv,
+    ]
 
 
 def existing_parent(path: str) -> str:
@@ -195,7 +208,7 @@ class Containerd:
         config = self.write_config()
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                ["unshare", "--mount", "--propagation", "slave", "containerd", "--config", str(config)],
+                [tool("unshare"), "--mount", "--propagation", "slave", tool("containerd"), "--config", str(config)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -210,7 +223,9 @@ class Containerd:
 
     def ctr(self, *args: str, check: bool = True, timeout: float = PULL_TIMEOUT) -> subprocess.CompletedProcess[str]:
         return run(
-            ["ctr", "--address", str(self.socket), "--namespace", "mirror-e2e", *args], timeout=timeout, check=check
+            [tool("ctr"), "--address", str(self.socket), "--namespace", "mirror-e2e", *args],
+            timeout=timeout,
+            check=check,
         )
 
     def stop(self) -> None:
@@ -232,7 +247,7 @@ class DockerEngine:
         self.process: subprocess.Popen[bytes] | None = None
         self.env = {**os.environ, "DOCKER_CONFIG": str(root / "cli")}
         self.env.pop("DOCKER_HOST", None)
-        self.docker_cli = shutil.which("docker") or "docker"
+        self.docker_cli = tool("docker")
         # dockerd always creates /run/docker/plugins: give it a private /run. Tests may add more binds.
         self.binds: list[tuple[Path, str]] = [(root / "run", "/run")]
 
@@ -268,7 +283,7 @@ class DockerEngine:
         config.write_text(json.dumps(self.daemon_json(), indent=2))
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                private_mounts(self.binds, ["dockerd", "--config-file", str(config)]),
+                private_mounts(self.binds, [tool("dockerd"), "--config-file", str(config)]),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -348,7 +363,7 @@ class Podman:
 
     def podman(self, *args: str, check: bool = True, timeout: float = PULL_TIMEOUT) -> subprocess.CompletedProcess[str]:
         self.ran_containers = self.ran_containers or "run" in args[:1]
-        argv = ["podman", *self.global_flags(), *args]
+        argv = [tool("podman"), *self.global_flags(), *args]
         return run(private_mounts(self.binds, argv), env=self.env, timeout=timeout, check=check)
 
     def stop(self) -> None:
@@ -382,7 +397,7 @@ class Skopeo:
 
     def skopeo(self, *args: str, check: bool = True, timeout: float = PULL_TIMEOUT) -> subprocess.CompletedProcess[str]:
         argv = [
-            "skopeo",
+            tool("skopeo"),
             "--policy", str(self.policy),
             "--registries-conf", str(self.registries),
             "--registries.d", str(self.root / "registries.d"),

@@ -44,6 +44,7 @@ from e2e_parts import (
     run,
 )
 from support import Image, MirrorProcess
+from tools import tool
 
 pytestmark = pytest.mark.e2e
 
@@ -291,11 +292,11 @@ def private_ca(directory: Path, addresses: list[str]) -> tuple[Path, Path, Path]
 @pytest.fixture(scope="module")
 def remote_address() -> Iterator[str]:
     """REMOTE on this namespace's lo (the namespace, and so the address, is scripts/e2e's own)."""
-    run(["ip", "address", "add", f"{REMOTE}/32", "dev", "lo"], timeout=10)
+    run([tool("ip"), "address", "add", f"{REMOTE}/32", "dev", "lo"], timeout=10)
     try:
         yield REMOTE
     finally:
-        run(["ip", "address", "del", f"{REMOTE}/32", "dev", "lo"], timeout=10, check=False)
+        run([tool("ip"), "address", "del", f"{REMOTE}/32", "dev", "lo"], timeout=10, check=False)
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,7 @@ import httpx
 import pytest
 from e2e_parts import LAYER_SIZE, Podman, Skopeo, private_mounts, run
 from support import Image, Pusher, Registry, free_port
+from tools import tool
 
 pytestmark = pytest.mark.e2e
 
@@ -81,7 +82,7 @@ def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
     (root / "podman" / "hostrun").mkdir()
     podman.binds.append((root / "podman" / "hostrun", "/run"))
     try:
-        env = {**podman.env, "PODMAN": " ".join(["podman", *podman.global_flags()])}
+        env = {**podman.env, "PODMAN": " ".join([tool("podman"), *podman.global_flags()])}
         argv = [str(REPO / "scripts" / "image"), "build", "--offline", "--tag", TAG]
         started = time.monotonic()
         # With podman's private binds (/dev/shm, /run), as Podman.podman() runs podman itself.
