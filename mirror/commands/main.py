@@ -235,7 +235,7 @@ def serve(config: Config, reload_config: Callable[[], Config] | None = None) -> 
 def check_config(path: Path) -> int:
     """What a start or a SIGHUP would make of the file: loaded, and the files it names read."""
     config = load(path, env=os.environ)  # a ConfigError ends in one line naming the key (main)
-    access_settings(config.auth, lambda path, query: None)
+    access_settings(config.auth)
     check_certificate(config)
     print(f"{path}: ok (config {config_hash(config)})")
     return 0

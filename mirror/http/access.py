@@ -12,7 +12,6 @@ import base64
 import binascii
 import hashlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,18 +22,17 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mirror.config import AccessRule, AuthConfig, ConfigError
 from mirror.http.responses import raw_error
+from mirror.http.target import Target, target_of
 from mirror.logins import LoginError, LoginKeys
-from mirror.registry.errors import Denied, RegistryError, Unauthorized
+from mirror.registry.errors import Denied, NotFound, RegistryError, Unauthorized
 from mirror.registry.patterns import Patterns
+from mirror.registry.route import API_ROOTS, CATALOG_PATH
 
 log = logging.getLogger(__name__)
 
 ADMIN_PREFIXES = ("/stats", "/metrics", "/api/")
 ADMIN_PATHS = ("/",)
 ADMIN_DIRECTORIES = ("/static/",)
-
-
-CATALOG_PATH = "/v2/_catalog"
 
 
 def load_htpasswd(path: Path, key: str) -> dict[str, bytes]:
@@ -108,9 +106,6 @@ class AccessRules:
 # What containers/image sends with no credentials (`--src-no-creds`): an empty user and password.
 _EMPTY_BASIC = frozenset({b"basic og==", b"basic"})
 
-# The repository a registry API path reads, as `<registry>/<repository>`; None for any other path.
-RepositoryOf = Callable[[str, bytes], str | None]
-
 
 @dataclass
 class AccessSettings:
@@ -119,19 +114,13 @@ class AccessSettings:
     clients: Htpasswd | None = None
     admins: Htpasswd | None = None
     rules: AccessRules | None = None
-    repository_of: RepositoryOf | None = None
 
     def take(self, other: AccessSettings) -> None:
         """Enforce `other` from the next request on (the middleware keeps this object)."""
-        self.clients, self.admins, self.rules, self.repository_of = (
-            other.clients,
-            other.admins,
-            other.rules,
-            other.repository_of,
-        )
+        self.clients, self.admins, self.rules = other.clients, other.admins, other.rules
 
 
-def access_settings(auth: AuthConfig, repository_of: RepositoryOf) -> AccessSettings:
+def access_settings(auth: AuthConfig) -> AccessSettings:
     """The settings an `[auth]` table makes; reads the htpasswd files (ConfigError names the key)."""
     login_keys = LoginKeys(auth.login_keys) if auth.login_keys is not None else None
     clients = None
@@ -140,7 +129,7 @@ def access_settings(auth: AuthConfig, repository_of: RepositoryOf) -> AccessSett
         clients = Htpasswd(users, login_keys)
     admins = Htpasswd(load_htpasswd(auth.admin_htpasswd, "auth.admin_htpasswd")) if auth.admin_htpasswd else None
     rules = AccessRules(auth.rules) if auth.rules else None
-    return AccessSettings(clients, admins, rules, repository_of)
+    return AccessSettings(clients, admins, rules)
 
 
 class AccessControl:
@@ -155,7 +144,7 @@ class AccessControl:
     def _guard(self, settings: AccessSettings, path: str) -> tuple[Htpasswd | None, str]:
         if path == CATALOG_PATH:  # repository names can be private
             return settings.admins, "mirror admin"
-        if path == "/v2" or path.startswith("/v2/"):
+        if path in API_ROOTS or path.startswith("/v2/"):
             return settings.clients, "mirror"
         if path in ADMIN_PATHS or path.startswith(ADMIN_PREFIXES) or path.startswith(ADMIN_DIRECTORIES):
             return settings.admins, "mirror admin"
@@ -180,20 +169,23 @@ class AccessControl:
         # `/v2/` challenges every client that has not logged in, as Docker Hub does: a client told
         # 200 there never sends its login afterwards (containers/image does not). A client that
         # has none carries on anonymously, and the rules decide per repository.
-        anonymous_may = rules is not None and rules.anonymous_reads and path not in ("/v2", "/v2/")
+        anonymous_may = rules is not None and rules.anonymous_reads and path not in API_ROOTS
         if guard is not None and user is None and (authorization is not None or not anonymous_may):
             challenge = {"WWW-Authenticate": f'Basic realm="{realm}"'}
             await self._refuse(send, Unauthorized(why or Unauthorized.message, headers=challenge))
             return
-        if rules is not None and settings.repository_of is not None:
-            repository = settings.repository_of(path, scope["query_string"])
-            if repository is not None and not rules.allows(user, repository):
+        if rules is not None and path not in API_ROOTS:
+            target = target_of(scope)  # the one reading of this request, which the route serves
+            if not isinstance(target, Target):  # fail closed: what cannot be read one way is not served
+                await self._refuse(send, target if isinstance(target, RegistryError) else NotFound())
+                return
+            if not rules.allows(user, target.read):
                 if user is None:  # anonymous: ask for a login, which may be granted it
                     refusal: RegistryError = Unauthorized(
-                        f"log in to read {repository}", headers={"WWW-Authenticate": f'Basic realm="{realm}"'}
+                        f"log in to read {target.read}", headers={"WWW-Authenticate": f'Basic realm="{realm}"'}
                     )
                 else:
-                    refusal = Denied(f"{user} may not read {repository}: no [[auth.rules]] grants it")
+                    refusal = Denied(f"{user} may not read {target.read}: no [[auth.rules]] grants it")
                 await self._refuse(send, refusal)
                 return
         await self.app(scope, receive, send)

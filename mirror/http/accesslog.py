@@ -5,26 +5,24 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mirror import requestid
+from mirror.http.target import Target, target_of
+from mirror.registry.route import API_ROOTS
 from mirror.stats import Latencies
 
 log = logging.getLogger("mirror.access")
 
-_ROUTE_RE = re.compile(r"^/v2/.+/(manifests|blobs|referrers)/[^/]+$|^/v2/.+/(tags)/list$")
 
-
-def route_of(path: str) -> str:
-    """The route a path takes, as the histograms label it: manifest, blob, tags, referrers, base, other."""
-    match = _ROUTE_RE.match(path)
-    if match is not None:
-        kind = match[1] or match[2]
-        return {"manifests": "manifest", "blobs": "blob"}.get(kind, kind)
-    return "base" if path in ("/v2/", "/v2") else "other"
+def route_of(scope: Scope) -> str:
+    """The route a request took, as the histograms label it: manifest, blob, tags, referrers, base, other."""
+    target = target_of(scope)
+    if isinstance(target, Target):
+        return target.api.route
+    return "base" if scope.get("path") in API_ROOTS else "other"
 
 
 class AccessLog:
@@ -75,7 +73,7 @@ class AccessLog:
             requestid.current.reset(token)
             total = time.perf_counter() - started
             if self.latencies is not None and status:
-                self.latencies.observe(route_of(scope.get("path", "")), cache, first_byte or total, total)
+                self.latencies.observe(route_of(scope), cache, first_byte or total, total)
             if log.isEnabledFor(logging.INFO):
                 self._write(scope, status, sent, cache, total * 1000, request_id)
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import urlencode
 
 import anyio.to_thread
 from starlette.applications import Starlette
@@ -19,7 +18,7 @@ from starlette.routing import Route
 from mirror import __version__
 from mirror.cache import inventory
 from mirror.composition import Mirror
-from mirror.http.access import CATALOG_PATH, AccessControl, access_settings
+from mirror.http.access import AccessControl, access_settings
 from mirror.http.accesslog import AccessLog
 from mirror.http.admin import admin_routes
 from mirror.http.dashboard import dashboard_routes
@@ -34,40 +33,21 @@ from mirror.http.responses import (
     manifest_headers,
     serve_blob,
 )
+from mirror.http.target import ReadTarget, Target, target_of
 from mirror.link import is_background
 from mirror.proxy import ManifestAnswer
 from mirror.registry.errors import NotFound, RegistryError, Unsupported
 from mirror.registry.mediatypes import OCI_INDEX
 from mirror.registry.paging import lexical, page, parse_page_size
-from mirror.registry.reference import Digest, parse_digest, parse_name, parse_reference
+from mirror.registry.reference import Digest, parse_digest, parse_reference
 from mirror.registry.referrers import FILTERS_APPLIED_HEADER, referrers_page
+from mirror.registry.route import CATALOG_PATH
 from mirror.stats import prometheus
 from mirror.upstream import Upstream
 
 log = logging.getLogger(__name__)
 
-_REGISTRY_PATH_RE = re.compile(
-    r"^(?P<name>.+?)/(?:(?P<kind>manifests|blobs|referrers)/(?P<reference>[^/]+)|tags/list)$", re.DOTALL
-)
 _READ_METHODS = ("GET", "HEAD")
-
-
-def repository_reader(mirror: Mirror) -> Callable[[str, bytes], str | None]:
-    """For access rules: the `<registry>/<repository>` an API path reads; None for any other path
-    or bad input, which the app then refuses on its own."""
-
-    def repository_of(path: str, query_string: bytes) -> str | None:
-        match = _REGISTRY_PATH_RE.match(path.removeprefix("/v2/")) if path.startswith("/v2/") else None
-        if match is None:
-            return None
-        ns = parse_qs(query_string.decode("latin-1")).get("ns", [None])[0] if query_string else None
-        try:
-            upstream, name = mirror.resolve_upstream(match["name"], ns)
-            return f"{upstream.name}/{upstream.repository(parse_name(name))}"
-        except RegistryError:
-            return None
-
-    return repository_of
 
 
 def _mirror(request: Request) -> Mirror:
@@ -87,23 +67,22 @@ async def registry(request: Request) -> Response:
     mirror.stats.requests += 1
     if request.method not in _READ_METHODS:
         raise Unsupported("this registry mirror is read-only", detail={"method": request.method})
-    match = _REGISTRY_PATH_RE.match(request.path_params["path"])
-    if match is None:
+    target = target_of(request.scope)  # read once, before access control judged it
+    if isinstance(target, RegistryError):
+        raise target
+    if target is None:
         raise NotFound("no such registry API route")
-    # Most requests have no query string: skip parsing one.
-    ns = request.query_params.get("ns") if request.scope["query_string"] else None
-    upstream, name = mirror.resolve_upstream(match["name"], ns)
+    upstream, repository, api = target.upstream, target.repository, target.api
     request.state.upstream = upstream.name
-    repository = upstream.repository(parse_name(name))
     upstream.policy.check(repository)  # allow and deny, before any upstream request
     mirror.traffic.count(upstream.name, repository)
-    if match["kind"] == "manifests":
-        return await _manifest(request, mirror, upstream, repository, match["reference"])
-    if match["kind"] == "blobs":
-        return await _blob(request, mirror, upstream, repository, parse_digest(match["reference"]))
-    if match["kind"] == "referrers":
-        return await _referrers(request, mirror, upstream, repository, parse_digest(match["reference"]))
-    return await _tags(request, mirror, upstream, repository, name, match["name"])
+    if api.kind == "manifests":
+        return await _manifest(request, mirror, upstream, repository, api.reference)
+    if api.kind == "blobs":
+        return await _blob(request, mirror, upstream, repository, parse_digest(api.reference))
+    if api.kind == "referrers":
+        return await _referrers(request, mirror, upstream, repository, parse_digest(api.reference))
+    return await _tags(request, mirror, upstream, repository, target.name, api.name)
 
 
 async def _referrers(request: Request, mirror: Mirror, upstream: Upstream, repository: str, digest: Digest) -> Response:
@@ -140,8 +119,9 @@ async def _tags(
 
 def _next_link(request: Request, path: str, query: dict[str, str]) -> str:
     """The next page's `Link`: back at this mirror, with the client's registry selector (path prefix or ?ns=)."""
-    if "ns" in request.query_params:
-        query = {**query, "ns": request.query_params["ns"]}
+    target = target_of(request.scope)
+    if isinstance(target, Target) and target.api.ns is not None:
+        query = {**query, "ns": target.api.ns}
     return f'<{path}?{urlencode(query)}>; rel="next"'
 
 
@@ -267,9 +247,10 @@ def create_app(mirror: Mirror, drain: Drain | None = None) -> Starlette:
         *dashboard_routes(mirror),
     ]
     handlers = {RegistryError: registry_error, HTTPException: http_error, Exception: internal_error}
-    access = access_settings(config.auth, repository_reader(mirror))
+    access = access_settings(config.auth)
     middleware = [
         Middleware(CountRequests, drain=drain),
+        Middleware(ReadTarget, mirror=mirror),
         Middleware(AccessLog, json_format=config.log.format == "json", latencies=mirror.stats.latencies),
         Middleware(AccessControl, settings=access),
     ]

@@ -12,7 +12,6 @@ a query string, a body, bad input) goes on to the app, which answers the same, m
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import dataclass, replace
 
@@ -25,16 +24,14 @@ from mirror.config import AuthConfig
 from mirror.http import accesslog
 from mirror.http.access import AccessRules
 from mirror.http.responses import manifest_headers
+from mirror.http.target import Target, read_target, target_of
 from mirror.registry.errors import RegistryError
 from mirror.registry.mediatypes import accepted_types
-from mirror.registry.reference import Digest, parse_name, parse_reference
-from mirror.upstream import Upstream
+from mirror.registry.reference import Digest, parse_reference
 
 # Real clients send one Accept header of a few hundred characters.
 _MAX_ACCEPT_HEADERS = 8
 _MAX_ACCEPT_CHARS = 1024
-
-_PATH_RE = re.compile(r"^/v2/(?P<name>.+?)/manifests/(?P<reference>[^/]+)$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,28 +39,24 @@ class WarmQuestion:
     """A manifest request, parsed and validated: what a warm answer depends on."""
 
     method: str
-    path: str
-    upstream: Upstream
-    repository: str
+    target: Target
     reference: str | Digest
     accepted: frozenset[str]
     request_id: str | None = None  # the client's X-Request-Id, when it sent a sane one
 
 
-def warm_question(mirror: Mirror, method: str, path: str, accept: list[str]) -> WarmQuestion | None:
+def warm_question(method: str, target: Target | RegistryError | None, accept: list[str]) -> WarmQuestion | None:
     """The question a GET or HEAD of a manifest asks, or None for any other request or bad input."""
-    match = _PATH_RE.match(path)
-    if match is None:
+    if not isinstance(target, Target) or target.api.kind != "manifests" or target.api.ns is not None:
         return None
+    upstream, repository = target.upstream, target.repository
     try:
-        upstream, name = mirror.resolve_upstream(match["name"], None)
-        repository = upstream.repository(parse_name(name))
-        reference = parse_reference(match["reference"])
+        reference = parse_reference(target.api.reference)
     except RegistryError:
         return None
     if not upstream.policy.allows(repository):
         return None  # the app refuses it, naming the rule
-    return WarmQuestion(method, path, upstream, repository, reference, accepted_types(accept))
+    return WarmQuestion(method, target, reference, accepted_types(accept))
 
 
 def warm_manifest(mirror: Mirror, question: WarmQuestion) -> Manifest | None:
@@ -71,15 +64,15 @@ def warm_manifest(mirror: Mirror, question: WarmQuestion) -> Manifest | None:
 
     No I/O and no await: safe to call from a protocol callback.
     """
-    upstream = question.upstream
-    manifest = mirror.proxy.fresh_manifest(upstream, question.repository, question.reference, question.accepted)
+    upstream, repository = question.target.upstream, question.target.repository
+    manifest = mirror.proxy.fresh_manifest(upstream, repository, question.reference, question.accepted)
     if manifest is None:
         return None
     mirror.stats.requests += 1
     mirror.stats.manifest_hits += 1
     if question.method == "GET":
         mirror.stats.bytes_served_from_cache += len(manifest.body)
-    mirror.traffic.count(upstream.name, question.repository)
+    mirror.traffic.count(upstream.name, repository)
     return manifest
 
 
@@ -94,10 +87,10 @@ class WarmManifests:
         if scope["type"] == "http" and scope["method"] in ("GET", "HEAD") and not scope["query_string"]:
             mirror = self.mirror
             accept = [value.decode("latin-1") for key, value in scope["headers"] if key == b"accept"]
-            question = warm_question(mirror, scope["method"], scope["path"], accept)
+            question = warm_question(scope["method"], target_of(scope), accept)
             manifest = warm_manifest(mirror, question) if question is not None else None
             if question is not None and manifest is not None:
-                scope.setdefault("state", {})["upstream"] = question.upstream.name
+                scope.setdefault("state", {})["upstream"] = question.target.upstream.name
                 headers = [(k.lower().encode(), v.encode()) for k, v in manifest_headers(manifest, "HIT").items()]
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
                 await send({"type": "http.response.body", "body": manifest.body if scope["method"] == "GET" else b""})
@@ -152,13 +145,16 @@ class WarmAnswers:
                 return None
         if len(accept) > _MAX_ACCEPT_HEADERS or sum(map(len, accept)) > _MAX_ACCEPT_CHARS:
             return None  # questions are remembered: an odd Accept takes the app's road instead
-        question = warm_question(mirror, method.decode(), url.decode(), accept)
+        try:
+            target = read_target(mirror, url.decode(), b"")  # no query here: the same reading as the app's
+        except RegistryError:
+            return None
+        question = warm_question(method.decode(), target, accept)
         if question is not None and request_id is not None:
             question = replace(question, request_id=request_id)
         rules = self._rules
         if question is not None and rules is not None:
-            read = f"{question.upstream.name}/{question.repository}"
-            return question if rules.allows(None, read) else None  # else the app refuses it
+            return question if rules.allows(None, question.target.read) else None  # else the app refuses it
         return question
 
     def answer(self, question: WarmQuestion, client: tuple[str, int] | None) -> tuple[bytes, bytes] | None:
@@ -176,12 +172,12 @@ class WarmAnswers:
         mirror.stats.latencies.observe("manifest", "HIT", took, took)
         if self._log_access:
             address = client[0] if client else "-"
-            upstream = question.upstream.name
+            upstream = question.target.upstream.name
             accesslog.write_line(
                 self._json_log,
                 address,
                 question.method,
-                question.path,
+                f"/v2/{question.target.api.name}/manifests/{question.target.api.reference}",
                 200,
                 len(body),
                 took * 1000,

@@ -46,7 +46,7 @@ class Reloader:
         old = self.mirror.config
         try:
             config = self.load()
-            settings = access_settings(config.auth, self.access.repository_of or _nothing)
+            settings = access_settings(config.auth)
             certificate = check_certificate(config)
         except ConfigError as exc:
             log.error("SIGHUP: the new config is refused, the old one stays in force: %s", exc)
@@ -76,7 +76,3 @@ def check_certificate(config: Config) -> bool:
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError("server.tls_cert", f"cannot load {cert} with {key}: {exc}") from exc
     return True
-
-
-def _nothing(path: str, query: bytes) -> str | None:
-    return None

@@ -74,6 +74,12 @@ class Unsupported(RegistryError):
     code, status, message = "UNSUPPORTED", 405, "the operation is unsupported"
 
 
+class BadRequest(RegistryError):
+    """A request the mirror cannot read one way only (a repeated or empty `ns`, a body too large)."""
+
+    code, status, message = "UNSUPPORTED", 400, "bad request"
+
+
 class NotFound(RegistryError):
     code, status, message = "NOT_FOUND", 404, "not found"
 
