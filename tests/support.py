@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import httpx
 from tools import tool
 
@@ -360,6 +361,9 @@ def _seed(pusher: Pusher, layer_size: int) -> dict[str, Image]:
 # The mirror under test
 
 
+TEST_ADMIN = ("test-admin", "test-admin-pass")
+
+
 @dataclass
 class MirrorProcess(ByPid):
     """`mirror serve` as a real subprocess on a loopback port."""
@@ -381,6 +385,9 @@ class MirrorProcess(ByPid):
     # test left in flight; the drain's own tests set it.
     drain_timeout: str = "2s"
     listen_host: str = "127.0.0.1"  # "[::]": both families
+    # The login stats() sends. With client logins or rules, /stats needs an admin: a config with
+    # [auth] and no admin_htpasswd of its own is given one for this login (write_config).
+    admin: tuple[str, str] | None = None
 
     @property
     def url(self) -> str:
@@ -399,7 +406,7 @@ class MirrorProcess(ByPid):
         config = self.root / "config.toml"
         text = f'[server]\nlisten = "{self.listen_host}:{self.port}"\ndrain_timeout = "{self.drain_timeout}"\n'
         text += f"{self.server_config}\n"
-        text += f'[cache]\ndirectory = "{self.cache_dir}"\n' + self.extra_config + "\n"
+        text += f'[cache]\ndirectory = "{self.cache_dir}"\n' + self._with_admin(self.extra_config) + "\n"
         for name, url in self.upstreams.items():
             text += f'[upstreams."{name}"]\nurl = "{url}"\n{self.upstream_config}\n'
             text += self.upstream_keys.get(name, "") + "\n"
@@ -408,6 +415,18 @@ class MirrorProcess(ByPid):
                 text += f'username = "{username}"\npassword = "{password}"\n'
         config.write_text(text)
         return config
+
+    def _with_admin(self, extra: str) -> str:
+        if "admin_htpasswd" in extra or ("[auth]\n" not in extra and "[[auth." not in extra):
+            return extra
+        self.admin = TEST_ADMIN
+        user, password = TEST_ADMIN
+        hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+        (self.root / "admins.htpasswd").write_text(f"{user}:{hashed}\n")
+        line = f'admin_htpasswd = "{self.root / "admins.htpasswd"}"\n'
+        if "[auth]\n" in extra:
+            return extra.replace("[auth]\n", f"[auth]\n{line}", 1)
+        return extra.replace("[[auth.", f"[auth]\n{line}[[auth.", 1)  # rules alone: the table before them
 
     def start(self) -> MirrorProcess:
         config = self.write_config()
@@ -427,7 +446,7 @@ class MirrorProcess(ByPid):
 
     def stats(self) -> dict[str, Any]:
         """/stats: counters, and `upstreams` with each upstream's own counters and quota."""
-        stats: dict[str, Any] = httpx.get(f"{self.url}/stats").json()
+        stats: dict[str, Any] = httpx.get(f"{self.url}/stats", auth=self.admin).json()
         return stats
 
     def wait_indexed(self, timeout: float = 30.0) -> dict[str, Any]:

@@ -32,7 +32,9 @@ def guarded(tmp_path: Path, registry: Registry, images: dict[str, Image]) -> Ite
     clients = htpasswd(tmp_path / "clients.htpasswd", {"ci": "pull-secret"})
     admins = htpasswd(tmp_path / "admins.htpasswd", {"ops": "admin-secret"})
     config = f'[auth]\nhtpasswd = "{clients}"\nadmin_htpasswd = "{admins}"\n'
-    process = MirrorProcess(tmp_path / "m", {"docker.io": registry.url}, extra_config=config).start()
+    process = MirrorProcess(
+        tmp_path / "m", {"docker.io": registry.url}, extra_config=config, admin=("ops", "admin-secret")
+    ).start()
     try:
         yield process
     finally:

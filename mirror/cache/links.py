@@ -14,7 +14,7 @@ import anyio.to_thread
 from cachetools import LRUCache
 
 from mirror.cache.index import MetadataIndex
-from mirror.registry.mediatypes import referenced_digests
+from mirror.registry.mediatypes import required_digests
 
 # Links remembered in memory (the rest are one index lookup away).
 MEMORY = 200_000
@@ -49,7 +49,7 @@ class BlobLinks:
         if (upstream, repository, digest) in self._expanded:
             return
         try:
-            named = referenced_digests(json.loads(body))
+            named = required_digests(json.loads(body))
         except ValueError:
             named = set()
         await self.link(upstream, repository, named | {digest})

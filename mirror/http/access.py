@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import ipaddress
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 ADMIN_PREFIXES = ("/stats", "/metrics", "/api/")
 ADMIN_PATHS = ("/",)
 ADMIN_DIRECTORIES = ("/static/",)
+ADMIN_REALM = "mirror admin"
 
 
 def load_htpasswd(path: Path, key: str) -> dict[str, bytes]:
@@ -132,6 +134,31 @@ def access_settings(auth: AuthConfig) -> AccessSettings:
     return AccessSettings(clients, admins, rules)
 
 
+def _open_admin_refusal(settings: AccessSettings, scope: Scope) -> RegistryError | None:
+    """Why an admin path is refused when no `admin_htpasswd` guards it, or None to let it through.
+
+    Where clients log in or rules decide who reads what, the admin pages (which list and change
+    what the cache holds) are closed until admins have logins of their own. On an open mirror
+    everything is readable anyway; changes come only from this host (the CLI), never from afar.
+    """
+    if settings.clients is not None or settings.rules is not None:
+        return Denied(
+            "the admin API and dashboard are closed while client logins or [[auth.rules]] are on "
+            "and [auth] admin_htpasswd is not set: set it to open them to admins"
+        )
+    client = scope.get("client")
+    if scope["method"] not in ("GET", "HEAD") and not (client and is_loopback(client[0])):
+        return Denied("changes to the cache come from this host only: set [auth] admin_htpasswd to make them from afar")
+    return None
+
+
+def is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.removeprefix("::ffff:")).is_loopback
+    except ValueError:
+        return False
+
+
 class AccessControl:
     """ASGI middleware: registry clients need `clients` (when set) and a rule that grants the
     repository (when `rules` are set); admin pages need `admins` (when set). The settings are
@@ -143,11 +170,11 @@ class AccessControl:
 
     def _guard(self, settings: AccessSettings, path: str) -> tuple[Htpasswd | None, str]:
         if path == CATALOG_PATH:  # repository names can be private
-            return settings.admins, "mirror admin"
+            return settings.admins, ADMIN_REALM
         if path in API_ROOTS or path.startswith("/v2/"):
             return settings.clients, "mirror"
         if path in ADMIN_PATHS or path.startswith(ADMIN_PREFIXES) or path.startswith(ADMIN_DIRECTORIES):
-            return settings.admins, "mirror admin"
+            return settings.admins, ADMIN_REALM
         return None, ""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -157,6 +184,11 @@ class AccessControl:
         path = scope["path"]
         settings = self.settings
         guard, realm = self._guard(settings, path)
+        if realm == ADMIN_REALM and guard is None:
+            closed = _open_admin_refusal(settings, scope)
+            if closed is not None:
+                await self._refuse(send, closed)
+                return
         rules = settings.rules if realm == "mirror" else None
         if guard is None and rules is None:
             await self.app(scope, receive, send)

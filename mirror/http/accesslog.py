@@ -55,10 +55,15 @@ class AccessLog:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = list(message.get("headers", []))
+                sniff = True
                 for name, value in headers:
                     if name == b"x-cache":
                         cache = value.decode("latin-1")
+                    elif name == b"x-content-type-options":
+                        sniff = False
                 headers.append((b"x-request-id", request_id.encode("latin-1")))
+                if sniff:  # every answer, errors included: none is to be read as a page
+                    headers.append((b"x-content-type-options", b"nosniff"))
                 message = {**message, "headers": headers}
             elif message["type"] == "http.response.body":
                 body = message.get("body", b"")

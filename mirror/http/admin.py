@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -12,22 +14,61 @@ from starlette.routing import Route
 from mirror.cache.pins import PinError
 from mirror.cache.removal import RemovalError, Target, parse_target
 from mirror.composition import Mirror
-from mirror.registry.errors import RegistryError
+from mirror.registry.errors import Denied, RegistryError
 
 MAX_TARGETS = 10_000
+MAX_BODY = 1024 * 1024  # ten thousand targets of a hundred characters fit
 
 
 class BadRequest(RegistryError):
     code, status, message = "BAD_REQUEST", 400, "the request is not what this endpoint takes"
 
 
+class UnsupportedMediaType(RegistryError):
+    code, status, message = "UNSUPPORTED", 415, "unsupported media type"
+
+
+class BodyTooLarge(RegistryError):
+    code, status, message = "SIZE_INVALID", 413, "request body too large"
+
+
 class PinRefused(RegistryError):
     code, status, message = "PIN_REFUSED", 409, "the pin is refused"
 
 
+async def _body(request: Request) -> bytes:
+    """The body of a change, refused unless it is JSON sent by a same-origin client, and at most MAX_BODY.
+
+    A browser sends an HTML form (any page the admin visits can hold one) as `text/plain` or a form
+    type with the cached Basic login; JSON cannot be sent cross-site without a preflight, and
+    Origin and Sec-Fetch-Site tell a cross-site request from the CLI or the dashboard's own.
+    """
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise UnsupportedMediaType("changes are sent as Content-Type: application/json")
+    site = request.headers.get("sec-fetch-site")
+    origin = request.headers.get("origin")
+    if site not in (None, "same-origin", "none") or (origin is not None and not _same_origin(origin, request)):
+        raise Denied("a change from another site is refused (Origin or Sec-Fetch-Site)")
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
+        raise BodyTooLarge(f"a change is at most {MAX_BODY} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise BodyTooLarge(f"a change is at most {MAX_BODY} bytes")
+    return bytes(body)
+
+
+def _same_origin(origin: str, request: Request) -> bool:
+    parsed = urlsplit(origin)
+    return f"{parsed.scheme}://{parsed.netloc}" == f"{request.url.scheme}://{request.headers.get('host', '')}"
+
+
 async def _targets(request: Request, usage: str) -> tuple[list[Target], dict[str, Any]]:
     try:
-        data = await request.json()
+        data = json.loads(await _body(request))
     except ValueError:
         raise BadRequest("expected a JSON body") from None
     targets = data.get("targets") if isinstance(data, dict) else None
@@ -38,7 +79,12 @@ async def _targets(request: Request, usage: str) -> tuple[list[Target], dict[str
     try:
         return [parse_target(target) for target in targets], data
     except RemovalError as exc:
-        raise BadRequest(str(exc)) from None
+        raise BadRequest(_shortened(str(exc))) from None
+
+
+def _shortened(text: str, limit: int = 300) -> str:
+    """Bad input is echoed, but never whole: a request cannot make the answer large."""
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 async def remove_route(request: Request) -> Response:

@@ -43,6 +43,10 @@ def raw_error(error: RegistryError) -> tuple[list[tuple[bytes, bytes]], bytes]:
     return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()], body
 
 
+# A manifest's Content-Type is the upstream's word: browsers must not guess a page out of it.
+NOSNIFF = ("X-Content-Type-Options", "nosniff")
+
+
 def manifest_headers(manifest: Manifest, cache_status: str) -> dict[str, str]:
     return {
         API_VERSION_HEADER[0]: API_VERSION_HEADER[1],
@@ -51,6 +55,7 @@ def manifest_headers(manifest: Manifest, cache_status: str) -> dict[str, str]:
         "Content-Length": str(len(manifest.body)),
         "ETag": f'"{manifest.digest}"',
         "X-Cache": cache_status,
+        NOSNIFF[0]: NOSNIFF[1],
     }
 
 

@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import json
+
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 INDEX_TYPES = frozenset({DOCKER_MANIFEST_LIST, OCI_INDEX})
+# The deprecated OCI artifact manifest (from OCI 1.1's release candidates), still served where held.
+OCI_ARTIFACT_MANIFEST = "application/vnd.oci.artifact.manifest.v1+json"
+MANIFEST_TYPES = frozenset({DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_MANIFEST, OCI_INDEX, OCI_ARTIFACT_MANIFEST})
+SCHEMA1_TYPES = frozenset(
+    {
+        "application/vnd.docker.distribution.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.v1+prettyjws",
+    }
+)
+SCHEMA1_REFUSED = (
+    "a Docker schema1 manifest ({}), which this mirror does not serve: schema1 was deprecated in 2017 and "
+    "current Docker and containerd no longer pull it by default; push the image again as schema2 or OCI"
+)
+_GENERIC_TYPES = frozenset({"", "application/json", "application/octet-stream", "text/plain"})
 # A manifest whose config is one of these is a container image; any other config makes it an artifact.
 IMAGE_CONFIG_TYPES = frozenset(
     {"application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json"}
@@ -84,12 +100,55 @@ def accept_key(accepted: frozenset[str]) -> str:
 
 
 def referenced_digests(manifest: object) -> set[str]:
-    """What a manifest (parsed JSON) names by digest: config, layers or blobs, child manifests, subject."""
+    """What a manifest (parsed JSON) names by digest: what it requires, and its subject."""
+    subject = manifest.get("subject") if isinstance(manifest, dict) else None
+    return required_digests(manifest) | _digests_of([subject])
+
+
+def required_digests(manifest: object) -> set[str]:
+    """What a manifest requires its repository to hold: config, layers or blobs, an index's children.
+
+    Not its `subject`: a registry accepts a subject it does not hold (OCI 1.1), so naming one
+    proves nothing about where that digest lives.
+    """
     if not isinstance(manifest, dict):
         return set()
-    descriptors = [manifest.get("config"), manifest.get("subject")]
+    descriptors = [manifest.get("config")]
     for key in ("layers", "blobs", "manifests"):
         listed = manifest.get(key)
         if isinstance(listed, list):
             descriptors += listed
+    return _digests_of(descriptors)
+
+
+def _digests_of(descriptors: list[object]) -> set[str]:
     return {d["digest"] for d in descriptors if isinstance(d, dict) and isinstance(d.get("digest"), str)}
+
+
+class NotAManifest(ValueError):
+    """A body that is not a manifest this mirror serves (the message says what it is instead)."""
+
+
+def manifest_media_type(body: bytes, content_type: str) -> str:
+    """The media type to serve a fetched manifest as: a JSON object of a manifest media type.
+
+    The upstream's Content-Type decides when it names a manifest type; a generic one (JSON,
+    octet-stream, none) defers to the body's own `mediaType`. Anything else (an HTML page, a
+    schema1 manifest) raises NotAManifest: it is never stored, nor served from this origin.
+    """
+    if content_type in SCHEMA1_TYPES:
+        raise NotAManifest(SCHEMA1_REFUSED.format(content_type))
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        raise NotAManifest(f"a {content_type or 'body'} that is not JSON") from None
+    if not isinstance(parsed, dict):
+        raise NotAManifest("JSON that is not an object")
+    if parsed.get("schemaVersion") == 1:
+        raise NotAManifest(SCHEMA1_REFUSED.format("schemaVersion 1"))
+    if content_type in MANIFEST_TYPES:
+        return content_type
+    declared = parsed.get("mediaType")
+    if content_type in _GENERIC_TYPES and declared in MANIFEST_TYPES:
+        return str(declared)
+    raise NotAManifest(f"Content-Type {content_type[:100]!r} is not a manifest media type")

@@ -23,7 +23,7 @@ from mirror.registry.errors import (
     NotFound,
     UpstreamFailed,
 )
-from mirror.registry.mediatypes import MAX_MANIFEST, OCI_INDEX
+from mirror.registry.mediatypes import MAX_MANIFEST, OCI_INDEX, NotAManifest, manifest_media_type
 from mirror.registry.reference import Digest, docker_hub_name
 from mirror.registry.referrers import index_descriptors
 from mirror.stats import Stats
@@ -171,9 +171,13 @@ class Upstream(RegistrySession):
             except httpx.HTTPError as exc:
                 raise self.failure(exc, health=endpoint.health) from exc
             self.counters.bytes_fetched += len(body)
+            try:
+                media_type = manifest_media_type(bytes(body), _media_type(response, default=""))
+            except NotAManifest as exc:
+                raise UpstreamFailed(f"upstream {self.name} answered a manifest that is not one: {exc}") from None
             return FetchedManifest(
                 bytes(body),
-                _media_type(response),
+                media_type,
                 response.headers.get("docker-content-digest"),
                 stale=_staleness(response, endpoint),
                 quota=_quota(response),
@@ -316,6 +320,6 @@ def _quota(response: httpx.Response) -> tuple[tuple[str, str], ...]:
     return tuple((name, response.headers[name]) for name in QUOTA_HEADERS if name in response.headers)
 
 
-def _media_type(response: httpx.Response) -> str:
-    content_type: str = response.headers.get("content-type", "application/octet-stream")
-    return content_type.split(";")[0].strip()
+def _media_type(response: httpx.Response, default: str = "application/octet-stream") -> str:
+    content_type: str = response.headers.get("content-type", default)
+    return content_type.split(";")[0].strip().lower()
