@@ -158,7 +158,7 @@ def namespace_logins(config: UpstreamConfig) -> Namespaces:
 
     def matcher(pattern: str) -> Callable[[str], bool]:
         compiled = compile_pattern(pattern)
-        return lambda repository: compiled.match(repository.removeprefix(prefix)) is not None
+        return lambda repository: compiled.match(repository.removeprefix(prefix))
 
     return [(matcher(pattern), credential) for _, _, pattern, credential in ranked]
 
