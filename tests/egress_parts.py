@@ -142,12 +142,12 @@ class Squid(ByPid):
                 f" tls-cert={d / 'bump.pem'} tls-key={d / 'bump.key'}"
             )
             subprocess.run(
-                ["/usr/lib/squid/security_file_certgen", "-c", "-s", str(d / "ssl_db"), "-M", "4MB"],
+                [tool("security_file_certgen"), "-c", "-s", str(d / "ssl_db"), "-M", "4MB"],
                 check=True,
                 capture_output=True,
             )
             bump = (
-                f"sslcrtd_program /usr/lib/squid/security_file_certgen -s {d / 'ssl_db'} -M 4MB\n"
+                f"sslcrtd_program {tool('security_file_certgen')} -s {d / 'ssl_db'} -M 4MB\n"
                 "sslcrtd_children 2 startup=1 idle=1\n"
                 "acl step1 at_step SslBump1\n"
                 "ssl_bump peek step1\n"

@@ -10,6 +10,7 @@ import httpx
 from pacing import PacedUpstream
 from prometheus_client.parser import text_string_to_metric_families
 from support import Image, MirrorProcess, Registry
+from tools import tool
 
 from mirror import __version__
 
@@ -103,7 +104,7 @@ def test_listening_on_both_families(tmp_path: Path, registry: Registry, images: 
 
 def test_the_open_files_limit_is_raised_to_the_hard_limit(tmp_path: Path, registry: Registry) -> None:
     """A container runtime's soft limit (often 1024) would cap connections; the mirror takes the hard one."""
-    mirror = MirrorProcess(tmp_path / "m", {"docker.io": registry.url}, wrapper=["prlimit", "--nofile=1024:8192"])
+    mirror = MirrorProcess(tmp_path / "m", {"docker.io": registry.url}, wrapper=[tool("prlimit"), "--nofile=1024:8192"])
     try:
         mirror.start()
         assert mirror.process is not None

@@ -45,11 +45,9 @@ def declared() -> dict[str, dict[str, Any]]:
 
 
 def _locate(name: str, entry: dict[str, Any]) -> str | None:
-    """Where the declared tool is on this machine, or None when it (or a file of its package) is not."""
+    """Where the declared tool is on this machine, or None."""
     path = shutil.which(name) or next((p for p in entry.get("paths", []) if os.access(p, os.X_OK)), None)
-    if path is None or not all(os.path.exists(file) for file in entry.get("files", [])):
-        return None
-    return os.path.abspath(path)
+    return None if path is None else os.path.abspath(path)
 
 
 def tool(name: str) -> str:
