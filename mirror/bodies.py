@@ -20,7 +20,7 @@ from mirror.stats import Stats
 
 
 class BlobBody(ABC):
-    cache_status: str  # HIT, MISS, COALESCED or BYPASS
+    cache_status: str  # HIT, MISS, COALESCED or BYPASS (and PASS: a range sent on as the upstream sent it)
     ranged = True  # False: only the whole blob can be sent (a Range is ignored)
 
     @abstractmethod
@@ -30,6 +30,10 @@ class BlobBody(ABC):
     @abstractmethod
     def iter_range(self, start: int, end: int | None) -> AsyncIterator[bytes | memoryview]:
         """Bytes [start, end); end None means to the end. The last byte comes only once verified."""
+
+    def cache_status_for(self, start: int, end: int | None) -> str:
+        """X-Cache for bytes [start, end): PASS when they come straight from the upstream, unverified."""
+        return self.cache_status
 
     @abstractmethod
     async def aclose(self) -> None:
@@ -73,6 +77,9 @@ class DownloadBody(BlobBody):
 
     async def size(self, wait: bool = False) -> int | None:
         return await self._download.wait_size() if wait else self._download.size
+
+    def cache_status_for(self, start: int, end: int | None) -> str:
+        return "PASS" if self._download.passes(start, end) and not self._shared_only else self.cache_status
 
     async def iter_range(self, start: int, end: int | None) -> AsyncIterator[bytes | memoryview]:
         joined = self.cache_status == "COALESCED"  # bytes another client's download already fetched

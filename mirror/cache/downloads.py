@@ -284,6 +284,9 @@ class Download:
                     raise
                 resumes += 1
                 await self._before_resume(exc, piece)
+                continue
+            if not piece.done:  # an answer that ended without error, short: never re-opened for free
+                raise DownloadFailed(f"upstream ended {self.digest} at byte {piece.start} without an error")
 
     def _resumable(self, error: UpstreamFailed, resumes: int, *, progressed: bool) -> bool:
         return self.ready.done() and progressed and resumes < RESUMES and not isinstance(error, DownloadFailed)
@@ -319,7 +322,10 @@ class Download:
                 chunk, position, piece.start = chunk[take:], position + take, position + take
             self._progress()
         if piece.end is None:
-            self.size = position  # no size announced: the stream's end is the blob's
+            # No size announced: the stream's end is the blob's, and this piece is done (left
+            # open, it would be fetched again and again: an upstream sending no length and
+            # ignoring Range once made 715 whole-blob requests a second).
+            self.size = piece.end = position
         elif not piece.done:
             raise UpstreamFailed(f"upstream ended {self.digest} at byte {position}, before byte {piece.end}")
 
@@ -346,18 +352,29 @@ class Download:
         cannot be checked against the digest: see `_far`; not with `shared_only` (another
         replica, which verifies what it gets, and must not cost the upstream the bytes twice).
         """
-        direct = self._far(start) and not shared_only
-        source = self._iter_direct(start, end) if direct else self._iter_shared(start, end)
+        if self.passes(start, end):
+            # A bounded range ends before the last byte, so it would be sent whole before the
+            # digest is checked: not from this file, then, but as a cold range is (or, for
+            # another replica, once verified).
+            source = self._iter_shared(start, end, verified=True) if shared_only else self._iter_direct(start, end)
+        elif self._far(start) and not shared_only:
+            source = self._iter_direct(start, end)
+        else:
+            source = self._iter_shared(start, end)
         async for chunk in source:
             yield chunk
 
-    async def _iter_shared(self, start: int, end: int | None) -> AsyncIterator[bytes]:
-        """Bytes [start, end) from the download's file as they are written."""
+    def passes(self, start: int, end: int | None) -> bool:
+        """Whether a read of [start, end) now would pass the upstream's unverified bytes on (X-Cache: PASS)."""
+        return not self.verified and end is not None and (self.size is None or end < self.size)
+
+    async def _iter_shared(self, start: int, end: int | None, *, verified: bool = False) -> AsyncIterator[bytes]:
+        """Bytes [start, end) from the download's file as they are written (`verified`: once verified)."""
         fd = self._open()
         try:
             position = start
             while True:
-                limit = self._readable(position)
+                limit = self._readable(position) if self.verified or not verified else position
                 if end is not None:
                     limit = min(limit, end)
                 if position < limit:
@@ -402,8 +419,8 @@ class Download:
                     await self.link.spend(len(chunk), background=False)
                     yield chunk
                 return
-        # The upstream ignored Range: wait for the download instead.
-        async for chunk in self._iter_shared(start, end):
+        # The upstream ignored Range: wait for the download, and its digest, instead.
+        async for chunk in self._iter_shared(start, end, verified=True):
             yield chunk
 
     def _open(self) -> int:

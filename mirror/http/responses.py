@@ -156,4 +156,5 @@ async def serve_blob(request: Request, body: BlobBody, digest: Digest) -> Respon
         (start, end), status = byte_range, 206
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{total}"
         headers["Content-Length"] = str(end - start)
+        headers["X-Cache"] = body.cache_status_for(start, end)
     return BlobResponse(body.iter_range(start, end), status, headers, str(digest), cleanup=body.aclose)
