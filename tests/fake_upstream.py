@@ -34,6 +34,7 @@ class FakeBlob:
     cut_at: int | None = None  # close the connection once the blob's byte at this offset is reached
     cut_times: int | None = None  # cut only this many answers that reach cut_at (None: every one)
     ranges: bool = True  # honour `Range: bytes=N-` with a 206, as registries and CDNs do
+    length: bool = True  # send Content-Length; False: chunked, as some correct servers answer
     gate_at: int | None = None  # pause after this many bytes until `gate` is set
     gate: threading.Event = field(default_factory=threading.Event)
     delay: float = 0.0  # seconds between chunks: a slow drip
@@ -178,6 +179,8 @@ class FakeUpstream:
         if blob is None:
             return JSONResponse({"errors": [{"code": "BLOB_UNKNOWN", "message": "blob unknown"}]}, status_code=404)
         headers = {"Content-Length": str(blob.size), "Docker-Content-Digest": digest}
+        if not blob.length:
+            del headers["Content-Length"]
         if request.method == "HEAD":
             return Response(b"", headers=headers, media_type="application/octet-stream")
         if self.cdn_redirects:
@@ -209,6 +212,8 @@ class FakeUpstream:
             headers["Content-Length"] = str(end - start)
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{blob.size}"
             return StreamingResponse(blob.body(start, end), 206, headers, media_type="application/octet-stream")
+        if not blob.length:
+            headers.pop("Content-Length", None)
         return StreamingResponse(blob.body(), headers=headers, media_type="application/octet-stream")
 
     async def _referrers(self, request: Request) -> Response:

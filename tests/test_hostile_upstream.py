@@ -1,0 +1,137 @@
+"""A broken or hostile upstream cannot loop, poison or redirect the mirror.
+
+The fake upstream does what a real registry will not do on demand: no Content-Length with Range
+ignored, wrong bytes behind a stall, HTML for a manifest, schema1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import random
+import threading
+
+import httpx
+import pytest
+from fake_upstream import FakeBlob, FakeUpstream
+from support import MirrorProcess
+
+
+def test_a_blob_of_unknown_length_that_ignores_range_is_fetched_once(
+    fake_upstream: FakeUpstream, fake_mirror: MirrorProcess
+) -> None:
+    """Chunked, no Range: once looped at 715 whole-blob GETs a second with the client stuck."""
+    blob = FakeBlob(random.Random(4).randbytes(1 << 20), repeat=3, ranges=False, length=False)
+    digest = fake_upstream.add_blob(blob)
+    response = httpx.get(f"{fake_mirror.url}/v2/library/x/blobs/{digest}", timeout=30)
+    assert response.status_code == 200
+    assert "sha256:" + hashlib.sha256(response.content).hexdigest() == digest
+    fake_mirror.wait_idle()
+    assert fake_upstream.gets(digest) == 1
+    again = httpx.get(f"{fake_mirror.url}/v2/library/x/blobs/{digest}", timeout=30)
+    assert again.headers["x-cache"] == "HIT" and again.content == response.content
+    assert fake_upstream.gets(digest) == 1
+
+
+def _start_download(url: str) -> threading.Thread:
+    def read() -> None:
+        with contextlib.suppress(httpx.HTTPError):  # it fails: what matters is what the range read got
+            httpx.get(url, timeout=60)
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    return thread
+
+
+def _wait_for_bytes(mirror: MirrorProcess, at_least: int) -> None:
+    for _ in range(1000):
+        if mirror.stats()["bytes_fetched_from_upstream"] >= at_least:
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError("the download did not get going")
+
+
+def test_a_range_during_a_download_is_not_served_from_unverified_bytes(
+    fake_upstream: FakeUpstream, fake_mirror: MirrorProcess
+) -> None:
+    """Upstream honours Range: the range goes upstream itself, and says so (X-Cache: PASS)."""
+    blob = FakeBlob(random.Random(5).randbytes(1 << 20), repeat=2, gate_at=1 << 20, wrong_bytes=True)
+    digest = fake_upstream.add_blob(blob)
+    url = f"{fake_mirror.url}/v2/library/x/blobs/{digest}"
+    reader = _start_download(url)
+    try:
+        _wait_for_bytes(fake_mirror, 1 << 19)
+        ranged = httpx.get(url, headers={"Range": "bytes=0-99"}, timeout=30)
+        assert ranged.status_code == 206
+        assert ranged.headers["x-cache"] == "PASS", "bytes straight from the upstream, not the cache's"
+    finally:
+        blob.gate.set()
+        reader.join(60)
+    fake_mirror.wait_idle()
+    assert not fake_mirror.blob_path(digest).exists(), "the wrong bytes never became a cached blob"
+
+
+def test_a_range_during_a_download_waits_for_the_digest_when_the_upstream_ignores_range(
+    fake_upstream: FakeUpstream, fake_mirror: MirrorProcess
+) -> None:
+    """No Range upstream: the range waits for the verified file, so wrong bytes are never a complete 206."""
+    blob = FakeBlob(random.Random(6).randbytes(1 << 20), repeat=2, gate_at=1 << 20, wrong_bytes=True, ranges=False)
+    digest = fake_upstream.add_blob(blob)
+    url = f"{fake_mirror.url}/v2/library/x/blobs/{digest}"
+    reader = _start_download(url)
+    got: list[bytes | Exception] = []
+
+    def read_range() -> None:
+        try:
+            with httpx.stream("GET", url, headers={"Range": "bytes=0-99"}, timeout=30) as response:
+                got.append(response.read() if response.status_code == 206 else b"")
+        except httpx.HTTPError as exc:
+            got.append(exc)
+
+    try:
+        _wait_for_bytes(fake_mirror, 1 << 19)
+        ranged = threading.Thread(target=read_range)
+        ranged.start()
+        ranged.join(1.0)
+        assert not got, "nothing is sent before the digest is checked"
+    finally:
+        blob.gate.set()
+        reader.join(60)
+    ranged.join(30)
+    assert len(got) == 1
+    assert isinstance(got[0], Exception) or len(got[0]) < 100, "a corrupt download is never a complete 206"
+    assert not fake_mirror.blob_path(digest).exists()
+
+
+@pytest.mark.parametrize(
+    ("body", "media_type", "said"),
+    [
+        (b"<html><script>alert(1)</script></html>", "text/html", "is not JSON"),
+        (b'{"schemaVersion": 2, "layers": []}', "text/html", "not a manifest media type"),
+        (b"[1, 2]", "application/vnd.oci.image.manifest.v1+json", "not an object"),
+        (b'{"schemaVersion": 1, "name": "x"}', "application/vnd.docker.distribution.manifest.v1+prettyjws", "schema1"),
+        (b'{"schemaVersion": 1, "name": "x"}', "application/json", "schema1"),
+    ],
+)
+def test_a_manifest_that_is_not_one_is_a_502_naming_the_upstream(
+    fake_upstream: FakeUpstream, fake_mirror: MirrorProcess, body: bytes, media_type: str, said: str
+) -> None:
+    fake_upstream.manifests["bad"] = (body, media_type)
+    response = httpx.get(f"{fake_mirror.url}/v2/library/x/manifests/bad")
+    assert response.status_code == 502, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    message = response.json()["errors"][0]["message"]
+    assert "upstream docker.io" in message and said in message
+    assert httpx.get(f"{fake_mirror.url}/v2/library/x/manifests/bad").status_code == 502, "never stored"
+
+
+def test_a_manifest_with_a_generic_type_is_served_as_its_own_media_type(
+    fake_upstream: FakeUpstream, fake_mirror: MirrorProcess
+) -> None:
+    body = b'{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []}'
+    fake_upstream.manifests["generic"] = (body, "application/json")
+    response = httpx.get(f"{fake_mirror.url}/v2/library/x/manifests/generic")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/vnd.oci.image.index.v1+json"
+    assert response.headers["x-content-type-options"] == "nosniff"
