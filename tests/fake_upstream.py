@@ -113,12 +113,17 @@ class FakeUpstream:
         # The referrers API (distribution 2.8 has none): digest -> descriptors; None: no such API (404).
         self.referrers: dict[str, list[dict[str, object]]] | None = None
         self.referrers_status = 200  # another status: the API fails
+        # Tag lists: pages (each a list of tags) served in turn with `Link` to the next; the last
+        # page's Link is `tags_last_link` when set (another server's, say).
+        self.tag_pages: list[list[str]] = []
+        self.tags_last_link: str | None = None
         self.port = free_port()
         routes = [
             Route("/v2/", lambda r: JSONResponse({})),
             Route("/v2/{name:path}/blobs/{digest}", self._blob, methods=["GET", "HEAD"]),
             Route("/v2/{name:path}/manifests/{reference}", self._manifest, methods=["GET", "HEAD"]),
             Route("/v2/{name:path}/referrers/{digest}", self._referrers),
+            Route("/v2/{name:path}/tags/list", self._tags),
             Route("/cdn/{token}", self._cdn),
         ]
         config = uvicorn.Config(Starlette(routes=routes), host="127.0.0.1", port=self.port, log_level="critical")
@@ -215,6 +220,19 @@ class FakeUpstream:
         if not blob.length:
             headers.pop("Content-Length", None)
         return StreamingResponse(blob.body(), headers=headers, media_type="application/octet-stream")
+
+    async def _tags(self, request: Request) -> Response:
+        self.requests[("TAGS", request.path_params["name"])] += 1
+        if denied := self._unauthorized(request):
+            return denied
+        page = int(request.query_params.get("page", "0"))
+        tags = self.tag_pages[page] if page < len(self.tag_pages) else []
+        headers = {}
+        if page + 1 < len(self.tag_pages):
+            headers["Link"] = f'<{request.url.path}?page={page + 1}>; rel="next"'
+        elif self.tags_last_link is not None:
+            headers["Link"] = f'<{self.tags_last_link}>; rel="next"'
+        return JSONResponse({"name": request.path_params["name"], "tags": tags}, headers=headers)
 
     async def _referrers(self, request: Request) -> Response:
         digest = request.path_params["digest"]

@@ -10,11 +10,16 @@ import contextlib
 import hashlib
 import random
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 from fake_upstream import FakeBlob, FakeUpstream
 from support import MirrorProcess
+
+from mirror.upstream.auth import same_site
+from mirror.upstream.client import MAX_TAGS
 
 
 def test_a_blob_of_unknown_length_that_ignores_range_is_fetched_once(
@@ -135,3 +140,65 @@ def test_a_manifest_with_a_generic_type_is_served_as_its_own_media_type(
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/vnd.oci.image.index.v1+json"
     assert response.headers["x-content-type-options"] == "nosniff"
+
+
+@pytest.fixture
+def other_server() -> Iterator[FakeUpstream]:
+    """Another server on the same host, another port: what a `Link` should never lead credentials to."""
+    other = FakeUpstream().start()
+    try:
+        yield other
+    finally:
+        other.stop()
+
+
+def test_credentials_and_pages_stay_on_the_upstreams_origin(
+    tmp_path: Path, fake_upstream: FakeUpstream, other_server: FakeUpstream
+) -> None:
+    fake_upstream.basic_auth = ("bot", "b0t-secret")
+    fake_upstream.tag_pages = [["a", "b"], ["c"]]
+    fake_upstream.tags_last_link = f"{other_server.url}/v2/library/x/tags/list"
+    other_server.tag_pages = [["planted"]]
+    mirror = MirrorProcess(
+        tmp_path / "m", {"docker.io": fake_upstream.url}, credentials={"docker.io": fake_upstream.basic_auth}
+    )
+    mirror.start()
+    try:
+        listed = httpx.get(f"{mirror.url}/v2/library/x/tags/list")
+        assert listed.status_code == 200, listed.text
+        assert listed.json()["tags"] == ["a", "b", "c"], "another origin's page is not this registry's"
+    finally:
+        mirror.stop()
+    assert other_server.requests[("TAGS", "library/x")] == 0
+    assert other_server.authorizations == []
+
+
+def test_a_tag_list_is_capped(fake_upstream: FakeUpstream, fake_mirror: MirrorProcess) -> None:
+    """1,000 pages of 1,000 tags once grew the process by 270 MB, kept."""
+    fake_upstream.tag_pages = [[f"t{page}-{n}" for n in range(1000)] for page in range(60)]
+    tags: list[str] = []
+    url: str | None = f"{fake_mirror.url}/v2/library/x/tags/list"
+    while url is not None:
+        listed = httpx.get(url, timeout=60)
+        assert listed.status_code == 200
+        tags += listed.json()["tags"]
+        link = listed.headers.get("link")
+        url = fake_mirror.url + link[1 : link.index(">")] if link else None
+    assert len(tags) == len(set(tags)) == MAX_TAGS
+    assert fake_upstream.requests[("TAGS", "library/x")] == MAX_TAGS // 1000
+
+
+@pytest.mark.parametrize(
+    ("realm", "upstream", "shares"),
+    [
+        ("auth.docker.io", "registry-1.docker.io", True),
+        ("ghcr.io", "ghcr.io", True),
+        ("evil.co.uk", "registry.co.uk", False),
+        ("attacker.github.io", "org.github.io", False),
+        ("docker.io.attacker.com", "registry-1.docker.io", False),
+        ("127.0.0.2", "127.0.0.1", False),
+        ("localhost", "registry", False),
+    ],
+)
+def test_a_token_realm_gets_the_login_only_on_the_upstreams_site(realm: str, upstream: str, shares: bool) -> None:
+    assert same_site(realm, upstream) is shares

@@ -15,9 +15,11 @@ import re
 import time
 from collections.abc import AsyncGenerator, Callable, Generator
 from dataclasses import dataclass
+from functools import cache
 
 import httpx
 from cachetools import TLRUCache
+from publicsuffixlist import PublicSuffixList
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,8 @@ def repository_scope(request: httpx.Request, base_path: str = "") -> str | None:
 
 
 def same_site(host_a: str, host_b: str) -> bool:
-    """Whether two hosts share a registrable domain (last two labels); IPs must be equal."""
+    """Whether two hosts share a registrable domain, by the Public Suffix List: `auth.docker.io` and
+    `registry-1.docker.io` do, `evil.co.uk` and `registry.co.uk` do not. IPs and single labels must be equal."""
     if host_a == host_b:
         return True
     for host in (host_a, host_b):
@@ -70,7 +73,19 @@ def same_site(host_a: str, host_b: str) -> bool:
             return False
         except ValueError:
             pass
-    return host_a.split(".")[-2:] == host_b.split(".")[-2:] and host_a.count(".") >= 1
+    site = _public_suffixes().privatesuffix(host_a.lower())
+    return site is not None and site == _public_suffixes().privatesuffix(host_b.lower())
+
+
+@cache
+def _public_suffixes() -> PublicSuffixList:
+    """The list bundled with the package (its releases follow the list's): nothing is fetched at run time."""
+    return PublicSuffixList()
+
+
+def origin_of(url: httpx.URL) -> tuple[str, str, int | None]:
+    """(scheme, host, port) with the scheme's default port filled in: what credentials are bound to."""
+    return url.scheme, url.host, url.port or {"https": 443, "http": 80}.get(url.scheme)
 
 
 @dataclass(frozen=True)
@@ -92,13 +107,14 @@ Namespaces = list[tuple[Callable[[str], bool], str]]
 class RegistryAuth(httpx.Auth):
     def __init__(
         self,
-        upstream_host: str,
+        upstream: httpx.URL,
         username: str | None,
         password: str | None,
         base_path: str = "",
         namespaces: Namespaces | None = None,
     ) -> None:
-        self.upstream_host = upstream_host
+        self.upstream_host = upstream.host
+        self.origin = origin_of(upstream)  # the Basic credential and tokens go to this origin only
         self.base_path = base_path  # where /v2/ is below: Artifactory's and Nexus's API paths
         self._default_basic = basic(username, password)
         self._namespaces = namespaces or []
@@ -149,7 +165,7 @@ class RegistryAuth(httpx.Auth):
         yield request
 
     def _authorize(self, request: httpx.Request, scope: str) -> None:
-        if request.url.host != self.upstream_host:
+        if origin_of(request.url) != self.origin:  # another port or scheme on the same host is another server
             return
         token = self._tokens.get(scope)
         if token is not None:
@@ -172,7 +188,8 @@ class RegistryAuth(httpx.Auth):
             params["scope"] = scope
         request = httpx.Request("GET", url.copy_merge_params(params))
         credential = self._basic(scope)
-        if credential is not None and same_site(url.host, self.upstream_host):
+        downgrade = url.scheme == "http" and self.origin[0] == "https"
+        if credential is not None and same_site(url.host, self.upstream_host) and not downgrade:
             request.headers["Authorization"] = credential
         return request
 

@@ -40,6 +40,8 @@ from mirror.upstream.session import RegistrySession
 log = logging.getLogger(__name__)
 
 MAX_LIST_PAGES = 1000  # of an upstream's tag list or referrers: a bound on an upstream that pages forever
+MAX_LIST_PAGE_BYTES = 4 * 1024 * 1024  # one page of either: 1,000 tags of the longest kind take 130 KB
+MAX_TAGS = 50_000  # of one repository: the busiest public ones list a few thousand
 _MANIFEST_PATH = re.compile(r"/v2/.+/manifests/[^/]+$")
 
 
@@ -241,7 +243,7 @@ class Upstream(RegistrySession):
                 if response.status_code == 404 and not found:
                     return None
                 await self._raise_for_status(response, NotFound)
-                body = await self._read(response, endpoint)
+                body = await self._read(response, endpoint, limit=MAX_LIST_PAGE_BYTES)
                 link = next_link(response.headers.get("link"))
                 target = endpoint.next_page(response.url, link) if link else None
             found += index_descriptors(body)
@@ -259,12 +261,17 @@ class Upstream(RegistrySession):
                 break
             async with self._send("GET", target) as (response, endpoint):
                 await self._raise_for_status(response, NameUnknown)
-                body = await self._read(response, endpoint)
+                body = await self._read(response, endpoint, limit=MAX_LIST_PAGE_BYTES)
                 link = next_link(response.headers.get("link"))
                 page = endpoint.next_page(response.url, link) if link else None
             tags = _tags_of(body, self.name)
             new = [tag for tag in tags if tag not in found]
-            found.update(dict.fromkeys(new))
+            found.update(dict.fromkeys(new[: MAX_TAGS - len(found)]))
+            if len(found) >= MAX_TAGS:
+                log.warning(
+                    "upstream %s lists more than %d tags of %s; the list stops there", self.name, MAX_TAGS, repository
+                )
+                break
             target = page if new else None
         return list(found)
 

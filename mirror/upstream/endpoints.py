@@ -17,7 +17,7 @@ import httpx
 from mirror import __version__
 from mirror.config import MirrorConfig, UpstreamConfig
 from mirror.registry.patterns import compile_pattern
-from mirror.upstream.auth import Namespaces, RegistryAuth, basic
+from mirror.upstream.auth import Namespaces, RegistryAuth, basic, origin_of
 from mirror.upstream.egress import EgressTransport, ProxyRoute
 from mirror.upstream.health import Health
 from mirror.upstream.trust import ssl_context
@@ -88,12 +88,17 @@ class Endpoint:
             params = {**(params or {}), "ns": self.ns}
         return self.client.build_request(method, f"/v2/{repository}/{target.rest}", headers=headers, params=params)
 
-    def next_page(self, answered: httpx.URL, link: str) -> Page:
+    def next_page(self, answered: httpx.URL, link: str) -> Page | None:
         """The page a `Link` names, as a URL at this endpoint; a `/v2/…` path from a registry behind a
-        path (nginx in front of distribution) is put below the base path."""
+        path (nginx in front of distribution) is put below the base path. None for a page elsewhere:
+        another origin's list is not this registry's, and our credentials do not go there."""
         if link.startswith("/v2/") and self.base_path:
             link = self.base_path + link
-        return Page(self, str(answered.join(link)))
+        url = answered.join(link)
+        if origin_of(url) != origin_of(answered):
+            log.warning("%s linked its next page to another origin (%s); the list ends here", self.describe(), url.host)
+            return None
+        return Page(self, str(url))
 
 
 def build_endpoints(
@@ -112,7 +117,7 @@ def build_endpoints(
         base_path = httpx.URL(url).path.rstrip("/")
         return httpx.AsyncClient(
             base_url=url,
-            auth=RegistryAuth(httpx.URL(url).host, login.username, login.password, base_path, namespaces),
+            auth=RegistryAuth(httpx.URL(url), login.username, login.password, base_path, namespaces),
             follow_redirects=True,
             max_redirects=5,
             timeout=timeout,
@@ -138,8 +143,9 @@ def relogin(endpoints: list[Endpoint], config: UpstreamConfig) -> None:
         if login is None:
             continue  # a mirror no longer listed: it goes at the restart
         namespaces = namespace_logins(config) if not endpoint.is_mirror else None
-        host = httpx.URL(endpoint.url).host
-        endpoint.client.auth = RegistryAuth(host, login.username, login.password, endpoint.base_path, namespaces)
+        endpoint.client.auth = RegistryAuth(
+            httpx.URL(endpoint.url), login.username, login.password, endpoint.base_path, namespaces
+        )
 
 
 def namespace_logins(config: UpstreamConfig) -> Namespaces:

@@ -277,11 +277,20 @@ class RegistrySession:
             f"upstream {self.name} answered {status}", detail={"upstream": self.name, "status": status}
         )
 
-    async def _read(self, response: httpx.Response, endpoint: Endpoint) -> bytes:
+    async def _read(self, response: httpx.Response, endpoint: Endpoint, *, limit: int) -> bytes:
+        """The whole answer, refused past `limit` bytes: an upstream cannot fill our memory."""
+        body = bytearray()
         try:
-            return await response.aread()
+            async for chunk in response.aiter_raw():
+                body += chunk
+                if len(body) > limit:
+                    raise UpstreamFailed(
+                        f"upstream {self.name} answered {response.request.url.path[:200]} with more than {limit} bytes",
+                        detail={"upstream": self.name},
+                    )
         except httpx.HTTPError as exc:
             raise self.failure(exc, health=endpoint.health) from exc
+        return bytes(body)
 
 
 def _transient(exc: httpx.HTTPError) -> bool:
