@@ -103,6 +103,8 @@ class FakeUpstream:
         self.failure_status = 503
         # Blob requests redirect back to themselves, forever.
         self.redirect_loop = False
+        # Manifest requests redirect here (another server's URL), as a hostile upstream may.
+        self.manifest_redirect: str | None = None
         # Seconds to wait before answering a blob request at all.
         self.header_delay = 0.0
         # Blob GETs redirect to a signed CDN URL that works once, as short-lived signed URLs expire.
@@ -249,6 +251,8 @@ class FakeUpstream:
         self.requests[(request.method, reference)] += 1
         if denied := self._unauthorized(request):
             return denied
+        if self.manifest_redirect is not None:
+            return Response(status_code=307, headers={"Location": self.manifest_redirect})
         if self.manifest_error is not None:
             status, headers = self.manifest_error
             body = {"errors": [{"code": "TOOMANYREQUESTS" if status == 429 else "UNKNOWN", "message": "fault"}]}

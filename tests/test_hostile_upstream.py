@@ -20,6 +20,7 @@ from support import MirrorProcess
 
 from mirror.upstream.auth import same_site
 from mirror.upstream.client import MAX_TAGS
+from mirror.upstream.destinations import DestinationRule
 
 
 def test_a_blob_of_unknown_length_that_ignores_range_is_fetched_once(
@@ -202,3 +203,51 @@ def test_a_tag_list_is_capped(fake_upstream: FakeUpstream, fake_mirror: MirrorPr
 )
 def test_a_token_realm_gets_the_login_only_on_the_upstreams_site(realm: str, upstream: str, shares: bool) -> None:
     assert same_site(realm, upstream) is shares
+
+
+def test_a_manifest_redirect_stays_on_the_upstreams_origin(
+    fake_upstream: FakeUpstream, fake_mirror: MirrorProcess, other_server: FakeUpstream
+) -> None:
+    """A redirect to another local server once came back as a 200 manifest, stored and served."""
+    other_server.manifests["planted"] = (
+        b'{"schemaVersion": 2, "layers": []}',
+        "application/vnd.oci.image.manifest.v1+json",
+    )
+    fake_upstream.manifest_redirect = f"{other_server.url}/v2/library/x/manifests/planted"
+    response = httpx.get(f"{fake_mirror.url}/v2/library/x/manifests/latest")
+    assert response.status_code == 502, response.text
+    assert "manifests and lists stay on the upstream's origin" in response.json()["errors"][0]["message"]
+    assert other_server.requests[("GET", "planted")] == 0, "never asked"
+
+
+def test_a_blob_may_follow_a_redirect_to_a_cdn_host(fake_upstream: FakeUpstream, fake_mirror: MirrorProcess) -> None:
+    fake_upstream.cdn_redirects = True
+    digest = fake_upstream.add_blob(FakeBlob(random.Random(8).randbytes(256 * 1024)))
+    response = httpx.get(f"{fake_mirror.url}/v2/library/x/blobs/{digest}")
+    assert response.status_code == 200 and fake_upstream.cdn_requests[-1][1] == 200
+
+
+@pytest.mark.parametrize(
+    ("resolved", "upstream_on", "allowed"),
+    [
+        (["93.184.216.34"], set(), True),  # a public CDN address
+        (["127.0.0.1"], set(), False),
+        (["10.1.2.3"], set(), False),
+        (["169.254.169.254"], set(), False),  # the cloud metadata service
+        (["::ffff:127.0.0.1"], set(), False),
+        (["0.0.0.0"], set(), False),
+        (["10.1.2.3", "93.184.216.34"], set(), True),  # one public address: that one is dialled
+        (["10.1.2.3"], {"private"}, True),  # an intranet registry's intranet CDN
+        (["127.0.0.2"], {"loopback"}, True),
+        (["10.1.2.3"], {"loopback"}, False),
+    ],
+)
+def test_a_blob_redirect_reaches_private_addresses_only_from_a_private_upstream(
+    resolved: list[str], upstream_on: set[str], allowed: bool
+) -> None:
+    """Judged on the addresses a CDN's name resolves to where the socket is connected; nothing is dialled here."""
+    rule = DestinationRule("cdn.example", "docker.io", frozenset({"public"} | upstream_on))
+    refusal = rule.refusal(resolved)
+    assert (refusal is None) is allowed
+    if refusal is not None:
+        assert "redirect_hosts" in refusal

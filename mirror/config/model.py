@@ -137,6 +137,7 @@ class UpstreamConfig:
     block: tuple[str, ...] = ()  # digests refused for good, whatever the repository or tag
     keep_deleted_tags: bool = False  # a tag the upstream no longer has is served from the cache
     credentials: tuple[NamespaceCredential, ...] = ()  # logins for namespaces, over username/password
+    redirect_hosts: tuple[str, ...] = ()  # blob redirects may reach these hosts on private addresses
 
     def __repr__(self) -> str:
         secret = "'***'" if self.password is not None else "None"
@@ -151,7 +152,7 @@ class UpstreamConfig:
             f"repository_prefix={self.repository_prefix!r}, mirrors={self.mirrors!r}, "
             f"mirrors_only={self.mirrors_only}, offline={self.offline}, allow={self.allow!r}, "
             f"deny={self.deny!r}, block={self.block!r}, keep_deleted_tags={self.keep_deleted_tags}, "
-            f"credentials={self.credentials!r})"
+            f"credentials={self.credentials!r}, redirect_hosts={self.redirect_hosts!r})"
         )
 
 

@@ -268,9 +268,19 @@ def _upstream(name: str, table: Table) -> UpstreamConfig:
         block=_digests(table, "block"),
         keep_deleted_tags=bool_key(table, "keep_deleted_tags"),
         credentials=_credentials(table),
+        redirect_hosts=_hosts(table, "redirect_hosts"),
     )
     table.finish()
     return upstream
+
+
+def _hosts(table: Table, key: str) -> tuple[str, ...]:
+    """Host names (`cdn.corp.example`, `10.1.2.3`), each checked: no scheme, port or path."""
+    hosts = table.get(key, list, [])
+    for host in hosts:
+        if not isinstance(host, str) or not host or not re.fullmatch(r"[a-z0-9.:\[\]-]+", host) or "//" in host:
+            raise ConfigError(table.key(key), f"expected host names like 'cdn.corp.example', got {host!r}")
+    return tuple(host.strip("[]") for host in hosts)
 
 
 def from_dict(data: dict[str, Any], proxy_env: ProxyEnvironment | None = None) -> Config:

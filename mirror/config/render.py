@@ -92,6 +92,7 @@ def render(config: Config) -> str:
                     "deny": upstream.deny or None,
                     "block": upstream.block or None,
                     "keep_deleted_tags": upstream.keep_deleted_tags,
+                    "redirect_hosts": upstream.redirect_hosts or None,
                 },
             )
         )

@@ -91,6 +91,7 @@ RESTART_KEYS = (
     "max_connections_per_blob",
     "parallel_threshold",
     "max_bandwidth",
+    "redirect_hosts",
 )
 
 

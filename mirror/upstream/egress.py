@@ -9,13 +9,25 @@ or `*.` leaves the domain itself out), each optionally with a port.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import socket
 import ssl
 from dataclasses import dataclass, field
 
 import httpx
 
 from mirror.config import ProxyEnvironment, mask_url, parse_proxy_url
+from mirror.upstream.auth import origin_of
+from mirror.upstream.destinations import (
+    ORIGIN_ONLY,
+    PUBLIC,
+    REDIRECTS,
+    DestinationRule,
+    RedirectRefused,
+    category,
+    destination,
+)
 from mirror.upstream.network import BoundedBackend
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -167,11 +179,24 @@ class EgressTransport(httpx.AsyncBaseTransport):
     Redirects (a CDN) and token requests pass through here too, so they take the same way out.
     """
 
-    def __init__(self, route: ProxyRoute, ssl_context: ssl.SSLContext, limits: httpx.Limits) -> None:
+    def __init__(
+        self,
+        route: ProxyRoute,
+        ssl_context: ssl.SSLContext,
+        limits: httpx.Limits,
+        *,
+        upstream: str,
+        origin: httpx.URL,
+        redirect_hosts: frozenset[str] = frozenset(),
+    ) -> None:
         self.route = route
         self._ssl_context = ssl_context
         self._limits = limits
         self._transports: dict[str | None, httpx.AsyncHTTPTransport] = {}
+        self._upstream = upstream
+        self._origin = origin_of(origin)
+        self._redirect_hosts = redirect_hosts
+        self._upstream_kinds: frozenset[str] | None = None  # the kinds of address the upstream is on
 
     def _transport(self, proxy: str | None) -> httpx.AsyncHTTPTransport:
         transport = self._transports.get(proxy)
@@ -187,8 +212,52 @@ class EgressTransport(httpx.AsyncBaseTransport):
         return transport
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        return await self._transport(self.route.proxy_for(request.url)).handle_async_request(request)
+        transport = self._transport(self.route.proxy_for(request.url))
+        if origin_of(request.url) == self._origin:
+            return await transport.handle_async_request(request)
+        # Elsewhere: a redirect, or a token realm (mirror.upstream.destinations says where we go).
+        if request.extensions.get(REDIRECTS) == ORIGIN_ONLY:
+            raise RedirectRefused(
+                f"upstream {self._upstream} redirected {request.url.path[:200]} to {request.url.host}: "
+                "only blobs may be sent elsewhere (a CDN); manifests and lists stay on the upstream's origin",
+                request=request,
+            )
+        host = request.url.host
+        if host in self._redirect_hosts:
+            return await transport.handle_async_request(request)
+        rule = DestinationRule(host, self._upstream, frozenset({PUBLIC} | await self._kinds_of_upstream()))
+        if self.route.proxy_for(request.url) is not None:
+            # Through a proxy we dial the proxy, not the host (the proxy resolves it, and its own
+            # rules apply): judge the address the URL names, if it names one.
+            refusal = rule.refusal([host]) if _is_address(host) else None
+            if refusal is not None:
+                raise RedirectRefused(refusal, request=request)
+            return await transport.handle_async_request(request)
+        token = destination.set(rule)
+        try:
+            return await transport.handle_async_request(request)
+        finally:
+            destination.reset(token)
+
+    async def _kinds_of_upstream(self) -> frozenset[str]:
+        """The kinds of address the upstream's own host resolves to (looked up once)."""
+        if self._upstream_kinds is None:
+            host, port = self._origin[1], self._origin[2] or 443
+            try:
+                found = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                self._upstream_kinds = frozenset(category(str(address[0])) for *_, address in found)
+            except OSError:
+                return frozenset()  # not known now: only public addresses, and ask again next time
+        return self._upstream_kinds
 
     async def aclose(self) -> None:
         for transport in self._transports.values():
             await transport.aclose()
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

@@ -18,6 +18,7 @@ from mirror import __version__
 from mirror.config import MirrorConfig, UpstreamConfig
 from mirror.registry.patterns import compile_pattern
 from mirror.upstream.auth import Namespaces, RegistryAuth, basic, origin_of
+from mirror.upstream.destinations import ANY_CDN, ORIGIN_ONLY, REDIRECTS
 from mirror.upstream.egress import EgressTransport, ProxyRoute
 from mirror.upstream.health import Health
 from mirror.upstream.trust import ssl_context
@@ -82,11 +83,15 @@ class Endpoint:
         params: Mapping[str, str] | None,
     ) -> httpx.Request:
         if isinstance(target, Page):
-            return self.client.build_request(method, target.url, headers=headers)
+            return self.client.build_request(method, target.url, headers=headers, extensions={REDIRECTS: ORIGIN_ONLY})
         repository = f"{self.prefix}/{target.repository}" if self.prefix else target.repository
         if self.ns is not None:
             params = {**(params or {}), "ns": self.ns}
-        return self.client.build_request(method, f"/v2/{repository}/{target.rest}", headers=headers, params=params)
+        redirects = ANY_CDN if target.rest.startswith("blobs/") else ORIGIN_ONLY
+        path = f"/v2/{repository}/{target.rest}"
+        return self.client.build_request(
+            method, path, headers=headers, params=params, extensions={REDIRECTS: redirects}
+        )
 
     def next_page(self, answered: httpx.URL, link: str) -> Page | None:
         """The page a `Link` names, as a URL at this endpoint; a `/v2/…` path from a registry behind a
@@ -121,7 +126,14 @@ def build_endpoints(
             follow_redirects=True,
             max_redirects=5,
             timeout=timeout,
-            transport=EgressTransport(route, ssl_context(login.ca_file, login.client_cert, login.client_key), limits),
+            transport=EgressTransport(
+                route,
+                ssl_context(login.ca_file, login.client_cert, login.client_key),
+                limits,
+                upstream=config.name,
+                origin=httpx.URL(url),
+                redirect_hosts=frozenset(config.redirect_hosts),
+            ),
             headers={"User-Agent": f"mirror/{__version__}", "Accept-Encoding": "identity"},
             event_hooks=dict(hooks),
             trust_env=False,

@@ -22,6 +22,8 @@ from typing import Any
 
 import httpcore
 
+from mirror.upstream.destinations import RedirectRefused, category, destination
+
 # Bytes a connection may hold received and not yet read; the reader pauses the socket at twice this.
 READ_LIMIT = 128 * 1024
 
@@ -127,7 +129,14 @@ async def _connect(
     """A connected non-blocking socket to the first address of `host` that answers."""
     loop = asyncio.get_running_loop()
     error: OSError = OSError(f"no address for {host}")
-    for family, kind, protocol, _, address in await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+    found = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    rule = destination.get()
+    if rule is not None:  # a redirect: only to the kinds of address it may reach (mirror.upstream.destinations)
+        refusal = rule.refusal([str(address[0]) for *_, address in found])
+        if refusal is not None:
+            raise RedirectRefused(refusal)
+        found = [entry for entry in found if category(str(entry[4][0])) in rule.allowed]
+    for family, kind, protocol, _, address in found:
         sock = socket.socket(family, kind, protocol)
         try:
             sock.setblocking(False)

@@ -25,6 +25,7 @@ from mirror.registry.errors import (
     UpstreamUnavailable,
 )
 from mirror.stats import UpstreamStats
+from mirror.upstream.destinations import RedirectRefused
 from mirror.upstream.egress import ProxyRoute
 from mirror.upstream.endpoints import (
     REGISTRY_NOT_FOUND,
@@ -79,6 +80,8 @@ class RegistrySession:
             health.failed(message, setting)
             return UpstreamUnavailable(message, detail={"upstream": self.name, "setting": setting})
         health.failed(f"{during}: {reason}: {exc}" if str(exc) else f"{during}: {reason}")
+        if isinstance(exc, RedirectRefused):
+            return UpstreamFailed(str(exc), detail={"upstream": self.name})
         if isinstance(exc, httpx.TooManyRedirects):
             return UpstreamUnavailable(
                 f"upstream {self.name} redirected too many times", detail={"upstream": self.name}
@@ -295,7 +298,7 @@ class RegistrySession:
 
 def _transient(exc: httpx.HTTPError) -> bool:
     """Worth another try: a network failure, not a certificate or a proxy's refusal."""
-    if not isinstance(exc, httpx.TransportError) or tls_failure(exc) is not None:
+    if not isinstance(exc, httpx.TransportError) or isinstance(exc, RedirectRefused) or tls_failure(exc) is not None:
         return False
     return not (isinstance(exc, httpx.ProxyError) and str(exc).startswith("407"))
 
