@@ -388,6 +388,7 @@ class MirrorProcess(ByPid):
     # The login stats() sends. With client logins or rules, /stats needs an admin: a config with
     # [auth] and no admin_htpasswd of its own is given one for this login (write_config).
     admin: tuple[str, str] | None = None
+    auto_admin: bool = True  # False: leave a config without admin_htpasswd as it is
 
     @property
     def url(self) -> str:
@@ -417,7 +418,7 @@ class MirrorProcess(ByPid):
         return config
 
     def _with_admin(self, extra: str) -> str:
-        if "admin_htpasswd" in extra or ("[auth]\n" not in extra and "[[auth." not in extra):
+        if not self.auto_admin or "admin_htpasswd" in extra or ("[auth]\n" not in extra and "[[auth." not in extra):
             return extra
         self.admin = TEST_ADMIN
         user, password = TEST_ADMIN

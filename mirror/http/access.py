@@ -16,6 +16,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import anyio.to_thread
 import bcrypt
 from cachetools import TTLCache
@@ -25,7 +26,7 @@ from mirror.config import AccessRule, AuthConfig, ConfigError
 from mirror.http.responses import raw_error
 from mirror.http.target import Target, target_of
 from mirror.logins import LoginError, LoginKeys
-from mirror.registry.errors import Denied, NotFound, RegistryError, Unauthorized
+from mirror.registry.errors import Denied, NotFound, RegistryError, TooManyRequests, Unauthorized
 from mirror.registry.patterns import Patterns
 from mirror.registry.route import API_ROOTS, CATALOG_PATH
 
@@ -55,6 +56,14 @@ def load_htpasswd(path: Path, key: str) -> dict[str, bytes]:
     return users
 
 
+# Failed logins a client may make for one user in FAILURE_WINDOW seconds; past that it is told
+# to wait (429) before bcrypt runs again. bcrypt runs at most BCRYPT_AT_ONCE at a time, so a
+# flood of wrong passwords cannot take the threads and cores other clients' requests need.
+MAX_FAILURES = 10
+FAILURE_WINDOW = 60.0
+BCRYPT_AT_ONCE = 2
+
+
 class Htpasswd:
     """Logins: htpasswd users (bcrypt), and temporary logins signed with `login_keys`."""
 
@@ -62,13 +71,21 @@ class Htpasswd:
         self.users = users
         self.login_keys = login_keys
         self._verified: TTLCache[bytes, str] = TTLCache(maxsize=1024, ttl=300)
+        self._failures: TTLCache[tuple[str, str], int] = TTLCache(maxsize=16384, ttl=FAILURE_WINDOW)
+        self._bcrypt: anyio.CapacityLimiter | None = None  # made on the event loop, at the first login
+        # An unknown user's password is checked against this, at the users' own cost: both take as long.
+        costs = sorted(int(hashed[4:6]) for hashed in users.values() if hashed[4:6].isdigit())
+        self._dummy = bcrypt.hashpw(b"no such user", bcrypt.gensalt(rounds=costs[len(costs) // 2] if costs else 5))
 
-    async def check(self, authorization: str | None) -> str | None:
+    async def check(self, authorization: str | None, client: str = "-") -> str | None:
         """The user a Basic credential logs in, or None; the credential itself is never logged."""
-        return (await self.login(authorization))[0]
+        return (await self.login(authorization, client))[0]
 
-    async def login(self, authorization: str | None) -> tuple[str | None, str | None]:
-        """The user a Basic credential logs in, or None and why (for a temporary login that expired)."""
+    async def login(self, authorization: str | None, client: str = "-") -> tuple[str | None, str | None]:
+        """The user a Basic credential logs in, or None and why (for a temporary login that expired).
+
+        Raises TooManyRequests once `client` failed MAX_FAILURES times for that user in the window.
+        """
         if not authorization or authorization[:6].lower() != "basic ":
             return None, None
         key = hashlib.sha256(authorization.encode()).digest()
@@ -78,19 +95,39 @@ class Htpasswd:
             user, _, password = base64.b64decode(authorization[6:].strip(), validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             return None, None
+        failed = (client, user)
+        if self._failures.get(failed, 0) >= MAX_FAILURES:
+            raise TooManyRequests(
+                f"too many failed logins for {user[:100]!r} from this address: wait a minute",
+                headers={"Retry-After": str(int(FAILURE_WINDOW))},
+            )
+        temporary = self.login_keys is not None and password.count(".") == 2
         hashed = self.users.get(user)
         # bcrypt reads 72 bytes, as `htpasswd -B` did when it made the hash; bcrypt>=4.1 raises on more.
         secret = password.encode()[:72]
-        if hashed is not None and await anyio.to_thread.run_sync(bcrypt.checkpw, secret, hashed):
-            self._verified[key] = user  # a temporary login is checked every time: it expires, or is revoked
+        if hashed is not None and await self._checkpw(secret, hashed):
+            self._verified[key] = user  # a temporary login is checked every time: it may be revoked
             return user, None
-        if self.login_keys is None or password.count(".") != 2:
-            return None, None
-        try:
-            self.login_keys.verify(user, password)
-        except LoginError as exc:
-            return None, str(exc)
-        return user, None
+        if hashed is None and not temporary:
+            await self._checkpw(secret, self._dummy)  # as long as a known user's wrong password takes
+        if temporary:
+            assert self.login_keys is not None
+            try:
+                self.login_keys.verify(user, password)
+            except LoginError as exc:
+                self._failed(failed)
+                return None, str(exc)
+            return user, None
+        self._failed(failed)
+        return None, None
+
+    async def _checkpw(self, secret: bytes, hashed: bytes) -> bool:
+        if self._bcrypt is None:
+            self._bcrypt = anyio.CapacityLimiter(BCRYPT_AT_ONCE)
+        return await anyio.to_thread.run_sync(bcrypt.checkpw, secret, hashed, limiter=self._bcrypt)
+
+    def _failed(self, failed: tuple[str, str]) -> None:
+        self._failures[failed] = self._failures.get(failed, 0) + 1
 
 
 class AccessRules:
@@ -197,7 +234,12 @@ class AccessControl:
         for name, value in scope["headers"]:
             if name == b"authorization" and value.strip().lower() not in _EMPTY_BASIC:
                 authorization = value.decode("latin-1")
-        user, why = await guard.login(authorization) if guard is not None else (None, None)
+        client = (scope.get("client") or ("-", 0))[0]
+        try:
+            user, why = await guard.login(authorization, client) if guard is not None else (None, None)
+        except RegistryError as exc:  # too many failed logins
+            await self._refuse(send, exc)
+            return
         # `/v2/` challenges every client that has not logged in, as Docker Hub does: a client told
         # 200 there never sends its login afterwards (containers/image does not). A client that
         # has none carries on anonymously, and the rules decide per repository.

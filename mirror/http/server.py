@@ -55,6 +55,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CorkedTransport(transport, self.loop))  # type: ignore[arg-type]  # a stand-in
         self._head_bytes = 0
+        self._head_tail = b""  # the last bytes of the head so far: its end may straddle two chunks
         self._in_head = True
         self._head_timer: asyncio.TimerHandle | None = self.loop.call_later(self.head_timeout, self._head_too_slow)
         self._answered = False  # the current request was answered by the answerer
@@ -71,7 +72,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._in_head:
             if self._head_timer is None:
                 self._head_timer = self.loop.call_later(self.head_timeout, self._head_too_slow)
-            self._head_bytes += len(data)
+            # Only the head counts: a client that does not wait for 100 Continue sends body bytes
+            # in the same packets, after the blank line that ends the head.
+            seen = self._head_tail + data
+            end = seen.find(b"\r\n\r\n")
+            self._head_bytes += len(data) if end < 0 else end + 4 - len(self._head_tail)
+            self._head_tail = seen[-3:] if end < 0 else b""
             if self._head_bytes > MAX_HEAD_BYTES:
                 self._refuse(
                     HeadersTooLarge(f"request head over {MAX_HEAD_BYTES} bytes"), "Request Header Fields Too Large"
@@ -163,6 +169,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             super().on_message_complete()
         self._in_head = True
         self._head_bytes = 0
+        self._head_tail = b""
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
