@@ -90,6 +90,7 @@ class Mirror:
             self.links,
             enforce_links=links_matter(config),
         )
+        self.proxy.peers_may_serve = self.fleet is not None
         self.upstreams = {
             name: Upstream(upstream, self.stats, config.proxy_env, offline=config.server.offline)
             for name, upstream in config.upstreams.items()

@@ -91,6 +91,7 @@ class Proxy(ListAnswers):
         self.links = links
         # Serve a cached digest under a repository only once linked to it (private content is held).
         self.enforce_links = enforce_links and links is not None
+        self.peers_may_serve = False  # in a fleet: missing blobs may come from other replicas
         self.inflight = inflight
         self.stats = stats
         self.tag_ttl = tag_ttl
@@ -392,10 +393,12 @@ class Proxy(ListAnswers):
     async def check_blob_link(self, upstream: Upstream, repository: str, digest: Digest) -> None:
         """Before a held or downloading blob is served under `repository`: it must belong there.
 
-        A blob neither held nor downloading is fetched under that repository, which checks it."""
+        A blob neither held nor downloading is fetched under that repository, which checks it;
+        unless other replicas may give it (a fleet): their copies were not fetched under it."""
         if not self.enforce_links:
             return
-        if self.store.size_now(digest) is not None or self.inflight.get(digest) is not None:
+        local = self.store.size_now(digest) is not None or self.inflight.get(digest) is not None
+        if local or self.peers_may_serve:  # another replica's copy skips the upstream: check it here
             await self._check_link(upstream, repository, digest, manifest=False)
 
     async def local_blob(self, digest: Digest) -> BlobBody | None:

@@ -65,19 +65,26 @@ class HAProxy(ByPid):
 
 
 def replica(
-    root: Path, upstream_url: str, redis: RedisServer, *, extra: str = "", upstream_config: str = ""
+    root: Path,
+    upstream_url: str,
+    redis: RedisServer,
+    *,
+    extra: str = "",
+    upstream_config: str = "",
+    fleet_config: str = "",
 ) -> MirrorProcess:
     mirror = MirrorProcess(root, {"docker.io": upstream_url}, upstream_config=upstream_config)
     mirror.extra_config = (
         f'{extra}\n[fleet]\nredis = "{redis.url}"\npeer_url = "http://127.0.0.1:{mirror.port}"\n'
-        f'secret = "{SECRET}"\nheartbeat = "0.5s"\nlease_ttl = "2s"\n'
+        f'secret = "{SECRET}"\nheartbeat = "0.5s"\nlease_ttl = "2s"\n{fleet_config}\n'
     )
     return mirror
 
 
 def fleet_members(mirror: MirrorProcess) -> list[str]:
     """The peer URLs of the live replicas, as `mirror` sees them."""
-    return [r["peer_url"] for r in httpx.get(f"{mirror.url}/stats", params={"scope": "fleet"}).json()["replicas"]]
+    stats = httpx.get(f"{mirror.url}/stats", params={"scope": "fleet"}, auth=mirror.admin).json()
+    return [r["peer_url"] for r in stats["replicas"]]
 
 
 def wait_members(replicas: list[MirrorProcess], count: int, timeout: float = 15.0) -> None:
@@ -148,10 +155,18 @@ class ReplicaSet:
         count: int = 3,
         extra: str = "",
         upstream_config: str = "",
+        fleet_config: str = "",
     ) -> ReplicaSet:
         redis = RedisServer(root / "redis").start()
         replicas = [
-            replica(root / f"replica-{n}", upstream_url, redis, extra=extra, upstream_config=upstream_config)
+            replica(
+                root / f"replica-{n}",
+                upstream_url,
+                redis,
+                extra=extra,
+                upstream_config=upstream_config,
+                fleet_config=fleet_config,
+            )
             for n in range(count)
         ]
         fleet = cls(redis, replicas, HAProxy(root / "haproxy", replicas, round_robin=round_robin))

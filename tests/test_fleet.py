@@ -6,6 +6,7 @@ the real registry (it logs the body bytes the upstream served, per request).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -16,10 +17,15 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
+from fake_upstream import FakeUpstream
 from fleet_parts import SECRET, ReplicaSet, fleet_members, pull, wait_members
 from pacing import PacedUpstream
 from prometheus_client.parser import text_string_to_metric_families
 from support import ALL_MANIFESTS, Image, Pusher, Registry
+from test_access import htpasswd
+
+from mirror.fleet.signing import AUTH_HEADER, sign
 
 
 @dataclass
@@ -59,6 +65,7 @@ def start_fleet(
     count: int = 3,
     cache: str = "",
     upstream_config: str = "",
+    fleet_config: str = "",
 ) -> Fleet:
     upstream = PacedUpstream(origin.registry, root / "nginx", rate=rate).start()
     try:
@@ -69,6 +76,7 @@ def start_fleet(
             count=count,
             extra=cache,
             upstream_config=upstream_config,
+            fleet_config=fleet_config,
         )
     except BaseException:
         upstream.stop()
@@ -255,17 +263,79 @@ def test_tags_revalidated_once_per_ttl_for_the_whole_fleet(origin: Origin, tmp_p
         fleet.stop()
 
 
-def test_a_replica_request_without_the_secret_is_refused(origin: Origin, tmp_path: Path) -> None:
+def test_a_replica_request_must_be_signed_for_that_replica_in_time(origin: Origin, tmp_path: Path) -> None:
+    """The secret itself never travels: a signature names the method, the replica, the path and the time."""
     fleet = start_fleet(tmp_path, origin, round_robin=True, count=2)
     try:
         image = origin.images[0]
         assert pull(fleet.replicas[0].url, image)
         fleet.replicas[0].wait_idle()
         digest = next(iter(image.blobs))
-        path = f"{fleet.replicas[0].url}/_fleet/blobs/{digest}"
-        assert httpx.get(path).status_code == 403
-        assert httpx.get(path, headers={"X-Mirror-Fleet-Secret": "wrong"}).status_code == 403
-        good = httpx.get(path, headers={"X-Mirror-Fleet-Secret": SECRET})
+        path = f"/_fleet/blobs/{digest}"
+        here, other = fleet.replicas[0].url, fleet.replicas[1].url
+        assert httpx.get(here + path).status_code == 403
+        assert httpx.get(here + path, headers={"X-Mirror-Fleet-Secret": SECRET}).status_code == 403
+        for wrong in (
+            sign("not-the-fleet-secret-0123", "GET", here, path),
+            sign(SECRET, "GET", other, path),  # made for another replica: useless here
+            sign(SECRET, "GET", here, "/_fleet/blobs/sha256:" + "0" * 64),
+            sign(SECRET, "GET", here, path, now=time.time() - 120),
+        ):
+            assert httpx.get(here + path, headers={AUTH_HEADER: wrong}).status_code == 403, wrong
+        good = httpx.get(here + path, headers={AUTH_HEADER: sign(SECRET, "GET", here, path)})
         assert good.status_code == 200 and good.content == image.blobs[digest]
     finally:
         fleet.stop()
+
+
+def test_a_private_blob_held_by_another_replica_is_not_read_through_a_public_name(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """bob's private layer, pulled through replica 0, once came out of replica 1 under library/ to anyone."""
+    with Pusher(origin.registry.url) as pusher:
+        secret = pusher.image("team/secret", "1", [1 << 20, 4096], seed=377)
+    users = htpasswd(tmp_path / "users.htpasswd", {"bob": "bob-pass"})
+    rules = (
+        f'[auth]\nhtpasswd = "{users}"\n[[auth.rules]]\nusers = ["*"]\nrepositories = ["docker.io/library/*"]\n'
+        '[[auth.rules]]\nusers = ["bob"]\nrepositories = ["docker.io/team/**"]\n'
+    )
+    fleet = start_fleet(tmp_path, origin, round_robin=True, count=2, cache=rules)
+    try:
+        accept = {"Accept": ", ".join(ALL_MANIFESTS)}
+        replica0, replica1 = fleet.replicas
+        assert httpx.get(
+            f"{replica0.url}/v2/team/secret/manifests/1", headers=accept, auth=("bob", "bob-pass")
+        ).is_success
+        for digest in secret.blobs:
+            assert httpx.get(f"{replica0.url}/v2/team/secret/blobs/{digest}", auth=("bob", "bob-pass")).is_success
+        replica0.wait_idle()
+        for digest in secret.blobs:
+            leaked = httpx.get(f"{replica1.url}/v2/library/fleet0/blobs/{digest}")
+            assert leaked.status_code == 404, leaked.status_code
+            assert leaked.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
+        public = next(iter(origin.images[0].blobs))
+        assert httpx.get(f"{replica1.url}/v2/library/fleet0/blobs/{public}").status_code == 200
+    finally:
+        fleet.stop()
+
+
+def test_a_peer_url_planted_in_redis_is_never_asked(origin: Origin, tmp_path: Path) -> None:
+    """Anyone who can write to Redis can name a replica; it must be in [fleet] peers to be asked."""
+    planted = FakeUpstream()  # stands in for a listener an attacker runs, on another loopback address
+    planted.start()
+    fleet = start_fleet(tmp_path, origin, round_robin=True, count=2, fleet_config='peers = ["127.0.0.1/32"]')
+    try:
+        image = origin.images[1]
+        rogue = f"http://127.0.0.2:{planted.port}"
+        client = redis.Redis.from_url(fleet.redis.url, decode_responses=True)
+        record = json.dumps({"peer_url": rogue, "started": time.time(), "seen": time.time()})
+        client.sadd("mirror:members", rogue)
+        client.set(f"mirror:member:{rogue}", record, px=60_000)
+        for digest in image.all_blobs():
+            client.sadd(f"mirror:holders:{digest}", rogue)
+        assert pull(fleet.replicas[0].url, image)
+        assert planted.authorizations == [] and sum(planted.requests.values()) == 0
+        assert "outside [fleet] peers" in fleet.replicas[0].log_path.read_text()
+    finally:
+        fleet.stop()
+        planted.stop()

@@ -165,9 +165,11 @@ class FleetConfig:
     secret: str = field(repr=False)  # authenticates replica-to-replica requests
     heartbeat: float = 2.0  # a replica that misses three is gone
     lease_ttl: float = 10.0  # a download's lease, renewed while it runs
+    peers: tuple[str, ...] = ()  # peer URLs accepted from Redis (networks, hosts, *.domains); (): peer_url's own
 
     def __repr__(self) -> str:
-        return f"FleetConfig(redis={mask_url(self.redis)!r}, peer_url={self.peer_url!r}, secret='***')"
+        shown = f"redis={mask_url(self.redis)!r}, peer_url={self.peer_url!r}, secret='***'"
+        return f"FleetConfig({shown}, peers={self.peers!r})"
 
 
 @dataclass(frozen=True)

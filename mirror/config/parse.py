@@ -86,8 +86,12 @@ def _fleet(table: Table) -> FleetConfig | None:
     lease_ttl = parse_duration(table.raw("lease_ttl", "10s"), table.key("lease_ttl"))
     if heartbeat <= 0 or lease_ttl < 3 * heartbeat:
         raise ConfigError(table.key("lease_ttl"), "expected heartbeat > 0 and lease_ttl at least three heartbeats")
+    peers = table.get("peers", list, [])
+    for entry in peers:
+        if not isinstance(entry, str) or not re.fullmatch(r"(\*\.)?[A-Za-z0-9.:/\[\]-]+", entry):
+            raise ConfigError(table.key("peers"), f"expected networks, hosts or *.domains, got {entry!r}")
     table.finish()
-    return FleetConfig(redis, peer_url.rstrip("/"), secret, heartbeat, lease_ttl)
+    return FleetConfig(redis, peer_url.rstrip("/"), secret, heartbeat, lease_ttl, tuple(peers))
 
 
 def _pins(root: Table) -> tuple[str, ...]:

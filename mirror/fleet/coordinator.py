@@ -33,6 +33,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from mirror.config import FleetConfig
+from mirror.fleet.network import PeerNetwork, default_peers
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class Fleet:
         self.config = config
         self.me = config.peer_url
         self.secret = config.secret
+        self.network = PeerNetwork(config.peers or default_peers(config.peer_url))
         self._report = report  # this replica's numbers for its member record
         self._redis = aioredis.Redis.from_url(
             config.redis,
@@ -157,7 +159,9 @@ class Fleet:
         return members
 
     async def alive(self) -> set[str]:
-        return {member["peer_url"] for member in await self.members()}
+        """The live replicas this one will ask: Redis's word, within [fleet] peers."""
+        urls = {member.get("peer_url") for member in await self.members()}
+        return {url for url in urls if isinstance(url, str) and (url == self.me or self.network.accepts(url))}
 
     # Holders
 

@@ -14,6 +14,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 import httpx
 
 from mirror.fleet.coordinator import Fleet
+from mirror.fleet.signing import AUTH_HEADER, sign
 from mirror.registry.errors import RegistryError, UpstreamFailed
 from mirror.registry.reference import Digest
 from mirror.stats import UpstreamStats
@@ -23,7 +24,6 @@ from mirror.upstream.body import UpstreamBody
 log = logging.getLogger(__name__)
 
 PEER_PATH = "/_fleet/blobs/"  # the replica-to-replica route (mirror/http/fleet.py)
-SECRET_HEADER = "X-Mirror-Fleet-Secret"
 
 
 class FleetSource:
@@ -86,10 +86,11 @@ class FleetSource:
     async def _from_peer(self, peer: str, digest: Digest, start: int) -> AsyncIterator[UpstreamBody]:
         """The blob from another replica: the whole of it from `start` (its ranges are not cut to
         match ours: one stream, as from a mirror)."""
-        headers = {SECRET_HEADER: self.fleet.secret}
+        path = f"{PEER_PATH}{digest}"
+        headers = {AUTH_HEADER: sign(self.fleet.secret, "GET", peer, path)}
         if start > 0:
             headers["Range"] = f"bytes={start}-"
-        request = self._client.build_request("GET", f"{peer}{PEER_PATH}{digest}", headers=headers)
+        request = self._client.build_request("GET", f"{peer}{path}", headers=headers)
         response = await self._client.send(request, stream=True)
         try:
             if response.status_code not in (200, 206):

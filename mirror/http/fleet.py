@@ -1,16 +1,15 @@
-"""The fleet's routes: replica-to-replica blobs (`/_fleet/blobs/<digest>`, the fleet secret), and
+"""The fleet's routes: replica-to-replica blobs (`/_fleet/blobs/<digest>`, signed), and
 `/stats?scope=fleet`."""
 
 from __future__ import annotations
-
-import hmac
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mirror.composition import Mirror
-from mirror.fleet.peers import PEER_PATH, SECRET_HEADER
+from mirror.fleet.peers import PEER_PATH
+from mirror.fleet.signing import AUTH_HEADER, verify
 from mirror.http.responses import serve_blob
 from mirror.registry.errors import BlobUnknown, Denied, NotFound
 from mirror.registry.reference import parse_digest
@@ -21,9 +20,9 @@ async def peer_blob(request: Request) -> Response:
     mirror: Mirror = request.app.state.mirror
     if mirror.fleet is None:
         raise NotFound("this mirror is not in a fleet")
-    given = request.headers.get(SECRET_HEADER, "")
-    if not hmac.compare_digest(given.encode(), mirror.fleet.secret.encode()):
-        raise Denied("replica-to-replica requests need the fleet's secret")
+    signed = request.headers.get(AUTH_HEADER, "")
+    if not verify(mirror.fleet.secret, signed, request.method, mirror.fleet.me, request.url.path):
+        raise Denied("replica-to-replica requests are signed with the fleet's secret, for this replica, in time")
     digest = parse_digest(request.path_params["digest"])
     body = await mirror.proxy.local_blob(digest)
     if body is None:
