@@ -359,6 +359,9 @@ class Podman:
             "--cgroup-manager", "cgroupfs",
             "--events-backend", "file",
             "--network-config-dir", str(self.root / "net"),
+            # runc, not crun: podman prefers crun when both are installed (a machine where the main
+            # suite's podman came first has both), and crun refuses the hybrid cgroup layout here.
+            "--runtime", tool("runc"),
         ]  # fmt: skip
 
     def podman(self, *args: str, check: bool = True, timeout: float = PULL_TIMEOUT) -> subprocess.CompletedProcess[str]:
