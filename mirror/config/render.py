@@ -132,6 +132,7 @@ def render(config: Config) -> str:
                     "secret": "***",
                     "heartbeat": fleet.heartbeat,
                     "lease_ttl": fleet.lease_ttl,
+                    "peers": fleet.peers or None,
                 },
             )
         )
