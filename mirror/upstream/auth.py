@@ -21,11 +21,13 @@ import httpx
 from cachetools import TLRUCache
 from publicsuffixlist import PublicSuffixList
 
+from mirror.registry.errors import RegistryError
+from mirror.registry.route import parse_api_path
+
 log = logging.getLogger(__name__)
 
 DEFAULT_TOKEN_LIFETIME = 60.0
 _PARAM_RE = re.compile(r'\s*([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))\s*,?')
-_REPOSITORY_PATH_RE = re.compile(r"^/v2/(.+?)/(?:manifests|blobs|tags|referrers)/")
 
 
 @dataclass(frozen=True)
@@ -58,8 +60,11 @@ def repository_scope(request: httpx.Request, base_path: str = "") -> str | None:
     path = request.url.path
     if base_path and path.startswith(base_path + "/"):
         path = path[len(base_path) :]
-    match = _REPOSITORY_PATH_RE.match(path)
-    return f"repository:{match.group(1)}:pull" if match else None
+    try:
+        api = parse_api_path(path, b"")  # the registry API's one grammar
+    except RegistryError:
+        return None
+    return f"repository:{api.name}:pull" if api is not None else None
 
 
 def same_site(host_a: str, host_b: str) -> bool:

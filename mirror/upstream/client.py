@@ -29,6 +29,7 @@ from mirror.registry.referrers import index_descriptors
 from mirror.stats import Stats
 from mirror.upstream.body import UpstreamBody
 from mirror.upstream.endpoints import (
+    OBJECT,
     Endpoint,
     Page,
     Target,
@@ -42,7 +43,6 @@ log = logging.getLogger(__name__)
 MAX_LIST_PAGES = 1000  # of an upstream's tag list or referrers: a bound on an upstream that pages forever
 MAX_LIST_PAGE_BYTES = 4 * 1024 * 1024  # one page of either: 1,000 tags of the longest kind take 130 KB
 MAX_TAGS = 50_000  # of one repository: the busiest public ones list a few thousand
-_MANIFEST_PATH = re.compile(r"/v2/.+/manifests/[^/]+$")
 
 
 # What an upstream's answer says about quotas (Docker Hub), passed on to clients, so that an
@@ -132,7 +132,7 @@ class Upstream(RegistrySession):
 
     async def _read_quota(self, response: httpx.Response) -> None:
         request = response.request
-        if request.method == "GET" and response.status_code < 400 and _MANIFEST_PATH.search(request.url.path):
+        if request.method == "GET" and response.status_code < 400 and request.extensions.get(OBJECT) == "manifests":
             self.counters.manifest_gets += 1  # what Docker Hub counts as a pull (HEADs and refusals are free)
         headers = response.headers
         self.counters.saw_ratelimit(

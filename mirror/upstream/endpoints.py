@@ -26,6 +26,9 @@ from mirror.upstream.trust import ssl_context
 log = logging.getLogger(__name__)
 
 ERROR_BODY_LIMIT = 64 * 1024
+# The request extension naming what a request asks for (manifests, blobs, tags, referrers): set
+# where the request is made, so nothing needs to read it back out of the URL.
+OBJECT = "mirror.object"
 # A mirror's 404 with one of these codes is the registry's own answer, passed on; any other
 # 404 (NAME_UNKNOWN: a mirror that does not mirror this registry) means: ask the next one.
 REGISTRY_NOT_FOUND = frozenset({"MANIFEST_UNKNOWN", "BLOB_UNKNOWN"})
@@ -87,11 +90,10 @@ class Endpoint:
         repository = f"{self.prefix}/{target.repository}" if self.prefix else target.repository
         if self.ns is not None:
             params = {**(params or {}), "ns": self.ns}
-        redirects = ANY_CDN if target.rest.startswith("blobs/") else ORIGIN_ONLY
         path = f"/v2/{repository}/{target.rest}"
-        return self.client.build_request(
-            method, path, headers=headers, params=params, extensions={REDIRECTS: redirects}
-        )
+        kind = target.rest.partition("/")[0]
+        extensions = {REDIRECTS: ANY_CDN if kind == "blobs" else ORIGIN_ONLY, OBJECT: kind}
+        return self.client.build_request(method, path, headers=headers, params=params, extensions=extensions)
 
     def next_page(self, answered: httpx.URL, link: str) -> Page | None:
         """The page a `Link` names, as a URL at this endpoint; a `/v2/…` path from a registry behind a
