@@ -6,6 +6,7 @@ ghcr.io organisation is), skopeo as the client, mirror processes.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -343,5 +344,41 @@ def test_rules_hold_on_the_protocol_fast_path(tmp_path: Path, registry: Registry
             assert refused.status_code == 401
             assert get(mirror, f"/v2/library/multi/manifests/{images['list'].digest}", None).status_code == 401
         assert mirror.stats()["protocol_answers"] >= 1, "the warm tag came from the protocol's fast path"
+    finally:
+        mirror.stop()
+
+
+def test_a_subject_does_not_link_a_private_layer_to_a_public_name(
+    tmp_path: Path, registry: Registry, images: dict[str, Image]
+) -> None:
+    """OCI 1.1 registries take a `subject` they do not hold: naming one must prove nothing."""
+    with Pusher(registry.url) as pusher:
+        secret = pusher.image("team/secret", "1", [64 * 1024, 4096], seed=41)
+        layer = next(iter(secret.blobs))
+        config = pusher.blob("library/planted", b"{}")
+        planted = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "artifactType": "application/vnd.example.sbom",
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": config, "size": 2},
+            "layers": [],
+            "subject": {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer, "size": 1},
+        }
+        pusher.manifest("library/planted", "v1", json.dumps(planted).encode(), planted["mediaType"])
+    users = htpasswd(tmp_path / "users.htpasswd", {"bob": "bob-pass"})
+    rules = (
+        '[[auth.rules]]\nusers = ["*"]\nrepositories = ["docker.io/library/*"]\n'
+        '[[auth.rules]]\nusers = ["bob"]\nrepositories = ["docker.io/team/**"]\n'
+    )
+    mirror = MirrorProcess(
+        tmp_path / "m", {"docker.io": registry.url}, extra_config=f'[auth]\nhtpasswd = "{users}"\n{rules}'
+    ).start()
+    try:
+        assert get(mirror, "/v2/library/planted/manifests/v1", None).status_code == 200
+        assert get(mirror, f"/v2/team/secret/blobs/{layer}", "bob").status_code == 200  # now cached
+        mirror.wait_idle()
+        through_subject = get(mirror, f"/v2/library/planted/blobs/{layer}", None)
+        assert through_subject.status_code == 404, through_subject.text
+        assert through_subject.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
     finally:
         mirror.stop()
