@@ -382,3 +382,21 @@ def test_a_subject_does_not_link_a_private_layer_to_a_public_name(
         assert through_subject.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
     finally:
         mirror.stop()
+
+
+def test_two_readings_of_a_registry_are_refused(ruled: MirrorProcess, ghcr: Ghcr) -> None:
+    """`?ns=bogus&ns=ghcr.io` once read org/private anonymously: the check took the first, the route the last."""
+    private = ghcr.private
+    blob = next(iter(private.blobs))
+    for tail in (f"manifests/{private.tag}", f"blobs/{blob}", "tags/list"):
+        for path in (
+            f"/v2/org/private/{tail}?ns=bogus&ns=ghcr.io",
+            f"/v2/org/private/{tail}?ns=registry.k8s.io&ns=ghcr.io",
+            f"/v2/ghcr.io/org/private/{tail}?ns=",
+            f"/v2/org/private/{tail}?ns=ghcr.io&%6Es=docker.io",
+        ):
+            for method in ("GET", "HEAD"):
+                response = httpx.request(method, f"{ruled.url}{path}", headers=ACCEPT)
+                assert response.status_code == 400, (method, path, response.status_code)
+        assert get(ruled, f"/v2/org/private/{tail}?ns=ghcr.io", None).status_code == 401
+        assert get(ruled, f"/v2/org/private/{tail}?ns=ghcr.io", "ci").status_code == 200
