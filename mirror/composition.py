@@ -258,6 +258,19 @@ class Mirror:
 
     def snapshot(self) -> dict[str, object]:
         snapshot = self._snapshot()
+        upstreams = snapshot["upstreams"]
+        assert isinstance(upstreams, dict)
+        for name, upstream in self.upstreams.items():
+            health = upstream.health
+            upstreams.setdefault(name, {})["health"] = {
+                "answering": health.consecutive_failures == 0,
+                "offline": upstream.offline,
+                "consecutive_failures": health.consecutive_failures,
+                "last_success": health.last_success,
+                "last_error": health.last_error,
+                "last_error_message": health.last_error_message,  # what failed, and what fixes it
+                "setting": health.last_error_setting,
+            }
         if self.fleet is not None:
             snapshot["fleet"] = {
                 "peer_url": self.fleet.me,

@@ -23,18 +23,24 @@ class Health:
     # for timeouts. The first request after it is a probe.
     down_until: float = 0.0
 
-    def succeeded(self) -> None:
+    def succeeded(self) -> bool:
+        """Record an answer; True when it ends a run of failures (worth saying once)."""
+        recovered = self.consecutive_failures > 0
         self.last_success = time.time()
         self.consecutive_failures = 0
         self.down_until = 0.0
+        return recovered
 
-    def failed(self, message: str, setting: str | None = None) -> None:
+    def failed(self, message: str, setting: str | None = None) -> bool:
+        """Record a failure; True when it is the first of a run, or says something new (worth a WARNING)."""
+        news = self.consecutive_failures == 0 or message[:300] != self.last_error_message
         self.last_error = time.time()
         self.last_error_message = message[:300]
         self.last_error_setting = setting
         self.consecutive_failures += 1
         if self.consecutive_failures >= FAILURES_BEFORE_COOLDOWN:
             self.down_until = time.monotonic() + COOLDOWN
+        return news
 
     def cooling_down(self) -> float:
         """Seconds left before the upstream is asked again; 0 when it may be asked now."""

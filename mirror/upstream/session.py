@@ -26,6 +26,7 @@ from mirror.registry.errors import (
 )
 from mirror.stats import UpstreamStats
 from mirror.upstream.destinations import RedirectRefused
+from mirror.upstream.diagnosis import diagnose
 from mirror.upstream.egress import ProxyRoute
 from mirror.upstream.endpoints import (
     REGISTRY_NOT_FOUND,
@@ -77,26 +78,37 @@ class RegistrySession:
         tls = tls_failure(exc)
         if tls is not None:
             message, setting = explain(tls, self.name, _where(exc))
-            health.failed(message, setting)
+            self._failed(health, message, setting)
             return UpstreamUnavailable(message, detail={"upstream": self.name, "setting": setting})
-        health.failed(f"{during}: {reason}: {exc}" if str(exc) else f"{during}: {reason}")
         if isinstance(exc, RedirectRefused):
+            self._failed(health, str(exc), None)
             return UpstreamFailed(str(exc), detail={"upstream": self.name})
         if isinstance(exc, httpx.TooManyRedirects):
+            self._failed(health, f"{during}: redirected too many times", None)
             return UpstreamUnavailable(
                 f"upstream {self.name} redirected too many times", detail={"upstream": self.name}
             )
         if isinstance(exc, httpx.ProxyError):
             refused = self.proxy_refused(str(exc), _where(exc))
-            health.failed(refused.message, "proxy")
+            self._failed(health, refused.message, "proxy")
             return refused
         if during == "download":
+            self._failed(health, f"{during}: {reason}: {exc}" if str(exc) else f"{during}: {reason}", None)
             return UpstreamFailed(
                 f"upstream {self.name} broke off the download: {reason}", detail={"upstream": self.name}
             )
-        return UpstreamUnavailable(
-            f"upstream {self.name} ({self.url}) is unreachable: {reason}", detail={"upstream": self.name}
-        )
+        where = _where(exc)
+        via_proxy = self.route.proxy_for(httpx.URL(self.url)) is not None
+        why, fix = diagnose(exc, self.name, where, via_proxy=via_proxy)
+        message = f"upstream {self.name} ({self.url}) is unreachable: {why}"
+        self._failed(health, message, fix)
+        detail = {"upstream": self.name, **({"setting": fix} if fix else {})}
+        return UpstreamUnavailable(message, detail=detail)
+
+    def _failed(self, health: Health, message: str, setting: str | None) -> None:
+        """Count a failure; say it once, at WARNING, when the upstream turns from answering to failing."""
+        if health.failed(message, setting):
+            log.warning("%s", message if message.startswith("upstream ") else f"upstream {self.name}: {message}")
 
     def proxy_refused(self, answer: str, where: str) -> UpstreamUnavailable:
         setting = f'[upstreams."{self.name}"] proxy' if self.route.explicit else "HTTPS_PROXY/HTTP_PROXY"
@@ -182,7 +194,7 @@ class RegistrySession:
         await response.aclose()
         reason = f"answered {status}" + (f" {code}" if code else "")
         if status != 404:
-            endpoint.health.failed(reason)
+            self._failed(endpoint.health, f"{endpoint.describe()} {reason}", None)
         log.warning("upstream %s: %s %s; asking the next", self.name, endpoint.describe(), reason)
         return True
 
@@ -215,8 +227,8 @@ class RegistrySession:
                     raise self.failure(exc, health=endpoint.health) from exc
                 log.info("upstream %s: %s on %s %s, retrying", self.name, type(exc).__name__, method, request.url.path)
             else:
-                if response.status_code < 500 and response.status_code != 429:
-                    endpoint.health.succeeded()
+                if response.status_code < 500 and response.status_code != 429 and endpoint.health.succeeded():
+                    log.info("upstream %s: %s answers again", self.name, endpoint.describe())
                 if response.status_code not in _RETRY_STATUSES or attempt == retries:
                     return response
                 await response.aclose()
@@ -239,14 +251,14 @@ class RegistrySession:
         code, message, detail = parse_error_body(body)
         headers = {}
         if status == 429:
-            self.health.failed("answered 429 (rate limited)")
+            self._failed(self.health, "answered 429 (rate limited)", None)
             if "retry-after" in response.headers:
                 headers["Retry-After"] = response.headers["retry-after"]
             raise TooManyRequests(message or f"upstream {self.name} is rate limiting", detail=detail, headers=headers)
         if status == 407:  # an http:// upstream forwarded by a proxy that wants credentials
             self.counters.errors += 1
             refused = self.proxy_refused("407 Proxy Authentication Required", response.request.url.host)
-            self.health.failed(refused.message, "proxy")
+            self._failed(self.health, refused.message, "proxy")
             raise refused
         if status == 401:
             raise Unauthorized(message or f"upstream {self.name} refused our credentials", code=code or "UNAUTHORIZED")
@@ -261,7 +273,7 @@ class RegistrySession:
             raise error
         if status == 400 and b"SSL certificate" in body:
             # nginx's answer to a client without a certificate, where ssl_verify_client is on
-            self.health.failed("answered 400: a client certificate is required")
+            self._failed(self.health, "answered 400: a client certificate is required", "client_cert")
             raise UpstreamUnavailable(
                 f"upstream {self.name} requires a TLS client certificate; set "
                 f'[upstreams."{self.name}"] client_cert and client_key',
@@ -275,7 +287,7 @@ class RegistrySession:
                 detail=detail,
             )
         self.counters.errors += 1
-        self.health.failed(f"answered {status}")
+        self._failed(self.health, f"answered {status}", None)
         raise UpstreamUnavailable(
             f"upstream {self.name} answered {status}", detail={"upstream": self.name, "status": status}
         )
