@@ -97,9 +97,14 @@ class Mirror:
         }
         self._tasks: list[asyncio.Task[None]] = []
         for upstream in self.upstreams.values():
-            log.info("upstream %s at %s, %s", upstream.name, upstream.url, upstream.route.describe())
-        for warning in filter(None, map(anonymous_quota_warning, config.upstreams.values())):
-            log.warning("%s", warning)
+            mode = "offline: never asked, the cache answers" if upstream.offline else upstream.route.describe()
+            log.info("upstream %s at %s, %s", upstream.name, upstream.url, mode)
+        if config.server.offline:
+            log.info("offline ([server] offline or --offline): no upstream is asked; the cache answers")
+        for upstream_config in config.upstreams.values():
+            warning = anonymous_quota_warning(upstream_config, offline=config.server.offline)
+            if warning is not None:
+                log.warning("%s", warning)
 
     async def start(self) -> None:
         """Start the background work: first the index of what is cached, then making room if max_size shrank."""

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from egress_parts import private_names
 from prometheus_client.parser import text_string_to_metric_families
 from support import ALL_MANIFESTS, Image, MirrorProcess, Registry, seed_standard_images
 from test_pull import skopeo_copy
@@ -131,13 +132,36 @@ def started_mirror(hub: tuple[Registry, dict[str, Image]], tmp_path: Path) -> It
 def test_anonymous_docker_hub_is_warned_about(
     hub: tuple[Registry, dict[str, Image]], started_mirror: MirrorProcess, tmp_path: Path
 ) -> None:
-    log = started_mirror.log_path.read_text()
-    assert "WARNING" in log and "docker.io has no credentials" in log
-    warnings = httpx.get(f"{started_mirror.url}/api/dashboard").json()["warnings"]
-    assert len(warnings) == 1 and "quota" in warnings[0]
+    """Only for Docker Hub itself, asked: not for an internal registry named docker.io, nor offline.
+
+    The mirror set up for Docker Hub runs where no name resolves (no DNS server): it asks nothing.
+    """
+    names = private_names(tmp_path / "names", {})
+    for offline, expected in ((False, 1), (True, 0)):
+        hub_mirror = MirrorProcess(
+            tmp_path / f"hub-{offline}",
+            {"docker.io": "https://registry-1.docker.io"},
+            wrapper=names,
+            args=["--offline"] if offline else [],
+        ).start()
+        try:
+            log = hub_mirror.log_path.read_text()
+            assert log.count("docker.io has no credentials") == expected, log
+            warnings = httpx.get(f"{hub_mirror.url}/api/dashboard").json()["warnings"]
+            assert len(warnings) == expected and all("quota" in w for w in warnings)
+            assert ("offline ([server] offline or --offline): no upstream is asked" in log) is offline
+        finally:
+            hub_mirror.stop()
+
+    internal = started_mirror  # docker.io is a registry of the site's own
+    assert "no credentials" not in internal.log_path.read_text()
+    assert httpx.get(f"{internal.url}/api/dashboard").json()["warnings"] == []
 
     with_account = MirrorProcess(
-        tmp_path / "with-account", {"docker.io": hub[0].url}, credentials={"docker.io": ("ci", "token")}
+        tmp_path / "with-account",
+        {"docker.io": "https://registry-1.docker.io"},
+        credentials={"docker.io": ("ci", "token")},
+        wrapper=names,
     ).start()
     try:
         assert httpx.get(f"{with_account.url}/api/dashboard").json()["warnings"] == []

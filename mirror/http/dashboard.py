@@ -117,7 +117,11 @@ def payload(mirror: Mirror) -> dict[str, Any]:
         "inflight": mirror.inflight.progress(),
         "top_repositories": mirror.traffic.top(),
         "upstreams": upstream_health(mirror.upstreams.values()),
-        "warnings": [w for w in map(anonymous_quota_warning, mirror.config.upstreams.values()) if w],
+        "warnings": [
+            warning
+            for upstream in mirror.config.upstreams.values()
+            if (warning := anonymous_quota_warning(upstream, offline=mirror.config.server.offline))
+        ],
     }
 
 

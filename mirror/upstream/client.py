@@ -48,6 +48,7 @@ MAX_TAGS = 50_000  # of one repository: the busiest public ones list a few thous
 # What an upstream's answer says about quotas (Docker Hub), passed on to clients, so that an
 # edge mirror sees what its regional mirror saw.
 QUOTA_HEADERS = ("ratelimit-limit", "ratelimit-remaining", "docker-ratelimit-source")
+DOCKER_HUB_HOSTS = frozenset({"registry-1.docker.io", "index.docker.io", "registry.hub.docker.com"})
 
 
 @dataclass(frozen=True)
@@ -296,9 +297,12 @@ def next_link(header: str | None) -> str | None:
     return match[1] if match else None
 
 
-def anonymous_quota_warning(config: UpstreamConfig) -> str | None:
-    """What pulling Docker Hub without an account means for a site, when that is how it is set up."""
-    if config.name != "docker.io" or config.username is not None:
+def anonymous_quota_warning(config: UpstreamConfig, *, offline: bool = False) -> str | None:
+    """What pulling Docker Hub without an account means for a site, when that is how it is set up:
+    only when the upstream really is Docker Hub (not an internal registry named docker.io) and is asked."""
+    if config.name != "docker.io" or config.username is not None or offline or config.offline:
+        return None
+    if httpx.URL(config.url).host not in DOCKER_HUB_HOSTS or config.mirrors_only:
         return None
     return (
         "docker.io has no credentials: Docker Hub counts anonymous pulls against a small hourly quota "
