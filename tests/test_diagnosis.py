@@ -6,9 +6,12 @@ where no DNS server listens: no query leaves the machine.
 
 from __future__ import annotations
 
+import socket
+import ssl
 from pathlib import Path
 
 import httpx
+import pytest
 from egress_parts import private_names
 from support import MirrorProcess, free_port
 
@@ -52,3 +55,19 @@ def test_a_refusing_port_says_nothing_listens(tmp_path: Path) -> None:
         assert _warnings(mirror, "refused the connection") == 1
     finally:
         mirror.stop()
+
+
+def test_a_tls_probe_on_the_plain_port_is_no_warning(mirror: MirrorProcess) -> None:
+    """podman and skopeo send a real ClientHello first; it is said once at INFO, and nothing else changes."""
+    context = ssl.create_default_context()
+    for _ in range(2):
+        with (
+            socket.create_connection(("127.0.0.1", mirror.port), timeout=10) as raw,
+            pytest.raises((ssl.SSLError, OSError)),
+        ):
+            context.wrap_socket(raw, server_hostname="127.0.0.1")
+    assert httpx.get(f"{mirror.url}/v2/").status_code == 200
+    log = mirror.log_path.read_text()
+    assert "Invalid HTTP request" not in log
+    assert log.count("a TLS handshake on the plain-HTTP port") == 1
+    assert all("TLS handshake" not in line for line in log.splitlines() if "WARNING" in line)

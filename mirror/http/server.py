@@ -8,6 +8,7 @@ connection held open for good): uvicorn bounds neither with httptools. The warm 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, Protocol
 
 import httptools
@@ -15,6 +16,8 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from mirror.http.responses import raw_error
 from mirror.registry.errors import HeadersTooLarge, RegistryError, RequestTimeout
+
+log = logging.getLogger(__name__)
 
 MAX_HEAD_BYTES = 64 * 1024
 
@@ -48,6 +51,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """
 
     head_timeout = 30.0
+    tls_probe_seen = False  # said once at INFO per process
     answerer: WarmAnswerer | None = None
     remembered: dict[bytes, Any] = {}  # noqa: RUF012  # one per server, made by bounded_protocol
 
@@ -62,8 +66,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._idle = True  # the parser is between messages, holding no byte of the next one
         self._chunk: bytes | None = None  # the chunk being parsed, if it arrived while idle
         self._last_answer = float("-inf")  # loop time of the last answer from memory
+        self._fresh = True  # nothing received yet on this connection
 
     def data_received(self, data: bytes) -> None:
+        if self._fresh:
+            self._fresh = False
+            if data[:2] == b"\x16\x03":  # a TLS ClientHello, on a plain-HTTP port
+                self._tls_probe()
+                return
         if self._idle:
             question = self.remembered.get(data)
             if question is not None and self._answer(question):
@@ -84,6 +94,20 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 )
                 return
         super().data_received(data)
+
+    def _tls_probe(self) -> None:
+        """podman and skopeo try https first on a mirror given without a scheme: not a fault, so no
+        WARNING (uvicorn's "Invalid HTTP request received"); said once at INFO, then at DEBUG."""
+        level = logging.DEBUG if BoundedHttpToolsProtocol.tls_probe_seen else logging.INFO
+        BoundedHttpToolsProtocol.tls_probe_seen = True
+        log.log(
+            level,
+            "a TLS handshake on the plain-HTTP port from %s, closed: podman and skopeo try https first "
+            "(set the mirror's registries.conf entry to insecure = true, or serve TLS with tls_cert)",
+            self.client[0] if self.client else "-",
+        )
+        self._cancel_head_timer()
+        self.transport.close()
 
     def on_message_begin(self) -> None:
         self._idle = False
