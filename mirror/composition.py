@@ -21,7 +21,7 @@ from mirror.cache.inflight import InflightDownloads
 from mirror.cache.kept import KeptLists
 from mirror.cache.links import BlobLinks
 from mirror.cache.metadata import ManifestCache
-from mirror.cache.pins import Pin, PinError, check_budget, image_digests, load_pins
+from mirror.cache.pins import Pin, PinError, check_budget, image_digests, load_pins, refuse_pinned
 from mirror.cache.pins import pin as pin_images
 from mirror.cache.pins import unpin as unpin_images
 from mirror.cache.removal import Removal, RemovalError, Target, apply_to_index, parse_target, plan_removal
@@ -56,6 +56,7 @@ class Mirror:
     def __init__(self, config: Config) -> None:
         """Open the cache (a directory scan: call before serving) and build the parts."""
         self.config = config
+        self.started = config  # the config this process started with: what restart-only keys are
         self.config_hash = config_hash(config)
         self.stats = Stats()
         self.traffic = Traffic()
@@ -221,7 +222,7 @@ class Mirror:
         In place: the upstreams' allow, deny, block, keep_deleted_tags, logins and offline;
         tag_ttl; max_size; whether links are enforced. Access control and TLS are the app's.
         """
-        old = self.config
+        old = self.started  # what runs: a restart key changed and then set back needs no restart
         restart = [
             key
             for key, before, after in (
@@ -246,10 +247,13 @@ class Mirror:
         self.config_hash = config_hash(config)
         return restart
 
-    async def remove(self, targets: list[Target], with_blobs: bool) -> Removal:
+    async def remove(self, targets: list[Target], with_blobs: bool, *, force: bool = False) -> Removal:
         """`mirror rm` through the server: out of the index and the files, and out of memory, so
-        that nothing removed is answered again without a fetch (which `block` can refuse)."""
+        that nothing removed is answered again without a fetch (which `block` can refuse).
+        A pinned image's content is refused (PinnedError) unless `force`."""
         removal = await anyio.to_thread.run_sync(plan_removal, self.directory, targets, with_blobs)
+        if not force:
+            await anyio.to_thread.run_sync(refuse_pinned, self.directory, removal)
         await anyio.to_thread.run_sync(apply_to_index, self.directory.metadata, removal)
         for key in removal.tags:
             self.tags.forget_in_memory(*key)

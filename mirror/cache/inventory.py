@@ -58,14 +58,15 @@ def _image_size(cache: CacheDirectory, manifest: dict[str, Any] | None) -> tuple
 
 
 def list_images(
-    cache: CacheDirectory, repository: str | None = None, pinned: frozenset[str] | None = None
+    cache: CacheDirectory, only: tuple[str, str] | None = None, pinned: frozenset[str] | None = None
 ) -> list[dict[str, Any]]:
-    """Every cached tag, newest first within each repository; `pinned`: the digests never evicted."""
+    """Every cached tag, newest first within each repository; `only`: one (registry, repository);
+    `pinned`: the digests never evicted."""
     rows: list[dict[str, Any]] = []
     if pinned is None:
         pinned = frozenset(digest for pin in load_pins(cache) for digest in pin.digests)
     for upstream, repo, tag, entries in cache.metadata.tags():
-        if repository is not None and repository not in (repo, f"{upstream}/{repo}"):
+        if only is not None and only != (upstream, repo):
             continue
         seen = set()
         for entry in sorted(entries.values(), key=lambda e: e.fetched_at, reverse=True):
@@ -85,7 +86,8 @@ def list_images(
                     "complete": summary.complete,
                     "platforms": summary.platforms,
                     "artifact_type": summary.artifact_type,
-                    "last_pull": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry.fetched_at)),
+                    "last_pull": None if entry.imported else _when(entry.fetched_at),
+                    "imported_at": _when(entry.fetched_at) if entry.imported else None,
                     "pinned": entry.digest in pinned,
                 }
             )
@@ -101,7 +103,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
             r["tag"],
             r["digest"][:19],
             _size_cell(r),
-            r["last_pull"],
+            r["last_pull"] or f"- (imported {r['imported_at']})",
             "yes" if r["pinned"] else "no",
             r["artifact_type"] or ",".join(r["platforms"]) or "-",
         ]
@@ -111,6 +113,10 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     return "".join(
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() + "\n" for row in table
     )
+
+
+def _when(at: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
 
 
 def _size_cell(row: dict[str, Any]) -> str:

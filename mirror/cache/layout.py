@@ -43,9 +43,11 @@ class TagEntry:
     digest: str
     media_type: str
     fetched_at: float
+    imported: bool = False  # from `mirror import`, at fetched_at: never pulled from the upstream yet
 
     def to_json(self) -> dict[str, Any]:
-        return {"digest": self.digest, "media_type": self.media_type, "fetched_at": self.fetched_at}
+        data = {"digest": self.digest, "media_type": self.media_type, "fetched_at": self.fetched_at}
+        return {**data, "imported": True} if self.imported else data
 
     @classmethod
     def from_json(cls, data: object) -> TagEntry | None:
@@ -60,7 +62,7 @@ class TagEntry:
             parse_digest(digest)
         except RegistryError:
             return None
-        return cls(digest, media_type, float(fetched_at))
+        return cls(digest, media_type, float(fetched_at), data.get("imported") is True)
 
 
 class CacheLayout:

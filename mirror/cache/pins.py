@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mirror.cache.directory import CacheDirectory
-from mirror.cache.removal import Target
+from mirror.cache.removal import Removal, RemovalError, Target
 
 
 class PinError(ValueError):
@@ -119,4 +119,19 @@ def check_budget(pins: list[Pin], max_size: int | None) -> None:
         raise PinError(
             f"pinned images would take {needed} bytes, more than [cache] max_size ({max_size}): "
             "unpin something, or raise max_size"
+        )
+
+
+class PinnedError(RemovalError):
+    """A removal that would take a pinned image's content, asked without --force."""
+
+
+def refuse_pinned(cache: CacheDirectory, removal: Removal) -> None:
+    """Raise PinnedError, naming the pins, when `removal` takes a tag or a digest of one."""
+    tags = {f"{u}/{r}:{t}" for u, r, t in removal.tags}
+    taken = removal.manifests | removal.blobs
+    hit = sorted(pin.name for pin in load_pins(cache) if pin.name in tags or taken & set(pin.digests))
+    if hit:
+        raise PinnedError(
+            f"{', '.join(hit[:5])}{' …' if len(hit) > 5 else ''} pinned: `mirror unpin` first, or remove with --force"
         )

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from mirror.cache.directory import CacheDirectory
-from mirror.cache.pins import PinError
+from mirror.cache.pins import PinError, PinnedError, refuse_pinned
 from mirror.cache.pins import pin as pin_images
 from mirror.cache.pins import unpin as unpin_images
 from mirror.cache.removal import RemovalError, apply_to_directory, parse_target, plan_removal
@@ -26,6 +26,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "targets", nargs="+", metavar="IMAGE|DIGEST", help="alpine:3.19, ghcr.io/org/app@sha256:…, sha256:…"
     )
     rm.add_argument("--blobs", action="store_true", help="also the layers and configs nothing else kept names")
+    rm.add_argument("--force", action="store_true", help="also what a pin keeps (a pinned image is refused otherwise)")
     rm.add_argument("--config", type=Path, help="the config file `mirror serve` uses")
     for name, text in (("pin", "never evict these cached images"), ("unpin", "let these images be evicted again")):
         command = commands.add_parser(name, help=text)
@@ -72,7 +73,8 @@ def remove(args: argparse.Namespace, config: Config) -> int:
     except RemovalError as exc:
         print(f"mirror rm: {exc}", file=sys.stderr)
         return 2
-    summary = _through_server(config, "/api/rm", {"targets": args.targets, "blobs": args.blobs}, "rm")
+    payload = {"targets": args.targets, "blobs": args.blobs, "force": args.force}
+    summary = _through_server(config, "/api/rm", payload, "rm")
     if summary is None:
         if not CacheDirectory.exists(config.cache.directory):
             print(f"mirror rm: no cache at {config.cache.directory}", file=sys.stderr)
@@ -80,7 +82,12 @@ def remove(args: argparse.Namespace, config: Config) -> int:
         cache = CacheDirectory.open(config.cache.directory)
         try:
             removal = plan_removal(cache, targets, args.blobs)
+            if not args.force:
+                refuse_pinned(cache, removal)
             apply_to_directory(cache, removal)
+        except PinnedError as exc:
+            print(f"mirror rm: {exc}", file=sys.stderr)
+            return 1
         finally:
             cache.close()
         summary = {"source": "directory", **removal.summary()}
@@ -95,12 +102,11 @@ def remove(args: argparse.Namespace, config: Config) -> int:
 def _through_server(config: Config, path: str, payload: dict[str, object], command: str) -> dict[str, object] | None:
     """The server's answer, or None when no server answers at the config's address."""
     scheme = "https" if config.server.tls_cert else "http"
-    user, _, password = os.environ.get(ADMIN_CREDENTIALS, "").partition(":")
     try:
         response = httpx.post(
             f"{scheme}://{config.local_address}{path}",
             json=payload,
-            auth=(user, password) if user else None,
+            auth=admin_auth(),
             timeout=60,
             trust_env=False,
             verify=False,  # our own server on this host, maybe with a certificate for another name
@@ -116,3 +122,9 @@ def _through_server(config: Config, path: str, payload: dict[str, object], comma
             message = response.text[:300]
         raise SystemExit(f"mirror {command}: {message}")
     return {"source": "server", **response.json()}
+
+
+def admin_auth() -> tuple[str, str] | None:
+    """The admin login for the running server, from MIRROR_ADMIN_CREDENTIALS=user:password."""
+    user, _, password = os.environ.get(ADMIN_CREDENTIALS, "").partition(":")
+    return (user, password) if user else None

@@ -91,11 +91,21 @@ def render(
     output: Path | None,
     no_fallback: bool = False,
 ) -> str:
-    """The text to print; for containerd with `output`, the hosts.toml files are written there."""
-    if client == "docker":
-        return docker(url, registries, no_fallback)
-    if client == "podman":
-        return podman(url, registries, default_upstream, no_fallback)
+    """The text to print; with `output`, the files are written in that directory instead (containerd:
+    <registry>/hosts.toml each, as under /etc/containerd/certs.d; Docker: daemon.json; podman:
+    registries.conf, as a drop-in for /etc/containers/registries.conf.d/) and what was written is said."""
+    if client in ("docker", "podman"):
+        text = (
+            docker(url, registries, no_fallback)
+            if client == "docker"
+            else podman(url, registries, default_upstream, no_fallback)
+        )
+        if output is None:
+            return text
+        path = output / ("daemon.json" if client == "docker" else "registries.conf")
+        output.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return f"wrote {path}\n"
     files = containerd_hosts(url, registries, default_upstream, no_fallback)
     if output is not None:
         for registry, text in files.items():

@@ -22,13 +22,14 @@ from mirror.cache.directory import CacheDirectory
 from mirror.cache.format import CacheFormatError
 from mirror.commands import archive, changes, clientconfig, credentials, prefetch
 from mirror.composition import Mirror
-from mirror.config import DOCKER_HUB, Config, ConfigError, config_hash, load, render
+from mirror.config import DOCKER_HUB, Config, ConfigError, config_hash, load, render, unknown_variables
 from mirror.http.access import access_settings
 from mirror.http.app import create_app
 from mirror.http.drain import AFTER_DRAIN_GRACE, Drain, DrainingServer
 from mirror.http.fastpath import warm_answers
 from mirror.http.reload import Reloader, check_certificate
 from mirror.http.server import bounded_protocol
+from mirror.registry.reference import repository_named
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="registry to mirror (repeatable; default: the upstreams in --config, else docker.io)",
     )
     client.add_argument("--config", type=Path, help="mirror config file, for its upstreams")
-    client.add_argument("--output", type=Path, metavar="DIR", help="containerd: write DIR/<registry>/hosts.toml")
+    client.add_argument(
+        "--output",
+        type=Path,
+        metavar="DIR",
+        help="write the files in DIR instead of printing them: DIR/<registry>/hosts.toml, daemon.json, registries.conf",
+    )
     client.add_argument(
         "--no-fallback",
         action="store_true",
@@ -86,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     changes.add_parsers(commands)
     credentials.add_parser(commands)
     ls = commands.add_parser("ls", help="list cached images: tags, digests, sizes, last pull, platforms")
-    ls.add_argument("repository", nargs="?", help="only this repository (e.g. library/alpine or ghcr.io/org/app)")
+    ls.add_argument("repository", nargs="?", help="only this repository, as Docker reads it (alpine, ghcr.io/org/app)")
     ls.add_argument("--config", type=Path, help="the config file `mirror serve` uses")
     ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
     archive.add_commands(commands)
@@ -107,13 +113,16 @@ def prefetch_images(args: argparse.Namespace, config: Config) -> int:
 
 
 def list_cached(args: argparse.Namespace, config: Config) -> int:
-    rows = []
-    if CacheDirectory.exists(config.cache.directory):
-        cache = CacheDirectory.open(config.cache.directory)
-        try:
-            rows = inventory.list_images(cache, args.repository, inventory.pinned_digests(cache, config.pins))
-        finally:
-            cache.close()
+    if not CacheDirectory.exists(config.cache.directory):
+        hint = "" if args.config else " (give it the config `mirror serve` uses: --config FILE)"
+        print(f"mirror ls: no cache at {config.cache.directory}{hint}", file=sys.stderr)
+        return 1
+    only = repository_named(args.repository, config.server.default_upstream) if args.repository else None
+    cache = CacheDirectory.open(config.cache.directory)
+    try:
+        rows = inventory.list_images(cache, only, inventory.pinned_digests(cache, config.pins))
+    finally:
+        cache.close()
     sys.stdout.write(json.dumps(rows, indent=2) + "\n" if args.json else inventory.format_rows(rows))
     return 0
 
@@ -121,11 +130,39 @@ def list_cached(args: argparse.Namespace, config: Config) -> int:
 def server_stats(config: Config, scope: str | None = None) -> dict[str, object] | None:
     """The running server's /stats, or None when it does not answer."""
     params = {"scope": scope} if scope else None
+    scheme = "https" if config.server.tls_cert else "http"
     try:
-        response = httpx.get(f"http://{config.local_address}/stats", params=params, timeout=2, trust_env=False)
+        response = httpx.get(
+            f"{scheme}://{config.local_address}/stats",
+            params=params,
+            auth=changes.admin_auth(),
+            timeout=2,
+            trust_env=False,
+            verify=False,  # our own server on this host, maybe with a certificate for another name
+        )
     except httpx.HTTPError:
         return None
+    if response.status_code in (401, 403):
+        raise SystemExit(
+            f"mirror stats: the server wants an admin login: set {changes.ADMIN_CREDENTIALS}=user:password"
+        )
     return {"source": "server", **response.json()} if response.status_code == 200 else None
+
+
+def stats_rows(values: dict[str, object], prefix: str = "") -> list[tuple[str, str]]:
+    """Nested counters as `upstreams.docker.io.requests  12` lines: no Python reprs, `-` for none."""
+    rows: list[tuple[str, str]] = []
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            rows += stats_rows(value, name + ".")
+        elif isinstance(value, list):
+            rows.append((name, ", ".join(map(str, value)) or "-"))
+        elif isinstance(value, float):
+            rows.append((name, f"{value:.3f}".rstrip("0").rstrip(".")))
+        else:
+            rows.append((name, "-" if value is None else str(value).lower() if isinstance(value, bool) else str(value)))
+    return rows
 
 
 def fleet_table(config: Config) -> int:
@@ -158,9 +195,9 @@ def fleet_table(config: Config) -> int:
 
 def maintain(command: str, config: Config) -> int:
     if command == "stats":
-        values = server_stats(config) or maintenance.offline_stats(config)
-        width = max(len(key) for key in values)
-        sys.stdout.write("".join(f"{key.ljust(width)}  {value}\n" for key, value in values.items()))
+        rows = stats_rows(server_stats(config) or maintenance.offline_stats(config))
+        width = max(len(key) for key, _ in rows)
+        sys.stdout.write("".join(f"{key.ljust(width)}  {value}\n" for key, value in rows))
         return 0
     report = maintenance.gc(config) if command == "gc" else maintenance.verify(config)
     print(f"{command}: checked {report.checked}, removed {report.removed} ({report.removed_bytes} bytes)")
@@ -279,6 +316,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def warn_unknown_variables(config: Config) -> None:
+    """A MIRROR_* variable that sets nothing is most likely a typo: say so, on stderr (the journal)."""
+    for line in unknown_variables(os.environ, list(config.upstreams)):
+        print(f"mirror: warning: {line}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.command == "client-config":
         return client_config(args)
@@ -287,10 +330,13 @@ def run(args: argparse.Namespace) -> int:
         def load_again() -> Config:
             return load(args.config, listen=args.listen, cache_dir=args.cache_dir, offline=args.offline, env=os.environ)
 
-        return serve(load_again(), load_again)
+        config = load_again()
+        warn_unknown_variables(config)
+        return serve(config, load_again)
     if args.command == "config" and args.check is not None:
         return check_config(args.check)
     config = load(args.config, env=os.environ)
+    warn_unknown_variables(config)
     if args.command == "prefetch":
         return prefetch_images(args, config)
     if args.command in ("export", "import"):

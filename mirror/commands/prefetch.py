@@ -51,7 +51,8 @@ class Prefetcher:
     def _manifest(self, image: ImageRef, reference: str) -> tuple[dict[str, Any], str]:
         response = self.client.get(self._path(image, "manifests", reference), headers={"Accept": ACCEPT_ALL})
         if response.status_code != 200:
-            raise RuntimeError(f"{image.repository}:{reference}: {response.status_code} {response.text[:200]}")
+            name = f"{image.registry or 'docker.io'}/{image.repository}{'@' if ':' in reference else ':'}{reference}"
+            raise RuntimeError(f"{name}: {_error_message(response)}")
         return json.loads(response.content), response.headers.get("content-type", "").split(";")[0]
 
     def blobs_of(self, image: ImageRef) -> list[tuple[str, int]]:
@@ -77,7 +78,8 @@ class Prefetcher:
             path = self._path(image, "blobs", digest)
             with self.client.stream("GET", path, headers={"Priority": BACKGROUND_PRIORITY}) as response:
                 if response.status_code != 200:
-                    raise RuntimeError(f"{digest}: {response.status_code}")
+                    response.read()
+                    raise RuntimeError(f"blob {digest} of {image.repository}: {_error_message(response)}")
                 if response.headers.get("x-cache") == "HIT":
                     self.progress.cached_blobs += 1
                 else:
@@ -110,3 +112,13 @@ def run(url: str, images: list[str], platforms: set[str] | None, out: TextIO = s
         return 1
     finally:
         prefetcher.close()
+
+
+def _error_message(response: httpx.Response) -> str:
+    """A registry error answer as one line: `404 MANIFEST_UNKNOWN: manifest unknown`, not its JSON."""
+    try:
+        error = response.json()["errors"][0]
+        text = f"{error['code']}: {error['message']}"
+    except (ValueError, KeyError, IndexError, TypeError):
+        text = response.reason_phrase
+    return f"{response.status_code} {' '.join(str(text).split())[:300]}"

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from mirror.config.environment import ENV_KEYS, UPSTREAM_ENV_KEYS, apply_env, env_name
+from mirror.config.environment import ENV_KEYS, UPSTREAM_ENV_KEYS, apply_env, env_name, unknown_variables
 from mirror.config.model import (
     DEFAULT_CACHE_DIR,
     DEFAULT_LISTEN,
@@ -64,6 +64,7 @@ __all__ = [
     "parse_proxy_url",
     "parse_size",
     "render",
+    "unknown_variables",
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -73,3 +74,25 @@ def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
     if "upstreams" in data or upstreams != {DOCKER_HUB: {"url": DOCKER_HUB_URL}}:
         data["upstreams"] = upstreams
     return data
+
+
+# MIRROR_* variables that are not settings: the CLI's admin login, the image build's CA, the tests'.
+OTHER_VARIABLES = frozenset({"MIRROR_ADMIN_CREDENTIALS", "MIRROR_CONFIG", "MIRROR_IMAGE_CA", "MIRROR_E2E"})
+OTHER_PREFIXES = ("MIRROR_SOAK_", "MIRROR_BENCH_")
+
+
+def unknown_variables(env: Mapping[str, str], upstreams: list[str]) -> list[str]:
+    """One line for each MIRROR_* variable that sets nothing (a typo is silently ignored otherwise),
+    naming the nearest setting."""
+    known = {env_name(table, key) for table, keys in ENV_KEYS.items() for key in keys}
+    known |= {env_name("upstream", name, key) for name in upstreams for key in UPSTREAM_ENV_KEYS}
+    lines = []
+    for name in sorted(env):
+        if not name.startswith("MIRROR_") or name in known or name in OTHER_VARIABLES:
+            continue
+        if name.startswith(OTHER_PREFIXES):
+            continue
+        nearest = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+        hint = f" (did you mean {nearest[0]}?)" if nearest else ""
+        lines.append(f"{name} is not a setting and is ignored{hint}")
+    return lines

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from mirror.cache.pins import PinError
+from mirror.cache.pins import PinError, PinnedError
 from mirror.cache.removal import RemovalError, Target, parse_target
 from mirror.composition import Mirror
 from mirror.registry.errors import Denied, RegistryError
@@ -88,10 +88,14 @@ def _shortened(text: str, limit: int = 300) -> str:
 
 
 async def remove_route(request: Request) -> Response:
-    """`{"targets": ["alpine:3.19", "sha256:…"], "blobs": false}` → what was removed."""
+    """`{"targets": ["alpine:3.19", "sha256:…"], "blobs": false, "force": false}` → what was removed;
+    a pinned image's content only with `force`."""
     mirror: Mirror = request.app.state.mirror
-    targets, data = await _targets(request, '{"targets": ["IMAGE or DIGEST", …], "blobs": false}')
-    removal = await mirror.remove(targets, bool(data.get("blobs")))
+    targets, data = await _targets(request, '{"targets": ["IMAGE or DIGEST", …], "blobs": false, "force": false}')
+    try:
+        removal = await mirror.remove(targets, bool(data.get("blobs")), force=data.get("force") is True)
+    except PinnedError as exc:
+        raise PinRefused(str(exc)) from None
     return JSONResponse(removal.summary())
 
 

@@ -39,7 +39,7 @@ from mirror.proxy import ManifestAnswer
 from mirror.registry.errors import NotFound, RegistryError, Unsupported
 from mirror.registry.mediatypes import OCI_INDEX
 from mirror.registry.paging import lexical, page, parse_page_size
-from mirror.registry.reference import Digest, parse_digest, parse_reference
+from mirror.registry.reference import Digest, parse_digest, parse_reference, repository_named
 from mirror.registry.referrers import FILTERS_APPLIED_HEADER, referrers_page
 from mirror.registry.route import CATALOG_PATH
 from mirror.stats import prometheus
@@ -187,8 +187,9 @@ async def images_route(request: Request) -> Response:
     mirror = _mirror(request)
     # Some registry APIs spell a repository's slashes as `$`; accept both.
     repository = request.path_params.get("repository") or request.query_params.get("repository")
-    repository = repository.replace("$", "/") if repository else None
-    rows = await anyio.to_thread.run_sync(inventory.list_images, mirror.directory, repository, mirror.store.forever)
+    default = mirror.config.server.default_upstream
+    only = repository_named(repository.replace("$", "/"), default) if repository else None
+    rows = await anyio.to_thread.run_sync(inventory.list_images, mirror.directory, only, mirror.store.forever)
     return JSONResponse(rows)
 
 

@@ -43,7 +43,6 @@ class Reloader:
         self._pins: asyncio.Task[None] | None = None
 
     def reload(self) -> bool:
-        old = self.mirror.config
         try:
             config = self.load()
             settings = access_settings(config.auth)
@@ -59,7 +58,7 @@ class Reloader:
         context = self.tls()
         if certificate and context is not None and config.server.tls_cert and config.server.tls_key:
             context.load_cert_chain(config.server.tls_cert, config.server.tls_key)  # for new connections
-        if (old.server.tls_cert is None) != (config.server.tls_cert is None):
+        if (self.mirror.started.server.tls_cert is None) != (config.server.tls_cert is None):  # vs what runs
             restart.append("server.tls_cert")
         needs = f"; these need a restart to take effect: {', '.join(restart)}" if restart else ""
         log.info("SIGHUP: config reloaded (config %s)%s", self.mirror.config_hash, needs)

@@ -89,3 +89,11 @@ def parse_image(text: str) -> ImageRef:
     if registry is None:
         repository = docker_hub_name(repository)
     return ImageRef(registry, repository, digest or tag)
+
+
+def repository_named(text: str, default_upstream: str) -> tuple[str, str]:
+    """(registry, repository) a name means as Docker reads it: `alpine` is docker.io's
+    `library/alpine`, `org/app` is docker.io's too, `ghcr.io/org/app` is ghcr.io's."""
+    first, _, rest = text.partition("/")
+    upstream, name = (first, rest) if rest and is_registry_host(first) else (default_upstream, text)
+    return upstream, docker_hub_name(name) if upstream == "docker.io" else name

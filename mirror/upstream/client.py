@@ -106,7 +106,8 @@ class Upstream(RegistrySession):
         super().__init__(config, stats.upstream(config.name), proxy_env, hooks, offline=offline)
         self.mirrored = any(endpoint.is_mirror for endpoint in self.endpoints)
         self.policy = RepositoryPolicy(config)
-        self.config = config
+        self.config = config  # the last one read (a reload changes what it can in place)
+        self.built = config  # what the clients and transports were built from: restart keys are as here
         self.link = Link(
             LinkPolicy(
                 config.max_connections, config.max_connections_per_blob, config.parallel_threshold, config.max_bandwidth
@@ -119,8 +120,10 @@ class Upstream(RegistrySession):
         self.policy = RepositoryPolicy(config)
         self.offline = self.counters.offline = offline or config.offline
         relogin(self.endpoints, config)
+        # Against what runs (the config this upstream was built from), not the last file read: a
+        # key changed and then set back needs no restart.
         changed = [
-            f'upstreams."{self.name}".{key}' for key in RESTART_KEYS if _fixed(config, key) != _fixed(self.config, key)
+            f'upstreams."{self.name}".{key}' for key in RESTART_KEYS if _fixed(config, key) != _fixed(self.built, key)
         ]
         self.config = config
         return changed

@@ -306,7 +306,7 @@ def _set_tags(cache: CacheDirectory, plan: ImportPlan) -> None:
         children = parse_json(body, digest).get("manifests") or []
         keep = {digest} | {c.get("digest") for c in children if isinstance(c, dict)}
 
-        answer = TagEntry(digest, media_type, now)
+        answer = TagEntry(digest, media_type, now, imported=True)
 
         def retag(
             entries: dict[str, TagEntry], keep: set[object] = keep, answer: TagEntry = answer
