@@ -10,6 +10,7 @@ import resource
 import socket
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -21,6 +22,7 @@ from mirror.cache import inventory, maintenance
 from mirror.cache.directory import CacheDirectory
 from mirror.cache.format import CacheFormatError
 from mirror.commands import archive, changes, clientconfig, credentials, prefetch
+from mirror.commands.owner import act_as_owner
 from mirror.composition import Mirror
 from mirror.config import DOCKER_HUB, Config, ConfigError, config_hash, load, render, unknown_variables
 from mirror.http.access import access_settings
@@ -316,6 +318,27 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+# Commands that write in the cache (or the login keys' directory) while the service may be running.
+WRITERS = frozenset({"import", "credentials", "pin", "unpin", "rm", "gc", "verify"})
+
+
+def as_the_files_owner(args: argparse.Namespace, config: Config) -> Config:
+    """Become the owner of what the command writes in (mirror.commands.owner); the config, as it now names it."""
+    if args.command == "credentials":
+        keys = config.auth.login_keys
+        if keys is None:
+            return config
+        keys = act_as_owner(keys.parent, args.command) / keys.name
+        return replace(config, auth=replace(config.auth, login_keys=keys))
+    if args.command == "import":
+        try:
+            args.archive_file = open(args.archive, "rb")  # noqa: SIM115 - read by the import, closed at exit
+        except OSError as exc:
+            raise SystemExit(f"mirror import: {args.archive}: {exc.strerror}") from None
+    directory = act_as_owner(config.cache.directory, args.command)
+    return replace(config, cache=replace(config.cache, directory=directory))
+
+
 def warn_unknown_variables(config: Config) -> None:
     """A MIRROR_* variable that sets nothing is most likely a typo: say so, on stderr (the journal)."""
     for line in unknown_variables(os.environ, list(config.upstreams)):
@@ -337,6 +360,8 @@ def run(args: argparse.Namespace) -> int:
         return check_config(args.check)
     config = load(args.config, env=os.environ)
     warn_unknown_variables(config)
+    if args.command in WRITERS:
+        config = as_the_files_owner(args, config)
     if args.command == "prefetch":
         return prefetch_images(args, config)
     if args.command in ("export", "import"):

@@ -8,7 +8,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from mirror.config.environment import ENV_KEYS, UPSTREAM_ENV_KEYS, apply_env, env_name, unknown_variables
+from mirror.config.environment import (
+    ENV_KEYS,
+    UPSTREAM_ENV_KEYS,
+    apply_env,
+    env_name,
+    unknown_variables,
+    with_credentials_directory,
+)
 from mirror.config.model import (
     DEFAULT_CACHE_DIR,
     DEFAULT_LISTEN,
@@ -85,7 +92,8 @@ def load(
             raise ConfigError(str(path), f"cannot read: {exc.strerror}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(str(path), f"invalid TOML: {exc}") from exc
-    config = from_dict(apply_env(data, env or {}), ProxyEnvironment.read(env or {}))
+    data = with_credentials_directory(apply_env(data, env or {}), env or {})
+    config = from_dict(data, ProxyEnvironment.read(env or {}))
     if listen is not None:
         host, port = parse_listen(listen, "--listen")
         config = replace(config, server=replace(config.server, host=host, port=port))

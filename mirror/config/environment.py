@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from mirror.config.model import DOCKER_HUB, DOCKER_HUB_URL
+from mirror.config.model import DOCKER_HUB, DOCKER_HUB_URL, ConfigError
 
 # Keys that environment variables may set: MIRROR_<TABLE>_<KEY>, and for an upstream
 # MIRROR_UPSTREAM_<HOST>_<KEY> with the host's dots, dashes and colons as underscores.
@@ -25,7 +25,7 @@ ENV_KEYS = {
     "auth": ("htpasswd", "admin_htpasswd", "login_keys"),
     "cache": ("directory", "tag_ttl", "max_size", "max_age", "tag_max_age", "negative_ttl"),
     "log": ("format",),
-    "fleet": ("redis", "peer_url", "secret", "secret_file", "heartbeat", "lease_ttl"),
+    "fleet": ("redis", "redis_password_file", "peer_url", "secret", "secret_file", "heartbeat", "lease_ttl"),
 }
 UPSTREAM_ENV_KEYS = (
     "url",
@@ -96,3 +96,21 @@ def unknown_variables(env: Mapping[str, str], upstreams: list[str]) -> list[str]
         hint = f" (did you mean {nearest[0]}?)" if nearest else ""
         lines.append(f"{name} is not a setting and is ignored{hint}")
     return lines
+
+
+CREDENTIALS = ("$CREDENTIALS_DIRECTORY/", "${CREDENTIALS_DIRECTORY}/")
+
+
+def with_credentials_directory(data: Any, env: Mapping[str, str], key: str = "") -> Any:
+    """Paths written `$CREDENTIALS_DIRECTORY/NAME`, with the directory systemd's `LoadCredential=`
+    made (readable by the service's user, whatever owns the files it copied) put in."""
+    if isinstance(data, dict):
+        return {k: with_credentials_directory(v, env, f"{key}.{k}" if key else str(k)) for k, v in data.items()}
+    if isinstance(data, list):
+        return [with_credentials_directory(v, env, key) for v in data]
+    if isinstance(data, str) and data.startswith(CREDENTIALS):
+        directory = env.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            raise ConfigError(key, "names $CREDENTIALS_DIRECTORY, which is not set: the unit's LoadCredential= sets it")
+        return f"{directory.rstrip('/')}/{data.split('/', 1)[1]}"
+    return data

@@ -70,12 +70,20 @@ def _prefetch(root: Table) -> tuple[PrefetchConfig, ...]:
 
 
 def _fleet(table: Table) -> FleetConfig | None:
-    """`[fleet]`: redis, peer_url, secret or secret_file; absent: a replica on its own."""
+    """`[fleet]`: redis (and redis_password_file), peer_url, secret or secret_file, peers; absent: on its own."""
     if not table.data:
         return None
     redis = table.get("redis", str)
     if not redis or urlsplit(redis).scheme not in ("redis", "rediss", "unix"):
         raise ConfigError(table.key("redis"), f"expected redis://host:6379/0, got {redis!r}")
+    redis_password = secret_key(table, "redis_password") if "redis_password_file" in table.data else None
+    if redis_password is not None:
+        parts = urlsplit(redis)
+        if parts.password is not None or parts.scheme == "unix":
+            raise ConfigError(table.key("redis_password_file"), "needs a redis:// URL without a password in it")
+        user = quote(parts.username or "", safe="")
+        host = parts.netloc.rpartition("@")[2]
+        redis = parts._replace(netloc=f"{user}:{quote(redis_password, safe='')}@{host}").geturl()
     peer_url = table.get("peer_url", str)
     if not peer_url or urlsplit(peer_url).scheme not in ("http", "https") or not urlsplit(peer_url).hostname:
         raise ConfigError(table.key("peer_url"), "expected how the other replicas reach this one: http://host:port")
