@@ -26,7 +26,10 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     actions.add_parser("rotate", help="a new signing key; logins signed by older keys stay valid")
     drop = actions.add_parser("drop", help="stop accepting logins signed by a key")
     drop.add_argument("kid", help="the key id, as `keys` lists it")
-    actions.add_parser("keys", help="list the signing keys, newest (the one that signs) first")
+    keys = actions.add_parser("keys", help="list the signing keys, newest (the one that signs) first")
+    # --config after the action too (`mirror credentials issue --user ci --config FILE`), as every command takes it.
+    for action in (issue, revoke, actions.choices["rotate"], drop, keys):
+        action.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace, config: Config) -> int:

@@ -10,7 +10,6 @@ import resource
 import socket
 import sys
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -322,21 +321,13 @@ def main(argv: list[str] | None = None) -> int:
 WRITERS = frozenset({"import", "credentials", "pin", "unpin", "rm", "gc", "verify"})
 
 
-def as_the_files_owner(args: argparse.Namespace, config: Config) -> Config:
-    """Become the owner of what the command writes in (mirror.commands.owner); the config, as it now names it."""
+def as_the_files_owner(args: argparse.Namespace, config: Config) -> None:
+    """Make the files the command writes its directory owner's (mirror.commands.owner)."""
     if args.command == "credentials":
-        keys = config.auth.login_keys
-        if keys is None:
-            return config
-        keys = act_as_owner(keys.parent, args.command) / keys.name
-        return replace(config, auth=replace(config.auth, login_keys=keys))
-    if args.command == "import":
-        try:
-            args.archive_file = open(args.archive, "rb")  # noqa: SIM115 - read by the import, closed at exit
-        except OSError as exc:
-            raise SystemExit(f"mirror import: {args.archive}: {exc.strerror}") from None
-    directory = act_as_owner(config.cache.directory, args.command)
-    return replace(config, cache=replace(config.cache, directory=directory))
+        if config.auth.login_keys is not None:
+            act_as_owner(config.auth.login_keys.parent, args.command)
+        return
+    act_as_owner(config.cache.directory, args.command)
 
 
 def warn_unknown_variables(config: Config) -> None:
@@ -361,7 +352,7 @@ def run(args: argparse.Namespace) -> int:
     config = load(args.config, env=os.environ)
     warn_unknown_variables(config)
     if args.command in WRITERS:
-        config = as_the_files_owner(args, config)
+        as_the_files_owner(args, config)
     if args.command == "prefetch":
         return prefetch_images(args, config)
     if args.command in ("export", "import"):

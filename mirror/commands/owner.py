@@ -1,22 +1,30 @@
-"""Commands that write where the service keeps its files act as the owner of those files.
+"""Commands that write where the service keeps its files make them the service's.
 
 The service runs as its own user (systemd's `DynamicUser=`, `UMask=0077`); operators run
 `sudo mirror import|credentials|pin|unpin|rm|gc|verify`. Files root made there would be root's,
 mode 0600, and the service could not read them (an imported image answered 500). So a command
-run as root enters the directory, then becomes its owner (user, group, umask 0077, as the
-service makes files) for the rest of its run: everything it creates is the service's, whether
-the service is running or not. It enters first because a `DynamicUser=` state directory lies
-below /var/lib/private (mode 0700, root's), which its owner cannot walk through.
+run as root takes the directory owner's identity for the files it makes: the file-system user
+and group (Linux's fsuid and fsgid), umask 0077, as the service makes files. It keeps root's
+right to walk every directory (SECBIT_NO_SETUID_FIXUP keeps the capabilities a change of fsuid
+would drop): a `DynamicUser=` state directory lies below /var/lib/private (0700, root's), which
+its owner itself could not walk through from outside the service, and SQLite resolves a
+database's path from / whatever it is given. The file-system identity is the calling thread's
+and is inherited by threads started later, so this runs first, before any thread exists.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import threading
 from pathlib import Path
+
+_PR_SET_SECUREBITS = 28
+_SECBIT_NO_SETUID_FIXUP = 1 << 2
 
 
 class NotTheOwner(SystemExit):
-    """The directory belongs to someone else and this process cannot act as them."""
+    """The directory belongs to someone else and this process cannot make files as them."""
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -26,25 +34,28 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
-def act_as_owner(directory: Path, command: str) -> Path:
-    """`directory` as this process should name it from now on; as root, this process now acts as its owner.
-
-    Only once per process (the switch cannot be undone): callers pass the one directory they write in.
-    """
+def act_as_owner(directory: Path, command: str) -> None:
+    """From now on, files this process makes are owned as `directory` is (as root); elsewhere, check it may write."""
     existing = _nearest_existing(directory)
     owner = existing.stat()
     if os.geteuid() != 0:
         if owner.st_uid != os.geteuid() and not os.access(existing, os.W_OK):
             raise NotTheOwner(
                 f"mirror {command}: {existing} belongs to uid {owner.st_uid} (the service's user): run this as "
-                f"root (sudo mirror {command} …), which acts as that user, or as that user"
+                f"root (sudo mirror {command} …), which makes its files that user's, or as that user"
             )
-        return directory
+        return
     if owner.st_uid == 0:
-        return directory  # root's own files: nothing to become
-    os.chdir(existing)  # while root: the way in stays open after the switch
-    os.setgroups([])
-    os.setgid(owner.st_gid)
-    os.setuid(owner.st_uid)
+        return  # root's own files: nothing to become
+    assert threading.active_count() == 1, "the file-system identity is per thread: set it before any starts"
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_SECUREBITS, _SECBIT_NO_SETUID_FIXUP, 0, 0, 0) != 0:
+        raise NotTheOwner(
+            f"mirror {command}: cannot make files as {existing}'s owner (uid {owner.st_uid}) here: "
+            f"{os.strerror(ctypes.get_errno())}; run it as that user"
+        )
+    libc.setfsgid(owner.st_gid)
+    libc.setfsuid(owner.st_uid)
+    if libc.setfsuid(-1) != owner.st_uid:  # an invalid id changes nothing and says the current one
+        raise NotTheOwner(f"mirror {command}: could not take uid {owner.st_uid} for the files it makes")
     os.umask(0o077)
-    return Path(".") / directory.absolute().relative_to(existing)

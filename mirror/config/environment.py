@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from mirror.config.model import DOCKER_HUB, DOCKER_HUB_URL, ConfigError
+from mirror.config.model import DOCKER_HUB, DOCKER_HUB_URL
 
 # Keys that environment variables may set: MIRROR_<TABLE>_<KEY>, and for an upstream
 # MIRROR_UPSTREAM_<HOST>_<KEY> with the host's dots, dashes and colons as underscores.
@@ -99,18 +99,19 @@ def unknown_variables(env: Mapping[str, str], upstreams: list[str]) -> list[str]
 
 
 CREDENTIALS = ("$CREDENTIALS_DIRECTORY/", "${CREDENTIALS_DIRECTORY}/")
+# Where systemd keeps the running unit's credentials: what root's commands read when they are
+# not run by the unit (CREDENTIALS_DIRECTORY=/etc/mirror points them at the originals instead).
+UNIT_CREDENTIALS = "/run/credentials/mirror.service"
 
 
-def with_credentials_directory(data: Any, env: Mapping[str, str], key: str = "") -> Any:
+def with_credentials_directory(data: Any, env: Mapping[str, str]) -> Any:
     """Paths written `$CREDENTIALS_DIRECTORY/NAME`, with the directory systemd's `LoadCredential=`
     made (readable by the service's user, whatever owns the files it copied) put in."""
     if isinstance(data, dict):
-        return {k: with_credentials_directory(v, env, f"{key}.{k}" if key else str(k)) for k, v in data.items()}
+        return {key: with_credentials_directory(value, env) for key, value in data.items()}
     if isinstance(data, list):
-        return [with_credentials_directory(v, env, key) for v in data]
+        return [with_credentials_directory(value, env) for value in data]
     if isinstance(data, str) and data.startswith(CREDENTIALS):
-        directory = env.get("CREDENTIALS_DIRECTORY")
-        if not directory:
-            raise ConfigError(key, "names $CREDENTIALS_DIRECTORY, which is not set: the unit's LoadCredential= sets it")
+        directory = env.get("CREDENTIALS_DIRECTORY") or UNIT_CREDENTIALS
         return f"{directory.rstrip('/')}/{data.split('/', 1)[1]}"
     return data

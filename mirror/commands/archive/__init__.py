@@ -78,7 +78,7 @@ def main(args: argparse.Namespace, config: Config) -> int:
                 file=sys.stderr,
             )
             return 0
-        imported = import_archive(cache_dir, args.archive, args.repository, getattr(args, "archive_file", None))
+        imported = import_archive(cache_dir, args.archive, args.repository)
     except (ArchiveError, OSError) as exc:
         print(f"mirror {args.command}: {exc}", file=sys.stderr)
         return 1

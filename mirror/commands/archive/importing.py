@@ -50,10 +50,9 @@ def _normalize(name: str) -> str:
 class ArchiveReader:
     """A tar archive opened for random access: member headers indexed, data read on demand."""
 
-    def __init__(self, path: Path, file: IO[bytes] | None = None) -> None:
-        """`file`: the archive already open (by root, before the command became the cache's owner)."""
+    def __init__(self, path: Path) -> None:
         try:
-            self.tar = tarfile.open(path, "r:", fileobj=file)  # noqa: SIM115 - closed by close()
+            self.tar = tarfile.open(path, "r:")  # noqa: SIM115 - closed by close()
         except FileNotFoundError:
             raise ArchiveError(f"{path}: no such file") from None
         except tarfile.ReadError as exc:
@@ -333,12 +332,10 @@ def _image_digests(plan: ImportPlan, digest: str) -> set[str]:
     return found
 
 
-def import_archive(
-    cache_dir: Path, archive: Path, repository: str | None = None, file: IO[bytes] | None = None
-) -> ImportReport:
+def import_archive(cache_dir: Path, archive: Path, repository: str | None = None) -> ImportReport:
     """Verify the whole archive, then store its blobs, manifests and tags; raises ArchiveError."""
     base = parse_image_name(repository) if repository else None
-    reader = ArchiveReader(archive, file)
+    reader = ArchiveReader(archive)
     cache: CacheDirectory | None = None
     try:
         try:
