@@ -36,6 +36,7 @@ from mirror.registry.reference import Digest, is_registry_host, parse_digest
 from mirror.stats import Stats
 from mirror.traffic import Traffic
 from mirror.upstream import Upstream, anonymous_quota_warning
+from mirror.upstream.probe import probe, summary
 from mirror.warmer import keep_warm
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,11 @@ class Mirror:
 
     async def start(self) -> None:
         """Start the background work: first the index of what is cached, then making room if max_size shrank."""
-        background: list[Coroutine[Any, Any, None]] = [self._index(), self.traffic.sample_forever(self.stats)]
+        background: list[Coroutine[Any, Any, None]] = [
+            self._index(),
+            self.traffic.sample_forever(self.stats),
+            self._check_upstreams(),
+        ]
         if self.config.cache.max_age is not None or self.config.cache.inventory_max_age is not None:
             background.append(self._expire_forever())
         background += [
@@ -118,6 +123,14 @@ class Mirror:
         if self.fleet is not None:
             background.append(self.fleet.heartbeat_forever(self._held))
         self._tasks = [asyncio.create_task(work) for work in background]
+
+    async def _check_upstreams(self) -> None:
+        """Once at start-up, what `mirror doctor` would say of each upstream's network path (DNS, TCP,
+        TLS; nothing the registry logs): a set-up that cannot work is said before the first client."""
+        for config in self.config.upstreams.values():
+            result = await probe(config, self.config.proxy_env, offline=self.config.server.offline, ask=False)
+            ok, line = summary(result)
+            log.log(logging.INFO if ok else logging.WARNING, "upstream %s at start-up: %s", config.name, line)
 
     def blob_source(self, upstream: Upstream) -> BlobSource:
         """Where an upstream's missing blobs come from: in a fleet, other replicas first."""

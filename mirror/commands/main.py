@@ -20,7 +20,7 @@ from mirror import __version__
 from mirror.cache import inventory, maintenance
 from mirror.cache.directory import CacheDirectory
 from mirror.cache.format import CacheFormatError
-from mirror.commands import archive, changes, clientconfig, credentials, prefetch
+from mirror.commands import archive, changes, clientconfig, credentials, doctor, prefetch
 from mirror.commands.owner import act_as_owner
 from mirror.composition import Mirror
 from mirror.config import DOCKER_HUB, Config, ConfigError, config_hash, load, render, unknown_variables
@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     warm.add_argument("--url", help="the mirror's URL (default: from the config's listen address)")
     changes.add_parsers(commands)
     credentials.add_parser(commands)
+    doctor.add_parser(commands)
     ls = commands.add_parser("ls", help="list cached images: tags, digests, sizes, last pull, platforms")
     ls.add_argument("repository", nargs="?", help="only this repository, as Docker reads it (alpine, ghcr.io/org/app)")
     ls.add_argument("--config", type=Path, help="the config file `mirror serve` uses")
@@ -349,6 +350,8 @@ def run(args: argparse.Namespace) -> int:
         return serve(config, load_again)
     if args.command == "config" and args.check is not None:
         return check_config(args.check)
+    if args.command == "doctor":
+        return doctor.run(args)
     config = load(args.config, env=os.environ)
     warn_unknown_variables(config)
     if args.command in WRITERS:

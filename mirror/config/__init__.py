@@ -72,6 +72,7 @@ __all__ = [
     "parse_size",
     "render",
     "unknown_variables",
+    "with_credentials_directory",
 ]
 
 
