@@ -39,7 +39,8 @@ def test_a_name_that_does_not_resolve_names_the_cause_and_the_fix(tmp_path: Path
         assert error["detail"]["setting"] == "url"
         health = mirror.stats()["upstreams"]["docker.io"]["health"]
         assert not health["answering"] and "name resolution failed" in health["last_error_message"]
-        assert _warnings(mirror, "name resolution failed") == 1, "said once, when it began to fail"
+        assert _warnings(mirror, "is unreachable: name resolution failed") == 1, "said once, when it began to fail"
+        assert _warnings(mirror, "at start-up: docker.io DNS failed: name resolution failed") == 1
     finally:
         mirror.stop()
 
@@ -52,7 +53,8 @@ def test_a_refusing_port_says_nothing_listens(tmp_path: Path) -> None:
         assert response.status_code == 503
         message = response.json()["errors"][0]["message"]
         assert f"127.0.0.1:{port} refused the connection: nothing listens there" in message
-        assert _warnings(mirror, "refused the connection") == 1
+        assert _warnings(mirror, "is unreachable") == 1
+        assert _warnings(mirror, "at start-up: docker.io TCP failed") == 1
     finally:
         mirror.stop()
 

@@ -26,7 +26,8 @@ def diagnose(exc: httpx.HTTPError, upstream: str, where: str, *, via_proxy: bool
     causes = _causes(exc)
     text = " ".join(str(cause) for cause in causes)
     host = where.rsplit(":", 1)[0]
-    if any(isinstance(cause, socket.gaierror) for cause in causes) or "Name or service not known" in text:
+    lookup_failed = ("Name or service not known", "Temporary failure in name resolution", "No address associated")
+    if any(isinstance(cause, socket.gaierror) for cause in causes) or any(words in text for words in lookup_failed):
         return (
             f"name resolution failed for {host}: this host cannot look it up. On a network without "
             f"internet, set {table} url to a registry it can reach (an internal one); or go out through "

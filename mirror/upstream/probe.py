@@ -89,7 +89,9 @@ async def _direct(result: Probe, config: UpstreamConfig, host: str, port: int) -
     try:
         found = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as exc:
-        why, _ = diagnose(httpx.ConnectError(str(exc)), name, f"{host}:{port}", via_proxy=False)
+        error = httpx.ConnectError(str(exc))
+        error.__cause__ = exc
+        why, _ = diagnose(error, name, f"{host}:{port}", via_proxy=False)
         if not isinstance(exc, socket.gaierror):
             why = f"cannot look up {host}: {exc}"
         result.checks.append(Check(f"{name} DNS", False, why))
@@ -101,9 +103,11 @@ async def _direct(result: Probe, config: UpstreamConfig, host: str, port: int) -
             _, writer = await asyncio.open_connection(host, port)
         writer.close()
     except (OSError, TimeoutError) as exc:
-        error = httpx.ConnectTimeout(str(exc)) if isinstance(exc, TimeoutError) else httpx.ConnectError(str(exc))
-        error.__cause__ = exc
-        why, _ = diagnose(error, name, f"{host}:{port}", via_proxy=False)
+        failure: httpx.HTTPError = (
+            httpx.ConnectTimeout(str(exc)) if isinstance(exc, TimeoutError) else httpx.ConnectError(str(exc))
+        )
+        failure.__cause__ = exc
+        why, _ = diagnose(failure, name, f"{host}:{port}", via_proxy=False)
         result.checks.append(Check(f"{name} TCP", False, why))
         return False
     result.checks.append(Check(f"{name} TCP", True, f"{host}:{port} accepts connections"))
