@@ -139,7 +139,8 @@ def test_upstream_health_reports_failures(tmp_path: Path) -> None:
         [upstream] = dashboard(dead)["upstreams"]
         assert upstream["status"] == "degraded"
         assert upstream["consecutive_failures"] == 1 and upstream["last_success"] is None
-        assert upstream["last_error"] is not None and "ConnectError" in upstream["last_error_message"]
+        assert upstream["last_error"] is not None
+        assert "refused the connection: nothing listens there" in upstream["last_error_message"], "cause and fix"
         for _ in range(2):
             httpx.get(f"{dead.url}/v2/library/demo/manifests/latest", headers=accept)
         assert dashboard(dead)["upstreams"][0]["status"] == "down"
