@@ -97,7 +97,8 @@ async def _direct(result: Probe, config: UpstreamConfig, host: str, port: int) -
         result.checks.append(Check(f"{name} DNS", False, why))
         return False
     addresses = sorted({str(entry[4][0]) for entry in found})
-    result.checks.append(Check(f"{name} DNS", True, f"{host} is {', '.join(addresses[:4])}"))
+    looked_up = f"{host} is {', '.join(addresses[:4])}" if addresses != [host] else f"{host}: an address, no lookup"
+    result.checks.append(Check(f"{name} DNS", True, looked_up))
     try:
         async with asyncio.timeout(config.connect_timeout):
             _, writer = await asyncio.open_connection(host, port)
