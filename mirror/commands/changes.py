@@ -101,10 +101,9 @@ def remove(args: argparse.Namespace, config: Config) -> int:
 
 def _through_server(config: Config, path: str, payload: dict[str, object], command: str) -> dict[str, object] | None:
     """The server's answer, or None when no server answers at the config's address."""
-    scheme = "https" if config.server.tls_cert else "http"
     try:
         response = httpx.post(
-            f"{scheme}://{config.local_address}{path}",
+            local_url(config, path),
             json=payload,
             auth=admin_auth(),
             timeout=60,
@@ -128,3 +127,8 @@ def admin_auth() -> tuple[str, str] | None:
     """The admin login for the running server, from MIRROR_ADMIN_CREDENTIALS=user:password."""
     user, _, password = os.environ.get(ADMIN_CREDENTIALS, "").partition(":")
     return (user, password) if user else None
+
+
+def local_url(config: Config, path: str) -> str:
+    """The running server on this host, as its own commands reach it (https when it serves TLS)."""
+    return f"{'https' if config.server.tls_cert else 'http'}://{config.local_address}{path}"

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from mirror.commands.changes import local_url
 from mirror.config import Config, ConfigError, apply_env, load, with_credentials_directory
 from mirror.config.environment import UNIT_CREDENTIALS
 from mirror.upstream.probe import CLOCK_SKEW, Check, Probe, probe
@@ -204,7 +205,7 @@ def _listen(config: Config) -> Check:
         else:
             return Check("listen", True, f"{config.listen} is free")
     try:
-        answer = httpx.get(f"http://{config.local_address}/healthz", timeout=2, trust_env=False)
+        answer = httpx.get(local_url(config, "/healthz"), timeout=2, trust_env=False, verify=False)
         if answer.status_code == 200 and answer.json().get("status") == "ok":
             return Check("listen", True, f"{config.listen} is held by a running mirror (it answers /healthz)")
     except (httpx.HTTPError, ValueError):

@@ -132,10 +132,9 @@ def list_cached(args: argparse.Namespace, config: Config) -> int:
 def server_stats(config: Config, scope: str | None = None) -> dict[str, object] | None:
     """The running server's /stats, or None when it does not answer."""
     params = {"scope": scope} if scope else None
-    scheme = "https" if config.server.tls_cert else "http"
     try:
         response = httpx.get(
-            f"{scheme}://{config.local_address}/stats",
+            changes.local_url(config, "/stats"),
             params=params,
             auth=changes.admin_auth(),
             timeout=2,

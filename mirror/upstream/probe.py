@@ -73,8 +73,7 @@ async def probe(
             result.checks.append(_failed(exc, config, port, via_proxy=proxy is not None))
             return result
         if url.scheme == "https":
-            trust = f"the system store and {config.ca_file}" if config.ca_file else "the system store"
-            result.checks.append(Check(f"{name} TLS", True, f"certificate verified with {trust}"))
+            result.checks.append(_verified(config))
         result.skew = _skew(answer.headers.get("date"))
         result.checks.append(_api(name, answer))
         if config.username is not None:
@@ -124,6 +123,10 @@ async def _handshake(config: UpstreamConfig, context: ssl.SSLContext, host: str,
         return Check(f"{config.name} TLS", False, explain(exc, config.name, f"{host}:{port}")[0])
     except (OSError, TimeoutError) as exc:
         return Check(f"{config.name} TLS", False, f"the TLS handshake with {host}:{port} failed: {exc}")
+    return _verified(config)
+
+
+def _verified(config: UpstreamConfig) -> Check:
     trust = f"the system store and {config.ca_file}" if config.ca_file else "the system store"
     return Check(f"{config.name} TLS", True, f"certificate verified with {trust}")
 
