@@ -13,10 +13,10 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from io import FileIO
 
-from mirror.cache.downloads import Download
 from mirror.cache.files import iter_file
-from mirror.cache.passthrough import PassThrough
 from mirror.stats import Stats
+from mirror.transfer.downloads import Download
+from mirror.transfer.passthrough import PassThrough
 
 
 class BlobBody(ABC):

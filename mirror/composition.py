@@ -17,7 +17,6 @@ import httpx
 
 from mirror.cache.blobs import BlobStore
 from mirror.cache.directory import CacheDirectory
-from mirror.cache.inflight import InflightDownloads
 from mirror.cache.kept import KeptLists
 from mirror.cache.links import BlobLinks
 from mirror.cache.metadata import ManifestCache
@@ -35,6 +34,7 @@ from mirror.registry.errors import NameUnknown, RegistryError
 from mirror.registry.reference import Digest, is_registry_host, parse_digest
 from mirror.stats import Stats
 from mirror.traffic import Traffic
+from mirror.transfer.inflight import InflightDownloads
 from mirror.upstream import Upstream, anonymous_quota_warning
 from mirror.upstream.probe import probe, summary
 from mirror.warmer import keep_warm

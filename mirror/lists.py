@@ -7,7 +7,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from mirror.cache.flights import SingleFlight
 from mirror.cache.kept import KeptLists
 from mirror.cache.layout import referrers_key, taglist_key
 from mirror.cache.metadata import Manifest
@@ -16,6 +15,7 @@ from mirror.registry.mediatypes import ACCEPT_ALL, OCI_INDEX
 from mirror.registry.paging import lexical
 from mirror.registry.reference import Digest, parse_digest
 from mirror.registry.referrers import fallback_tag, index_descriptors, with_artifact_type
+from mirror.transfer.flights import SingleFlight
 from mirror.upstream import Upstream
 
 

@@ -14,14 +14,10 @@ from cachetools import TTLCache
 
 from mirror.bodies import BlobBody, CachedBody, DownloadBody, PassThroughBody
 from mirror.cache.blobs import BlobStore
-from mirror.cache.downloads import BlobStream
-from mirror.cache.flights import SingleFlight
-from mirror.cache.inflight import InflightDownloads
 from mirror.cache.kept import KeptLists
 from mirror.cache.layout import TagEntry
 from mirror.cache.links import BlobLinks
 from mirror.cache.metadata import Manifest, ManifestCache, manifest_digest, same_answer
-from mirror.cache.passthrough import PassThrough
 from mirror.cache.tags import TagStore
 from mirror.link import Link
 from mirror.lists import ListAnswers
@@ -35,6 +31,10 @@ from mirror.registry.errors import (
 from mirror.registry.mediatypes import ACCEPT_ALL, accept_key, accepted_types, admits
 from mirror.registry.reference import Digest, parse_digest
 from mirror.stats import Stats
+from mirror.transfer.downloads import BlobStream
+from mirror.transfer.flights import SingleFlight
+from mirror.transfer.inflight import InflightDownloads
+from mirror.transfer.passthrough import PassThrough
 from mirror.upstream import Upstream
 
 log = logging.getLogger(__name__)

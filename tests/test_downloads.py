@@ -12,11 +12,11 @@ from support import sha256
 
 from mirror.cache.blobs import BlobStore
 from mirror.cache.format import prepare
-from mirror.cache.inflight import InflightDownloads
 from mirror.cache.layout import CacheLayout
 from mirror.link import Link, LinkPolicy
 from mirror.registry.reference import parse_digest
 from mirror.stats import Stats
+from mirror.transfer.inflight import InflightDownloads
 
 
 class MemoryStream:

@@ -18,6 +18,7 @@ LAYERS = [
     {"mirror.stats", "mirror.config"},
     {"mirror.traffic", "mirror.link", "mirror.logins"},
     {"mirror.cache", "mirror.upstream"},  # side by side: neither imports the other
+    {"mirror.transfer"},  # bytes in motion, into the cache
     {"mirror.bodies", "mirror.lists", "mirror.fleet"},  # lists: a mixin of the proxy's
     {"mirror.proxy"},
     {"mirror.warmer"},

@@ -1,1 +1,1 @@
-"""The one owner of the cache directory: blob files, metadata, the LRU index and eviction, single-flight downloads."""
+"""Bytes at rest, and the one owner of the cache directory: blob files, metadata, the LRU index and eviction."""

@@ -356,7 +356,7 @@ def _unlink_all(paths: list[Path]) -> None:
 class BlobWriter:
     """Writes one small blob (a manifest, an import) to a temp file, hashing as it goes; `commit` makes it visible.
 
-    Downloads write a `mirror.cache.partial.PartialFile` instead, which a restart keeps.
+    Downloads write a `mirror.transfer.partial.PartialFile` instead, which a restart keeps.
     """
 
     def __init__(self, store: BlobStore, digest: Digest) -> None:

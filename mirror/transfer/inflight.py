@@ -7,10 +7,10 @@ from collections.abc import Awaitable, Callable
 from io import FileIO
 
 from mirror.cache.blobs import BlobStore
-from mirror.cache.downloads import Download, OpenSource
 from mirror.link import Link
 from mirror.registry.reference import Digest
 from mirror.stats import Stats
+from mirror.transfer.downloads import Download, OpenSource
 
 
 class InflightDownloads:

@@ -6,11 +6,11 @@ import hashlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
-from mirror.cache.downloads import BlobStream, OpenSource
 from mirror.link import Link
 from mirror.registry.errors import DownloadFailed
 from mirror.registry.reference import Digest
 from mirror.stats import Stats
+from mirror.transfer.downloads import BlobStream, OpenSource
 
 
 class PassThrough:

@@ -18,12 +18,12 @@ from typing import Protocol, TypeVar
 import anyio.to_thread
 
 from mirror.cache.blobs import READ_CHUNK, BlobStore
-from mirror.cache.partial import PartialFile
-from mirror.cache.pieces import Piece, Plan
 from mirror.link import Link
 from mirror.registry.errors import DownloadFailed, NoRoom, RegistryError, UpstreamFailed
 from mirror.registry.reference import Digest
 from mirror.stats import Stats
+from mirror.transfer.partial import PartialFile
+from mirror.transfer.pieces import Piece, Plan
 
 log = logging.getLogger(__name__)
 
