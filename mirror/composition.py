@@ -26,10 +26,12 @@ from mirror.cache.pins import unpin as unpin_images
 from mirror.cache.removal import Removal, RemovalError, Target, apply_to_index, parse_target, plan_removal
 from mirror.cache.tags import LocalTagStore, TagStore
 from mirror.config import Config, config_hash
+from mirror.fleet.coordination import FleetCoordination
 from mirror.fleet.coordinator import Fleet
 from mirror.fleet.peers import FleetSource
 from mirror.fleet.tags import FleetTagStore
 from mirror.proxy import BlobSource, Proxy
+from mirror.proxy.coordination import Alone, Coordination
 from mirror.registry.errors import NameUnknown, RegistryError
 from mirror.registry.reference import Digest, is_registry_host, parse_digest
 from mirror.stats import Stats
@@ -70,8 +72,10 @@ class Mirror:
         self.inflight = InflightDownloads(self.store, self.stats)
         self.fleet = Fleet(config.fleet, self._member_report) if config.fleet is not None else None
         self.tags: TagStore = self.local_tags
+        coordination: Coordination = Alone()
         if self.fleet is not None:
             self.tags = FleetTagStore(self.local_tags, self.fleet)
+            coordination = FleetCoordination(self.fleet)
             self.inflight.on_finished = self.fleet.finished_digest
             self.store.on_removed = self._dropped
             self._peers = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=2.0), trust_env=False)
@@ -81,18 +85,19 @@ class Mirror:
         self.pins: list[Pin] = []
         self.index_ready = False
         self.proxy = Proxy(
-            self.store,
-            self.manifests,
-            self.tags,
-            self.inflight,
-            self.stats,
-            config.cache.tag_ttl,
-            self.kept_lists,
-            config.cache.negative_ttl,
-            self.links,
+            store=self.store,
+            manifests=self.manifests,
+            tags=self.tags,
+            kept_lists=self.kept_lists,
+            links=self.links,
+            inflight=self.inflight,
+            stats=self.stats,
+            tag_ttl=config.cache.tag_ttl,
+            negative_ttl=config.cache.negative_ttl,
             enforce_links=links_matter(config),
+            coordination=coordination,
+            source_for=self._blob_source,
         )
-        self.proxy.peers_may_serve = self.fleet is not None
         self.upstreams = {
             name: Upstream(upstream, self.stats, config.proxy_env, offline=config.server.offline)
             for name, upstream in config.upstreams.items()
@@ -117,9 +122,7 @@ class Mirror:
         ]
         if self.config.cache.max_age is not None or self.config.cache.inventory_max_age is not None:
             background.append(self._expire_forever())
-        background += [
-            keep_warm(self.proxy, self.upstream_for, entry, self.blob_source) for entry in self.config.prefetch
-        ]
+        background += [keep_warm(self.proxy, self.upstream_for, entry) for entry in self.config.prefetch]
         if self.fleet is not None:
             background.append(self.fleet.heartbeat_forever(self._held))
         self._tasks = [asyncio.create_task(work) for work in background]
@@ -132,7 +135,7 @@ class Mirror:
             ok, line = summary(result)
             log.log(logging.INFO if ok else logging.WARNING, "upstream %s at start-up: %s", config.name, line)
 
-    def blob_source(self, upstream: Upstream) -> BlobSource:
+    def _blob_source(self, upstream: Upstream) -> BlobSource:
         """Where an upstream's missing blobs come from: in a fleet, other replicas first."""
         if self.fleet is None:
             return upstream
@@ -253,8 +256,7 @@ class Mirror:
         for name, upstream in self.upstreams.items():
             if name in config.upstreams:
                 restart += upstream.reconfigure(config.upstreams[name], offline=config.server.offline)
-        self.proxy.tag_ttl = config.cache.tag_ttl
-        self.proxy.enforce_links = links_matter(config)
+        self.proxy.reconfigure(tag_ttl=config.cache.tag_ttl, enforce_links=links_matter(config))
         self.store.max_size = config.cache.max_size
         self.config = config
         self.config_hash = config_hash(config)

@@ -8,21 +8,18 @@ import logging
 from collections.abc import Callable
 
 from mirror.config import PrefetchConfig
-from mirror.proxy import BlobSource, Proxy
+from mirror.proxy import Proxy
 from mirror.registry.errors import RegistryError
 from mirror.registry.mediatypes import ACCEPT_ALL, platform_matches, platform_name
 from mirror.registry.reference import parse_digest, parse_image, parse_name, parse_reference
 from mirror.upstream import Upstream
 
 UpstreamFor = Callable[[str | None], Upstream]  # a registry host (None: the default) to its upstream
-SourceOf = Callable[[Upstream], BlobSource]  # where an upstream's missing blobs come from (in a fleet, replicas too)
 
 log = logging.getLogger(__name__)
 
 
-async def warm_once(
-    proxy: Proxy, upstream_for: UpstreamFor, entry: PrefetchConfig, source: SourceOf = lambda upstream: upstream
-) -> int:
+async def warm_once(proxy: Proxy, upstream_for: UpstreamFor, entry: PrefetchConfig) -> int:
     """Resolve the image through the proxy and fetch what is missing; returns blobs fetched."""
     image = parse_image(entry.image)
     upstream = upstream_for(image.registry)
@@ -46,17 +43,15 @@ async def warm_once(
         for descriptor in [manifest.get("config"), *manifest.get("layers", [])]:
             if not isinstance(descriptor, dict):
                 continue
-            body = await proxy.blob(source(upstream), repository, parse_digest(descriptor["digest"]), background=True)
+            body = await proxy.blob(upstream, repository, parse_digest(descriptor["digest"]), background=True)
             fetched += await body.settle()
     return fetched
 
 
-async def keep_warm(
-    proxy: Proxy, upstream_for: UpstreamFor, entry: PrefetchConfig, source: SourceOf = lambda upstream: upstream
-) -> None:
+async def keep_warm(proxy: Proxy, upstream_for: UpstreamFor, entry: PrefetchConfig) -> None:
     while True:
         try:
-            fetched = await warm_once(proxy, upstream_for, entry, source)
+            fetched = await warm_once(proxy, upstream_for, entry)
             log.info("prefetch %s: %d blobs fetched", entry.image, fetched)
         except (RegistryError, ValueError, KeyError) as exc:
             log.warning("prefetch %s failed: %s", entry.image, exc)

@@ -19,8 +19,7 @@ LAYERS = [
     {"mirror.traffic", "mirror.link", "mirror.logins"},
     {"mirror.cache", "mirror.upstream"},  # side by side: neither imports the other
     {"mirror.transfer"},  # bytes in motion, into the cache
-    {"mirror.bodies", "mirror.lists", "mirror.fleet"},  # lists: a mixin of the proxy's
-    {"mirror.proxy"},
+    {"mirror.proxy", "mirror.fleet"},  # side by side: the fleet answers the proxy's coordination seam unseen
     {"mirror.warmer"},
     {"mirror.composition"},
     {"mirror.http"},

@@ -1,8 +1,9 @@
-"""Tags: which manifest a tag names, per upstream and repository, and since when. The first tag store.
+"""Tags: which manifest a tag names, per upstream and repository, and since when.
 
-`TagStore` is the seam: the proxy asks it for a tag's cached answers and records new ones.
-`LocalTagStore`, today's only implementation, keeps them in this replica's metadata index with
-an LRU in memory in front; a fleet of replicas can put a shared store behind the same interface.
+`TagStore` is the interface: the proxy asks it for a tag's cached answers and records new ones.
+`LocalTagStore` keeps them in this replica's metadata index with an LRU in memory in front;
+`mirror.fleet.tags.FleetTagStore` puts the fleet's answers in Redis over it. Who revalidates a
+tag is not the store's question: that is `mirror.proxy.coordination`'s.
 """
 
 from __future__ import annotations
@@ -30,14 +31,6 @@ class TagStore(Protocol):
     async def forget_tags_older_than(self, age: float, in_use: Callable[[str], bool]) -> int: ...
 
     def forget_in_memory(self, upstream: str, repository: str, tag: str) -> None: ...
-
-    async def claim_refresh(self, upstream: str, repository: str, tag: str, seconds: float) -> bool: ...
-
-    async def claim_fetch(self, digest: str, seconds: float) -> bool: ...
-
-    async def share_manifest(self, digest: str, media_type: str, body: bytes) -> None: ...
-
-    async def shared_manifest(self, digest: str) -> tuple[str, bytes] | None: ...
 
 
 class LocalTagStore:
@@ -78,20 +71,6 @@ class LocalTagStore:
     def remember(self, upstream: str, repository: str, tag: str, entries: TagEntries) -> None:
         """Answers learnt elsewhere (the fleet's), for the memory of this replica."""
         self._tags[(upstream, repository, tag)] = entries
-
-    async def claim_refresh(self, upstream: str, repository: str, tag: str, seconds: float) -> bool:
-        """A replica on its own revalidates whenever a tag's answer is old."""
-        return True
-
-    async def claim_fetch(self, digest: str, seconds: float) -> bool:
-        """A replica on its own fetches what it lacks (its downloads are single-flight already)."""
-        return True
-
-    async def share_manifest(self, digest: str, media_type: str, body: bytes) -> None:
-        """Nobody to share with."""
-
-    async def shared_manifest(self, digest: str) -> tuple[str, bytes] | None:
-        return None
 
     async def forget_tags_older_than(self, age: float, in_use: Callable[[str], bool]) -> int:
         """Drop tags nobody pulled for `age` seconds: not fetched, revalidated, nor served (`in_use(digest)`).

@@ -1,15 +1,6 @@
 """A replica's link to the fleet through Redis: membership, who holds which blob, download leases.
 
-Every value in Redis is JSON text, never a pickle. Keys (all under `mirror:`):
-
-    members                a set of peer URLs: every replica that joined (the live ones have a record)
-    member:<peer url>      {"peer_url", "started", "blobs", "bytes", "hit_ratio", "seen"}, PX 3 heartbeats
-    holders:<digest>       a set of peer URLs: the replicas that hold the blob
-    lease:<digest>         {"peer_url", "since"}, SET NX PX lease_ttl: the replica downloading it
-    manifest:<digest>      {"media_type", "body"}, EX 7 days: a manifest one replica fetched (mirror.fleet.tags)
-    fetch:<digest>         NX PX: the replica fetching a manifest by digest for the fleet
-    tag:<upstream>/<repository>:<tag>     a hash: accept key -> a tag answer (mirror.fleet.tags)
-    refresh:<…>            NX PX: the replica revalidating a tag
+Every key and what it holds: `mirror.fleet.keys`.
 
 A replica is named by its `peer_url`, so one that restarts keeps its name and what it holds.
 When Redis fails, every replica goes on alone (single-flight within itself) and says so in
@@ -33,11 +24,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from mirror.config import FleetConfig
+from mirror.fleet import keys
 from mirror.fleet.network import PeerNetwork, default_peers
 
 log = logging.getLogger(__name__)
 
-PREFIX = "mirror:"
 REGISTER_BATCH = 5_000
 
 # Deletes a key only if it still holds our value: a lease that expired and was taken by
@@ -110,8 +101,8 @@ class Fleet:
             task.cancel()
 
         async def leave() -> None:
-            await self._redis.delete(f"{PREFIX}member:{self.me}")
-            await self._redis.srem(f"{PREFIX}members", self.me)
+            await self._redis.delete(keys.member(self.me))
+            await self._redis.srem(keys.MEMBERS, self.me)
 
         await self._call("leaving", leave, None)
         await self._redis.aclose()
@@ -132,8 +123,8 @@ class Fleet:
 
         async def beat() -> None:
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.set(f"{PREFIX}member:{self.me}", json.dumps(record), px=ttl)
-                pipe.sadd(f"{PREFIX}members", self.me)
+                pipe.set(keys.member(self.me), json.dumps(record), px=ttl)
+                pipe.sadd(keys.MEMBERS, self.me)
                 await pipe.execute()
 
         await self._call("heartbeat", beat, None)
@@ -149,10 +140,10 @@ class Fleet:
         A member whose record expired (three missed heartbeats) has stopped: it leaves the set."""
 
         async def read() -> list[dict[str, Any]]:
-            joined = sorted(str(peer) for peer in await self._redis.smembers(f"{PREFIX}members"))  # decoded
-            values = await self._redis.mget([f"{PREFIX}member:{peer}" for peer in joined]) if joined else []
+            joined = sorted(str(peer) for peer in await self._redis.smembers(keys.MEMBERS))  # decoded
+            values = await self._redis.mget([keys.member(peer) for peer in joined]) if joined else []
             if gone := [peer for peer, value in zip(joined, values, strict=True) if not value]:
-                await self._redis.eval(_PRUNE, 2, f"{PREFIX}member:", f"{PREFIX}members", *gone)
+                await self._redis.eval(_PRUNE, 2, keys.MEMBER, keys.MEMBERS, *gone)
             return [json.loads(value) for value in values if value]
 
         members: list[dict[str, Any]] = await self._call("members", read, [])
@@ -182,7 +173,7 @@ class Fleet:
         async def add() -> int:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for digest in digests:
-                    pipe.sadd(f"{PREFIX}holders:{digest}", self.me)
+                    pipe.sadd(keys.holders(digest), self.me)
                 await pipe.execute()
             return len(digests)
 
@@ -198,14 +189,14 @@ class Fleet:
         async def remove() -> None:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for digest in digests:
-                    pipe.srem(f"{PREFIX}holders:{digest}", self.me)
+                    pipe.srem(keys.holders(digest), self.me)
                 await pipe.execute()
 
         await self._call("holders", remove, None)
 
     async def holders(self, digest: str) -> list[str]:
         """The other live replicas that hold a blob."""
-        listed: set[str] = await self._call("holders", lambda: self._redis.smembers(f"{PREFIX}holders:{digest}"), set())
+        listed: set[str] = await self._call("holders", lambda: self._redis.smembers(keys.holders(digest)), set())
         if not listed:
             return []
         alive = await self.alive()
@@ -220,7 +211,7 @@ class Fleet:
         A lease whose replica is gone (killed mid-download), or `failed` us just now, is taken
         over at once, by one replica, rather than waited out: the others stream from that one.
         """
-        key = f"{PREFIX}lease:{digest}"
+        key = keys.lease(digest)
         value = json.dumps({"peer_url": self.me, "since": time.time()})
         ttl = int(self.config.lease_ttl * 1000)
         for _ in range(3):
@@ -267,7 +258,7 @@ class Fleet:
         if renewal is None:
             return
         renewal.cancel()
-        key = f"{PREFIX}lease:{digest}"
+        key = keys.lease(digest)
 
         async def release() -> Any:
             current = await self._redis.get(key)
@@ -277,37 +268,30 @@ class Fleet:
 
         await self._call("lease", release, 0)
 
-    # Tags: plain keys for mirror.fleet.tags
+    # Plain values, by their full key (`mirror.fleet.keys`)
 
     async def get_hash(self, key: str) -> dict[str, str] | None:
         """A hash, or None when Redis cannot say (then the caller uses what it has)."""
-        result: dict[str, str] | None = await self._call("tags", lambda: self._redis.hgetall(PREFIX + key), None)
+        result: dict[str, str] | None = await self._call("tags", lambda: self._redis.hgetall(key), None)
         return result
 
     async def set_hash_field(self, key: str, field: str, value: str) -> None:
-        await self._call("tags", lambda: self._redis.hset(PREFIX + key, field, value), None)
+        await self._call("tags", lambda: self._redis.hset(key, field, value), None)
 
-    async def set_once(self, key: str, value: str, days: float = 7) -> None:
-        await self._call("shared", lambda: self._redis.set(PREFIX + key, value, nx=True, ex=int(days * 86400)), None)
+    async def set_once(self, key: str, value: str, days: float) -> None:
+        await self._call("shared", lambda: self._redis.set(key, value, nx=True, ex=int(days * 86400)), None)
 
     async def get(self, key: str) -> str | None:
-        value = await self._call("shared", lambda: self._redis.get(PREFIX + key), None)
+        value = await self._call("shared", lambda: self._redis.get(key), None)
         return value if isinstance(value, str) else None
 
     async def claim(self, key: str, seconds: float) -> bool:
         """One replica at a time for `key` (a tag's revalidation), for at most `seconds`; True when
         this replica has it, or Redis cannot say."""
         claimed = await self._call(
-            "claim", lambda: self._redis.set(PREFIX + key, self.me, nx=True, px=int(seconds * 1000)), True
+            "claim", lambda: self._redis.set(key, self.me, nx=True, px=int(seconds * 1000)), True
         )
         return bool(claimed)
-
-    async def unclaim(self, key: str) -> None:
-        await self._call(
-            "claim",
-            lambda: self._redis.eval(_RELEASE, 1, PREFIX + key, self.me),
-            0,
-        )
 
 
 def _owner(value: str | None) -> str | None:

@@ -9,11 +9,8 @@ from collections.abc import Callable
 from mirror.cache.index import TagEntries
 from mirror.cache.layout import TagEntry
 from mirror.cache.tags import LocalTagStore
+from mirror.fleet import keys
 from mirror.fleet.coordinator import Fleet
-
-
-def _key(upstream: str, repository: str, tag: str) -> str:
-    return f"tag:{upstream}/{repository}:{tag}"
 
 
 class FleetTagStore:
@@ -30,7 +27,7 @@ class FleetTagStore:
         entries = await self.local.tag_entries(upstream, repository, tag, reload)
         if not reload:
             return entries
-        shared = await self.fleet.get_hash(_key(upstream, repository, tag))
+        shared = await self.fleet.get_hash(keys.tag(upstream, repository, tag))
         if not shared:
             return entries  # Redis cannot say, or the fleet has none: ours
         merged = dict(entries)
@@ -46,31 +43,7 @@ class FleetTagStore:
 
     async def set_tag(self, upstream: str, repository: str, tag: str, accept: str, entry: TagEntry) -> None:
         await self.local.set_tag(upstream, repository, tag, accept, entry)
-        await self.fleet.set_hash_field(_key(upstream, repository, tag), accept, json.dumps(entry.to_json()))
-
-    async def claim_refresh(self, upstream: str, repository: str, tag: str, seconds: float) -> bool:
-        """Whether this replica revalidates the tag now: one replica per tag per tag_ttl, fleet-wide."""
-        return await self.fleet.claim(f"refresh:{upstream}/{repository}:{tag}", seconds)
-
-    async def claim_fetch(self, digest: str, seconds: float) -> bool:
-        """Whether this replica fetches a manifest by digest now: one replica at a time, fleet-wide."""
-        return await self.fleet.claim(f"fetch:{digest}", seconds)
-
-    async def share_manifest(self, digest: str, media_type: str, body: bytes) -> None:
-        """A tag's manifest, for the replicas that get the tag's answer from Redis and do not hold it."""
-        try:
-            text = body.decode()
-        except UnicodeDecodeError:
-            return  # manifests are JSON; a replica without it asks the upstream by digest
-        await self.fleet.set_once(f"manifest:{digest}", json.dumps({"media_type": media_type, "body": text}))
-
-    async def shared_manifest(self, digest: str) -> tuple[str, bytes] | None:
-        text = await self.fleet.get(f"manifest:{digest}")
-        try:
-            data = json.loads(text) if text else None
-            return (str(data["media_type"]), str(data["body"]).encode()) if isinstance(data, dict) else None
-        except (ValueError, KeyError):
-            return None
+        await self.fleet.set_hash_field(keys.tag(upstream, repository, tag), accept, json.dumps(entry.to_json()))
 
     async def forget_tags_older_than(self, age: float, in_use: Callable[[str], bool]) -> int:
         return await self.local.forget_tags_older_than(age, in_use)

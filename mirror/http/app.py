@@ -141,13 +141,11 @@ async def _manifest(request: Request, mirror: Mirror, upstream: Upstream, reposi
 
 
 async def _blob(request: Request, mirror: Mirror, upstream: Upstream, repository: str, digest: Digest) -> Response:
-    upstream.policy.check_digest(str(digest))
-    await mirror.proxy.check_blob_link(upstream, repository, digest)  # no digest read through a name it is not of
     if request.method == "HEAD":
         size = await mirror.proxy.blob_size(upstream, repository, digest)
         return Response(b"", headers={API_VERSION_HEADER[0]: API_VERSION_HEADER[1], **blob_headers(str(digest), size)})
     background = is_background(request.headers.get("priority"))  # `mirror prefetch`
-    body = await mirror.proxy.blob(mirror.blob_source(upstream), repository, digest, background=background)
+    body = await mirror.proxy.blob(upstream, repository, digest, background=background)
     return await serve_blob(request, body, digest)
 
 

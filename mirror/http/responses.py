@@ -10,8 +10,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from mirror.bodies import BlobBody
 from mirror.cache.metadata import Manifest
+from mirror.proxy.bodies import BlobBody
 from mirror.registry.errors import DownloadFailed, RangeInvalid, RegistryError
 from mirror.registry.reference import Digest
 

@@ -14,13 +14,14 @@ from collections.abc import AsyncIterator
 from io import FileIO
 
 from mirror.cache.files import iter_file
+from mirror.proxy.answers import CacheStatus
 from mirror.stats import Stats
 from mirror.transfer.downloads import Download
 from mirror.transfer.passthrough import PassThrough
 
 
 class BlobBody(ABC):
-    cache_status: str  # HIT, MISS, COALESCED or BYPASS (and PASS: a range sent on as the upstream sent it)
+    cache_status: CacheStatus  # HIT, MISS, COALESCED or BYPASS (and PASS: a range sent on as the upstream sent it)
     ranged = True  # False: only the whole blob can be sent (a Range is ignored)
 
     @abstractmethod
@@ -31,7 +32,7 @@ class BlobBody(ABC):
     def iter_range(self, start: int, end: int | None) -> AsyncIterator[bytes | memoryview]:
         """Bytes [start, end); end None means to the end. The last byte comes only once verified."""
 
-    def cache_status_for(self, start: int, end: int | None) -> str:
+    def cache_status_for(self, start: int, end: int | None) -> CacheStatus:
         """X-Cache for bytes [start, end): PASS when they come straight from the upstream, unverified."""
         return self.cache_status
 
@@ -45,7 +46,7 @@ class BlobBody(ABC):
 
 
 class CachedBody(BlobBody):
-    cache_status = "HIT"
+    cache_status = CacheStatus.HIT
 
     def __init__(self, file: FileIO, size: int, stats: Stats) -> None:
         self._file = file
@@ -69,7 +70,9 @@ class CachedBody(BlobBody):
 
 
 class DownloadBody(BlobBody):
-    def __init__(self, download: Download, cache_status: str, stats: Stats, *, shared_only: bool = False) -> None:
+    def __init__(
+        self, download: Download, cache_status: CacheStatus, stats: Stats, *, shared_only: bool = False
+    ) -> None:
         self._download = download
         self.cache_status = cache_status  # MISS: this request started it; COALESCED: joined
         self._stats = stats
@@ -78,11 +81,12 @@ class DownloadBody(BlobBody):
     async def size(self, wait: bool = False) -> int | None:
         return await self._download.wait_size() if wait else self._download.size
 
-    def cache_status_for(self, start: int, end: int | None) -> str:
-        return "PASS" if self._download.passes(start, end) and not self._shared_only else self.cache_status
+    def cache_status_for(self, start: int, end: int | None) -> CacheStatus:
+        passes = self._download.passes(start, end) and not self._shared_only
+        return CacheStatus.PASS if passes else self.cache_status
 
     async def iter_range(self, start: int, end: int | None) -> AsyncIterator[bytes | memoryview]:
-        joined = self.cache_status == "COALESCED"  # bytes another client's download already fetched
+        joined = self.cache_status is CacheStatus.COALESCED  # bytes another client's download already fetched
         async for chunk in self._download.iter_range(start, end, shared_only=self._shared_only):
             if joined:
                 self._stats.bytes_served_from_cache += len(chunk)
@@ -94,13 +98,13 @@ class DownloadBody(BlobBody):
     async def settle(self) -> bool:
         if self._download.task is not None:
             await asyncio.shield(self._download.task)
-        return self.cache_status == "MISS"
+        return self.cache_status is CacheStatus.MISS
 
 
 class PassThroughBody(BlobBody):
     """No room to cache it: the whole blob, straight from the upstream, verified on the way."""
 
-    cache_status = "BYPASS"
+    cache_status = CacheStatus.BYPASS
     ranged = False
 
     def __init__(self, passthrough: PassThrough) -> None:

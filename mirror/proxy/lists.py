@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any
 
 from mirror.cache.kept import KeptLists
 from mirror.cache.layout import referrers_key, taglist_key
-from mirror.cache.metadata import Manifest
+from mirror.proxy.answers import Freshness
+from mirror.proxy.manifests import ManifestProxy
 from mirror.registry.errors import FALLBACK_ERRORS, ManifestUnknown
 from mirror.registry.mediatypes import ACCEPT_ALL, OCI_INDEX
 from mirror.registry.paging import lexical
@@ -18,28 +19,17 @@ from mirror.registry.referrers import fallback_tag, index_descriptors, with_arti
 from mirror.transfer.flights import SingleFlight
 from mirror.upstream import Upstream
 
-
-class _Answer(Protocol):
-    """What the proxy's manifest answer is to the lists: a manifest."""
-
-    @property
-    def manifest(self) -> Manifest: ...
-
-
 log = logging.getLogger(__name__)
 
 
-class ListAnswers:
-    """Tag lists and referrers for the proxy (a mixin: `manifest` is the proxy's)."""
+class ListProxy:
+    """Tag lists and referrers; the referrers' fallback tag is read through the manifest proxy."""
 
-    kept_lists: KeptLists
-    tag_ttl: float
-    _list_fetches: SingleFlight[str, tuple[Any, ...]]
-
-    async def manifest(
-        self, upstream: Upstream, repository: str, reference: str | Digest, accept: list[str]
-    ) -> _Answer:
-        raise NotImplementedError  # the proxy's
+    def __init__(self, *, kept_lists: KeptLists, manifests: ManifestProxy, freshness: Freshness) -> None:
+        self.kept_lists = kept_lists
+        self.manifests = manifests
+        self.freshness = freshness
+        self._fetches: SingleFlight[str, tuple[Any, ...]] = SingleFlight()
 
     async def tag_list(self, upstream: Upstream, repository: str) -> tuple[str, ...]:
         """A repository's whole tag list in the spec's order."""
@@ -60,7 +50,7 @@ class ListAnswers:
             if listed is not None:
                 return listed
             try:
-                answer = await self.manifest(upstream, repository, fallback_tag(digest), [OCI_INDEX])
+                answer = await self.manifests.manifest(upstream, repository, fallback_tag(digest), [OCI_INDEX])
             except ManifestUnknown:
                 return []
             return await self._described(upstream, repository, index_descriptors(answer.manifest.body))
@@ -74,7 +64,9 @@ class ListAnswers:
         described = []
         for descriptor in descriptors:
             if "artifactType" not in descriptor:
-                answer = await self.manifest(upstream, repository, parse_digest(descriptor["digest"]), [ACCEPT_ALL])
+                answer = await self.manifests.manifest(
+                    upstream, repository, parse_digest(descriptor["digest"]), [ACCEPT_ALL]
+                )
                 descriptor = with_artifact_type(descriptor, answer.manifest.body)
             described.append(descriptor)
         return described
@@ -82,12 +74,12 @@ class ListAnswers:
     async def _kept(self, upstream: Upstream, key: str, fetch: Callable[[], Awaitable[list[Any]]]) -> tuple[Any, ...]:
         """A list answer: kept for tag_ttl, one fetch at a time, served stale when the upstream fails."""
         kept = self.kept_lists.get_in_memory(key)
-        if kept is not None and time.time() - kept.fetched_at < self.tag_ttl:
+        if kept is not None and self.freshness.fresh(kept.fetched_at, time.time()):
             return kept.items
 
         async def refresh() -> tuple[Any, ...]:
             kept = await self.kept_lists.get(key)
-            if kept is not None and time.time() - kept.fetched_at < self.tag_ttl:
+            if kept is not None and self.freshness.fresh(kept.fetched_at, time.time()):
                 return kept.items
             try:
                 items = await fetch()
@@ -98,4 +90,4 @@ class ListAnswers:
                 return kept.items
             return (await self.kept_lists.put(key, items)).items
 
-        return await self._list_fetches.run(key, refresh)
+        return await self._fetches.run(key, refresh)

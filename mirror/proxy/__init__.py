@@ -1,0 +1,100 @@
+"""The pull-through decisions: local first, else the upstream (or another replica), by object kind.
+
+`Proxy` is the face the routes, the fast path and the warmer use; behind it, as CNCF
+distribution's `registry/proxy` splits them: `manifests` (by digest) and `tags` (a tag's
+answer, revalidated), `blobs` (where a blob's bytes come from), `lists` (tag lists, referrers).
+Other replicas are reached only through `coordination`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mirror.cache.blobs import BlobStore
+from mirror.cache.kept import KeptLists
+from mirror.cache.links import BlobLinks
+from mirror.cache.metadata import Manifest, ManifestCache
+from mirror.cache.tags import TagStore
+from mirror.proxy.answers import CacheStatus, Freshness, ManifestAnswer
+from mirror.proxy.blobs import BlobProxy, BlobSource, SourceFor
+from mirror.proxy.bodies import BlobBody
+from mirror.proxy.coordination import Alone, Coordination
+from mirror.proxy.links import LinkGuard
+from mirror.proxy.lists import ListProxy
+from mirror.proxy.manifests import ManifestProxy
+from mirror.registry.reference import Digest
+from mirror.stats import Stats
+from mirror.transfer.inflight import InflightDownloads
+from mirror.upstream import Upstream
+
+__all__ = ["BlobBody", "BlobSource", "CacheStatus", "ManifestAnswer", "Proxy"]
+
+
+def _upstream_itself(upstream: Upstream) -> BlobSource:
+    return upstream
+
+
+class Proxy:
+    """Manifests, blobs and lists, each through its own part; built once by the composition root."""
+
+    def __init__(
+        self,
+        *,
+        store: BlobStore,
+        manifests: ManifestCache,
+        tags: TagStore,
+        kept_lists: KeptLists,
+        links: BlobLinks,
+        inflight: InflightDownloads,
+        stats: Stats,
+        tag_ttl: float,
+        negative_ttl: float,
+        enforce_links: bool,
+        coordination: Coordination | None = None,
+        source_for: SourceFor = _upstream_itself,
+    ) -> None:
+        self.freshness = Freshness(tag_ttl)
+        # Serve a cached digest under a repository only once linked to it (private content is held).
+        self.guard = LinkGuard(links, enforce=enforce_links)
+        self.manifests = ManifestProxy(
+            manifests=manifests,
+            tags=tags,
+            coordination=coordination or Alone(),
+            guard=self.guard,
+            freshness=self.freshness,
+            stats=stats,
+            negative_ttl=negative_ttl,
+        )
+        self.blobs = BlobProxy(store=store, inflight=inflight, guard=self.guard, source_for=source_for, stats=stats)
+        self.lists = ListProxy(kept_lists=kept_lists, manifests=self.manifests, freshness=self.freshness)
+
+    def reconfigure(self, *, tag_ttl: float, enforce_links: bool) -> None:
+        """A reload: what the proxy's parts share changes for all of them at once."""
+        self.freshness.tag_ttl = tag_ttl
+        self.guard.enforce = enforce_links
+
+    def fresh_manifest(
+        self, upstream: Upstream, repository: str, reference: str | Digest, accepted: frozenset[str]
+    ) -> Manifest | None:
+        """A fresh answer held in memory, without I/O (the fast path's), or None."""
+        return self.manifests.fresh(upstream, repository, reference, accepted)
+
+    async def manifest(
+        self, upstream: Upstream, repository: str, reference: str | Digest, accept: list[str]
+    ) -> ManifestAnswer:
+        return await self.manifests.manifest(upstream, repository, reference, accept)
+
+    async def blob(self, upstream: Upstream, repository: str, digest: Digest, *, background: bool = False) -> BlobBody:
+        return await self.blobs.blob(upstream, repository, digest, background=background)
+
+    async def blob_size(self, upstream: Upstream, repository: str, digest: Digest) -> int | None:
+        return await self.blobs.size(upstream, repository, digest)
+
+    async def local_blob(self, digest: Digest) -> BlobBody | None:
+        return await self.blobs.local(digest)
+
+    async def tag_list(self, upstream: Upstream, repository: str) -> tuple[str, ...]:
+        return await self.lists.tag_list(upstream, repository)
+
+    async def referrers(self, upstream: Upstream, repository: str, digest: Digest) -> tuple[dict[str, Any], ...]:
+        return await self.lists.referrers(upstream, repository, digest)

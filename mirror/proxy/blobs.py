@@ -1,0 +1,129 @@
+"""Blobs through the mirror: the cached file, the download fetching it (new or joined), or a
+pass-through when the cache has no room; policy and links checked before any of them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+
+from mirror.cache.blobs import BlobStore
+from mirror.link import Link
+from mirror.proxy.answers import CacheStatus, count_blob
+from mirror.proxy.bodies import BlobBody, CachedBody, DownloadBody, PassThroughBody
+from mirror.proxy.links import LinkGuard
+from mirror.registry.errors import NoRoom
+from mirror.registry.reference import Digest
+from mirror.stats import Stats
+from mirror.transfer.downloads import BlobStream
+from mirror.transfer.inflight import InflightDownloads
+from mirror.transfer.passthrough import PassThrough
+from mirror.upstream import Upstream
+
+
+class BlobSource(Protocol):
+    """Where a missing blob comes from: the upstream registry; in a fleet, other replicas first.
+
+    Its link caps the connections and bandwidth its downloads use.
+    """
+
+    link: Link
+
+    def open_blob(
+        self, repository: str, digest: Digest, start: int = 0, end: int | None = None
+    ) -> AbstractAsyncContextManager[BlobStream]: ...
+
+
+# Each upstream's blob source, chosen by the composition root.
+SourceFor = Callable[[Upstream], BlobSource]
+
+
+class BlobProxy:
+    def __init__(
+        self,
+        *,
+        store: BlobStore,
+        inflight: InflightDownloads,
+        guard: LinkGuard,
+        source_for: SourceFor,
+        stats: Stats,
+    ) -> None:
+        self.store = store
+        self.inflight = inflight
+        self.guard = guard
+        self.source_for = source_for
+        self.stats = stats
+
+    async def blob(self, upstream: Upstream, repository: str, digest: Digest, *, background: bool = False) -> BlobBody:
+        """The cached file, or the download (new or joined) that is fetching it, or a pass-through.
+
+        A `background` request (a prefetch) starts a download that yields to clients' downloads.
+        """
+        source = self.source_for(upstream)
+        await self._check(upstream, source, repository, digest)
+        found = await self.inflight.find(digest)
+        if isinstance(found, tuple):
+            count_blob(self.stats, CacheStatus.HIT)
+            return CachedBody(*found, self.stats)
+
+        def open_source(start: int, end: int | None) -> AbstractAsyncContextManager[BlobStream]:
+            return source.open_blob(repository, digest, start, end)
+
+        if found is not None:
+            download = found
+            if not background:
+                download.client_joined()
+            status = CacheStatus.COALESCED
+        else:
+            # No pause since find() looked: no second download can slip in between.
+            download = self.inflight.start(digest, open_source, source.link, background=background)
+            status = CacheStatus.MISS
+        count_blob(self.stats, status)
+        try:
+            # Shielded: one client leaving must not cancel the download the others share.
+            await asyncio.shield(download.ready)
+        except NoRoom:
+            self.stats.uncached_downloads += 1
+            passthrough = PassThrough(digest, open_source, source.link, self.stats)
+            await passthrough.open()
+            return PassThroughBody(passthrough)
+        return DownloadBody(download, status, self.stats)
+
+    async def size(self, upstream: Upstream, repository: str, digest: Digest) -> int | None:
+        """The size of a blob for HEAD, without downloading it."""
+        await self._check(upstream, self.source_for(upstream), repository, digest)
+        stat = await self.store.stat(digest)
+        if stat is not None:
+            count_blob(self.stats, CacheStatus.HIT)
+            return stat.st_size
+        download = self.inflight.get(digest)
+        if download is not None and download.size is not None:
+            return download.size
+        return await upstream.head_blob(repository, digest)
+
+    async def local(self, digest: Digest) -> BlobBody | None:
+        """For another replica: the blob if held, or the download fetching it joined; never a new download."""
+        found = await self.inflight.find(digest)
+        if found is None:
+            return None
+        if isinstance(found, tuple):
+            return CachedBody(*found, self.stats)
+        download = found
+        try:
+            await asyncio.shield(download.ready)
+        except NoRoom:
+            return None
+        return DownloadBody(download, CacheStatus.COALESCED, self.stats, shared_only=True)
+
+    async def _check(self, upstream: Upstream, source: BlobSource, repository: str, digest: Digest) -> None:
+        """A blocked digest is refused; a held or downloading blob is served under `repository`
+        only if it belongs there. One neither held nor downloading is fetched under that
+        repository, which checks it; unless its source is not the upstream (another replica's
+        copy skips the upstream: checked here)."""
+        upstream.policy.check_digest(str(digest))
+        if not self.guard.enforce:
+            return
+        local = self.store.size_now(digest) is not None or self.inflight.get(digest) is not None
+        if local or source is not upstream:
+            await self.guard.check(upstream, repository, digest, manifest=False)
