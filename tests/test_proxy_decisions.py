@@ -20,6 +20,7 @@ from support import Image, Registry
 
 from mirror.composition import Mirror
 from mirror.config import load
+from mirror.fleet import keys
 from mirror.proxy import CacheStatus, ManifestAnswer
 from mirror.registry.errors import ManifestUnknown, RegistryError
 from mirror.registry.mediatypes import ACCEPT_ALL
@@ -183,3 +184,37 @@ def test_a_replica_alone_answers_at_once_when_redis_is_gone(
     status, took = run([a], work)
     assert status == CacheStatus.MISS
     assert took < 5.0  # less than the fleet's wait: nobody was waited for
+
+
+def test_a_fleet_revalidates_once_and_serves_stale_while_another_replica_asks(
+    tmp_path: Path, registry: Registry, images: dict[str, Image], redis: RedisServer
+) -> None:
+    image = images["list"]
+    # A replica that asks the upstream for a tag has it for tag_ttl, fleet-wide: short here.
+    a = build(tmp_path / "a", registry.url, redis=redis, extra='tag_ttl = "1s"')
+    b = build(tmp_path / "b", registry.url, redis=redis, extra='tag_ttl = "1s"')
+    tag = image.tag
+
+    async def work() -> list[tuple[CacheStatus, list[str]]]:
+        seen = []
+        for step in ("a cold", "b from the fleet", "b expired", "b expired while a asks"):
+            mirror = a if step == "a cold" else b
+            if step == "b expired":
+                await asyncio.sleep(1.2)  # a's claim on the tag is over
+                b.proxy.reconfigure(tag_ttl=0.0, enforce_links=False)
+            if step == "b expired while a asks":
+                # Replica a has the tag's revalidation (it asks the upstream now, and says nothing in time):
+                assert a.fleet is not None
+                await a.fleet.claim(keys.tag_refresh("docker.io", image.repository, tag), 60)
+            mark = registry.mark()
+            answer = await ask(mirror, image.repository, tag)
+            assert answer.manifest.body == image.manifest
+            seen.append((answer.cache_status, manifest_requests(registry, mark)))
+        return seen
+
+    assert run([a, b], work) == [
+        (CacheStatus.MISS, ["GET"]),
+        (CacheStatus.HIT, []),  # the tag's answer and its manifest from Redis, checked, then kept
+        (CacheStatus.REVALIDATED, ["HEAD"]),
+        (CacheStatus.STALE, []),  # waited for a's answer; none came: the one held, said stale
+    ]

@@ -288,9 +288,8 @@ class Fleet:
     async def claim(self, key: str, seconds: float) -> bool:
         """One replica at a time for `key` (a tag's revalidation), for at most `seconds`; True when
         this replica has it, or Redis cannot say."""
-        claimed = await self._call(
-            "claim", lambda: self._redis.set(key, self.me, nx=True, px=int(seconds * 1000)), True
-        )
+        ttl = max(1, int(seconds * 1000))  # PX 0 is an error to Redis: tag_ttl = 0 still claims, for 1 ms
+        claimed = await self._call("claim", lambda: self._redis.set(key, self.me, nx=True, px=ttl), True)
         return bool(claimed)
 
 
