@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import h2load, netns, nginx, procs, report, seed
-from bench.scenarios import SCENARIOS, Context
+from bench.context import Context
+from bench.scenarios import SCENARIOS
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent

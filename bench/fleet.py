@@ -17,14 +17,12 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
 from bench import procs
-
-if TYPE_CHECKING:
-    from bench.scenarios import Context
+from bench.context import Context, guard, pull  # the scenarios' own pull, measured the same way
 
 REPLICAS = 3
 HAPROXY_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "haproxy.cfg"
@@ -138,8 +136,6 @@ class Fleet:
 
 
 def s10_fleet(ctx: Context) -> dict[str, Any]:
-    from bench.scenarios import _guard, _pull  # the scenarios' own pull, measured the same way
-
     if "mirror" not in ctx.targets:
         return {}
     clients = ctx.args.fleet_clients
@@ -161,8 +157,8 @@ def s10_fleet(ctx: Context) -> dict[str, Any]:
         def run(setup: procs.Target | Fleet = setup) -> dict[str, Any]:
             try:
                 setup.start_fresh()
-                cold = _pull(ctx, setup, clients)
-                warm = _pull(ctx, setup, clients)
+                cold = pull(ctx, setup, clients)
+                warm = pull(ctx, setup, clients)
                 out: dict[str, Any] = {"ok": cold["ok"] and warm["ok"], "cold": cold, "warm": warm}
                 if isinstance(setup, Fleet) and setup.size > 1:
                     out.update(setup.copies())
@@ -170,5 +166,5 @@ def s10_fleet(ctx: Context) -> dict[str, Any]:
             finally:
                 setup.stop()
 
-        results[label] = _guard(ctx, "10 fleet", label, run)
+        results[label] = guard(ctx, "10 fleet", label, run)
     return {"mirror": results}

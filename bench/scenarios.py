@@ -9,172 +9,15 @@ import shutil
 import statistics
 import subprocess
 import time
-import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from bench import h2load, nginx, procs, puller
+from bench.context import MB, Context, UpstreamMeter, first_errors, guard, pull, wall
 from bench.fleet import s10_fleet
 from bench.http import Client
-from bench.netns import Wan
-from bench.seed import Blob, Image
+from bench.seed import Blob
 from bench.startup import s9_startup
-
-MB = 1_000_000
-
-
-@dataclass
-class Context:
-    args: Any
-    run_dir: Path
-    upstream: procs.Upstream
-    wan: Wan | None
-    image: Image
-    targets: dict[str, procs.Target]
-    big_blob: Blob | None = None
-    rss_blob: Blob | None = None
-    accel_image: Image | None = None
-    accel_rate: int = 0  # scenario 8: bytes/s the paced nginx sends per connection
-    log: Callable[[str], None] = print
-    notes: list[str] = field(default_factory=list)
-
-    @contextmanager
-    def wan_rate(self, rate: str | None) -> Iterator[None]:
-        """Temporarily change (None: lift) the WAN rate, e.g. to prime caches quickly."""
-        if self.wan is None:
-            yield
-            return
-        self.wan.set_rate(rate)
-        try:
-            yield
-        finally:
-            self.wan.set_rate(self.args.wan_rate)
-
-    def image_job(self, base_url: str, clients: int, image: Image | None = None) -> dict[str, Any]:
-        image = image or self.image
-        return {
-            "kind": "image",
-            "base_url": base_url,
-            "repository": image.repository,
-            "tag": image.tag,
-            "manifest_digest": image.digest,
-            "clients": clients,
-            "timeout": self.args.request_timeout,
-        }
-
-
-class UpstreamMeter:
-    """What the upstream (or `origin`, the server in front of it) served during a block: from
-    its access log (body bytes, requests) and, with the WAN, from the veth counters (bytes on
-    the wire)."""
-
-    def __init__(self, ctx: Context, origin: procs.Origin | None = None) -> None:
-        self.ctx = ctx
-        self.origin: procs.Origin = origin or ctx.upstream
-        self.result: dict[str, Any] = {}
-        self.requests: list[dict[str, Any]] = []
-
-    def __enter__(self) -> UpstreamMeter:
-        self.mark = self.origin.log_lines()
-        self.rx0 = self.ctx.wan.client_rx_bytes() if self.ctx.wan else None
-        return self
-
-    def __exit__(self, exc_type: object, *exc_info: object) -> None:
-        if exc_type is None:
-            self.settle()
-
-    def settle(self, quiet: float = 1.0, limit: float = 120.0) -> None:
-        """Wait until the upstream has been quiet for `quiet` s (background fills finish), bounded."""
-        deadline = time.monotonic() + limit
-        last = (-1, -1)
-        quiet_since = time.monotonic()
-        while time.monotonic() < deadline:
-            now = (self.origin.log_lines(), self.ctx.wan.client_rx_bytes() if self.ctx.wan else 0)
-            if now != last:
-                last, quiet_since = now, time.monotonic()
-            elif time.monotonic() - quiet_since >= quiet:
-                break
-            time.sleep(0.2)
-        self.requests = requests = self.origin.requests_since(self.mark)
-        self.result = {
-            "upstream_requests": len(requests),
-            "upstream_blob_gets": sum(1 for r in requests if r["method"] == "GET" and "/blobs/" in r["path"]),
-            "upstream_manifest_requests": sum(1 for r in requests if "/manifests/" in r["path"]),
-            "upstream_bytes": sum(r["bytes"] for r in requests if r["method"] == "GET"),
-        }
-        if self.ctx.wan is not None:
-            self.result["upstream_wire_bytes"] = self.ctx.wan.client_rx_bytes() - (self.rx0 or 0)
-
-
-def _wall(results: list[dict[str, Any]]) -> float:
-    return float(max(r["end"] for r in results) - min(r["start"] for r in results))
-
-
-def _errors(results: list[dict[str, Any]]) -> list[str]:
-    return [e for r in results for e in r.get("errors", [])][:5]
-
-
-def _guard(ctx: Context, name: str, target: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    ctx.log(f"  [{name}] {target} ...")
-    started = time.monotonic()
-    try:
-        out = fn()
-    except Exception as exc:
-        ctx.log(f"  [{name}] {target} FAILED: {exc}")
-        traceback.print_exc()
-        out = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-    finally:
-        if target in ctx.targets:  # nothing left running to compete for the 2 CPUs
-            ctx.targets[target].stop()
-    ctx.log(
-        f"  [{name}] {target} done in {time.monotonic() - started:.1f}s: "
-        + ", ".join(f"{k}={_short(v)}" for k, v in out.items() if not isinstance(v, (list, dict)))
-    )
-    return out
-
-
-def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _pull(
-    ctx: Context,
-    target: procs.Reachable,
-    clients: int,
-    meter: UpstreamMeter | None = None,
-    image: Image | None = None,
-    expected_s: float = 0.0,
-) -> dict[str, Any]:
-    """`clients` pull `image` from `target` at once; a pull expected to take `expected_s`
-    stretches the request and step bounds to twice that plus a minute, if they are shorter."""
-    image = image or ctx.image
-    job = ctx.image_job(target.url, clients, image)
-    job["timeout"] = max(job["timeout"], 2 * expected_s + 60)
-    job["base_urls"] = target.client_urls
-    meter = meter or UpstreamMeter(ctx)
-    with meter:
-        results = puller.run_parallel(
-            job, ctx.args.workers, timeout=max(ctx.args.scenario_timeout, 2 * expected_s + 60)
-        )
-    out: dict[str, Any] = {
-        "clients": clients,
-        "ok": all(r["ok"] for r in results) and len(results) == clients,
-        "verified_copies": sum(1 for r in results if r["ok"]),
-        "wall_s": _wall(results),
-        "mean_client_s": statistics.mean(r["seconds"] for r in results),
-        "max_client_s": max(r["seconds"] for r in results),
-        "bytes_to_clients": sum(r["bytes"] for r in results),
-        **meter.result,
-    }
-    out["upstream_x_image"] = out["upstream_bytes"] / image.size
-    out["client_MBps"] = out["bytes_to_clients"] / out["wall_s"] / MB
-    if errors := _errors(results):
-        out["errors"] = errors
-    return out
-
 
 # 1. cold pull, one client (+ skopeo)
 
@@ -226,14 +69,14 @@ def s1_cold_one(ctx: Context) -> dict[str, Any]:
 
         def run(target: procs.Target = target) -> dict[str, Any]:
             target.start_fresh()
-            out = _pull(ctx, target, 1)
+            out = pull(ctx, target, 1)
             if not ctx.args.no_skopeo:
                 target.start_fresh()
                 out["skopeo"] = skopeo_copy(ctx, target)
                 out["ok"] = out["ok"] and out["skopeo"]["ok"]
             return out
 
-        results[name] = _guard(ctx, "1 cold x1", name, run)
+        results[name] = guard(ctx, "1 cold x1", name, run)
     return results
 
 
@@ -251,9 +94,9 @@ def s2_cold_many(ctx: Context) -> dict[str, Any]:
 
             def run(target: procs.Target = target, clients: int = clients) -> dict[str, Any]:
                 target.start_fresh()
-                return _pull(ctx, target, clients)
+                return pull(ctx, target, clients)
 
-            results.setdefault(name, {})[str(clients)] = _guard(ctx, f"2 cold x{clients}", name, run)
+            results.setdefault(name, {})[str(clients)] = guard(ctx, f"2 cold x{clients}", name, run)
     return results
 
 
@@ -269,16 +112,16 @@ def s3_warm(ctx: Context) -> dict[str, Any]:
         def run(target: procs.Target = target) -> dict[str, Any]:
             target.start_fresh()
             with ctx.wan_rate(None):
-                prime = _pull(ctx, target, 1)
+                prime = pull(ctx, target, 1)
             if not prime["ok"]:
                 return {"ok": False, "error": f"priming pull failed: {prime.get('errors')}"}
             out: dict[str, Any] = {"ok": True}
             for clients in ctx.args.warm_clients:
-                out[str(clients)] = _pull(ctx, target, clients)
+                out[str(clients)] = pull(ctx, target, clients)
                 out["ok"] = out["ok"] and out[str(clients)]["ok"]
             return out
 
-        results[name] = _guard(ctx, "3 warm", name, run)
+        results[name] = guard(ctx, "3 warm", name, run)
     return results
 
 
@@ -332,7 +175,7 @@ def s4_tags(ctx: Context) -> dict[str, Any]:
                 out["errors"] = errors
             return out
 
-        results[name] = _guard(ctx, "4 tags", name, run)
+        results[name] = guard(ctx, "4 tags", name, run)
     return results
 
 
@@ -413,7 +256,7 @@ def s5_big_blob(ctx: Context) -> dict[str, Any]:
             out["upstream_bytes_while_warm"] = meter.result["upstream_bytes"]
             return out
 
-        results[name] = _guard(ctx, "5 warm 1GB", name, run)
+        results[name] = guard(ctx, "5 warm 1GB", name, run)
 
     def run_nginx() -> dict[str, Any]:
         blob_file = ctx.upstream.blob_path(blob.digest)
@@ -423,7 +266,7 @@ def s5_big_blob(ctx: Context) -> dict[str, Any]:
         finally:
             server.stop()
 
-    results["nginx"] = _guard(ctx, "5 warm 1GB", "nginx", run_nginx)
+    results["nginx"] = guard(ctx, "5 warm 1GB", "nginx", run_nginx)
     return results
 
 
@@ -460,7 +303,7 @@ def s6_rss(ctx: Context) -> dict[str, Any]:
                 "ok": all(r["ok"] for r in results_) and len(results_) == ctx.args.rss_clients,
                 "clients": ctx.args.rss_clients,
                 "verified_copies": sum(1 for r in results_ if r["ok"]),
-                "wall_s": _wall(results_),
+                "wall_s": wall(results_),
                 "idle_rss_MiB": idle.peak_rss_kb / 1024,
                 "peak_rss_MiB": sampler.peak_rss_kb / 1024,
                 "peak_hwm_MiB": sampler.peak_hwm_kb / 1024,
@@ -469,11 +312,11 @@ def s6_rss(ctx: Context) -> dict[str, Any]:
                 **meter.result,
             }
             out["upstream_x_blob"] = out["upstream_bytes"] / blob.size
-            if errors := _errors(results_):
+            if errors := first_errors(results_):
                 out["errors"] = errors
             return out
 
-        results[name] = _guard(ctx, "6 rss", name, run)
+        results[name] = guard(ctx, "6 rss", name, run)
     return results
 
 
@@ -504,7 +347,7 @@ def s7_ttfb(ctx: Context) -> dict[str, Any]:
                 "ttfb_ms_all": samples,
             }
 
-        results[name] = _guard(ctx, "7 ttfb", name, run)
+        results[name] = guard(ctx, "7 ttfb", name, run)
     return results
 
 
@@ -534,7 +377,7 @@ def s8_accelerated(ctx: Context) -> dict[str, Any]:
                 try:
                     target.start_fresh()
                     meter = UpstreamMeter(ctx, origin=proxy)
-                    out = _pull(ctx, target, 1, meter=meter, image=image, expected_s=one_stream_s)
+                    out = pull(ctx, target, 1, meter=meter, image=image, expected_s=one_stream_s)
                 finally:
                     target.stop()
                 blob_gets = [r for r in meter.requests if r["method"] == "GET" and "/blobs/" in r["path"]]
@@ -543,7 +386,7 @@ def s8_accelerated(ctx: Context) -> dict[str, Any]:
                     out["upstream_wire_x_image"] = out["upstream_wire_bytes"] / image.size
                 return out
 
-            results[name] = _guard(ctx, "8 accelerated", name, run)
+            results[name] = guard(ctx, "8 accelerated", name, run)
     finally:
         proxy.stop()
     return results

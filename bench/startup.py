@@ -14,14 +14,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
 from bench import procs
-
-if TYPE_CHECKING:
-    from bench.scenarios import Context
+from bench.context import Context
 
 GOAL_SECONDS = 3.0
 BLOB_BYTES = 64

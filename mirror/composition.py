@@ -65,7 +65,7 @@ class Mirror:
         self.traffic = Traffic()
         self.directory = CacheDirectory.open(config.cache.directory)  # format checked, upgraded if old
         keep = config.cache.inventory_max_age
-        self.store = BlobStore(self.directory.layout, config.cache.max_size, self.stats, pin_max_age=keep)
+        self.store = BlobStore(self.directory.layout, config.cache.max_size, self.stats, inventory_max_age=keep)
         self.store.sweep()  # the index of blobs is built in the background (start): serving needs none
         self.manifests = ManifestCache(self.directory.metadata, self.store)
         self.local_tags = LocalTagStore(self.directory.metadata)
@@ -167,7 +167,7 @@ class Mirror:
         }
 
     async def _index(self) -> None:
-        await anyio.to_thread.run_sync(self.manifests.load_pins)
+        await anyio.to_thread.run_sync(self.manifests.load_inventory)
         await self.refresh_pins()
         await self.store.scan()
         if self.fleet is not None:
@@ -189,7 +189,7 @@ class Mirror:
         except PinError as exc:
             log.error("%s; pins are kept anyway, and max_size is exceeded", exc)
         self.pins = pins
-        self.store.forever = frozenset(digest for pin in pins for digest in pin.digests)
+        self.store.pinned = frozenset(digest for pin in pins for digest in pin.digests)
 
     async def pin(self, targets: list[Target], *, unpin: bool = False) -> list[str]:
         """`mirror pin` and `mirror unpin` through the server; the names pinned or unpinned."""

@@ -55,7 +55,7 @@ def test_a_reader_that_joined_before_the_commit_reads_the_committed_blob(tmp_pat
         download = InflightDownloads(store, Stats()).start(digest, open_source, Link(LinkPolicy()))
         with anyio.fail_after(10):
             # Polled at every turn of the loop: the window is one thread's fsync long, and no event marks it.
-            while not download.ok and (not download.verified or store.partial_exists_now(digest)):
+            while not download.ok and (not download.blob.verified or store.partial_exists_now(digest)):
                 await anyio.lowlevel.checkpoint()
         caught = not download.ok  # renamed, and the download not yet told
         assert b"".join([chunk async for chunk in download.iter_range(0, None)]) == data

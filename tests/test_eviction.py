@@ -244,19 +244,19 @@ def test_layers_go_before_the_inventory_and_max_size_holds_even_for_it(tmp_path:
         store = BlobStore(layout, max_size=1000)
         store.open_sync()
 
-        async def put(data: bytes, *, pinned: bool) -> Digest:
+        async def put(data: bytes, *, inventory: bool) -> Digest:
             digest = parse_digest(sha256(data))
-            if pinned:
-                store.pin(digest)
+            if inventory:
+                store.add_inventory(digest)
             await store.put(digest, data)
             return digest
 
-        first = await put(b"m" * 300, pinned=True)
-        layer = await put(b"l" * 300, pinned=False)
-        second = await put(b"n" * 300, pinned=True)
-        third = await put(b"o" * 300, pinned=True)  # 1200 bytes: the layer goes, though it is newer
+        first = await put(b"m" * 300, inventory=True)
+        layer = await put(b"l" * 300, inventory=False)
+        second = await put(b"n" * 300, inventory=True)
+        third = await put(b"o" * 300, inventory=True)  # 1200 bytes: the layer goes, though it is newer
         assert [store.size_now(d) is not None for d in (first, layer, second, third)] == [True, False, True, True]
-        fourth = await put(b"p" * 300, pinned=True)  # the inventory alone: its oldest goes
+        fourth = await put(b"p" * 300, inventory=True)  # the inventory alone: its oldest goes
         assert store.size_now(first) is None and store.size_now(fourth) is not None
         assert store.total_bytes <= 1000
 

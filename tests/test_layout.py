@@ -1,4 +1,5 @@
-"""The shape of the house: data flows one way through the layers, with no import circle, and files stay small."""
+"""The shape of the house: data flows one way through the layers, with no import circle (in `bench/` either),
+and files stay small."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mirror"
+BENCH = PACKAGE.parent / "bench"
 MAX_LINES = 450
 
 # Each module may import its own package and the layers below it, never above or beside.
@@ -28,8 +30,8 @@ LAYERS = [
 ]
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+def module_name(path: Path, package: Path = PACKAGE) -> str:
+    parts = path.relative_to(package.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -46,21 +48,21 @@ def layer(module: str) -> int:
     raise AssertionError(f"{module} is in no layer: add it to LAYERS in {__file__}")
 
 
-def imports(path: Path) -> set[str]:
-    """Every mirror module a file imports, TYPE_CHECKING blocks included."""
+def imports(path: Path, package: Path = PACKAGE) -> set[str]:
+    """Every module of `package` a file imports, TYPE_CHECKING blocks and imports inside functions included."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mirror"):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(package.name):
             found.add(node.module)
             found.update(f"{node.module}.{alias.name}" for alias in node.names)
         elif isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names if alias.name.startswith("mirror"))
-    modules = {module_name(p) for p in PACKAGE.rglob("*.py")}
+            found.update(alias.name for alias in node.names if alias.name.startswith(package.name))
+    modules = {module_name(p, package) for p in package.rglob("*.py")}
     return {name for name in found if name in modules}
 
 
-def graph() -> dict[str, set[str]]:
-    return {module_name(path): imports(path) for path in PACKAGE.rglob("*.py")}
+def graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    return {module_name(path, package): imports(path, package) for path in package.rglob("*.py")}
 
 
 def test_data_flows_down_the_layers() -> None:
@@ -73,14 +75,14 @@ def test_data_flows_down_the_layers() -> None:
     assert not wrong, "imports against the flow http → proxy → cache | upstream:\n" + "\n".join(sorted(wrong))
 
 
-def test_no_import_circle() -> None:
-    edges = graph()
+def assert_no_circle(package: Path) -> None:
+    edges = graph(package)
     state: dict[str, str] = {}
 
     def visit(module: str, path: list[str]) -> None:
         state[module] = "open"
         for target in sorted(edges.get(module, ())):
-            if target == module or target in ("mirror",):
+            if target == module or target == package.name:
                 continue
             if state.get(target) == "open":
                 cycle = [*path[path.index(target) :], target] if target in path else [module, target]
@@ -92,6 +94,14 @@ def test_no_import_circle() -> None:
     for module in sorted(edges):
         if module not in state:
             visit(module, [module])
+
+
+def test_no_import_circle() -> None:
+    assert_no_circle(PACKAGE)
+
+
+def test_no_import_circle_in_the_benchmark() -> None:
+    assert_no_circle(BENCH)
 
 
 def test_modules_stay_small() -> None:

@@ -12,13 +12,13 @@ import logging
 import os
 import tempfile
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from io import FileIO
 from pathlib import Path
 
 import anyio.to_thread
 
+from mirror.cache.eviction import Eviction
 from mirror.cache.layout import CacheLayout
 from mirror.registry.errors import DigestInvalid, RegistryError
 from mirror.registry.reference import Digest, parse_digest
@@ -30,7 +30,7 @@ READ_CHUNK = 1024 * 1024
 
 
 class BlobStore:
-    """The blob files, with an in-memory LRU index of what is committed.
+    """The blob files, with an in-memory LRU index of what is committed (its `eviction`).
 
     The files are the truth: a blob's size is its file's size and its last use is its
     mtime (refreshed at most hourly), so the index is rebuilt from one directory scan at
@@ -42,34 +42,88 @@ class BlobStore:
         layout: CacheLayout,
         max_size: int | None = None,
         stats: Stats | None = None,
-        pin_max_age: float | None = None,
+        inventory_max_age: float | None = None,
     ) -> None:
         self.layout = layout
         self.root = layout.root
         self.tmp = layout.tmp
-        self.max_size = max_size
         self.stats = stats or Stats()
-        # digest → (size, last use), least recently used first.
-        self._lru: OrderedDict[Digest, tuple[int, float]] = OrderedDict()
-        self._evicting: set[Digest] = set()
-        # The inventory (manifests, image configs): kept when room is made, unless unused for pin_max_age.
-        self._pinned: set[Digest] = set()
-        self.pin_max_age = pin_max_age
-        self.total_bytes = 0
-        self.reserved = 0
-        # Room kept free on the cache's filesystem beyond a download's size.
-        self.disk_margin = 64 * 1024 * 1024
-        self.scanned = False  # the LRU index holds every file: until then, nothing is evicted
-        self.forever: frozenset[str] = frozenset()  # pinned images' digests: never evicted
-        self.on_removed: Callable[[list[Digest]], None] | None = None  # evicted or removed (a fleet forgets them)
+        self.eviction = Eviction(layout, max_size, self.stats, inventory_max_age)
+
+    # What is cached and the room it takes, as the eviction indexes them: one face for callers.
 
     @property
     def count(self) -> int:
-        return len(self._lru)
+        return self.eviction.count
+
+    @property
+    def total_bytes(self) -> int:
+        return self.eviction.total_bytes
+
+    @property
+    def scanned(self) -> bool:
+        return self.eviction.scanned
+
+    @property
+    def disk_margin(self) -> int:
+        return self.eviction.disk_margin
+
+    @property
+    def max_size(self) -> int | None:
+        return self.eviction.max_size
+
+    @max_size.setter
+    def max_size(self, max_size: int | None) -> None:
+        self.eviction.max_size = max_size
+
+    @property
+    def pinned(self) -> frozenset[str]:
+        """The user's pinned images' digests: never evicted."""
+        return self.eviction.pinned
+
+    @pinned.setter
+    def pinned(self, digests: frozenset[str]) -> None:
+        self.eviction.pinned = digests
+
+    @property
+    def on_removed(self) -> Callable[[list[Digest]], None] | None:
+        return self.eviction.on_removed
+
+    @on_removed.setter
+    def on_removed(self, callback: Callable[[list[Digest]], None] | None) -> None:
+        self.eviction.on_removed = callback
 
     def digests(self) -> list[str]:
-        """Every indexed blob's digest (the fleet registers them)."""
-        return [str(digest) for digest in self._lru]
+        return self.eviction.digests()
+
+    def touch(self, digest: Digest) -> None:
+        self.eviction.touch(digest)
+
+    def used_since(self, digest: Digest, when: float) -> bool:
+        return self.eviction.used_since(digest, when)
+
+    def add_inventory(self, *digests: Digest) -> None:
+        self.eviction.add_inventory(*digests)
+
+    async def make_room(self, size: int | None) -> bool:
+        return await self.eviction.make_room(size)
+
+    def release(self, size: int) -> None:
+        self.eviction.release(size)
+
+    async def evict_bytes(self, amount: int) -> None:
+        await self.eviction.evict_bytes(amount)
+
+    async def evict_to_fit(self) -> None:
+        await self.eviction.evict_to_fit()
+
+    async def expire(self, max_age: float) -> None:
+        await self.eviction.expire(max_age)
+
+    async def remove(self, digests: list[Digest]) -> None:
+        await self.eviction.remove(digests)
+
+    # The files.
 
     def path(self, digest: Digest) -> Path:
         return self.layout.blob_path(digest)
@@ -77,7 +131,7 @@ class BlobStore:
     def open_sync(self) -> None:
         """Sweep what a crash left, and index what is cached (the directory is prepared): for tools."""
         self.sweep()
-        self._index(self._scan_files())
+        self.eviction.index(self._scan_files())
 
     def sweep(self) -> None:
         """Remove temp files left by a crash, and partial downloads nobody came back for in a day."""
@@ -89,7 +143,7 @@ class BlobStore:
                 log.info("removing partial download %s, untouched for a day", partial.name)
                 partial.unlink(missing_ok=True)
         filesystem = os.statvfs(self.root)
-        self.disk_margin = min(self.disk_margin, filesystem.f_blocks * filesystem.f_frsize // 50)
+        self.eviction.disk_margin = min(self.eviction.disk_margin, filesystem.f_blocks * filesystem.f_frsize // 50)
 
     async def scan(self) -> None:
         """Build the LRU order from one directory scan, in a thread, while the server already serves.
@@ -99,9 +153,9 @@ class BlobStore:
         """
         started = time.monotonic()
         found = await anyio.to_thread.run_sync(self._scan_files)
-        self._index(found)
+        self.eviction.index(found)
         log.info(
-            "indexed %d cached blobs (%d bytes) in %.1f s", len(self._lru), self.total_bytes, time.monotonic() - started
+            "indexed %d cached blobs (%d bytes) in %.1f s", self.count, self.total_bytes, time.monotonic() - started
         )
 
     def _scan_files(self) -> list[tuple[float, Digest, int]]:
@@ -122,41 +176,13 @@ class BlobStore:
         found.sort(key=lambda item: item[0])
         return found
 
-    def _index(self, found: list[tuple[float, Digest, int]]) -> None:
-        used_since = self._lru
-        self._lru = OrderedDict((digest, (size, mtime)) for mtime, digest, size in found if digest not in used_since)
-        self._lru.update(used_since)
-        self.total_bytes = sum(size for size, _ in self._lru.values())
-        self.scanned = True
-
-    def _used(self, digest: Digest, size: int) -> None:
-        """Mark a blob as just used; a file the index did not know (an import) joins it."""
-        if digest in self._evicting:
-            return
-        if digest in self._lru:
-            self._lru.move_to_end(digest)
-        else:
-            self.total_bytes += size
-        self._lru[digest] = (size, time.time())
-
-    def touch(self, digest: Digest) -> None:
-        """Mark an indexed blob as used without touching the disk (a manifest served from memory)."""
-        entry = self._lru.get(digest)
-        if entry is not None:
-            self._used(digest, entry[0])
-
-    def _forget(self, digest: Digest) -> None:
-        entry = self._lru.pop(digest, None)
-        if entry is not None:
-            self.total_bytes -= entry[0]
-
     async def stat(self, digest: Digest) -> os.stat_result | None:
         try:
             stat = await anyio.to_thread.run_sync(_stat_and_touch, self.path(digest))
         except FileNotFoundError:
-            self._forget(digest)
+            self.eviction.forget(digest)
             return None
-        self._used(digest, stat.st_size)
+        self.eviction.used(digest, stat.st_size)
         return stat
 
     async def open(self, digest: Digest) -> tuple[FileIO, int] | None:
@@ -164,9 +190,9 @@ class BlobStore:
         try:
             file, size = await anyio.to_thread.run_sync(_open_and_touch, self.path(digest))
         except FileNotFoundError:
-            self._forget(digest)
+            self.eviction.forget(digest)
             return None
-        self._used(digest, size)
+        self.eviction.used(digest, size)
         return file, size
 
     def size_now(self, digest: Digest) -> int | None:
@@ -190,128 +216,18 @@ class BlobStore:
         await anyio.to_thread.run_sync(sync_and_close, fd, final.parent)
         # The rename happens on the event loop so that readers never see a half-way state.
         os.replace(written, final)
-        self._used(digest, size)
+        self.eviction.used(digest, size)
         await anyio.to_thread.run_sync(fsync_directory, final.parent)
         return final
-
-    async def make_room(self, size: int | None) -> bool:
-        """Reserve room for a blob about to be written, within max_size and on the disk.
-
-        False when it cannot fit: larger than max_size, or the disk stays too full after
-        evicting least recently used blobs. The caller then streams it without caching.
-        """
-        if size is not None and self.max_size is not None and size > self.max_size:
-            return False
-        self.reserved += size or 0
-        await self.evict_to_fit()
-        need = (size or 0) + self.disk_margin
-        shortfall = need - await anyio.to_thread.run_sync(self.free_bytes)
-        if shortfall > 0:
-            await self.evict_bytes(shortfall)
-            shortfall = need - await anyio.to_thread.run_sync(self.free_bytes)
-        if shortfall > 0:
-            self.reserved -= size or 0
-            self.stats.disk_full += 1
-            log.warning("cache disk is full: %d more bytes needed; streaming without caching", shortfall)
-            return False
-        return True
-
-    def free_bytes(self) -> int:
-        stat = os.statvfs(self.root)
-        return stat.f_bavail * stat.f_frsize
-
-    def used_since(self, digest: Digest, when: float) -> bool:
-        entry = self._lru.get(digest)
-        return entry is not None and entry[1] >= when
-
-    def pin(self, *digests: Digest) -> None:
-        """Keep these when room is made: manifests and configs are what `mirror ls` shows, and small."""
-        self._pinned.update(digests)
-
-    def _kept(self, digest: Digest, last_use: float, now: float) -> bool:
-        """Whether a blob is inventory still in use: pinned, and used within pin_max_age."""
-        return digest in self._pinned and (self.pin_max_age is None or last_use >= now - self.pin_max_age)
-
-    def _least_recent(self, amount: int) -> list[Digest]:
-        """Least recently used blobs totalling at least `amount` bytes, if there are that many.
-
-        Layers go first. Only if they are not enough does the inventory go too, oldest first:
-        max_size is a promise, and the inventory is a courtesy within it.
-        """
-        victims: list[Digest] = []
-        now = time.time()
-        for inventory in (False, True):
-            for digest, (size, last_use) in self._lru.items():
-                if amount <= 0:
-                    return victims
-                if str(digest) in self.forever:
-                    continue
-                if self._kept(digest, last_use, now) == inventory:
-                    victims.append(digest)
-                    amount -= size
-        return victims
-
-    async def evict_bytes(self, amount: int) -> None:
-        """Remove least recently used blobs totalling at least `amount` bytes, if there are that many."""
-        await self._evict(self._least_recent(amount))
-
-    def release(self, size: int) -> None:
-        self.reserved -= size
-
-    async def evict_to_fit(self) -> None:
-        """Remove least recently used blobs until committed plus reserved bytes fit max_size."""
-        if self.max_size is not None:
-            await self._evict(self._least_recent(self.total_bytes + self.reserved - self.max_size))
-
-    async def expire(self, max_age: float) -> None:
-        """Remove blobs nobody has used for max_age seconds."""
-        now = time.time()
-        victims: list[Digest] = []
-        for digest, (_, last_use) in self._lru.items():
-            if last_use >= now - max_age:
-                break
-            if not self._kept(digest, last_use, now) and str(digest) not in self.forever:
-                victims.append(digest)  # tag_max_age may be longer than max_age; pins are for good
-        await self._evict(victims)
-
-    async def _evict(self, victims: list[Digest]) -> None:
-        victims = [digest for digest in victims if str(digest) not in self.forever]
-        if not victims:
-            return
-        if not self.scanned:
-            log.debug("not evicting before the start-up scan has indexed every blob")
-            return
-        for digest in victims:
-            self.stats.evictions += 1
-            self.stats.evicted_bytes += self._lru[digest][0]
-            self._forget(digest)
-            self._pinned.discard(digest)
-            self._evicting.add(digest)
-        try:
-            await anyio.to_thread.run_sync(_unlink_all, [self.path(d) for d in victims])
-        finally:
-            self._evicting.difference_update(victims)
-        if self.on_removed is not None:
-            self.on_removed(victims)
-        log.debug("evicted %d blobs", len(victims))
-
-    async def remove(self, digests: list[Digest]) -> None:
-        """Remove these blobs on request (`mirror rm`), not to make room: not counted as evictions."""
-        for digest in digests:
-            self._forget(digest)
-            self._pinned.discard(digest)
-        await anyio.to_thread.run_sync(_unlink_all, [self.path(d) for d in digests])
-        if self.on_removed is not None:
-            self.on_removed(digests)
 
     async def read(self, digest: Digest) -> bytes | None:
         """Read a small cached object (a manifest) whole."""
         try:
             data = await anyio.to_thread.run_sync(self.path(digest).read_bytes)
         except FileNotFoundError:
-            self._forget(digest)
+            self.eviction.forget(digest)
             return None
-        self._used(digest, len(data))
+        self.eviction.used(digest, len(data))
         return data
 
     async def put(self, digest: Digest, data: bytes) -> None:
@@ -322,7 +238,7 @@ class BlobStore:
             await writer.commit(len(data))
         finally:
             writer.discard()
-        await self.evict_to_fit()
+        await self.eviction.evict_to_fit()
 
 
 # A partial download nobody resumed for this long is removed at start-up.
@@ -346,11 +262,6 @@ def _open_and_touch(path: Path) -> tuple[FileIO, int]:
     if time.time() - stat.st_mtime > TOUCH_INTERVAL:
         os.utime(file.fileno())
     return file, stat.st_size
-
-
-def _unlink_all(paths: list[Path]) -> None:
-    for path in paths:
-        path.unlink(missing_ok=True)
 
 
 class BlobWriter:

@@ -16,6 +16,9 @@ This module is the one owner of that format (version 2)::
         ["link", upstream, repository, digest] -> seconds since the epoch when linked: the blob or
                                           manifest may be served under that repository (a manifest
                                           of it, fetched by the mirror or imported, referenced it)
+        ["pin", upstream, repository, reference] -> {"digests": {digest: size}, "pinned_at"}: an image
+                                          the user pinned (`mirror pin`, `mirror import`), with the
+                                          digests it had then; never evicted (`mirror.cache.pins`)
 
 Keys and values are plain text, never pickles of our classes, so moving a module can never
 make a cache unreadable. Format 1 (no FORMAT file; pickled tuples and `TagEntry` objects)
@@ -116,6 +119,26 @@ def taglist_key(upstream: str, repository: str) -> str:
 
 def referrers_key(upstream: str, repository: str, digest: str) -> str:
     return json.dumps(["referrers", upstream, repository, digest])
+
+
+PIN = "pin"  # the kind of a pin's key, as `MetadataIndex.items_of` lists them
+
+
+def pin_key(upstream: str, repository: str, reference: str) -> str:
+    return json.dumps([PIN, upstream, repository, reference])
+
+
+def encode_pin(digests: dict[str, int], pinned_at: float) -> str:
+    return json.dumps({"digests": digests, "pinned_at": round(pinned_at, 3)})
+
+
+def decode_pin(text: str) -> dict[str, int] | None:
+    """A pin's digests with their declared sizes; None if the value is not a pin's."""
+    try:
+        data = json.loads(text)
+        return {str(d): int(s) for d, s in data["digests"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 @dataclass(frozen=True)

@@ -62,17 +62,17 @@ class ManifestCache:
             maxsize=_MEMORY_BYTES, getsizeof=lambda held: len(held[0].body)
         )
 
-    def load_pins(self) -> None:
-        """Pin every recorded manifest and its config, so that making room never takes the inventory."""
+    def load_inventory(self) -> None:
+        """Every recorded manifest and its config into the inventory, so that making room takes layers first."""
         for digest, record in self.index.manifests():
-            self._pin(digest, record)
+            self._add_to_inventory(digest, record)
 
-    def _pin(self, digest: str, record: ManifestRecord) -> None:
-        for pin in (digest, record.config):
+    def _add_to_inventory(self, digest: str, record: ManifestRecord) -> None:
+        for named in (digest, record.config):
             # A digest we cannot parse names nothing we could have cached: skip it.
-            if pin is not None:
+            if named is not None:
                 with contextlib.suppress(RegistryError):
-                    self.store.pin(parse_digest(pin))
+                    self.store.add_inventory(parse_digest(named))
 
     def get_in_memory(self, key: str) -> Manifest | None:
         """A manifest held in memory: no I/O, no await."""
@@ -93,7 +93,7 @@ class ManifestCache:
             if record is None:
                 return None
             media_type = record.media_type
-            self._pin(key, record)  # recorded by another process (`mirror import`) since start-up
+            self._add_to_inventory(key, record)  # recorded by another process (`mirror import`) since start-up
         body = await self.store.read(digest)
         if body is None:
             return None
@@ -112,6 +112,6 @@ class ManifestCache:
             await self.store.put(digest, manifest.body)
         record = ManifestRecord.of(manifest.media_type, manifest.body)
         await anyio.to_thread.run_sync(self.index.set_manifest, manifest.digest, record)
-        self._pin(manifest.digest, record)
+        self._add_to_inventory(manifest.digest, record)
         self._media_types[manifest.digest] = manifest.media_type
         self._held[manifest.digest] = (manifest, digest)

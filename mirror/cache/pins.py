@@ -2,19 +2,18 @@
 
 A pin names an image and holds the digests it had when pinned: its manifests (an index's
 children too) and every config and layer they name, with their declared sizes. The blob
-store never evicts a pinned digest. Pins are kept in the metadata index::
-
-    ["pin", upstream, repository, reference] -> {"digests": {digest: size}, "pinned_at"}
+store never evicts a pinned digest. Pins are kept in the metadata index, keyed and encoded
+as `mirror.cache.layout` says (`pin_key`, `encode_pin`).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from mirror.cache.directory import CacheDirectory
+from mirror.cache.layout import PIN, decode_pin, encode_pin, pin_key
 from mirror.cache.removal import Removal, RemovalError, Target
 
 
@@ -30,10 +29,6 @@ class Pin:
     @property
     def size(self) -> int:
         return sum(self.digests.values())
-
-
-def pin_key(upstream: str, repository: str, reference: str) -> str:
-    return json.dumps(["pin", upstream, repository, reference])
 
 
 def image_digests(cache: CacheDirectory, target: Target) -> dict[str, int]:
@@ -71,11 +66,9 @@ def _descriptors(manifest: dict[str, Any]) -> list[dict[str, Any]]:
 
 def load_pins(cache: CacheDirectory) -> list[Pin]:
     pins = []
-    for parts, value in cache.metadata.items_of("pin"):
-        try:
-            data = json.loads(value)
-            digests = {str(d): int(s) for d, s in data["digests"].items()}
-        except (ValueError, KeyError, TypeError, AttributeError):
+    for parts, value in cache.metadata.items_of(PIN):
+        digests = decode_pin(value)
+        if digests is None:
             continue
         upstream, repository, reference = parts
         separator = "@" if ":" in reference else ":"
@@ -95,7 +88,7 @@ def pin(cache: CacheDirectory, targets: list[Target], max_size: int | None, othe
     check_budget([*load_pins(cache), *others, *made], max_size)
     for target, made_pin in zip(targets, made, strict=True):
         assert target.upstream is not None and target.repository is not None
-        value = json.dumps({"digests": made_pin.digests, "pinned_at": round(time.time(), 3)})
+        value = encode_pin(made_pin.digests, time.time())
         cache.metadata.set_raw(pin_key(target.upstream, target.repository, target.reference), value)
     return made
 

@@ -1,8 +1,9 @@
 """One upstream download per digest, shared by every reader of the growing file.
 
 The download runs as its own task, so it finishes into the cache even when every client
-has gone. Readers follow the temp file as it grows; they never see the blob's last byte
-before its digest is verified, so a corrupt or cut-off download never looks complete.
+has gone. Readers follow the temp file as it grows (`mirror.transfer.growing`); they never
+see the blob's last byte before its digest is verified, so a corrupt or cut-off download
+never looks complete.
 """
 
 from __future__ import annotations
@@ -10,18 +11,18 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol, TypeVar
 
 import anyio.to_thread
 
-from mirror.cache.blobs import READ_CHUNK, BlobStore
+from mirror.cache.blobs import BlobStore
 from mirror.link import Link
 from mirror.registry.errors import DownloadFailed, NoRoom, RegistryError, UpstreamFailed
 from mirror.registry.reference import Digest
 from mirror.stats import Stats
+from mirror.transfer.growing import GrowingBlob
 from mirror.transfer.partial import PartialFile
 from mirror.transfer.pieces import Piece, Plan
 
@@ -66,13 +67,8 @@ class Download:
         self.stats = stats
         self.link = link
         self.background = background  # a prefetch: yields to clients' downloads until a client joins
-        self.size: int | None = None
-        self.written = 0  # the contiguous prefix on disk: what sequential readers can have
-        self.received = 0  # every byte on disk, in whatever ranges
-        self.verified = False  # the digest matched: readers may send the last byte
+        self.blob = GrowingBlob(digest, store)  # the file, how far it got, and its readers
         self.ok = False  # committed to the store
-        self.error: BaseException | None = None
-        self.file: PartialFile | None = None
         self._plan = Plan([], 1)
         self._ranged = False  # the source honours Range
         self._workers: list[asyncio.Task[None]] = []
@@ -83,16 +79,12 @@ class Download:
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         # Mark the exception retrieved: if every client left, nobody else will look at it.
         self.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self._changed = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
     @property
-    def done(self) -> bool:
-        return self.verified or self.error is not None
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+    def size(self) -> int | None:
+        """The blob's size, once the upstream said it (or the download ended)."""
+        return self.blob.size
 
     def client_joined(self) -> None:
         """A client waits for this download now: it stops yielding to others."""
@@ -106,24 +98,24 @@ class Download:
             self.link.client_download(+1)
         try:
             if self.store.partial_exists_now(self.digest):  # left by a restart
-                self.file = await anyio.to_thread.run_sync(PartialFile.resume, self.store, self.digest)
-                if self.file is not None:
-                    self.written, self.received = self.file.prefix, self.file.held
-            if self.file is not None and self.file.prefix and self.file.matches():
+                self.blob.file = await anyio.to_thread.run_sync(PartialFile.resume, self.store, self.digest)
+                if self.blob.file is not None:
+                    self.blob.written, self.blob.received = self.blob.file.prefix, self.blob.file.held
+            if self.blob.file is not None and self.blob.file.prefix and self.blob.file.matches():
                 # Killed between the last byte and the rename: nothing left to fetch.
-                self.size = self.written = self.received = self.file.prefix
+                self.blob.size = self.blob.written = self.blob.received = self.blob.file.prefix
                 self.ready.set_result(None)
             else:
-                if self.file is not None:
-                    log.info("resuming the download of %s with %d bytes held", self.digest, self.file.held)
+                if self.blob.file is not None:
+                    log.info("resuming the download of %s with %d bytes held", self.digest, self.blob.file.held)
                 await self._fetch()
-            assert self.file is not None
+            assert self.blob.file is not None
             await self._hashed()
-            self.file.verify(self.size)
-            self.verified = True
-            self._notify()
+            self.blob.file.verify(self.blob.size)
+            self.blob.verified = True
+            self.blob.notify()
             # Clients already have every byte; the fsync and rename below only make it durable.
-            await self.file.commit(self.size)
+            await self.blob.file.commit(self.blob.size)
             self.ok = True
             self.store.release(self._reserved)
             self._reserved = 0
@@ -138,17 +130,17 @@ class Download:
             self.store.release(self._reserved)
             self._reserved = 0
             await self._stop_workers()
-            if self.file is not None:
-                if isinstance(self.error, asyncio.CancelledError) and not self.ok:
+            if self.blob.file is not None:
+                if isinstance(self.blob.error, asyncio.CancelledError) and not self.ok:
                     # The server is stopping: the next start resumes from it, or, if it was
                     # verified but not yet renamed, commits it without a fetch.
-                    self.file.keep()
+                    self.blob.file.keep()
                 else:
-                    self.file.discard()
-            self._notify()
+                    self.blob.file.discard()
+            self.blob.notify()
 
     async def _failed(self, exc: BaseException) -> None:
-        self.error = exc
+        self.blob.error = exc
         if not self.ready.done():
             self.ready.set_exception(exc)
         if isinstance(exc, RegistryError) and exc.code == "DIGEST_INVALID":
@@ -156,19 +148,19 @@ class Download:
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
             self.stats.disk_full += 1
             # Make room for the next try; this one's clients are cut off and will retry.
-            await self.store.evict_bytes(self.received + self.store.disk_margin)
+            await self.store.evict_bytes(self.blob.received + self.store.disk_margin)
         if isinstance(exc, asyncio.CancelledError):
             # Only a stopping server should cancel a download; say so when anything else did.
-            log.info("download of %s cancelled after %d bytes", self.digest, self.received)
+            log.info("download of %s cancelled after %d bytes", self.digest, self.blob.received)
         elif not isinstance(exc, NoRoom):
-            log.warning("download of %s failed after %d bytes: %s", self.digest, self.received, exc)
+            log.warning("download of %s failed after %d bytes: %s", self.digest, self.blob.received, exc)
 
     async def _hashed(self) -> None:
         """Wait until the digest has covered every byte written."""
-        assert self.file is not None
+        assert self.blob.file is not None
         if self._hashing is not None:
             await self._hashing
-        await self.file.catch_up()
+        await self.blob.file.catch_up()
 
     # Fetching
 
@@ -199,10 +191,10 @@ class Download:
         """The first request: from the first missing byte, and only the link's first_range long when
         ranges may follow, so that no connection is ever dropped mid-answer (its bytes in flight
         would be fetched twice). Its answer says the size and whether the upstream honours Range."""
-        position = self.file.prefix if self.file is not None else 0
+        position = self.blob.file.prefix if self.blob.file is not None else 0
         first_range = self.link.first_range()
         end = None if first_range is None else position + first_range
-        held = self.file.next_held(position) if self.file is not None else None
+        held = self.blob.file.next_held(position) if self.blob.file is not None else None
         if end is not None and held is not None:
             end = min(end, held)  # a restart kept ranges further on: only the gap before them
         piece: Piece | None = None
@@ -216,12 +208,12 @@ class Download:
                 raise
             await self._before_resume(exc, piece)
         except RegistryError as exc:
-            if exc.status != 416 or self.ready.done() or self.file is None:
+            if exc.status != 416 or self.ready.done() or self.blob.file is None:
                 raise
             # A partial file the upstream cannot continue (longer than the blob?): start afresh.
             log.warning("partial download of %s cannot be resumed (%s); starting again", self.digest, exc.message)
-            self.file.discard()
-            self.file = None
+            self.blob.file.discard()
+            self.blob.file = None
             await self._first_stream()
             return
         if not piece.done:
@@ -229,26 +221,27 @@ class Download:
 
     async def _begin(self, source: BlobStream, position: int, end: int | None) -> Piece:
         """The first answer: make room, plan the pieces, let readers in, start the extra connections."""
-        self.size = source.size
-        if not await self.store.make_room(source.size):
+        self.blob.size = size = source.size
+        if not await self.store.make_room(size):
             raise NoRoom(f"no room in the cache for {self.digest}")
-        self._reserved = source.size or 0
-        if self.file is None:
-            self.file = PartialFile.create(self.store, self.digest)
+        self._reserved = size or 0
+        if self.blob.file is None:
+            self.blob.file = PartialFile.create(self.store, self.digest)
+        file = self.blob.file
         self._ranged = source.ranged
         self.ready.set_result(None)
-        if self.size is None or not source.ranged or end is None:
+        if size is None or not source.ranged or end is None:
             # One stream, running on past what is held (it may start at byte 0: no Range honoured).
-            gaps: list[tuple[int, int | None]] = [(self.file.prefix, None)] if self.size is None else []
-            self._plan = Plan(gaps or list(self.file.missing(self.size or 0)), 1)
+            gaps: list[tuple[int, int | None]] = [(file.prefix, None)] if size is None else []
+            self._plan = Plan(gaps or list(file.missing(size or 0)), 1)
             return self._plan.take() or Piece(0, 0)  # nothing missing: the digest check decides
-        count = self.link.ranges_for(self.size)
-        self._plan = Plan(list(self.file.missing(self.size)), count, first=(position, min(end, self.size)))
+        count = self.link.ranges_for(size)
+        self._plan = Plan(list(file.missing(size)), count, first=(position, min(end, size)))
         first = self._plan.pieces[0]
         extra = min(count - 1, sum(not piece.taken for piece in self._plan.pieces))
         if extra > 0:
             self.stats.parallel_downloads += 1
-            log.info("fetching %s (%d bytes) as %d ranges at once", self.digest, self.size, extra + 1)
+            log.info("fetching %s (%d bytes) as %d ranges at once", self.digest, size, extra + 1)
         for number in range(extra):
             name = f"download {self.digest} range {number + 1}"
             self._workers.append(asyncio.create_task(self._extra_connection(), name=name))
@@ -298,9 +291,9 @@ class Download:
 
     async def _copy(self, source: BlobStream, piece: Piece, *, follow: bool) -> None:
         """Write the source's bytes of `piece` at their offsets; a following stream runs on into free pieces."""
-        assert self.file is not None
-        if self.size is not None and source.size is not None and source.size != self.size:
-            raise DownloadFailed(f"upstream now says {self.digest} has {source.size} bytes, not {self.size}")
+        assert self.blob.file is not None
+        if self.blob.size is not None and source.size is not None and source.size != self.blob.size:
+            raise DownloadFailed(f"upstream now says {self.digest} has {source.size} bytes, not {self.blob.size}")
         if source.offset > piece.start:
             raise DownloadFailed(f"upstream resumed {self.digest} at byte {source.offset}, past {piece.start}")
         position = source.offset
@@ -318,28 +311,28 @@ class Download:
                     chunk, position = chunk[skip:], position + skip
                     continue
                 take = len(chunk) if piece.end is None else min(len(chunk), piece.end - position)
-                self.file.write_at(position, chunk[:take])
+                self.blob.file.write_at(position, chunk[:take])
                 chunk, position, piece.start = chunk[take:], position + take, position + take
             self._progress()
         if piece.end is None:
             # No size announced: the stream's end is the blob's, and this piece is done (left
             # open, it would be fetched again and again: an upstream sending no length and
             # ignoring Range once made 715 whole-blob requests a second).
-            self.size = piece.end = position
+            self.blob.size = piece.end = position
         elif not piece.done:
             raise UpstreamFailed(f"upstream ended {self.digest} at byte {position}, before byte {piece.end}")
 
     def _progress(self) -> None:
-        assert self.file is not None
-        self.written, self.received = self.file.prefix, self.file.held
-        if self.file.hashed < self.written and not self.file.catching_up and self._hashing is None:
+        assert self.blob.file is not None
+        self.blob.written, self.blob.received = self.blob.file.prefix, self.blob.file.held
+        if self.blob.file.hashed < self.blob.written and not self.blob.file.catching_up and self._hashing is None:
             self._hashing = asyncio.create_task(self._catch_up())
-        self._notify()
+        self.blob.notify()
 
     async def _catch_up(self) -> None:
-        assert self.file is not None
+        assert self.blob.file is not None
         try:
-            await self.file.catch_up()
+            await self.blob.file.catch_up()
         finally:
             self._hashing = None
 
@@ -352,59 +345,32 @@ class Download:
         cannot be checked against the digest: see `_far`; not with `shared_only` (another
         replica, which verifies what it gets, and must not cost the upstream the bytes twice).
         """
-        if self.passes(start, end):
+        if self.blob.passes(start, end):
             # A bounded range ends before the last byte, so it would be sent whole before the
             # digest is checked: not from this file, then, but as a cold range is (or, for
             # another replica, once verified).
-            source = self._iter_shared(start, end, verified=True) if shared_only else self._iter_direct(start, end)
+            source = self.blob.iter_shared(start, end, verified=True) if shared_only else self._iter_direct(start, end)
         elif self._far(start) and not shared_only:
             source = self._iter_direct(start, end)
         else:
-            source = self._iter_shared(start, end)
+            source = self.blob.iter_shared(start, end)
         async for chunk in source:
             yield chunk
 
     def passes(self, start: int, end: int | None) -> bool:
-        """Whether a read of [start, end) now would pass the upstream's unverified bytes on (X-Cache: PASS)."""
-        return not self.verified and end is not None and (self.size is None or end < self.size)
+        """Whether a read of [start, end) now would pass unverified bytes on: see `GrowingBlob.passes`."""
+        return self.blob.passes(start, end)
 
-    async def _iter_shared(self, start: int, end: int | None, *, verified: bool = False) -> AsyncIterator[bytes]:
-        """Bytes [start, end) from the download's file as they are written (`verified`: once verified)."""
-        fd = self._open()
-        try:
-            position = start
-            while True:
-                limit = self._readable(position) if self.verified or not verified else position
-                if end is not None:
-                    limit = min(limit, end)
-                if position < limit:
-                    # Just written, so in the page cache: a read here does not block the loop.
-                    chunk = os.pread(fd, min(READ_CHUNK, limit - position), position)
-                    position += len(chunk)
-                    yield chunk
-                elif self.verified and position >= (self.written if end is None else end):
-                    return
-                elif self.error is not None:
-                    raise DownloadFailed(f"upstream download of {self.digest} failed") from self.error
-                else:
-                    await self._changed.wait()
-        finally:
-            os.close(fd)
-
-    def _readable(self, position: int) -> int:
-        """How far a reader at `position` may read now: written bytes, but never the last one unverified."""
-        if self.verified:
-            return self.written
-        held = self.file.held_until(position) if self.file is not None else position
-        last = self.size - 1 if self.size is not None else self.written - 1
-        return max(min(held, last), 0)
+    async def wait_size(self) -> int:
+        """The blob's size, once known: see `GrowingBlob.wait_size`."""
+        return await self.blob.wait_size()
 
     def _far(self, offset: int) -> bool:
         """Whether a read from `offset` would wait long for the download: not held, and no
         connection within NEAR bytes of it (a lazy pull reading a layer's footer first)."""
-        if offset == 0 or self.done or self.file is None or self.file.held_until(offset) > offset:
+        if offset == 0 or self.blob.done or self.blob.file is None or self.blob.file.held_until(offset) > offset:
             return False
-        if self.size is not None and offset >= self.size:
+        if self.blob.size is not None and offset >= self.blob.size:
             return False
         reaching = self._plan.reaching(offset)
         return reaching is None or offset - reaching > NEAR
@@ -420,30 +386,5 @@ class Download:
                     yield chunk
                 return
         # The upstream ignored Range: wait for the download, and its digest, instead.
-        async for chunk in self._iter_shared(start, end, verified=True):
+        async for chunk in self.blob.iter_shared(start, end, verified=True):
             yield chunk
-
-    def _open(self) -> int:
-        if self.file is None or self.error is not None:
-            raise DownloadFailed(f"upstream download of {self.digest} failed") from self.error
-        try:
-            return os.open(self.file.path, os.O_RDONLY)
-        except FileNotFoundError as exc:
-            if not self.verified:
-                raise DownloadFailed(f"upstream download of {self.digest} failed") from exc
-        # Verified, so committed meanwhile: the partial file is now the blob (a reader that joined
-        # just before the rename; a soak run on CI cut a config blob here).
-        try:
-            return os.open(self.store.path(self.digest), os.O_RDONLY)
-        except FileNotFoundError as exc:
-            raise DownloadFailed(f"blob {self.digest} was evicted as it was committed") from exc
-
-    async def wait_size(self) -> int:
-        """The blob's size: announced by the upstream, or known once the download is complete."""
-        while self.size is None and not self.done:
-            await self._changed.wait()
-        if self.size is None:
-            if not self.verified:
-                raise DownloadFailed(f"upstream download of {self.digest} failed") from self.error
-            return self.written
-        return self.size

@@ -60,7 +60,9 @@ class InflightDownloads:
         return download
 
     def progress(self) -> list[dict[str, object]]:
-        return [{"digest": str(d.digest), "size": d.size, "received": d.received} for d in self._downloads.values()]
+        return [
+            {"digest": str(d.digest), "size": d.size, "received": d.blob.received} for d in self._downloads.values()
+        ]
 
     async def close(self) -> None:
         tasks = [d.task for d in self._downloads.values() if d.task is not None]
