@@ -19,8 +19,6 @@ from mirror.config.environment import (
 from mirror.config.model import (
     DEFAULT_CACHE_DIR,
     DEFAULT_LISTEN,
-    DOCKER_HUB,
-    DOCKER_HUB_URL,
     AccessRule,
     AuthConfig,
     CacheConfig,
@@ -42,8 +40,6 @@ from mirror.config.values import parse_duration, parse_listen, parse_size
 __all__ = [
     "DEFAULT_CACHE_DIR",
     "DEFAULT_LISTEN",
-    "DOCKER_HUB",
-    "DOCKER_HUB_URL",
     "ENV_KEYS",
     "UPSTREAM_ENV_KEYS",
     "AccessRule",

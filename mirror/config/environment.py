@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from mirror.config.model import DOCKER_HUB, DOCKER_HUB_URL
+from mirror.registry.reference import DOCKER_HUB, DOCKER_HUB_URL
 
 # Keys that environment variables may set: MIRROR_<TABLE>_<KEY>, and for an upstream
 # MIRROR_UPSTREAM_<HOST>_<KEY> with the host's dots, dashes and colons as underscores.

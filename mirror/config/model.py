@@ -6,11 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mirror.config.proxies import ProxyEnvironment, mask_url
+from mirror.registry.reference import DOCKER_HUB, DOCKER_HUB_URL
 
 DEFAULT_LISTEN = "0.0.0.0:5000"
 DEFAULT_CACHE_DIR = "mirror-cache"
-DOCKER_HUB = "docker.io"
-DOCKER_HUB_URL = "https://registry-1.docker.io"
 
 
 class ConfigError(Exception):

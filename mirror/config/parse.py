@@ -10,7 +10,6 @@ from urllib.parse import quote, urlsplit
 from mirror.config.model import (
     DEFAULT_CACHE_DIR,
     DEFAULT_LISTEN,
-    DOCKER_HUB,
     AccessRule,
     AuthConfig,
     CacheConfig,
@@ -39,7 +38,7 @@ from mirror.config.values import (
 )
 from mirror.registry.errors import RegistryError
 from mirror.registry.patterns import PatternError, compile_pattern
-from mirror.registry.reference import parse_digest
+from mirror.registry.reference import DOCKER_HUB, parse_digest
 
 
 def _array_of_tables(table: Table, name: str, usage: str) -> list[Table]:

@@ -24,7 +24,7 @@ from mirror.registry.errors import (
     UpstreamFailed,
 )
 from mirror.registry.mediatypes import MAX_MANIFEST, OCI_INDEX, NotAManifest, manifest_media_type
-from mirror.registry.reference import Digest, docker_hub_name
+from mirror.registry.reference import DOCKER_HUB, DOCKER_HUB_HOSTS, Digest, docker_hub_name
 from mirror.registry.referrers import index_descriptors
 from mirror.stats import Stats
 from mirror.upstream.body import UpstreamBody
@@ -48,7 +48,6 @@ MAX_TAGS = 50_000  # of one repository: the busiest public ones list a few thous
 # What an upstream's answer says about quotas (Docker Hub), passed on to clients, so that an
 # edge mirror sees what its regional mirror saw.
 QUOTA_HEADERS = ("ratelimit-limit", "ratelimit-remaining", "docker-ratelimit-source")
-DOCKER_HUB_HOSTS = frozenset({"registry-1.docker.io", "index.docker.io", "registry.hub.docker.com"})
 
 
 @dataclass(frozen=True)
@@ -144,7 +143,7 @@ class Upstream(RegistrySession):
         )
 
     def repository(self, name: str) -> str:
-        return docker_hub_name(name) if self.name == "docker.io" else name
+        return docker_hub_name(name) if self.name == DOCKER_HUB else name
 
     def _target(self, repository: str, rest: str) -> Target:
         return Target(self.repository(repository), rest)
@@ -303,7 +302,7 @@ def next_link(header: str | None) -> str | None:
 def anonymous_quota_warning(config: UpstreamConfig, *, offline: bool = False) -> str | None:
     """What pulling Docker Hub without an account means for a site, when that is how it is set up:
     only when the upstream really is Docker Hub (not an internal registry named docker.io) and is asked."""
-    if config.name != "docker.io" or config.username is not None or offline or config.offline:
+    if config.name != DOCKER_HUB or config.username is not None or offline or config.offline:
         return None
     if httpx.URL(config.url).host not in DOCKER_HUB_HOSTS or config.mirrors_only:
         return None
