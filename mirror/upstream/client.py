@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from mirror import requestid
-from mirror.config import ProxyEnvironment, UpstreamConfig
+from mirror.config import ProxyEnvironment, UpstreamConfig, restart_keys
 from mirror.link import Link, LinkPolicy
 from mirror.registry.errors import (
     BlobUnknown,
@@ -75,26 +75,6 @@ class FetchedManifest:
     quota: tuple[tuple[str, str], ...] = ()
 
 
-# What a reload cannot change in place: the clients, their transports and the link are built from these.
-RESTART_KEYS = (
-    "url",
-    "mirrors",
-    "mirrors_only",
-    "repository_prefix",
-    "proxy",
-    "ca_file",
-    "client_cert",
-    "client_key",
-    "connect_timeout",
-    "read_timeout",
-    "max_connections",
-    "max_connections_per_blob",
-    "parallel_threshold",
-    "max_bandwidth",
-    "redirect_hosts",
-)
-
-
 class Upstream(RegistrySession):
     """One upstream registry: what the mirror asks of it (manifests, blobs, tags, referrers)."""
 
@@ -120,10 +100,9 @@ class Upstream(RegistrySession):
         self.offline = self.counters.offline = offline or config.offline
         relogin(self.endpoints, config)
         # Against what runs (the config this upstream was built from), not the last file read: a
-        # key changed and then set back needs no restart.
-        changed = [
-            f'upstreams."{self.name}".{key}' for key in RESTART_KEYS if _fixed(config, key) != _fixed(self.built, key)
-        ]
+        # key changed and then set back needs no restart. Which keys need one (the clients, their
+        # transports and the link are built from them) is declared on UpstreamConfig's fields.
+        changed = restart_keys(self.built, config, f'upstreams."{self.name}"')
         self.config = config
         return changed
 
@@ -313,13 +292,6 @@ def anonymous_quota_warning(config: UpstreamConfig, *, offline: bool = False) ->
         'Set [upstreams."docker.io"] username and password (an access token) for the account\'s larger quota; '
         "the dashboard and /metrics show the quota Docker Hub reports."
     )
-
-
-def _fixed(config: UpstreamConfig, key: str) -> object:
-    """A key as far as a restart is concerned: a mirror's login may change in place, its address not."""
-    if key == "mirrors":
-        return [(m.url, m.ca_file, m.client_cert, m.client_key) for m in config.mirrors]
-    return getattr(config, key)
 
 
 def _staleness(response: httpx.Response, endpoint: Endpoint) -> Staleness | None:
