@@ -25,7 +25,7 @@ from mirror.cache.pins import pin as pin_images
 from mirror.cache.pins import unpin as unpin_images
 from mirror.cache.removal import Removal, RemovalError, Target, apply_to_index, parse_target, plan_removal
 from mirror.cache.tags import LocalTagStore, TagStore
-from mirror.config import Config, config_hash
+from mirror.config import Config, config_hash, restart_keys
 from mirror.fleet.coordination import FleetCoordination
 from mirror.fleet.coordinator import Fleet
 from mirror.fleet.peers import FleetSource
@@ -238,21 +238,8 @@ class Mirror:
         In place: the upstreams' allow, deny, block, keep_deleted_tags, logins and offline;
         tag_ttl; max_size; whether links are enforced. Access control and TLS are the app's.
         """
-        old = self.started  # what runs: a restart key changed and then set back needs no restart
-        restart = [
-            key
-            for key, before, after in (
-                ("server.listen", old.listen, config.listen),
-                ("server.default_upstream", old.server.default_upstream, config.server.default_upstream),
-                ("server.head_timeout", old.server.head_timeout, config.server.head_timeout),
-                ("cache.directory", old.cache.directory, config.cache.directory),
-                ("cache.negative_ttl", old.cache.negative_ttl, config.cache.negative_ttl),
-                ("log.format", old.log.format, config.log.format),
-                ("prefetch", old.prefetch, config.prefetch),
-                ("upstreams", sorted(old.upstreams), sorted(config.upstreams)),
-            )
-            if before != after
-        ]
+        # Against what runs (a restart key changed and then set back needs no restart), as declared.
+        restart = restart_keys(self.started, config)
         for name, upstream in self.upstreams.items():
             if name in config.upstreams:
                 restart += upstream.reconfigure(config.upstreams[name], offline=config.server.offline)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mirror.config import ConfigError, from_dict, load, parse_duration
+from mirror.config import ConfigError, UpstreamConfig, from_dict, load, parse_duration, restart_keys
 
 
 def test_defaults() -> None:
@@ -275,3 +275,25 @@ def test_fleet_settings(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as error:
             from_dict({"fleet": data})
         assert error.value.key == key
+
+
+def test_restart_keys_come_from_the_declaration() -> None:
+    old = from_dict({"upstreams": {"docker.io": {"url": "https://a.example", "mirrors": ["http://m1"]}}})
+    mirror = {"url": "http://m1", "username": "edge", "password": "p"}  # a mirror's login changes in place
+    new = from_dict(
+        {
+            "server": {"listen": "0.0.0.0:6000"},
+            "cache": {"tag_ttl": "5m"},
+            "upstreams": {"docker.io": {"url": "https://b.example", "mirrors": [mirror]}},
+        }
+    )
+    assert restart_keys(old, new) == ["server.listen"]
+    assert restart_keys(old.upstreams["docker.io"], new.upstreams["docker.io"], 'upstreams."docker.io"') == [
+        'upstreams."docker.io".url'
+    ]
+    assert restart_keys(new, new) == []
+
+
+def test_config_tables_are_built_by_keyword_only() -> None:
+    with pytest.raises(TypeError):
+        UpstreamConfig("docker.io", "https://r.example")  # type: ignore[call-arg]  # positional: refused, as meant

@@ -67,13 +67,13 @@ CASES = [
 
 @pytest.mark.parametrize(("http", "https", "no_proxy", "url", "expected"), CASES)
 def test_proxy_for(http: str | None, https: str | None, no_proxy: str, url: str, expected: str | None) -> None:
-    env = ProxyEnvironment(http, https, no_proxy)
+    env = ProxyEnvironment(http_proxy=http, https_proxy=https, no_proxy=no_proxy)
     assert ProxyRoute.for_upstream(None, env).proxy_for(httpx.URL(url)) == expected
 
 
 def test_environment_names() -> None:
     upper = {"HTTPS_PROXY": PROXY, "https_proxy": SECURE, "no_proxy": "x.example"}
-    assert ProxyEnvironment.read(upper) == ProxyEnvironment(None, PROXY, "x.example")
+    assert ProxyEnvironment.read(upper) == ProxyEnvironment(https_proxy=PROXY, no_proxy="x.example")
     assert ProxyEnvironment.read({"http_proxy": PROXY}).http_proxy == PROXY
     # A CGI request (REQUEST_METHOD set) may carry a client's "Proxy:" header as HTTP_PROXY: ignored.
     cgi = ProxyEnvironment.read({"HTTP_PROXY": PROXY, "REQUEST_METHOD": "GET"})
@@ -82,14 +82,14 @@ def test_environment_names() -> None:
 
 
 def test_the_upstream_setting_overrides_the_environment() -> None:
-    env = ProxyEnvironment(PROXY, PROXY, "skip.example")
+    env = ProxyEnvironment(http_proxy=PROXY, https_proxy=PROXY, no_proxy="skip.example")
     url = httpx.URL("https://registry.example/")
     assert ProxyRoute.for_upstream(SECURE, env).proxy_for(url) == SECURE
     assert ProxyRoute.for_upstream(SECURE, env).proxy_for(httpx.URL("http://registry.example/")) == SECURE
     assert ProxyRoute.for_upstream("", env).proxy_for(url) is None, '"" means direct'
     # The environment's NO_PROXY does not undo a proxy set for this upstream; loopback stays direct.
     assert ProxyRoute.for_upstream(SECURE, env).proxy_for(httpx.URL("https://skip.example/")) == SECURE
-    assert ProxyRoute.for_upstream(SECURE, ProxyEnvironment(None, None, "*")).proxy_for(url) == SECURE
+    assert ProxyRoute.for_upstream(SECURE, ProxyEnvironment(no_proxy="*")).proxy_for(url) == SECURE
     assert ProxyRoute.for_upstream(SECURE, env).proxy_for(httpx.URL("https://127.0.0.1:5000/")) is None
 
 
@@ -122,7 +122,7 @@ def test_masking(url: str, shown: str) -> None:
 
 
 def test_secrets_stay_out_of_reprs() -> None:
-    env = ProxyEnvironment("http://u:hunter2@proxy:1", "u:hunter2@proxy:2", "x.example")
+    env = ProxyEnvironment(http_proxy="http://u:hunter2@proxy:1", https_proxy="u:hunter2@proxy:2", no_proxy="x.example")
     route = ProxyRoute.for_upstream(None, env)
     shown = repr(env) + repr(route) + route.describe() + str(env.masked())
     assert "hunter2" not in shown and "u:***@proxy:2" in shown
@@ -139,7 +139,7 @@ def test_proxy_settings_in_the_config(tmp_path: Path) -> None:
         }
     }
     data["upstreams"]["docker.io"]["proxy_password_file"] = str(secret)
-    config = from_dict(data, ProxyEnvironment(None, "http://env:hunter2@egress:8080", "corp.example"))
+    config = from_dict(data, ProxyEnvironment(https_proxy="http://env:hunter2@egress:8080", no_proxy="corp.example"))
     hub = config.upstreams["docker.io"]
     assert hub.proxy == "http://edge:s3cr%3Aet%2F@proxy.corp:3128", "the password file fills in the password"
     assert config.upstreams["ghcr.io"].proxy == ""

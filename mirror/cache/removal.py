@@ -13,9 +13,7 @@ from mirror.cache.directory import CacheDirectory
 from mirror.cache.index import MetadataIndex, TagEntries
 from mirror.registry.errors import RegistryError
 from mirror.registry.mediatypes import referenced_digests
-from mirror.registry.reference import docker_hub_name, parse_digest, parse_image, parse_name
-
-DOCKER_HUB = "docker.io"
+from mirror.registry.reference import DOCKER_HUB, docker_hub_name, parse_digest, parse_image, parse_name
 
 
 class RemovalError(ValueError):

@@ -6,10 +6,7 @@ import json
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from mirror.config import DOCKER_HUB
-
-# containerd's `server` for a registry: where it goes when no mirror answers.
-_DOCKER_HUB_SERVER = "https://registry-1.docker.io"
+from mirror.registry.reference import DOCKER_HUB, DOCKER_HUB_URL
 
 
 class ClientConfigError(ValueError):
@@ -53,8 +50,8 @@ def containerd_hosts(
     base = url.rstrip("/")
     files = {}
     for registry in registries:
-        if not no_fallback:
-            server = _DOCKER_HUB_SERVER if registry == DOCKER_HUB else f"https://{registry}"
+        if not no_fallback:  # `server`: where containerd goes when no mirror answers
+            server = DOCKER_HUB_URL if registry == DOCKER_HUB else f"https://{registry}"
             head = f'server = "{server}"\n'
         elif registry == default_upstream:
             head = f'server = "{base}"\n'

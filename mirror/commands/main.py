@@ -23,14 +23,14 @@ from mirror.cache.format import CacheFormatError
 from mirror.commands import archive, changes, clientconfig, credentials, doctor, prefetch
 from mirror.commands.owner import act_as_owner
 from mirror.composition import Mirror
-from mirror.config import DOCKER_HUB, Config, ConfigError, config_hash, load, render, unknown_variables
+from mirror.config import Config, ConfigError, config_hash, load, render, unknown_variables
 from mirror.http.access import access_settings
 from mirror.http.app import create_app
 from mirror.http.drain import AFTER_DRAIN_GRACE, Drain, DrainingServer
 from mirror.http.fastpath import warm_answers
 from mirror.http.reload import Reloader, check_certificate
 from mirror.http.server import bounded_protocol
-from mirror.registry.reference import repository_named
+from mirror.registry.reference import DOCKER_HUB, repository_named
 
 
 def build_parser() -> argparse.ArgumentParser:

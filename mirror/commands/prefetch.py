@@ -12,7 +12,7 @@ import httpx
 
 from mirror.link import BACKGROUND_PRIORITY
 from mirror.registry.mediatypes import ACCEPT_ALL, INDEX_TYPES, platform_matches, platform_name
-from mirror.registry.reference import ImageRef, parse_image
+from mirror.registry.reference import DOCKER_HUB, ImageRef, parse_image
 
 
 @dataclass
@@ -51,7 +51,7 @@ class Prefetcher:
     def _manifest(self, image: ImageRef, reference: str) -> tuple[dict[str, Any], str]:
         response = self.client.get(self._path(image, "manifests", reference), headers={"Accept": ACCEPT_ALL})
         if response.status_code != 200:
-            name = f"{image.registry or 'docker.io'}/{image.repository}{'@' if ':' in reference else ':'}{reference}"
+            name = f"{image.registry or DOCKER_HUB}/{image.repository}{'@' if ':' in reference else ':'}{reference}"
             raise RuntimeError(f"{name}: {_error_message(response)}")
         return json.loads(response.content), response.headers.get("content-type", "").split(";")[0]
 

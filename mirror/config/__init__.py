@@ -8,24 +8,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from mirror.config.environment import (
-    ENV_KEYS,
-    UPSTREAM_ENV_KEYS,
-    apply_env,
-    env_name,
-    unknown_variables,
-    with_credentials_directory,
-)
+from mirror.config.environment import apply_env, env_name, unknown_variables, with_credentials_directory
 from mirror.config.model import (
-    DEFAULT_CACHE_DIR,
-    DEFAULT_LISTEN,
-    DOCKER_HUB,
-    DOCKER_HUB_URL,
     AccessRule,
     AuthConfig,
     CacheConfig,
     Config,
-    ConfigError,
     FleetConfig,
     LogConfig,
     MirrorConfig,
@@ -37,15 +25,10 @@ from mirror.config.model import (
 from mirror.config.parse import from_dict
 from mirror.config.proxies import ProxyEnvironment, ProxyURLError, mask_url, parse_proxy_url
 from mirror.config.render import config_hash, render
-from mirror.config.values import parse_duration, parse_listen, parse_size
+from mirror.config.settings import restart_keys
+from mirror.config.values import ConfigError, parse_duration, parse_listen, parse_size
 
 __all__ = [
-    "DEFAULT_CACHE_DIR",
-    "DEFAULT_LISTEN",
-    "DOCKER_HUB",
-    "DOCKER_HUB_URL",
-    "ENV_KEYS",
-    "UPSTREAM_ENV_KEYS",
     "AccessRule",
     "AuthConfig",
     "CacheConfig",
@@ -71,6 +54,7 @@ __all__ = [
     "parse_proxy_url",
     "parse_size",
     "render",
+    "restart_keys",
     "unknown_variables",
     "with_credentials_directory",
 ]

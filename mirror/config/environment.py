@@ -7,73 +7,68 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from mirror.config.model import DOCKER_HUB, DOCKER_HUB_URL
+from mirror.config.model import Config
+from mirror.config.settings import Named, Section, Value, keys_of
+from mirror.registry.reference import DOCKER_HUB, DOCKER_HUB_URL
 
-# Keys that environment variables may set: MIRROR_<TABLE>_<KEY>, and for an upstream
-# MIRROR_UPSTREAM_<HOST>_<KEY> with the host's dots, dashes and colons as underscores.
-ENV_KEYS = {
-    "server": (
-        "listen",
-        "default_upstream",
-        "log_level",
-        "tls_cert",
-        "tls_key",
-        "head_timeout",
-        "drain_timeout",
-        "offline",
-    ),
-    "auth": ("htpasswd", "admin_htpasswd", "login_keys"),
-    "cache": ("directory", "tag_ttl", "max_size", "max_age", "tag_max_age", "negative_ttl"),
-    "log": ("format",),
-    "fleet": ("redis", "redis_password_file", "peer_url", "secret", "secret_file", "heartbeat", "lease_ttl"),
-}
-UPSTREAM_ENV_KEYS = (
-    "url",
-    "username",
-    "password",
-    "password_file",
-    "connect_timeout",
-    "read_timeout",
-    "proxy",
-    "proxy_password_file",
-    "ca_file",
-    "client_cert",
-    "client_key",
-    "max_connections",
-    "max_connections_per_blob",
-    "parallel_threshold",
-    "max_bandwidth",
-    "repository_prefix",
-    "mirrors_only",
-    "offline",
-    "keep_deleted_tags",
-)
+# With no upstream in the file, the default one's variables apply to its table.
+DEFAULT_UPSTREAMS = {DOCKER_HUB: {"url": DOCKER_HUB_URL}}
 
 
 def env_name(*parts: str) -> str:
     return "MIRROR_" + "_".join(re.sub(r"[^A-Za-z0-9]", "_", part).upper() for part in parts)
 
 
+def env_keys(cls: type) -> tuple[str, ...]:
+    """The keys of a table that environment variables may set, as `model.py` declares them."""
+    names: list[str] = []
+    for key in keys_of(cls):
+        kind = key.setting.kind
+        if key.setting.env and isinstance(kind, Value):
+            names += kind.keys(key.name)
+    return tuple(names)
+
+
 def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
     """The config data with environment variables laid over it (they win over the file)."""
     data = {key: dict(value) if isinstance(value, dict) else value for key, value in data.items()}
-    for table, keys in ENV_KEYS.items():
-        for key in keys:
-            value = env.get(env_name(table, key))
-            if value is not None:
-                data.setdefault(table, {})[key] = value
-    upstreams = data.get("upstreams")
-    if not isinstance(upstreams, dict):
-        upstreams = {DOCKER_HUB: {"url": DOCKER_HUB_URL}}
-    upstreams = {name: dict(table) if isinstance(table, dict) else table for name, table in upstreams.items()}
-    for name, table in upstreams.items():
-        for key in UPSTREAM_ENV_KEYS:
-            value = env.get(env_name("upstream", name, key))
+    for key in keys_of(Config):
+        kind = key.setting.kind
+        if isinstance(kind, Section):
+            for name in env_keys(kind.of):
+                value = env.get(env_name(key.name, name))
+                if value is not None:
+                    data.setdefault(key.name, {})[name] = value
+        elif isinstance(kind, Named):
+            _apply_to_named(data, key.name, kind, env)
+    return data
+
+
+def _apply_to_named(data: dict[str, Any], name: str, kind: Named, env: Mapping[str, str]) -> None:
+    """MIRROR_UPSTREAM_<HOST>_<KEY>: the host's dots, dashes and colons as underscores."""
+    tables = data.get(name)
+    if not isinstance(tables, dict):
+        tables = DEFAULT_UPSTREAMS
+    tables = {host: dict(table) if isinstance(table, dict) else table for host, table in tables.items()}
+    for host, table in tables.items():
+        for key in env_keys(kind.of):
+            value = env.get(env_name(kind.env, host, key))
             if value is not None and isinstance(table, dict):
                 table[key] = value
-    if "upstreams" in data or upstreams != {DOCKER_HUB: {"url": DOCKER_HUB_URL}}:
-        data["upstreams"] = upstreams
-    return data
+    if name in data or tables != DEFAULT_UPSTREAMS:
+        data[name] = tables
+
+
+def variables(upstreams: list[str]) -> set[str]:
+    """Every variable that sets a key, for these upstreams."""
+    known = set()
+    for key in keys_of(Config):
+        kind = key.setting.kind
+        if isinstance(kind, Section):
+            known |= {env_name(key.name, name) for name in env_keys(kind.of)}
+        elif isinstance(kind, Named):
+            known |= {env_name(kind.env, host, name) for host in upstreams for name in env_keys(kind.of)}
+    return known
 
 
 # MIRROR_* variables that are not settings: the CLI's admin login, the image build's CA, the tests'.
@@ -84,8 +79,7 @@ OTHER_PREFIXES = ("MIRROR_SOAK_", "MIRROR_BENCH_")
 def unknown_variables(env: Mapping[str, str], upstreams: list[str]) -> list[str]:
     """One line for each MIRROR_* variable that sets nothing (a typo is silently ignored otherwise),
     naming the nearest setting."""
-    known = {env_name(table, key) for table, keys in ENV_KEYS.items() for key in keys}
-    known |= {env_name("upstream", name, key) for name in upstreams for key in UPSTREAM_ENV_KEYS}
+    known = variables(upstreams)
     lines = []
     for name in sorted(env):
         if not name.startswith("MIRROR_") or name in known or name in OTHER_VARIABLES:

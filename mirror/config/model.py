@@ -1,48 +1,73 @@
-"""The config as frozen dataclasses: what every other part of the mirror reads."""
+"""The config as frozen dataclasses: what every other part of the mirror reads.
+
+Each key is declared here once: its kind (how it is read and shown), its default, whether an
+environment variable sets it (MIRROR_<TABLE>_<KEY>), and its reload class (`settings.Reload`).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from mirror.config.kinds import (
+    BOOL,
+    COUNT,
+    DIGESTS,
+    DURATION,
+    FILE,
+    HOSTS,
+    LISTEN,
+    LOG_FORMAT,
+    LOG_LEVEL,
+    PATH,
+    PATH_OR_NONE,
+    PATTERNS,
+    PEER_URL,
+    PEERS,
+    PLATFORMS,
+    POSITIVE_DURATION,
+    PROXY,
+    RATE,
+    REDIS,
+    REGISTRY_URL,
+    REPOSITORY_PREFIX,
+    SECRET,
+    SIZE,
+    TEXT,
+    USERS,
+)
 from mirror.config.proxies import ProxyEnvironment, mask_url
-
-DEFAULT_LISTEN = "0.0.0.0:5000"
-DEFAULT_CACHE_DIR = "mirror-cache"
-DOCKER_HUB = "docker.io"
-DOCKER_HUB_URL = "https://registry-1.docker.io"
+from mirror.config.settings import FromEnvironment, Images, Named, Section, Sections, setting, settings
+from mirror.config.values import listen_address
+from mirror.registry.reference import DOCKER_HUB, DOCKER_HUB_URL
 
 
-class ConfigError(Exception):
-    """A config problem, named by its key so the operator can find it."""
-
-    def __init__(self, key: str, problem: str) -> None:
-        super().__init__(f"{key}: {problem}")
-        self.key = key
-        self.problem = problem
-
-
-@dataclass(frozen=True)
+@settings
 class ServerConfig:
-    host: str = "0.0.0.0"
-    port: int = 5000
-    default_upstream: str = DOCKER_HUB
-    log_level: str = "info"
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    head_timeout: float = 30.0  # a client must send its request line and headers within this
-    drain_timeout: float = 30.0  # after SIGTERM: how long streams and downloads in flight may take to finish
-    offline: bool = False  # no upstream is ever dialled: only what is cached is served
+    host: str = setting(LISTEN, key="listen", default="0.0.0.0", env=True, reload="restart")
+    port: int = setting(LISTEN, key="listen", default=5000, env=True, reload="restart")
+    default_upstream: str = setting(TEXT, default=DOCKER_HUB, env=True, reload="restart")
+    log_level: str = setting(LOG_LEVEL, default="info", env=True, reload="start")
+    tls_cert: Path | None = setting(FILE, default=None, env=True, reload="live")  # presence: http/reload.py
+    tls_key: Path | None = setting(FILE, default=None, env=True, reload="live")
+    # A client must send its request line and headers within this.
+    head_timeout: float = setting(POSITIVE_DURATION, default=30.0, env=True, reload="restart")
+    # After SIGTERM: how long streams and downloads in flight may take to finish.
+    drain_timeout: float = setting(DURATION, default=30.0, env=True, reload="start")
+    # No upstream is ever dialled: only what is cached is served.
+    offline: bool = setting(BOOL, default=False, env=True, reload="live")
 
 
-@dataclass(frozen=True)
+@settings
 class CacheConfig:
-    directory: Path = Path(DEFAULT_CACHE_DIR)
-    tag_ttl: float = 60.0
-    max_size: int | None = None
-    max_age: float | None = None
-    tag_max_age: float | None = None  # tags (and the manifests kept for them) unpulled this long go
-    negative_ttl: float = 30.0  # a tag the upstream answered 404 for is answered 404 this long; 0: never
+    directory: Path = setting(PATH, default=Path("mirror-cache"), env=True, reload="restart")
+    tag_ttl: float = setting(DURATION, default=60.0, env=True, reload="live")
+    max_size: int | None = setting(SIZE, default=None, env=True, reload="live")
+    # Read afresh by the expiry loop, which only runs when it (or tag_max_age) was set at start-up.
+    max_age: float | None = setting(DURATION, default=None, env=True, reload="start")
+    # Tags (and the manifests kept for them) unpulled this long go.
+    tag_max_age: float | None = setting(DURATION, default=None, env=True, reload="start")
+    # A tag the upstream answered 404 for is answered 404 this long; 0: never.
+    negative_ttl: float = setting(DURATION, default=30.0, env=True, reload="restart")
 
     @property
     def inventory_max_age(self) -> float | None:
@@ -50,47 +75,53 @@ class CacheConfig:
         return self.tag_max_age if self.tag_max_age is not None else self.max_age
 
 
-@dataclass(frozen=True)
+@settings
 class AccessRule:
     """Who may read which repositories: users from htpasswd ("*": everyone, anonymous too), and
     patterns of `<registry>/<repository>` (`docker.io/library/*`, `ghcr.io/org/**`)."""
 
-    users: tuple[str, ...]
-    repositories: tuple[str, ...]
+    users: tuple[str, ...] = setting(USERS, reload="live")
+    repositories: tuple[str, ...] = setting(PATTERNS, reload="live")
 
 
-@dataclass(frozen=True)
+@settings
 class AuthConfig:
-    htpasswd: Path | None = None  # registry clients must log in (bcrypt htpasswd)
-    admin_htpasswd: Path | None = None  # for /stats, /metrics, /api/* and the dashboard
-    rules: tuple[AccessRule, ...] = ()  # none: whoever may use the mirror reads everything
-    login_keys: Path | None = None  # the keys of temporary logins (`mirror credentials`), a JSON file
+    # Registry clients must log in (bcrypt htpasswd).
+    htpasswd: Path | None = setting(FILE, default=None, env=True, reload="live")
+    # For /stats, /metrics, /api/* and the dashboard.
+    admin_htpasswd: Path | None = setting(FILE, default=None, env=True, reload="live")
+    # none: whoever may use the mirror reads everything.
+    rules: tuple[AccessRule, ...] = setting(
+        Sections(AccessRule, "a list of [[auth.rules]] tables"), default=(), reload="live"
+    )
+    # The keys of temporary logins (`mirror credentials`), a JSON file.
+    login_keys: Path | None = setting(PATH_OR_NONE, default=None, env=True, reload="live")
 
 
-@dataclass(frozen=True)
+@settings
 class PrefetchConfig:
     """An image kept warm in the background: re-resolved every `refresh`, new digests fetched."""
 
-    image: str
-    platforms: tuple[str, ...] | None = ("linux/amd64",)  # None: every platform
-    refresh: float = 3600.0
+    image: str = setting(TEXT, reload="restart")
+    platforms: tuple[str, ...] | None = setting(PLATFORMS, default=("linux/amd64",), reload="restart")  # None: all
+    refresh: float = setting(POSITIVE_DURATION, default=3600.0, reload="restart")
 
 
-@dataclass(frozen=True)
+@settings
 class LogConfig:
-    format: str = "text"
+    format: str = setting(LOG_FORMAT, default="text", env=True, reload="restart")
 
 
-@dataclass(frozen=True)
+@settings
 class MirrorConfig:
     """A mirror of an upstream registry (another mirror, a regional tier), asked with `?ns=<registry>`."""
 
-    url: str
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    ca_file: Path | None = None
-    client_cert: Path | None = None
-    client_key: Path | None = None
+    url: str = setting(REGISTRY_URL, reload="restart")
+    username: str | None = setting(TEXT, default=None, reload="live")
+    password: str | None = setting(SECRET, default=None, reload="live")
+    ca_file: Path | None = setting(FILE, default=None, reload="restart")
+    client_cert: Path | None = setting(FILE, default=None, reload="restart")
+    client_key: Path | None = setting(FILE, default=None, reload="restart")
 
     def __repr__(self) -> str:
         secret = "'***'" if self.password is not None else "None"
@@ -100,44 +131,62 @@ class MirrorConfig:
         )
 
 
-@dataclass(frozen=True)
+@settings
 class NamespaceCredential:
     """A login for some of an upstream's repositories (`myorg/*`): the most specific pattern wins."""
 
-    repositories: tuple[str, ...]
-    username: str
-    password: str = field(repr=False)
+    repositories: tuple[str, ...] = setting(PATTERNS, reload="live")
+    username: str = setting(TEXT, reload="live")
+    password: str = setting(SECRET, reload="live")
 
     def __repr__(self) -> str:
         return f"NamespaceCredential(repositories={self.repositories!r}, username={self.username!r}, password='***')"
 
 
-@dataclass(frozen=True)
+@settings
 class UpstreamConfig:
-    name: str
-    url: str
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    connect_timeout: float = 10.0
-    read_timeout: float = 60.0
-    proxy: str | None = field(default=None, repr=False)  # None: the environment's; "": direct
-    ca_file: Path | None = None  # trusted besides the system store
-    client_cert: Path | None = None  # for upstreams that require mutual TLS
-    client_key: Path | None = None
-    max_connections: int = 32  # blob downloads' connections to this upstream, all blobs together
-    max_connections_per_blob: int = 8  # ranges fetched at once for one large blob; 1: one stream
-    parallel_threshold: int = 64 * 1024 * 1024  # blobs at least this large are fetched in ranges
-    max_bandwidth: int | None = None  # bits per second for blob downloads, shared among them
-    repository_prefix: str = ""  # put in front of every repository name (a Harbor proxy project)
-    mirrors: tuple[MirrorConfig, ...] = ()  # asked in order before url
-    mirrors_only: bool = False  # never dial url itself
-    offline: bool = False  # never dial url or the mirrors: serve what is cached
-    allow: tuple[str, ...] = ()  # repository patterns; when set, nothing else is fetched or served
-    deny: tuple[str, ...] = ()  # repository patterns refused; deny wins over allow
-    block: tuple[str, ...] = ()  # digests refused for good, whatever the repository or tag
-    keep_deleted_tags: bool = False  # a tag the upstream no longer has is served from the cache
-    credentials: tuple[NamespaceCredential, ...] = ()  # logins for namespaces, over username/password
-    redirect_hosts: tuple[str, ...] = ()  # blob redirects may reach these hosts on private addresses
+    name: str  # the table's name: the registry's host as clients know it
+    url: str = setting(REGISTRY_URL, env=True, reload="restart")
+    username: str | None = setting(TEXT, default=None, env=True, reload="live")
+    password: str | None = setting(SECRET, default=None, env=True, reload="live")
+    connect_timeout: float = setting(DURATION, default=10.0, env=True, reload="restart")
+    read_timeout: float = setting(DURATION, default=60.0, env=True, reload="restart")
+    proxy: str | None = setting(PROXY, default=None, env=True, reload="restart")  # None: the environment's; "": direct
+    ca_file: Path | None = setting(FILE, default=None, env=True, reload="restart")  # trusted besides the system's
+    # For upstreams that require mutual TLS.
+    client_cert: Path | None = setting(FILE, default=None, env=True, reload="restart")
+    client_key: Path | None = setting(FILE, default=None, env=True, reload="restart")
+    # Blob downloads' connections to this upstream, all blobs together.
+    max_connections: int = setting(COUNT, default=32, env=True, reload="restart")
+    # Ranges fetched at once for one large blob; 1: one stream.
+    max_connections_per_blob: int = setting(COUNT, default=8, env=True, reload="restart")
+    # Blobs at least this large are fetched in ranges.
+    parallel_threshold: int = setting(SIZE, default=64 * 1024 * 1024, env=True, reload="restart")
+    # Bits per second for blob downloads, shared among them.
+    max_bandwidth: int | None = setting(RATE, default=None, env=True, reload="restart")
+    # Put in front of every repository name (a Harbor proxy project).
+    repository_prefix: str = setting(REPOSITORY_PREFIX, default="", env=True, reload="restart")
+    mirrors_only: bool = setting(BOOL, default=False, env=True, reload="restart")  # never dial url itself
+    # Never dial url or the mirrors: serve what is cached.
+    offline: bool = setting(BOOL, default=False, env=True, reload="live")
+    # Repository patterns; when set, nothing else is fetched or served.
+    allow: tuple[str, ...] = setting(PATTERNS, default=(), reload="live")
+    deny: tuple[str, ...] = setting(PATTERNS, default=(), reload="live")  # repository patterns; deny wins
+    block: tuple[str, ...] = setting(DIGESTS, default=(), reload="live")  # digests refused for good
+    # A tag the upstream no longer has is served from the cache.
+    keep_deleted_tags: bool = setting(BOOL, default=False, env=True, reload="live")
+    # Blob redirects may reach these hosts on private addresses.
+    redirect_hosts: tuple[str, ...] = setting(HOSTS, default=(), reload="restart")
+    # Logins for namespaces, over username/password.
+    credentials: tuple[NamespaceCredential, ...] = setting(
+        Sections(NamespaceCredential, "a list of [[credentials]] tables"), default=(), reload="live"
+    )
+    # Asked in order before url; their addresses need a restart, their logins not.
+    mirrors: tuple[MirrorConfig, ...] = setting(
+        Sections(MirrorConfig, "a list of mirror URLs or [[mirrors]] tables", shorthand="url"),
+        default=(),
+        reload="restart",
+    )
 
     def __repr__(self) -> str:
         secret = "'***'" if self.password is not None else "None"
@@ -156,39 +205,50 @@ class UpstreamConfig:
         )
 
 
-@dataclass(frozen=True)
+@settings
 class FleetConfig:
     """Replicas that coordinate through Redis: one upstream download per blob, fleet-wide."""
 
-    redis: str = field(repr=False)  # redis://host:6379/0 (may hold a password)
-    peer_url: str  # how the other replicas reach this one
-    secret: str = field(repr=False)  # authenticates replica-to-replica requests
-    heartbeat: float = 2.0  # a replica that misses three is gone
-    lease_ttl: float = 10.0  # a download's lease, renewed while it runs
-    peers: tuple[str, ...] = ()  # peer URLs accepted from Redis (networks, hosts, *.domains); (): peer_url's own
+    redis: str = setting(REDIS, env=True, reload="start")  # redis://host:6379/0 (may hold a password)
+    peer_url: str = setting(PEER_URL, env=True, reload="start")  # how the other replicas reach this one
+    secret: str = setting(SECRET, env=True, reload="start")  # authenticates replica-to-replica requests
+    heartbeat: float = setting(DURATION, default=2.0, env=True, reload="start")  # a replica missing three is gone
+    lease_ttl: float = setting(DURATION, default=10.0, env=True, reload="start")  # a download's, renewed
+    # Peer URLs accepted from Redis (networks, hosts, *.domains); (): peer_url's own.
+    peers: tuple[str, ...] = setting(PEERS, default=(), reload="start")
 
     def __repr__(self) -> str:
         shown = f"redis={mask_url(self.redis)!r}, peer_url={self.peer_url!r}, secret='***'"
         return f"FleetConfig({shown}, peers={self.peers!r})"
 
 
-@dataclass(frozen=True)
+@settings
 class Config:
-    server: ServerConfig = ServerConfig()
-    cache: CacheConfig = CacheConfig()
-    log: LogConfig = LogConfig()
-    auth: AuthConfig = AuthConfig()
-    prefetch: tuple[PrefetchConfig, ...] = ()
-    pins: tuple[str, ...] = ()  # [[pin]] image = "…": never evicted, once cached
-    fleet: FleetConfig | None = None  # [fleet]: replicas coordinated through Redis
-    upstreams: dict[str, UpstreamConfig] = field(
-        default_factory=lambda: {DOCKER_HUB: UpstreamConfig(DOCKER_HUB, DOCKER_HUB_URL)}
+    """The whole config, its tables in the order `mirror config` prints them."""
+
+    server: ServerConfig = setting(Section(ServerConfig), default=ServerConfig(), reload="live")
+    cache: CacheConfig = setting(Section(CacheConfig), default=CacheConfig(), reload="live")
+    log: LogConfig = setting(Section(LogConfig), default=LogConfig(), reload="live")
+    auth: AuthConfig = setting(Section(AuthConfig), default=AuthConfig(), reload="live")
+    # Which upstreams there are needs a restart; what each may change, `Upstream.reconfigure` says.
+    upstreams: dict[str, UpstreamConfig] = setting(
+        Named(UpstreamConfig, env="upstream"),
+        default_factory=lambda: {DOCKER_HUB: UpstreamConfig(name=DOCKER_HUB, url=DOCKER_HUB_URL)},
+        reload="restart",
     )
-    proxy_env: ProxyEnvironment = field(default_factory=ProxyEnvironment)  # HTTPS_PROXY, HTTP_PROXY, NO_PROXY
+    # HTTPS_PROXY, HTTP_PROXY, NO_PROXY.
+    proxy_env: ProxyEnvironment = setting(FromEnvironment(), default_factory=ProxyEnvironment, reload="start")
+    # [fleet]: replicas coordinated through Redis.
+    fleet: FleetConfig | None = setting(Section(FleetConfig, optional=True), default=None, reload="start")
+    # [[pin]] image = "…": never evicted, once cached.
+    pins: tuple[str, ...] = setting(Images(), key="pin", default=(), reload="live")
+    prefetch: tuple[PrefetchConfig, ...] = setting(
+        Sections(PrefetchConfig, "a list of [[prefetch]] tables"), default=(), reload="restart"
+    )
 
     @property
     def listen(self) -> str:
-        return f"{_bracketed(self.server.host)}:{self.server.port}"
+        return listen_address(self.server.host, self.server.port)
 
     @property
     def local_address(self) -> str:
@@ -196,9 +256,4 @@ class Config:
         host = self.server.host
         if host in ("0.0.0.0", "::", ""):
             host = "127.0.0.1"  # "::" listens on both families (Linux's default bindv6only=0)
-        return f"{_bracketed(host)}:{self.server.port}"
-
-
-def _bracketed(host: str) -> str:
-    """An IPv6 address as a URL and `listen` write it: `[::1]`."""
-    return f"[{host}]" if ":" in host else host
+        return listen_address(host, self.server.port)

@@ -49,7 +49,7 @@ def mask_url(url: str) -> str:
     return f"{scheme}{separator}{userinfo.partition(':')[0]}:***@{host}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ProxyEnvironment:
     """The proxy variables of a process environment, read once at start-up."""
 

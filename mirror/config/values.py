@@ -1,4 +1,4 @@
-"""Reading TOML tables and their values: durations, sizes, addresses, files and secrets."""
+"""Reading TOML tables and their values (durations, sizes, addresses, files, secrets), and the error naming a key."""
 
 from __future__ import annotations
 
@@ -8,7 +8,15 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-from mirror.config.model import ConfigError
+
+class ConfigError(Exception):
+    """A config problem, named by its key so the operator can find it."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
 
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -87,6 +95,11 @@ def parse_listen(value: object, key: str) -> tuple[str, int]:
         raise ConfigError(key, f"expected 'HOST:PORT' with a port from 1 to 65535, got {value!r}")
     host = host.strip("[]") or "0.0.0.0"
     return host, int(port)
+
+
+def listen_address(host: str, port: int) -> str:
+    """host:port as `listen` is written, an IPv6 address in brackets: `[::1]:5000`."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class Table:

@@ -1,4 +1,4 @@
-"""The distribution spec's grammar for repository names, tags and digests."""
+"""The distribution spec's grammar for repository names, tags and digests, and Docker Hub's rules."""
 
 from __future__ import annotations
 
@@ -59,6 +59,13 @@ def parse_reference(reference: str) -> str | Digest:
     return reference
 
 
+# Docker Hub: the name clients and the config give it, where its registry answers, and the other
+# hosts that are it (an image named `index.docker.io/library/alpine` is Docker Hub's alpine).
+DOCKER_HUB = "docker.io"
+DOCKER_HUB_URL = "https://registry-1.docker.io"
+DOCKER_HUB_HOSTS = frozenset({"registry-1.docker.io", "index.docker.io", "registry.hub.docker.com"})
+
+
 def docker_hub_name(name: str) -> str:
     """Docker Hub puts single-component names under the implicit `library/` namespace."""
     return name if "/" in name else f"library/{name}"
@@ -96,4 +103,4 @@ def repository_named(text: str, default_upstream: str) -> tuple[str, str]:
     `library/alpine`, `org/app` is docker.io's too, `ghcr.io/org/app` is ghcr.io's."""
     first, _, rest = text.partition("/")
     upstream, name = (first, rest) if rest and is_registry_host(first) else (default_upstream, text)
-    return upstream, docker_hub_name(name) if upstream == "docker.io" else name
+    return upstream, docker_hub_name(name) if upstream == DOCKER_HUB else name

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from mirror import requestid
-from mirror.config import ProxyEnvironment, UpstreamConfig
+from mirror.config import ProxyEnvironment, UpstreamConfig, restart_keys
 from mirror.link import Link, LinkPolicy
 from mirror.registry.errors import (
     BlobUnknown,
@@ -24,7 +24,7 @@ from mirror.registry.errors import (
     UpstreamFailed,
 )
 from mirror.registry.mediatypes import MAX_MANIFEST, OCI_INDEX, NotAManifest, manifest_media_type
-from mirror.registry.reference import Digest, docker_hub_name
+from mirror.registry.reference import DOCKER_HUB, DOCKER_HUB_HOSTS, Digest, docker_hub_name
 from mirror.registry.referrers import index_descriptors
 from mirror.stats import Stats
 from mirror.upstream.body import UpstreamBody
@@ -48,7 +48,6 @@ MAX_TAGS = 50_000  # of one repository: the busiest public ones list a few thous
 # What an upstream's answer says about quotas (Docker Hub), passed on to clients, so that an
 # edge mirror sees what its regional mirror saw.
 QUOTA_HEADERS = ("ratelimit-limit", "ratelimit-remaining", "docker-ratelimit-source")
-DOCKER_HUB_HOSTS = frozenset({"registry-1.docker.io", "index.docker.io", "registry.hub.docker.com"})
 
 
 @dataclass(frozen=True)
@@ -76,26 +75,6 @@ class FetchedManifest:
     quota: tuple[tuple[str, str], ...] = ()
 
 
-# What a reload cannot change in place: the clients, their transports and the link are built from these.
-RESTART_KEYS = (
-    "url",
-    "mirrors",
-    "mirrors_only",
-    "repository_prefix",
-    "proxy",
-    "ca_file",
-    "client_cert",
-    "client_key",
-    "connect_timeout",
-    "read_timeout",
-    "max_connections",
-    "max_connections_per_blob",
-    "parallel_threshold",
-    "max_bandwidth",
-    "redirect_hosts",
-)
-
-
 class Upstream(RegistrySession):
     """One upstream registry: what the mirror asks of it (manifests, blobs, tags, referrers)."""
 
@@ -121,10 +100,9 @@ class Upstream(RegistrySession):
         self.offline = self.counters.offline = offline or config.offline
         relogin(self.endpoints, config)
         # Against what runs (the config this upstream was built from), not the last file read: a
-        # key changed and then set back needs no restart.
-        changed = [
-            f'upstreams."{self.name}".{key}' for key in RESTART_KEYS if _fixed(config, key) != _fixed(self.built, key)
-        ]
+        # key changed and then set back needs no restart. Which keys need one (the clients, their
+        # transports and the link are built from them) is declared on UpstreamConfig's fields.
+        changed = restart_keys(self.built, config, f'upstreams."{self.name}"')
         self.config = config
         return changed
 
@@ -144,7 +122,7 @@ class Upstream(RegistrySession):
         )
 
     def repository(self, name: str) -> str:
-        return docker_hub_name(name) if self.name == "docker.io" else name
+        return docker_hub_name(name) if self.name == DOCKER_HUB else name
 
     def _target(self, repository: str, rest: str) -> Target:
         return Target(self.repository(repository), rest)
@@ -303,7 +281,7 @@ def next_link(header: str | None) -> str | None:
 def anonymous_quota_warning(config: UpstreamConfig, *, offline: bool = False) -> str | None:
     """What pulling Docker Hub without an account means for a site, when that is how it is set up:
     only when the upstream really is Docker Hub (not an internal registry named docker.io) and is asked."""
-    if config.name != "docker.io" or config.username is not None or offline or config.offline:
+    if config.name != DOCKER_HUB or config.username is not None or offline or config.offline:
         return None
     if httpx.URL(config.url).host not in DOCKER_HUB_HOSTS or config.mirrors_only:
         return None
@@ -314,13 +292,6 @@ def anonymous_quota_warning(config: UpstreamConfig, *, offline: bool = False) ->
         'Set [upstreams."docker.io"] username and password (an access token) for the account\'s larger quota; '
         "the dashboard and /metrics show the quota Docker Hub reports."
     )
-
-
-def _fixed(config: UpstreamConfig, key: str) -> object:
-    """A key as far as a restart is concerned: a mirror's login may change in place, its address not."""
-    if key == "mirrors":
-        return [(m.url, m.ca_file, m.client_cert, m.client_key) for m in config.mirrors]
-    return getattr(config, key)
 
 
 def _staleness(response: httpx.Response, endpoint: Endpoint) -> Staleness | None:

@@ -6,7 +6,6 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from mirror.config import DOCKER_HUB
 from mirror.registry.errors import RegistryError
 from mirror.registry.mediatypes import (
     DOCKER_MANIFEST,
@@ -15,7 +14,16 @@ from mirror.registry.mediatypes import (
     OCI_MANIFEST,
     accept_key,
 )
-from mirror.registry.reference import TAG_RE, Digest, docker_hub_name, parse_digest, parse_image, parse_name
+from mirror.registry.reference import (
+    DOCKER_HUB,
+    DOCKER_HUB_HOSTS,
+    TAG_RE,
+    Digest,
+    docker_hub_name,
+    parse_digest,
+    parse_image,
+    parse_name,
+)
 
 CHUNK = 1024 * 1024
 MAX_CONFIG = 64 * 1024 * 1024
@@ -58,7 +66,7 @@ def parse_image_name(text: str) -> ImageName:
     """Docker's names: `alpine:3.19` is docker.io/library/alpine:3.19; a name without a tag means `latest`."""
     ref = parse_image(text.strip())
     upstream = ref.registry or DOCKER_HUB
-    if upstream in ("index.docker.io", "registry-1.docker.io"):
+    if upstream in DOCKER_HUB_HOSTS:
         upstream = DOCKER_HUB
     repository = docker_hub_name(ref.repository) if upstream == DOCKER_HUB else ref.repository
     try:
