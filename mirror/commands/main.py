@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
 from mirror import __version__
@@ -24,12 +23,8 @@ from mirror.commands import archive, changes, clientconfig, credentials, doctor,
 from mirror.commands.owner import act_as_owner
 from mirror.composition import Mirror
 from mirror.config import DOCKER_HUB, Config, ConfigError, config_hash, load, render, unknown_variables
-from mirror.http.access import access_settings
-from mirror.http.app import create_app
-from mirror.http.drain import AFTER_DRAIN_GRACE, Drain, DrainingServer
-from mirror.http.fastpath import warm_answers
-from mirror.http.reload import Reloader, check_certificate
-from mirror.http.server import bounded_protocol
+from mirror.http.assembly import assemble
+from mirror.http.reload import read_files
 from mirror.registry.reference import repository_named
 
 
@@ -234,33 +229,11 @@ def serve(config: Config, reload_config: Callable[[], Config] | None = None) -> 
     logging.getLogger("httpx").setLevel(logging.WARNING)
     raise_open_files()
     try:
-        mirror = Mirror(config)
-        drain = Drain(mirror.inflight)
-        app = create_app(mirror, drain)
+        assembly = assemble(Mirror(config))
     except OSError as exc:
         print(f"mirror: cannot open the cache in {config.cache.directory}: {exc}", file=sys.stderr)
         return 1
-    answers = warm_answers(mirror)
-    protocol = bounded_protocol(config.server.head_timeout, answers)
-    server_config = uvicorn.Config(
-        app,
-        host=config.server.host,
-        port=config.server.port,
-        log_level=config.server.log_level,
-        log_config=None,
-        access_log=False,  # mirror.access logs each request, with its cache status
-        timeout_graceful_shutdown=AFTER_DRAIN_GRACE,  # the drain came first
-        ssl_certfile=config.server.tls_cert,
-        ssl_keyfile=config.server.tls_key,
-        server_header=False,
-        http=protocol,
-    )
-    reloader = None
-    if reload_config is not None:
-        reloader = Reloader(
-            reload_config, mirror, app.state.access, answers, protocol.remembered, lambda: server_config.ssl
-        )
-    server = DrainingServer(server_config, drain, config.server.drain_timeout, reloader)
+    server = assembly.server(reload_config)
     try:
         sockets = [both_families(config.server.port)] if config.server.host == "::" else None
     except OSError as exc:
@@ -273,8 +246,7 @@ def serve(config: Config, reload_config: Callable[[], Config] | None = None) -> 
 def check_config(path: Path) -> int:
     """What a start or a SIGHUP would make of the file: loaded, and the files it names read."""
     config = load(path, env=os.environ)  # a ConfigError ends in one line naming the key (main)
-    access_settings(config.auth)
-    check_certificate(config)
+    read_files(config)
     print(f"{path}: ok (config {config_hash(config)})")
     return 0
 
