@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from mirror.composition import Mirror
 from mirror.config import load
-from mirror.http.app import create_app
+from mirror.http.assembly import assemble
 
 GRANTED = ("docker.io", "library/public")
 RULES = '[[auth.rules]]\nusers = ["*"]\nrepositories = ["docker.io/library/public"]\n'
@@ -51,7 +51,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcess]:
         text += f'[upstreams."{name}"]\nurl = "http://127.0.0.1:9"\n'
     (root / "config.toml").write_text(text)
     mirror = Mirror(load(root / "config.toml", offline=True))
-    transport = httpx.ASGITransport(app=create_app(mirror), raise_app_exceptions=False)
+    transport = httpx.ASGITransport(app=assemble(mirror).app, raise_app_exceptions=False)
     with start_blocking_portal() as portal:
         client = httpx.AsyncClient(transport=transport, base_url="http://mirror")
         try:

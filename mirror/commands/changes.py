@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -15,7 +15,9 @@ from mirror.cache.pins import PinError, PinnedError, refuse_pinned
 from mirror.cache.pins import pin as pin_images
 from mirror.cache.pins import unpin as unpin_images
 from mirror.cache.removal import RemovalError, apply_to_directory, parse_target, plan_removal
+from mirror.commands.configfile import add_config_option
 from mirror.config import Config
+from mirror.http.admin import Pinned, Removed, removed
 
 ADMIN_CREDENTIALS = "MIRROR_ADMIN_CREDENTIALS"  # user:password for a server with admin_htpasswd
 
@@ -27,11 +29,13 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     rm.add_argument("--blobs", action="store_true", help="also the layers and configs nothing else kept names")
     rm.add_argument("--force", action="store_true", help="also what a pin keeps (a pinned image is refused otherwise)")
-    rm.add_argument("--config", type=Path, help="the config file `mirror serve` uses")
+    add_config_option(rm)
+    rm.set_defaults(run=remove)
     for name, text in (("pin", "never evict these cached images"), ("unpin", "let these images be evicted again")):
         command = commands.add_parser(name, help=text)
         command.add_argument("targets", nargs="+", metavar="IMAGE", help="alpine:3.19, ghcr.io/org/app@sha256:…")
-        command.add_argument("--config", type=Path, help="the config file `mirror serve` uses")
+        add_config_option(command)
+        command.set_defaults(run=pin)
 
 
 def pin(args: argparse.Namespace, config: Config) -> int:
@@ -53,9 +57,9 @@ def pin_through_server_or_directory(config: Config, names: list[str], *, unpin: 
     """Pin or unpin images: through the running server, else in the cache directory; the names done."""
     command = "unpin" if unpin else "pin"
     targets = [parse_target(text) for text in names]
-    answer = _through_server(config, "/api/pin", {"targets": names, "unpin": unpin}, command)
+    answer: Pinned | None = _through_server(config, "/api/pin", {"targets": names, "unpin": unpin}, command)
     if answer is not None:
-        return [str(name) for name in answer["unpinned" if unpin else "pinned"]]  # type: ignore[attr-defined]
+        return answer["unpinned"] if unpin else answer["pinned"]
     if not CacheDirectory.exists(config.cache.directory):
         raise PinError(f"no cache at {config.cache.directory}")
     cache = CacheDirectory.open(config.cache.directory)
@@ -74,7 +78,7 @@ def remove(args: argparse.Namespace, config: Config) -> int:
         print(f"mirror rm: {exc}", file=sys.stderr)
         return 2
     payload = {"targets": args.targets, "blobs": args.blobs, "force": args.force}
-    summary = _through_server(config, "/api/rm", payload, "rm")
+    summary: Removed | None = _through_server(config, "/api/rm", payload, "rm")
     if summary is None:
         if not CacheDirectory.exists(config.cache.directory):
             print(f"mirror rm: no cache at {config.cache.directory}", file=sys.stderr)
@@ -90,17 +94,18 @@ def remove(args: argparse.Namespace, config: Config) -> int:
             return 1
         finally:
             cache.close()
-        summary = {"source": "directory", **removal.summary()}
-    for kind in ("tags", "manifests", "blobs"):
-        for item in summary[kind]:  # type: ignore[attr-defined]  # lists, from summary()
-            print(f"removed {kind[:-1]} {item}")
-    for text in summary["unknown"]:  # type: ignore[attr-defined]  # a list, from summary()
+        summary = removed(removal)
+    for kind, items in (("tag", summary["tags"]), ("manifest", summary["manifests"]), ("blob", summary["blobs"])):
+        for item in items:
+            print(f"removed {kind} {item}")
+    for text in summary["unknown"]:
         print(f"not cached: {text}", file=sys.stderr)
-    return 1 if summary["unknown"] and len(summary["unknown"]) == len(targets) else 0  # type: ignore[arg-type]
+    return 1 if summary["unknown"] and len(summary["unknown"]) == len(targets) else 0
 
 
-def _through_server(config: Config, path: str, payload: dict[str, object], command: str) -> dict[str, object] | None:
-    """The server's answer, or None when no server answers at the config's address."""
+def _through_server(config: Config, path: str, payload: dict[str, object], command: str) -> Any:
+    """The server's answer (JSON, as `mirror.http.admin` declares it), or None when no server answers
+    at the config's address."""
     try:
         response = httpx.post(
             local_url(config, path),
@@ -120,7 +125,7 @@ def _through_server(config: Config, path: str, payload: dict[str, object], comma
         except (ValueError, KeyError, IndexError, TypeError):
             message = response.text[:300]
         raise SystemExit(f"mirror {command}: {message}")
-    return {"source": "server", **response.json()}
+    return response.json()
 
 
 def admin_auth() -> tuple[str, str] | None:

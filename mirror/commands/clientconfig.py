@@ -2,15 +2,68 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from mirror.commands.configfile import add_config_option
+from mirror.config import load
 from mirror.registry.reference import DOCKER_HUB, DOCKER_HUB_URL
 
 
 class ClientConfigError(ValueError):
     pass
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    client = commands.add_parser("client-config", help="print Docker, containerd or podman settings for this mirror")
+    client.add_argument("client", choices=["docker", "containerd", "podman"])
+    client.add_argument(
+        "--url", required=True, help="the mirror's URL as clients reach it, e.g. http://mirror.lan:5000"
+    )
+    client.add_argument(
+        "--registry",
+        action="append",
+        metavar="HOST",
+        help="registry to mirror (repeatable; default: the upstreams in --config, else docker.io)",
+    )
+    add_config_option(client, "mirror config file, for its upstreams")
+    client.add_argument(
+        "--output",
+        type=Path,
+        metavar="DIR",
+        help="write the files in DIR instead of printing them: DIR/<registry>/hosts.toml, daemon.json, registries.conf",
+    )
+    client.add_argument(
+        "--no-fallback",
+        action="store_true",
+        help="settings that never send the client to the registry itself when the mirror refuses",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """`mirror client-config`: the files printed, or written in --output."""
+    config = load(args.config, env=os.environ)
+    registries = args.registry or list(config.upstreams)
+    try:
+        text = render(args.client, args.url, registries, config.server.default_upstream, args.output, args.no_fallback)
+        if args.client == "docker" and args.no_fallback:
+            host = args.url.split("://", 1)[-1].rstrip("/")
+            print(DOCKER_NO_FALLBACK_NOTE.format(host=host), end="", file=sys.stderr)
+    except ClientConfigError as exc:
+        print(f"mirror: {exc}", file=sys.stderr)
+        return 2
+    if args.client == "docker" and set(registries) - {DOCKER_HUB}:
+        print(
+            "mirror: note: Docker's registry-mirrors applies to Docker Hub only; pull other registries "
+            "as <mirror>/<registry>/<image>",
+            file=sys.stderr,
+        )
+    sys.stdout.write(text)
+    return 0
 
 
 def _mirror_host(url: str) -> tuple[str, bool]:

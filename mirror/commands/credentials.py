@@ -5,15 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
+from mirror.commands.configfile import add_config_option
 from mirror.config import Config, parse_duration
 from mirror.logins import LoginError, LoginKeys, docker_config, kubernetes_secret
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser("credentials", help="temporary logins: issue, revoke; their keys: rotate, drop")
-    parser.add_argument("--config", type=Path, help="the config file `mirror serve` uses (its [auth] login_keys)")
+    add_config_option(parser, "the config file `mirror serve` uses (its [auth] login_keys)")
+    parser.set_defaults(run=run)
     actions = parser.add_subparsers(dest="action", required=True)
     issue = actions.add_parser("issue", help="print a username and password that expire")
     issue.add_argument("--user", required=True, help="the user the access rules know it as")
@@ -29,7 +30,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     keys = actions.add_parser("keys", help="list the signing keys, newest (the one that signs) first")
     # --config after the action too (`mirror credentials issue --user ci --config FILE`), as every command takes it.
     for action in (issue, revoke, actions.choices["rotate"], drop, keys):
-        action.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        add_config_option(action, "the config file `mirror serve` uses (its [auth] login_keys)")
 
 
 def run(args: argparse.Namespace, config: Config) -> int:

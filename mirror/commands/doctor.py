@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 
 from mirror.commands.changes import local_url
+from mirror.commands.configfile import add_config_option, config_source
 from mirror.config import Config, ConfigError, apply_env, load, with_credentials_directory
 from mirror.config.environment import UNIT_CREDENTIALS
 from mirror.upstream.probe import CLOCK_SKEW, Check, Probe, probe
@@ -46,7 +47,7 @@ SHOWN = 5  # files named in a failure, at most
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     doctor = commands.add_parser("doctor", help="check a set-up before the first client: config, files, upstreams")
-    doctor.add_argument("--config", type=Path, help="the config file `mirror serve` uses")
+    add_config_option(doctor)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,8 +58,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         checks.append(Check("config", False, str(exc)))
         return _report(checks)
-    source = f"loaded from {args.config}" if args.config else "built-in defaults (no --config given)"
-    checks.append(Check("config", True, source))
+    checks.append(Check("config", True, config_source(args.config)))
     owner = _cache(config, checks)
     checks += _files(args.config, env, owner)
     results = asyncio.run(_upstreams(config))

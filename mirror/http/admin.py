@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from functools import partial
+from typing import Any, TypedDict
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
@@ -12,12 +13,40 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mirror.cache.pins import PinError, PinnedError
-from mirror.cache.removal import RemovalError, Target, parse_target
+from mirror.cache.removal import Removal, RemovalError, Target, parse_target
 from mirror.composition import Mirror
 from mirror.registry.errors import Denied, RegistryError
 
 MAX_TARGETS = 10_000
 MAX_BODY = 1024 * 1024  # ten thousand targets of a hundred characters fit
+
+
+class Removed(TypedDict):
+    """`POST /api/rm`'s answer (and `mirror rm`'s without a server): what went, and the targets not cached."""
+
+    tags: list[str]
+    manifests: list[str]
+    blobs: list[str]
+    unknown: list[str]
+
+
+class Pinned(TypedDict, total=False):
+    """`POST /api/pin`'s answer: the names pinned, or with `unpin` the names unpinned."""
+
+    pinned: list[str]
+    unpinned: list[str]
+
+
+def removed(removal: Removal) -> Removed:
+    """`Removal.summary()`, typed: lists of names."""
+    summary = removal.summary()
+
+    def names(key: str) -> list[str]:
+        value = summary[key]
+        assert isinstance(value, list)
+        return [str(item) for item in value]
+
+    return Removed(tags=names("tags"), manifests=names("manifests"), blobs=names("blobs"), unknown=names("unknown"))
 
 
 class BadRequest(RegistryError):
@@ -87,21 +116,19 @@ def _shortened(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-async def remove_route(request: Request) -> Response:
+async def remove_route(mirror: Mirror, request: Request) -> Response:
     """`{"targets": ["alpine:3.19", "sha256:…"], "blobs": false, "force": false}` → what was removed;
     a pinned image's content only with `force`."""
-    mirror: Mirror = request.app.state.mirror
     targets, data = await _targets(request, '{"targets": ["IMAGE or DIGEST", …], "blobs": false, "force": false}')
     try:
         removal = await mirror.remove(targets, bool(data.get("blobs")), force=data.get("force") is True)
     except PinnedError as exc:
         raise PinRefused(str(exc)) from None
-    return JSONResponse(removal.summary())
+    return JSONResponse(removed(removal))
 
 
-async def pin_route(request: Request) -> Response:
+async def pin_route(mirror: Mirror, request: Request) -> Response:
     """`{"targets": ["alpine:3.19"], "unpin": false}` → the names pinned (or unpinned)."""
-    mirror: Mirror = request.app.state.mirror
     targets, data = await _targets(request, '{"targets": ["IMAGE", …], "unpin": false}')
     if any(target.upstream is None for target in targets):
         raise BadRequest("pin images by name (alpine:3.19, ghcr.io/org/app@sha256:…), not bare digests")
@@ -109,8 +136,11 @@ async def pin_route(request: Request) -> Response:
         done = await mirror.pin(targets, unpin=bool(data.get("unpin")))
     except PinError as exc:
         raise PinRefused(str(exc)) from None
-    return JSONResponse({"unpinned" if data.get("unpin") else "pinned": done})
+    return JSONResponse(Pinned(unpinned=done) if data.get("unpin") else Pinned(pinned=done))
 
 
-def admin_routes() -> list[Route]:
-    return [Route("/api/rm", remove_route, methods=["POST"]), Route("/api/pin", pin_route, methods=["POST"])]
+def admin_routes(mirror: Mirror) -> list[Route]:
+    return [
+        Route("/api/rm", partial(remove_route, mirror), methods=["POST"]),
+        Route("/api/pin", partial(pin_route, mirror), methods=["POST"]),
+    ]

@@ -1,16 +1,13 @@
-"""The ASGI application: routes, lifespan and the error handler."""
+"""The registry API's routes and the error handlers (the app is assembled in `mirror.http.assembly`)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from functools import partial
 from urllib.parse import urlencode
 
 import anyio.to_thread
-from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -18,13 +15,7 @@ from starlette.routing import Route
 from mirror import __version__
 from mirror.cache import inventory
 from mirror.composition import Mirror
-from mirror.http.access import AccessControl, access_settings
-from mirror.http.accesslog import AccessLog
-from mirror.http.admin import admin_routes
-from mirror.http.dashboard import dashboard_routes
-from mirror.http.drain import CountRequests, Drain, readiness_route
-from mirror.http.fastpath import WarmManifests
-from mirror.http.fleet import fleet_routes, stats_of
+from mirror.http.fleet import stats_of
 from mirror.http.responses import (
     API_VERSION_HEADER,
     blob_headers,
@@ -33,9 +24,9 @@ from mirror.http.responses import (
     manifest_headers,
     serve_blob,
 )
-from mirror.http.target import ReadTarget, Target, target_of
+from mirror.http.target import Target, target_of
 from mirror.link import is_background
-from mirror.proxy import ManifestAnswer
+from mirror.proxy import CacheStatus, ManifestAnswer
 from mirror.registry.errors import NotFound, RegistryError, Unsupported
 from mirror.registry.mediatypes import OCI_INDEX
 from mirror.registry.paging import lexical, page, parse_page_size
@@ -50,20 +41,29 @@ log = logging.getLogger(__name__)
 _READ_METHODS = ("GET", "HEAD")
 
 
-def _mirror(request: Request) -> Mirror:
-    mirror: Mirror = request.app.state.mirror
-    return mirror
+def registry_routes(mirror: Mirror) -> list[Route]:
+    """The registry API, /stats, /metrics, /healthz and /api/images; each handler is given the mirror."""
+    every = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]  # a write is refused in the spec's JSON
+    return [
+        Route("/v2/", partial(api_root, mirror), methods=every),
+        Route(CATALOG_PATH, partial(catalog_route, mirror), methods=every),
+        Route("/v2/{path:path}", partial(registry, mirror), methods=every),
+        Route("/stats", partial(stats_route, mirror)),
+        Route("/metrics", partial(metrics_route, mirror)),
+        Route("/healthz", healthz),
+        Route("/api/images", partial(images_route, mirror)),
+        Route("/api/images/{repository:path}", partial(images_route, mirror)),
+    ]
 
 
-async def api_root(request: Request) -> Response:
+async def api_root(mirror: Mirror, request: Request) -> Response:
     if request.method not in _READ_METHODS:
         raise Unsupported()
-    _mirror(request).stats.requests += 1
+    mirror.stats.requests += 1
     return JSONResponse({}, headers=dict([API_VERSION_HEADER]))
 
 
-async def registry(request: Request) -> Response:
-    mirror = _mirror(request)
+async def registry(mirror: Mirror, request: Request) -> Response:
     mirror.stats.requests += 1
     if request.method not in _READ_METHODS:
         raise Unsupported("this registry mirror is read-only", detail={"method": request.method})
@@ -130,7 +130,7 @@ async def _manifest(request: Request, mirror: Mirror, upstream: Upstream, reposi
         upstream, repository, parse_reference(reference), request.headers.getlist("accept")
     )
     manifest = answer.manifest
-    if answer.cache_status != "MISS" and request.method == "GET":
+    if answer.cache_status is not CacheStatus.MISS and request.method == "GET":
         mirror.stats.bytes_served_from_cache += len(manifest.body)
     body = manifest.body if request.method == "GET" else b""
     headers = manifest_headers(manifest, answer.cache_status)
@@ -149,11 +149,10 @@ async def _blob(request: Request, mirror: Mirror, upstream: Upstream, repository
     return await serve_blob(request, body, digest)
 
 
-async def catalog_route(request: Request) -> Response:
+async def catalog_route(mirror: Mirror, request: Request) -> Response:
     """The repositories the mirror holds: the default upstream's by name, the others' under their registry host."""
     if request.method not in _READ_METHODS:
         raise Unsupported("this registry mirror is read-only", detail={"method": request.method})
-    mirror = _mirror(request)
     n = parse_page_size(request.query_params.get("n"))
     last = request.query_params.get("last")
     held = await anyio.to_thread.run_sync(mirror.directory.metadata.repositories)
@@ -170,19 +169,17 @@ async def catalog_route(request: Request) -> Response:
     return Response(body, headers=headers, media_type="application/json")
 
 
-async def stats_route(request: Request) -> Response:
-    return await stats_of(_mirror(request), request.query_params.get("scope"))
+async def stats_route(mirror: Mirror, request: Request) -> Response:
+    return await stats_of(mirror, request.query_params.get("scope"))
 
 
-async def metrics_route(request: Request) -> Response:
-    mirror = _mirror(request)
+async def metrics_route(mirror: Mirror, request: Request) -> Response:
     info = f'# TYPE mirror_info gauge\nmirror_info{{version="{__version__}",config_hash="{mirror.config_hash}"}} 1\n'
     text = prometheus(mirror.snapshot()) + mirror.stats.latencies.prometheus() + info
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
 
-async def images_route(request: Request) -> Response:
-    mirror = _mirror(request)
+async def images_route(mirror: Mirror, request: Request) -> Response:
     # Some registry APIs spell a repository's slashes as `$`; accept both.
     repository = request.path_params.get("repository") or request.query_params.get("repository")
     default = mirror.config.server.default_upstream
@@ -212,49 +209,3 @@ async def http_error(request: Request, exc: Exception) -> Response:
 async def internal_error(request: Request, exc: Exception) -> Response:
     log.exception("internal error on %s %s", request.method, request.url.path)
     return error_response(RegistryError("internal error"))
-
-
-def create_app(mirror: Mirror, drain: Drain | None = None) -> Starlette:
-    """The ASGI app around a built mirror; its lifespan starts and closes the mirror's background work.
-
-    `drain` is shared with the server that drains on SIGTERM (`mirror.http.drain`).
-    """
-    config = mirror.config
-    drain = drain if drain is not None else Drain(mirror.inflight)
-
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await mirror.start()
-        try:
-            yield
-        finally:
-            await mirror.close()
-
-    all_methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-    routes = [
-        Route("/v2/", api_root, methods=all_methods),
-        Route(CATALOG_PATH, catalog_route, methods=all_methods),
-        Route("/v2/{path:path}", registry, methods=all_methods),
-        Route("/stats", stats_route),
-        Route("/metrics", metrics_route),
-        Route("/healthz", healthz),
-        readiness_route(drain),
-        *admin_routes(),
-        *fleet_routes(),
-        Route("/api/images", images_route),
-        Route("/api/images/{repository:path}", images_route),
-        *dashboard_routes(mirror),
-    ]
-    handlers = {RegistryError: registry_error, HTTPException: http_error, Exception: internal_error}
-    access = access_settings(config.auth)
-    middleware = [
-        Middleware(CountRequests, drain=drain),
-        Middleware(ReadTarget, mirror=mirror),
-        Middleware(AccessLog, json_format=config.log.format == "json", latencies=mirror.stats.latencies),
-        Middleware(AccessControl, settings=access),
-    ]
-    middleware.append(Middleware(WarmManifests, mirror=mirror))
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers, middleware=middleware)
-    app.state.mirror = mirror  # for the routes: Starlette's way to hand them shared state
-    app.state.access = access  # for a reload
-    return app

@@ -20,11 +20,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mirror import requestid
 from mirror.cache.metadata import Manifest
 from mirror.composition import Mirror
-from mirror.config import AuthConfig
 from mirror.http import accesslog
-from mirror.http.access import AccessRules
+from mirror.http.access import AccessSettings
 from mirror.http.responses import manifest_headers
 from mirror.http.target import Target, read_target, target_of
+from mirror.proxy.answers import CacheStatus, count_manifest
 from mirror.registry.errors import RegistryError
 from mirror.registry.mediatypes import accepted_types
 from mirror.registry.reference import Digest, parse_reference
@@ -69,7 +69,7 @@ def warm_manifest(mirror: Mirror, question: WarmQuestion) -> Manifest | None:
     if manifest is None:
         return None
     mirror.stats.requests += 1
-    mirror.stats.manifest_hits += 1
+    count_manifest(mirror.stats, CacheStatus.HIT)
     if question.method == "GET":
         mirror.stats.bytes_served_from_cache += len(manifest.body)
     mirror.traffic.count(upstream.name, repository)
@@ -91,7 +91,9 @@ class WarmManifests:
             manifest = warm_manifest(mirror, question) if question is not None else None
             if question is not None and manifest is not None:
                 scope.setdefault("state", {})["upstream"] = question.target.upstream.name
-                headers = [(k.lower().encode(), v.encode()) for k, v in manifest_headers(manifest, "HIT").items()]
+                headers = [
+                    (k.lower().encode(), v.encode()) for k, v in manifest_headers(manifest, CacheStatus.HIT).items()
+                ]
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
                 await send({"type": "http.response.body", "body": manifest.body if scope["method"] == "GET" else b""})
                 return
@@ -106,23 +108,16 @@ class WarmAnswers:
 
     _MAX_HEADS = 4096
 
-    def __init__(self, mirror: Mirror, *, json_log: bool) -> None:
+    def __init__(self, mirror: Mirror, access: AccessSettings, *, json_log: bool) -> None:
         self._mirror = mirror
+        self._access = access  # the server's one: a reload replaces what it holds
         self._json_log = json_log
-        self._off = False
-        self._rules: AccessRules | None = None
-        self.configure(mirror.config.auth)
-
-    def configure(self, auth: AuthConfig) -> None:
-        """Off when clients log in (the app checks that); else reading as anonymous, under the rules.
-
-        After a reload the protocol forgets the questions it remembered, which were asked under the old.
-        """
-        self._off = auth.htpasswd is not None or auth.login_keys is not None
-        self._rules = AccessRules(auth.rules) if auth.rules else None
-        # The log level is set once, before the server starts.
-        self._log_access = accesslog.log.isEnabledFor(logging.INFO)
+        self._log_access = accesslog.log.isEnabledFor(logging.INFO)  # the level is set before the server starts
         self._heads: dict[tuple[str, str], bytes] = {}  # (digest, media type) -> header lines
+
+    def forget(self) -> None:
+        """After a reload: the header lines made under the old config go (the protocol forgets its questions)."""
+        self._heads = {}
 
     def question(self, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]]) -> WarmQuestion | None:
         """What the request asks, if a warm answer might do; None passes it on to the app.
@@ -130,7 +125,9 @@ class WarmAnswers:
         Depends only on the request's bytes and the config, so the protocol may remember it.
         """
         mirror = self._mirror
-        if self._off or method not in (b"GET", b"HEAD") or not url.startswith(b"/v2/"):
+        access = self._access
+        # Off when clients log in (the app checks that); else reading as anonymous, under the rules.
+        if access.clients is not None or method not in (b"GET", b"HEAD") or not url.startswith(b"/v2/"):
             return None
         if b"?" in url or b"%" in url or b"#" in url or not url.isascii():
             return None
@@ -152,7 +149,7 @@ class WarmAnswers:
         question = warm_question(method.decode(), target, accept)
         if question is not None and request_id is not None:
             question = replace(question, request_id=request_id)
-        rules = self._rules
+        rules = access.rules
         if question is not None and rules is not None:
             return question if rules.allows(None, question.target.read) else None  # else the app refuses it
         return question
@@ -169,7 +166,7 @@ class WarmAnswers:
         head = self._head(manifest) + b"x-request-id: " + request_id.encode() + b"\r\n"
         body = manifest.body if question.method == "GET" else b""
         took = time.perf_counter() - started
-        mirror.stats.latencies.observe("manifest", "HIT", took, took)
+        mirror.stats.latencies.observe("manifest", CacheStatus.HIT, took, took)
         if self._log_access:
             address = client[0] if client else "-"
             upstream = question.target.upstream.name
@@ -181,7 +178,7 @@ class WarmAnswers:
                 200,
                 len(body),
                 took * 1000,
-                "HIT",
+                CacheStatus.HIT,
                 upstream,
                 request_id,
             )
@@ -193,11 +190,6 @@ class WarmAnswers:
         if head is None:
             if len(self._heads) >= self._MAX_HEADS:
                 self._heads.clear()
-            headers = manifest_headers(manifest, "HIT").items()
+            headers = manifest_headers(manifest, CacheStatus.HIT).items()
             head = self._heads[key] = "".join(f"{k.lower()}: {v}\r\n" for k, v in headers).encode()
         return head
-
-
-def warm_answers(mirror: Mirror) -> WarmAnswers:
-    """The protocol's answerer (idle while registry clients must authenticate: the app checks that)."""
-    return WarmAnswers(mirror, json_log=mirror.config.log.format == "json")

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Any, Literal, TypedDict
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -15,9 +18,8 @@ from mirror.registry.errors import BlobUnknown, Denied, NotFound
 from mirror.registry.reference import parse_digest
 
 
-async def peer_blob(request: Request) -> Response:
+async def peer_blob(mirror: Mirror, request: Request) -> Response:
     """A blob this replica holds, or is downloading, for another replica; never a new download."""
-    mirror: Mirror = request.app.state.mirror
     if mirror.fleet is None:
         raise NotFound("this mirror is not in a fleet")
     signed = request.headers.get(AUTH_HEADER, "")
@@ -30,7 +32,24 @@ async def peer_blob(request: Request) -> Response:
     return await serve_blob(request, body, digest)
 
 
-async def fleet_stats(mirror: Mirror) -> dict[str, object]:
+class FleetTotals(TypedDict):
+    replicas: int
+    blobs: int
+    bytes: int
+    requests: int
+
+
+class FleetStats(TypedDict):
+    """`/stats?scope=fleet` (`mirror stats --fleet`, the dashboard): the replicas' records, as they keep them in
+    Redis (peer_url, blobs, bytes, requests, hit_ratio…), and their totals."""
+
+    scope: Literal["fleet"]
+    redis: str
+    replicas: list[dict[str, Any]]
+    totals: FleetTotals
+
+
+async def fleet_stats(mirror: Mirror) -> FleetStats:
     """Every live replica's record, and the fleet's totals."""
     assert mirror.fleet is not None
     replicas = sorted(await mirror.fleet.members(), key=lambda member: str(member.get("peer_url")))
@@ -53,5 +72,5 @@ async def stats_of(mirror: Mirror, scope: str | None) -> JSONResponse:
     return JSONResponse(mirror.snapshot())
 
 
-def fleet_routes() -> list[Route]:
-    return [Route(PEER_PATH + "{digest}", peer_blob, methods=["GET", "HEAD"])]
+def fleet_routes(mirror: Mirror) -> list[Route]:
+    return [Route(PEER_PATH + "{digest}", partial(peer_blob, mirror), methods=["GET", "HEAD"])]

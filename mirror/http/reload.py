@@ -45,16 +45,15 @@ class Reloader:
     def reload(self) -> bool:
         try:
             config = self.load()
-            settings = access_settings(config.auth)
-            certificate = check_certificate(config)
+            settings, certificate = read_files(config)
         except ConfigError as exc:
             log.error("SIGHUP: the new config is refused, the old one stays in force: %s", exc)
             return False
         restart = self.mirror.apply(config)
         self._pins = asyncio.get_running_loop().create_task(self.mirror.refresh_pins())  # [[pin]] may have changed
-        self.access.take(settings)
-        self.answers.configure(config.auth)
-        self.remembered.clear()
+        self.access.take(settings)  # access control's and the warm answers' one
+        self.answers.forget()
+        self.remembered.clear()  # the protocol's questions were judged under the old rules
         context = self.tls()
         if certificate and context is not None and config.server.tls_cert and config.server.tls_key:
             context.load_cert_chain(config.server.tls_cert, config.server.tls_key)  # for new connections
@@ -63,6 +62,12 @@ class Reloader:
         needs = f"; these need a restart to take effect: {', '.join(restart)}" if restart else ""
         log.info("SIGHUP: config reloaded (config %s)%s", self.mirror.config_hash, needs)
         return True
+
+
+def read_files(config: Config) -> tuple[AccessSettings, bool]:
+    """What a SIGHUP (and `mirror config --check`) reads beside the config: the htpasswd files, and
+    whether a certificate is to be loaded. A file that does not do raises ConfigError, naming the key."""
+    return access_settings(config.auth), check_certificate(config)
 
 
 def check_certificate(config: Config) -> bool:

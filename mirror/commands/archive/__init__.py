@@ -14,29 +14,31 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
 from mirror.cache.pins import PinError
 from mirror.commands.archive.export import export
 from mirror.commands.archive.importing import import_archive
 from mirror.commands.archive.names import ArchiveError, ImageName
 from mirror.commands.changes import pin_through_server_or_directory
+from mirror.commands.configfile import add_config_option
 from mirror.config import Config
 
 
-def add_commands(commands: Any) -> None:
+def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The `export` and `import` subcommands, on the CLI's subparsers."""
     out = commands.add_parser("export", help="write cached images to an OCI layout or `docker save` tar (offline)")
     out.add_argument("images", nargs="+", metavar="IMAGE", help="e.g. alpine:3.19 or ghcr.io/org/app:1.0")
     out.add_argument("-o", "--output", type=Path, required=True, metavar="FILE.tar")
-    out.add_argument("--config", type=Path, help="the config file `mirror serve` uses (for the cache directory)")
+    add_config_option(out, "the config file `mirror serve` uses (for the cache directory)")
+    out.set_defaults(run=main)
     platforms = out.add_mutually_exclusive_group()
     platforms.add_argument("--platform", action="append", metavar="OS/ARCH", help="platforms of an index to export")
     platforms.add_argument("--all-platforms", action="store_true", help="every platform of an index (all cached)")
     out.add_argument("--format", choices=["oci", "docker"], default="oci", help="oci (default) or docker (docker load)")
     into = commands.add_parser("import", help="load an OCI layout or `docker save` tar into the cache, verified")
     into.add_argument("archive", type=Path, metavar="FILE.tar")
-    into.add_argument("--config", type=Path, help="the config file `mirror serve` uses (for the cache directory)")
+    add_config_option(into, "the config file `mirror serve` uses (for the cache directory)")
+    into.set_defaults(run=main)
     into.add_argument(
         "--repository",
         metavar="IMAGE",
