@@ -26,8 +26,9 @@ from mirror.registry.errors import (
 from mirror.registry.mediatypes import MAX_MANIFEST, OCI_INDEX, NotAManifest, manifest_media_type
 from mirror.registry.reference import DOCKER_HUB, DOCKER_HUB_HOSTS, Digest, docker_hub_name
 from mirror.registry.referrers import index_descriptors
-from mirror.stats import Stats
+from mirror.stats import Stats, UpstreamStats
 from mirror.upstream.body import UpstreamBody
+from mirror.upstream.egress import ProxyRoute
 from mirror.upstream.endpoints import (
     OBJECT,
     Endpoint,
@@ -35,6 +36,7 @@ from mirror.upstream.endpoints import (
     Target,
     relogin,
 )
+from mirror.upstream.health import Health
 from mirror.upstream.policy import RepositoryPolicy
 from mirror.upstream.session import RegistrySession
 
@@ -75,14 +77,17 @@ class FetchedManifest:
     quota: tuple[tuple[str, str], ...] = ()
 
 
-class Upstream(RegistrySession):
+class Upstream:
     """One upstream registry: what the mirror asks of it (manifests, blobs, tags, referrers)."""
 
     def __init__(
         self, config: UpstreamConfig, stats: Stats, proxy_env: ProxyEnvironment | None = None, *, offline: bool = False
     ) -> None:
         hooks: dict[str, list[Callable[..., Any]]] = {"request": [self._count_request], "response": [self._read_quota]}
-        super().__init__(config, stats.upstream(config.name), proxy_env, hooks, offline=offline)
+        # Held, not inherited: the session is how requests reach the registry; this is what is asked.
+        self.session = RegistrySession(config, stats.upstream(config.name), proxy_env, hooks, offline=offline)
+        self.name = config.name
+        self.url = config.url
         self.mirrored = any(endpoint.is_mirror for endpoint in self.endpoints)
         self.policy = RepositoryPolicy(config)
         self.config = config  # the last one read (a reload changes what it can in place)
@@ -93,11 +98,39 @@ class Upstream(RegistrySession):
             )
         )
 
+    @property
+    def offline(self) -> bool:
+        """Never dial out: serve what is cached (`[server] offline`, the upstream's own, or --offline)."""
+        return self.session.offline
+
+    @property
+    def counters(self) -> UpstreamStats:
+        return self.session.counters
+
+    @property
+    def health(self) -> Health:
+        return self.session.health
+
+    @property
+    def route(self) -> ProxyRoute:
+        return self.session.route
+
+    @property
+    def endpoints(self) -> list[Endpoint]:
+        return self.session.endpoints
+
+    @property
+    def host(self) -> str:
+        return self.session.host
+
+    async def aclose(self) -> None:
+        await self.session.aclose()
+
     def reconfigure(self, config: UpstreamConfig, *, offline: bool) -> list[str]:
         """Apply what a reload may change (allow, deny, block, keep_deleted_tags, logins, offline);
         the keys whose change needs a restart."""
         self.policy = RepositoryPolicy(config)
-        self.offline = self.counters.offline = offline or config.offline
+        self.session.offline = self.counters.offline = offline or config.offline
         relogin(self.endpoints, config)
         # Against what runs (the config this upstream was built from), not the last file read: a
         # key changed and then set back needs no restart. Which keys need one (the clients, their
@@ -129,8 +162,8 @@ class Upstream(RegistrySession):
 
     async def head_manifest(self, repository: str, reference: str, accept: list[str]) -> ManifestHead:
         target = self._target(repository, f"manifests/{reference}")
-        async with self._send("HEAD", target, headers=[("Accept", a) for a in accept]) as (response, endpoint):
-            await self._raise_for_status(response, ManifestUnknown)
+        async with self.session.send("HEAD", target, headers=[("Accept", a) for a in accept]) as (response, endpoint):
+            await self.session.raise_for_status(response, ManifestUnknown)
             length = response.headers.get("content-length", "")
             return ManifestHead(
                 digest=response.headers.get("docker-content-digest"),
@@ -142,8 +175,8 @@ class Upstream(RegistrySession):
 
     async def get_manifest(self, repository: str, reference: str, accept: list[str]) -> FetchedManifest:
         target = self._target(repository, f"manifests/{reference}")
-        async with self._send("GET", target, headers=[("Accept", a) for a in accept]) as (response, endpoint):
-            await self._raise_for_status(response, ManifestUnknown)
+        async with self.session.send("GET", target, headers=[("Accept", a) for a in accept]) as (response, endpoint):
+            await self.session.raise_for_status(response, ManifestUnknown)
             length = response.headers.get("content-length", "")
             if length.isdigit() and int(length) > MAX_MANIFEST:
                 raise ManifestInvalid(f"upstream manifest is larger than {MAX_MANIFEST} bytes")
@@ -154,7 +187,7 @@ class Upstream(RegistrySession):
                     if len(body) > MAX_MANIFEST:
                         raise ManifestInvalid(f"upstream manifest is larger than {MAX_MANIFEST} bytes")
             except httpx.HTTPError as exc:
-                raise self.failure(exc, health=endpoint.health) from exc
+                raise self.session.failure(exc, health=endpoint.health) from exc
             self.counters.bytes_fetched += len(body)
             try:
                 media_type = manifest_media_type(bytes(body), _media_type(response, default=""))
@@ -184,7 +217,7 @@ class Upstream(RegistrySession):
         ranged = start > 0 or (end is not None and not self.mirrored)
         headers = [("Range", f"bytes={start}-{'' if end is None else end - 1}")] if ranged else None
         target = self._target(repository, f"blobs/{digest}")
-        response, endpoint = await self._exchange("GET", target, headers, None)
+        response, endpoint = await self.session.exchange("GET", target, headers, None)
         if response.status_code in (401, 403) and response.history:
             # A CDN refused the URL the registry redirected to (signed URLs expire; Docker Hub's
             # within minutes): ask the registry once more, for a fresh one.
@@ -193,22 +226,22 @@ class Upstream(RegistrySession):
             )
             await response.aclose()
             self.counters.retries += 1
-            response = await self._send_with_retries(endpoint, "GET", target, headers, None)
+            response = await self.session.send_with_retries(endpoint, "GET", target, headers, None)
         try:
-            await self._raise_for_status(response, BlobUnknown)
+            await self.session.raise_for_status(response, BlobUnknown)
             yield UpstreamBody(
                 response,
                 start,
                 upstream=self.name,
                 counters=self.counters,
-                failure=lambda exc: self.failure(exc, during="download", health=endpoint.health),
+                failure=lambda exc: self.session.failure(exc, during="download", health=endpoint.health),
             )
         finally:
             await response.aclose()
 
     async def head_blob(self, repository: str, digest: Digest) -> int | None:
-        async with self._send("HEAD", self._target(repository, f"blobs/{digest}")) as (response, _):
-            await self._raise_for_status(response, BlobUnknown)
+        async with self.session.send("HEAD", self._target(repository, f"blobs/{digest}")) as (response, _):
+            await self.session.raise_for_status(response, BlobUnknown)
             length = response.headers.get("content-length", "")
             return int(length) if length.isdigit() else None
 
@@ -222,11 +255,11 @@ class Upstream(RegistrySession):
         for _ in range(MAX_LIST_PAGES):
             if target is None:
                 break
-            async with self._send("GET", target, headers=[("Accept", OCI_INDEX)]) as (response, endpoint):
+            async with self.session.send("GET", target, headers=[("Accept", OCI_INDEX)]) as (response, endpoint):
                 if response.status_code == 404 and not found:
                     return None
-                await self._raise_for_status(response, NotFound)
-                body = await self._read(response, endpoint, limit=MAX_LIST_PAGE_BYTES)
+                await self.session.raise_for_status(response, NotFound)
+                body = await self.session.read(response, endpoint, limit=MAX_LIST_PAGE_BYTES)
                 link = next_link(response.headers.get("link"))
                 target = endpoint.next_page(response.url, link) if link else None
             found += index_descriptors(body)
@@ -242,9 +275,9 @@ class Upstream(RegistrySession):
         for _ in range(MAX_LIST_PAGES):
             if target is None:
                 break
-            async with self._send("GET", target) as (response, endpoint):
-                await self._raise_for_status(response, NameUnknown)
-                body = await self._read(response, endpoint, limit=MAX_LIST_PAGE_BYTES)
+            async with self.session.send("GET", target) as (response, endpoint):
+                await self.session.raise_for_status(response, NameUnknown)
+                body = await self.session.read(response, endpoint, limit=MAX_LIST_PAGE_BYTES)
                 link = next_link(response.headers.get("link"))
                 page = endpoint.next_page(response.url, link) if link else None
             tags = _tags_of(body, self.name)

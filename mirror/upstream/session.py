@@ -124,20 +124,20 @@ class RegistrySession:
             await endpoint.client.aclose()
 
     @asynccontextmanager
-    async def _send(
+    async def send(
         self,
         method: str,
         target: Target | Page,
         headers: list[tuple[str, str]] | None = None,
         params: Mapping[str, str] | None = None,
     ) -> AsyncIterator[tuple[httpx.Response, Endpoint]]:
-        response, endpoint = await self._exchange(method, target, headers, params)
+        response, endpoint = await self.exchange(method, target, headers, params)
         try:
             yield response, endpoint
         finally:
             await response.aclose()
 
-    async def _exchange(
+    async def exchange(
         self,
         method: str,
         target: Target | Page,
@@ -161,14 +161,14 @@ class RegistrySession:
             if endpoint.health.cooling_down():
                 continue
             try:
-                response = await self._send_with_retries(endpoint, method, target, headers, params, retries=0)
+                response = await self.send_with_retries(endpoint, method, target, headers, params, retries=0)
             except RegistryError as exc:
                 log.warning("upstream %s: %s failed (%s); asking the next", self.name, endpoint.describe(), exc.message)
                 continue
             if not await self._passes_over(endpoint, method, target, response):
                 return response, endpoint
         last = endpoints[-1]
-        return await self._send_with_retries(last, method, target, headers, params), last
+        return await self.send_with_retries(last, method, target, headers, params), last
 
     async def _passes_over(
         self, endpoint: Endpoint, method: str, target: Target | Page, response: httpx.Response
@@ -181,7 +181,7 @@ class RegistrySession:
         if status == 404:
             body = await read_error_body(response)
             if method == "HEAD":  # HEAD says nothing of why: GET says
-                answer = await self._send_with_retries(endpoint, "GET", target, None, None, retries=0)
+                answer = await self.send_with_retries(endpoint, "GET", target, None, None, retries=0)
                 try:
                     body = await read_error_body(answer) if answer.status_code == 404 else b""
                 finally:
@@ -198,7 +198,7 @@ class RegistrySession:
         log.warning("upstream %s: %s %s; asking the next", self.name, endpoint.describe(), reason)
         return True
 
-    async def _send_with_retries(
+    async def send_with_retries(
         self,
         endpoint: Endpoint,
         method: str,
@@ -243,7 +243,7 @@ class RegistrySession:
             await asyncio.sleep(RETRY_BACKOFF * 2**attempt)
         raise AssertionError("unreachable")
 
-    async def _raise_for_status(self, response: httpx.Response, not_found: type[RegistryError]) -> None:
+    async def raise_for_status(self, response: httpx.Response, not_found: type[RegistryError]) -> None:
         status = response.status_code
         if status < 300:
             return
@@ -292,7 +292,7 @@ class RegistrySession:
             f"upstream {self.name} answered {status}", detail={"upstream": self.name, "status": status}
         )
 
-    async def _read(self, response: httpx.Response, endpoint: Endpoint, *, limit: int) -> bytes:
+    async def read(self, response: httpx.Response, endpoint: Endpoint, *, limit: int) -> bytes:
         """The whole answer, refused past `limit` bytes: an upstream cannot fill our memory."""
         body = bytearray()
         try:
