@@ -107,14 +107,7 @@ def _through_server(config: Config, path: str, payload: dict[str, object], comma
     """The server's answer (JSON, as `mirror.http.admin` declares it), or None when no server answers
     at the config's address."""
     try:
-        response = httpx.post(
-            local_url(config, path),
-            json=payload,
-            auth=admin_auth(),
-            timeout=60,
-            trust_env=False,
-            verify=False,  # our own server on this host, maybe with a certificate for another name
-        )
+        response = ask_server(config, "POST", path, timeout=60, json=payload)
     except httpx.TransportError:
         return None
     if response.status_code == 401:
@@ -132,6 +125,19 @@ def admin_auth() -> tuple[str, str] | None:
     """The admin login for the running server, from MIRROR_ADMIN_CREDENTIALS=user:password."""
     user, _, password = os.environ.get(ADMIN_CREDENTIALS, "").partition(":")
     return (user, password) if user else None
+
+
+def ask_server(config: Config, method: str, path: str, *, timeout: float, **options: Any) -> httpx.Response:
+    """A request to the running server on this host, with the admin login of the environment."""
+    return httpx.request(
+        method,
+        local_url(config, path),
+        auth=admin_auth(),
+        timeout=timeout,
+        trust_env=False,
+        verify=False,  # our own server on this host, maybe with a certificate for another name
+        **options,
+    )
 
 
 def local_url(config: Config, path: str) -> str:

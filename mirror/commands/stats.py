@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from mirror.cache import maintenance
-from mirror.commands.changes import ADMIN_CREDENTIALS, admin_auth, local_url
+from mirror.commands.changes import ADMIN_CREDENTIALS, ask_server
 from mirror.commands.configfile import add_config_option
 from mirror.config import Config
 from mirror.http.fleet import FleetStats
@@ -41,14 +41,7 @@ def _ask(config: Config, scope: str | None) -> Any:
     """The running server's /stats (JSON), or None when it does not answer."""
     params = {"scope": scope} if scope else None
     try:
-        response = httpx.get(
-            local_url(config, "/stats"),
-            params=params,
-            auth=admin_auth(),
-            timeout=2,
-            trust_env=False,
-            verify=False,  # our own server on this host, maybe with a certificate for another name
-        )
+        response = ask_server(config, "GET", "/stats", timeout=2, params=params)
     except httpx.HTTPError:
         return None
     if response.status_code in (401, 403):
