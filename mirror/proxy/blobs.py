@@ -25,7 +25,9 @@ from mirror.upstream import Upstream
 class BlobSource(Protocol):
     """Where a missing blob comes from: the upstream registry; in a fleet, other replicas first.
 
-    Its link caps the connections and bandwidth its downloads use.
+    Its link caps the connections and bandwidth its downloads use. Only the upstream object itself
+    fetches under the client's repository (which checks it there); any other source, a replica or
+    a wrapper, is taken as not, and the blob's link is checked first: the safe side.
     """
 
     link: Link
