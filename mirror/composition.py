@@ -17,6 +17,7 @@ import httpx
 
 from mirror.cache.blobs import BlobStore
 from mirror.cache.directory import CacheDirectory
+from mirror.cache.journal import TagJournal
 from mirror.cache.kept import KeptLists
 from mirror.cache.links import BlobLinks
 from mirror.cache.metadata import ManifestCache
@@ -81,6 +82,7 @@ class Mirror:
             self._peers = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=2.0), trust_env=False)
             self._sources: dict[str, FleetSource] = {}
         self.kept_lists = KeptLists(self.directory.metadata)
+        self.journal = TagJournal(self.directory.metadata)
         self.links = BlobLinks(self.directory.metadata)
         self.pins: list[Pin] = []
         self.index_ready = False
@@ -88,6 +90,7 @@ class Mirror:
             store=self.store,
             manifests=self.manifests,
             tags=self.tags,
+            journal=self.journal,
             kept_lists=self.kept_lists,
             links=self.links,
             inflight=self.inflight,

@@ -28,6 +28,7 @@ class UpstreamStats:
     retries: int = 0
     bytes_fetched: int = 0
     manifest_gets: int = 0  # what Docker Hub counts as pulls
+    tag_moves: int = 0  # a tag seen pointing to another digest than the last time (the tag journal)
     ratelimit_limit: int | None = None
     ratelimit_remaining: int | None = None
     ratelimit_window_seconds: int | None = None
@@ -157,6 +158,11 @@ _UPSTREAM_HELP = {
         "mirror_upstream_manifest_gets_total",
         "counter",
         "Manifest GETs sent to the upstream: what Docker Hub counts as pulls.",
+    ),
+    "tag_moves": (
+        "mirror_upstream_tag_moves_total",
+        "counter",
+        "Tags the upstream moved: seen pointing to another digest than the mirror last saw.",
     ),
     "ratelimit_limit": (
         "mirror_upstream_ratelimit_limit",

@@ -17,6 +17,8 @@ import httpx
 from support import ALL_MANIFESTS, MirrorProcess, free_port
 from test_pull import skopeo_copy
 
+from mirror.cache.layout import FORMAT_VERSION
+
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
@@ -71,7 +73,7 @@ def test_a_cache_written_by_0223d2e_opens_and_serves(tmp_path: Path) -> None:
         skopeo_copy(mirror, "library/demo:latest", tmp_path / "demo")  # skopeo checks every digest
     finally:
         mirror.stop()
-    assert (root / "cache" / "FORMAT").read_text() == "2\n"
+    assert (root / "cache" / "FORMAT").read_text() == f"{FORMAT_VERSION}\n"
     assert pickled_rows(root / "cache") == 0, "no pickle left behind"
 
     listed = mirror_command("ls", "--json", config=mirror.root / "config.toml")
@@ -84,13 +86,13 @@ def test_a_cache_written_by_0223d2e_opens_and_serves(tmp_path: Path) -> None:
 def test_a_newer_format_is_refused_not_misread(tmp_path: Path) -> None:
     root = tmp_path / "mirror"
     old_cache(root)
-    (root / "cache" / "FORMAT").write_text("3\n")
+    (root / "cache" / "FORMAT").write_text(f"{FORMAT_VERSION + 1}\n")
     mirror = MirrorProcess(root, {"docker.io": f"http://127.0.0.1:{free_port()}"})
     config = mirror.write_config()
     for command in (["serve"], ["ls"], ["gc"]):
         result = mirror_command(*command, config=config)
         assert result.returncode == 2, (command, result.stderr)
-        assert "format 3, written by a newer mirror" in result.stderr
+        assert f"format {FORMAT_VERSION + 1}, written by a newer mirror" in result.stderr
         assert "Traceback" not in result.stderr
     assert pickled_rows(root / "cache") > 0, "nothing was rewritten"
 
@@ -100,7 +102,7 @@ def test_format_1_rows_written_after_an_upgrade_are_upgraded_too(tmp_path: Path)
     root = tmp_path / "mirror"
     expected = old_cache(root)
     cache = root / "cache"
-    (cache / "FORMAT").write_text("2\n")  # as if upgraded, but with every row still format 1
+    (cache / "FORMAT").write_text(f"{FORMAT_VERSION}\n")  # as if upgraded, but with every row still format 1
     connection = sqlite3.connect(cache / "meta" / "cache.db")
     try:  # and one row nobody can read: dropped with a warning, not a traceback
         connection.execute(

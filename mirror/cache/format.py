@@ -5,6 +5,9 @@ keys were pickled tuples and its tag answers pickled `mirror.manifests.TagEntry`
 Those pickles are read here with an unpickler that knows exactly that one class, rewritten
 as format 2's text keys and JSON values, and only then is FORMAT written: a crash midway
 leaves a format-1 cache, and the next start does the upgrade again.
+
+Format 3 adds each tag's journal (the digests it pointed to, and when): a format-2 cache gets
+one per cached tag, from the answers it holds, before FORMAT says 3.
 """
 
 from __future__ import annotations
@@ -27,9 +30,14 @@ from mirror.cache.layout import (
     FORMAT_VERSION,
     CacheLayout,
     ManifestRecord,
+    Sighting,
     TagEntry,
+    decode_tag_entries,
+    encode_journal,
     encode_tag_entries,
+    journal_key,
     manifest_key,
+    read_key,
     tag_key,
 )
 from mirror.registry.errors import RegistryError
@@ -67,6 +75,15 @@ def prepare(layout: CacheLayout) -> None:
             converted = _upgrade_from_1(layout)
             log.info(
                 "cache %s: %d metadata entries upgraded from format 1 to %d", layout.root, converted, FORMAT_VERSION
+            )
+        if version is not None and version < 3:
+            started = _journals_from_tags(layout)
+            log.info(
+                "cache %s: format %d to %d: %d tag journals started from the cached tags",
+                layout.root,
+                version,
+                FORMAT_VERSION,
+                started,
             )
         if version != FORMAT_VERSION:
             _write_version(layout)
@@ -193,6 +210,29 @@ def _read_format_1(layout: CacheLayout) -> _Format1Entries:
                 if isinstance(entry, _Format1TagEntry)
             }
     return found
+
+
+def _journals_from_tags(layout: CacheLayout) -> int:
+    """Format 2 to 3: each cached tag's journal, from the answers it holds (one per Accept class)."""
+    started = 0
+    with diskcache.Cache(str(layout.meta)) as db, db.transact():
+        for key in list(db.iterkeys()):
+            parts = read_key(key)
+            if parts is None or len(parts) != 4 or parts[0] != "tag":
+                continue
+            journal = journal_key(*parts[1:])
+            if db.get(journal) is not None:
+                continue  # a journal of its own already (a newer mirror wrote it)
+            seen: dict[str, Sighting] = {}
+            for entry in decode_tag_entries(db.get(key)).values():
+                old = seen.get(entry.digest)
+                first = min(entry.fetched_at, old.first_seen) if old else entry.fetched_at
+                last = max(entry.fetched_at, old.last_seen) if old else entry.fetched_at
+                seen[entry.digest] = Sighting(entry.digest, first, last)
+            if seen:
+                db.set(journal, encode_journal(sorted(seen.values(), key=lambda s: s.first_seen)))
+                started += 1
+    return started
 
 
 def _upgrade_from_1(layout: CacheLayout) -> int:

@@ -11,12 +11,17 @@ from collections.abc import Callable, Iterable, Iterator
 import diskcache
 
 from mirror.cache.layout import (
+    JOURNAL,
     CacheLayout,
     KeptList,
     ManifestRecord,
+    Sighting,
     TagEntry,
+    decode_journal,
     decode_tag_entries,
+    encode_journal,
     encode_tag_entries,
+    journal_key,
     link_key,
     manifest_key,
     read_key,
@@ -68,6 +73,23 @@ class MetadataIndex:
                 return False
             self._db.delete(tag_key(upstream, repository, tag))
             return True
+
+    def journal(self, upstream: str, repository: str, tag: str) -> list[Sighting]:
+        return decode_journal(self._db.get(journal_key(upstream, repository, tag)))
+
+    def update_journal(
+        self, upstream: str, repository: str, tag: str, change: Callable[[list[Sighting]], list[Sighting]]
+    ) -> None:
+        """Read, change and write a tag's journal in one transaction (another process may write too)."""
+        key = journal_key(upstream, repository, tag)
+        with self._db.transact():
+            self._db.set(key, encode_journal(change(decode_journal(self._db.get(key)))))
+
+    def journals(self) -> Iterator[tuple[str, str, str, list[Sighting]]]:
+        """(upstream, repository, tag, sightings) of every tag's journal."""
+        for parts, value in self.items_of(JOURNAL):
+            if len(parts) == 3:
+                yield parts[0], parts[1], parts[2], decode_journal(value)
 
     def link(self, upstream: str, repository: str, digests: Iterable[str]) -> None:
         """Record that these digests may be served under the repository."""

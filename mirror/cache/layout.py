@@ -1,8 +1,8 @@
 """The cache directory's on-disk format: where every file lives, how metadata is keyed and encoded.
 
-This module is the one owner of that format (version 2)::
+This module is the one owner of that format (version 3)::
 
-    <root>/FORMAT                         the format version, "2"
+    <root>/FORMAT                         the format version, "3"
     <root>/blobs/<alg>/<2 hex>/<hex>      blob and manifest bytes, complete and verified
     <root>/tmp/                           small writes under way (manifests, imports), swept at start-up
     <root>/partial/<alg>/<hex>            downloads under way, kept across a restart and resumed
@@ -19,10 +19,13 @@ This module is the one owner of that format (version 2)::
         ["pin", upstream, repository, reference] -> {"digests": {digest: size}, "pinned_at"}: an image
                                           the user pinned (`mirror pin`, `mirror import`), with the
                                           digests it had then; never evicted (`mirror.cache.pins`)
+        ["journal", upstream, repository, tag] -> [{"digest", "first_seen", "last_seen"}, …]: every
+                                          digest the tag pointed to, oldest first, at most
+                                          JOURNAL_KEPT (`mirror.cache.journal`); new in format 3
 
 Keys and values are plain text, never pickles of our classes, so moving a module can never
 make a cache unreadable. Format 1 (no FORMAT file; pickled tuples and `TagEntry` objects)
-is upgraded by `mirror.cache.format`.
+is upgraded by `mirror.cache.format`, and format 2 (no journal) gets one from its tags.
 """
 
 from __future__ import annotations
@@ -36,7 +39,10 @@ from typing import Any
 from mirror.registry.errors import RegistryError
 from mirror.registry.reference import Digest, parse_digest
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+
+# Digests kept per tag in its journal: the oldest go first (a tag that moves hourly keeps four days).
+JOURNAL_KEPT = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +125,55 @@ def taglist_key(upstream: str, repository: str) -> str:
 
 def referrers_key(upstream: str, repository: str, digest: str) -> str:
     return json.dumps(["referrers", upstream, repository, digest])
+
+
+JOURNAL = "journal"  # the kind of a journal's key
+
+
+def journal_key(upstream: str, repository: str, tag: str) -> str:
+    return json.dumps([JOURNAL, upstream, repository, tag])
+
+
+@dataclass(frozen=True, slots=True)
+class Sighting:
+    """One digest a tag pointed to, from when the mirror first saw it there to when it last did."""
+
+    digest: str
+    first_seen: float
+    last_seen: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"digest": self.digest, "first_seen": self.first_seen, "last_seen": self.last_seen}
+
+    @classmethod
+    def from_json(cls, data: object) -> Sighting | None:
+        if not isinstance(data, dict):
+            return None
+        digest, first, last = data.get("digest"), data.get("first_seen"), data.get("last_seen")
+        if not (isinstance(digest, str) and isinstance(first, int | float) and isinstance(last, int | float)):
+            return None
+        if not (0 <= first <= last < 1e11):
+            return None
+        try:
+            parse_digest(digest)
+        except RegistryError:
+            return None
+        return cls(digest, float(first), float(last))
+
+
+def encode_journal(sightings: list[Sighting]) -> str:
+    return json.dumps([s.to_json() for s in sightings[-JOURNAL_KEPT:]])
+
+
+def decode_journal(text: object) -> list[Sighting]:
+    """A tag's sightings, oldest first; what does not read as one is left out."""
+    try:
+        data = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        return []
+    if not isinstance(data, list):
+        return []
+    return [s for s in (Sighting.from_json(item) for item in data) if s is not None]
 
 
 PIN = "pin"  # the kind of a pin's key, as `MetadataIndex.items_of` lists them

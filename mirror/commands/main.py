@@ -17,6 +17,7 @@ from mirror.commands import (
     credentials,
     directory,
     doctor,
+    history,
     prefetch,
     serve,
     showconfig,
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     clientconfig.add_parser(commands)
     showconfig.add_parser(commands)
     directory.add_parsers(commands)  # ls, gc, verify
+    history.add_parser(commands)
     stats.add_parser(commands)
     prefetch.add_parser(commands)
     changes.add_parsers(commands)  # rm, pin, unpin

@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from mirror import __version__
 from mirror.cache import inventory
+from mirror.cache.journal import history_rows
 from mirror.composition import Mirror
 from mirror.http.fleet import stats_of
 from mirror.http.responses import (
@@ -27,10 +28,10 @@ from mirror.http.responses import (
 from mirror.http.target import Target, target_of
 from mirror.link import is_background
 from mirror.proxy import CacheStatus, ManifestAnswer
-from mirror.registry.errors import NotFound, RegistryError, Unsupported
+from mirror.registry.errors import BadRequest, NotFound, RegistryError, Unsupported
 from mirror.registry.mediatypes import OCI_INDEX
 from mirror.registry.paging import lexical, page, parse_page_size
-from mirror.registry.reference import Digest, parse_digest, parse_reference, repository_named
+from mirror.registry.reference import Digest, parse_digest, parse_reference, repository_and_tag, repository_named
 from mirror.registry.referrers import FILTERS_APPLIED_HEADER, referrers_page
 from mirror.registry.route import CATALOG_PATH
 from mirror.stats import prometheus
@@ -53,6 +54,7 @@ def registry_routes(mirror: Mirror) -> list[Route]:
         Route("/healthz", healthz),
         Route("/api/images", partial(images_route, mirror)),
         Route("/api/images/{repository:path}", partial(images_route, mirror)),
+        Route("/api/history", partial(history_route, mirror)),
     ]
 
 
@@ -185,6 +187,16 @@ async def images_route(mirror: Mirror, request: Request) -> Response:
     default = mirror.config.server.default_upstream
     only = repository_named(repository.replace("$", "/"), default) if repository else None
     rows = await anyio.to_thread.run_sync(inventory.list_images, mirror.directory, only, mirror.store.pinned)
+    return JSONResponse(rows)
+
+
+async def history_route(mirror: Mirror, request: Request) -> Response:
+    """`?image=alpine:3.19` (one tag) or `?image=alpine` (every tag): the tag journal's rows."""
+    image = request.query_params.get("image")
+    if not image:
+        raise BadRequest("name an image: /api/history?image=alpine:3.19")
+    upstream, repository, tag = repository_and_tag(image, mirror.config.server.default_upstream)
+    rows = await anyio.to_thread.run_sync(history_rows, mirror.directory, upstream, repository, tag)
     return JSONResponse(rows)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from mirror.cache.blobs import BlobStore
+from mirror.cache.journal import TagJournal
 from mirror.cache.kept import KeptLists
 from mirror.cache.links import BlobLinks
 from mirror.cache.metadata import Manifest, ManifestCache
@@ -43,6 +44,7 @@ class Proxy:
         store: BlobStore,
         manifests: ManifestCache,
         tags: TagStore,
+        journal: TagJournal,
         kept_lists: KeptLists,
         links: BlobLinks,
         inflight: InflightDownloads,
@@ -59,6 +61,7 @@ class Proxy:
         self.manifests = ManifestProxy(
             manifests=manifests,
             tags=tags,
+            journal=journal,
             coordination=coordination or Alone(),
             guard=self.guard,
             freshness=self.freshness,

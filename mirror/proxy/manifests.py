@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 
+from mirror.cache.journal import TagJournal
 from mirror.cache.metadata import Manifest, ManifestCache, manifest_digest
 from mirror.cache.tags import TagStore
 from mirror.proxy.answers import CacheStatus, Freshness, ManifestAnswer, answered, count_manifest
@@ -31,6 +32,7 @@ class ManifestProxy:
         *,
         manifests: ManifestCache,
         tags: TagStore,
+        journal: TagJournal,
         coordination: Coordination,
         guard: LinkGuard,
         freshness: Freshness,
@@ -46,7 +48,12 @@ class ManifestProxy:
         self._fetches: SingleFlight[tuple[str, str, str, str], ManifestAnswer] = SingleFlight()
         self._missing = MissingTags(negative_ttl, stats)
         self._resolver = TagResolver(
-            manifests=manifests, tags=tags, coordination=coordination, freshness=freshness, stats=stats
+            manifests=manifests,
+            tags=tags,
+            journal=journal,
+            coordination=coordination,
+            freshness=freshness,
+            stats=stats,
         )
 
     def fresh(

@@ -9,6 +9,7 @@ from collections.abc import Awaitable
 
 from cachetools import TTLCache
 
+from mirror.cache.journal import TagJournal
 from mirror.cache.layout import TagEntry
 from mirror.cache.metadata import Manifest, ManifestCache, manifest_digest, same_answer
 from mirror.cache.tags import TagStore
@@ -68,12 +69,14 @@ class TagResolver:
         *,
         manifests: ManifestCache,
         tags: TagStore,
+        journal: TagJournal,
         coordination: Coordination,
         freshness: Freshness,
         stats: Stats,
     ) -> None:
         self.manifests = manifests
         self.tags = tags
+        self.journal = journal
         self.coordination = coordination
         self.freshness = freshness
         self.stats = stats
@@ -110,9 +113,9 @@ class TagResolver:
         if fetched.stale is not None:
             # Served stale by a mirror upstream: kept, but already expired, so the next request asks again.
             age = max(fetched.stale.age, ttl)
-            await self._remember(upstream, repository, tag, accepted, manifest, time.time() - age)
+            await self._remember(upstream, repository, tag, accepted, manifest, entry, time.time() - age)
             return answered(self.stats, manifest, CacheStatus.STALE, fetched.stale.age, fetched.quota, fetched=True)
-        await self._remember(upstream, repository, tag, accepted, manifest)
+        await self._remember(upstream, repository, tag, accepted, manifest, entry)
         return answered(self.stats, manifest, CacheStatus.MISS, upstream_headers=fetched.quota)
 
     async def _revalidate(
@@ -128,7 +131,7 @@ class TagResolver:
         if head.stale is not None:
             # A mirror upstream could not revalidate it either: stale here too, not fresh again.
             return answered(self.stats, cached, CacheStatus.STALE, head.stale.age, head.quota)
-        await self._remember(upstream, repository, tag, accepted_types(accept), cached)
+        await self._remember(upstream, repository, tag, accepted_types(accept), cached, entry)
         return answered(self.stats, cached, CacheStatus.REVALIDATED, upstream_headers=head.quota)
 
     async def _stale_or_raise(
@@ -191,11 +194,19 @@ class TagResolver:
         tag: str,
         accepted: frozenset[str],
         manifest: Manifest,
+        before: TagEntry | None,
         fetched_at: float | None = None,
     ) -> None:
+        """The upstream's answer for the tag: kept, shared, journalled; a move from `before` logged and counted."""
         entry = TagEntry(manifest.digest, manifest.media_type, time.time() if fetched_at is None else fetched_at)
         await self.coordination.share_manifest(manifest)
         await self.tags.set_tag(upstream.name, repository, tag, accept_key(accepted), entry)
+        await self.journal.saw(upstream.name, repository, tag, manifest.digest)
+        if before is not None and before.digest != manifest.digest:
+            upstream.counters.tag_moves += 1
+            log.warning(
+                "upstream %s moved %s:%s from %s to %s", upstream.name, repository, tag, before.digest, manifest.digest
+            )
 
     async def _newest_cached(
         self, entries: dict[str, TagEntry], entry: TagEntry | None, accepted: frozenset[str]

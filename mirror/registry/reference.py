@@ -104,3 +104,17 @@ def repository_named(text: str, default_upstream: str) -> tuple[str, str]:
     first, _, rest = text.partition("/")
     upstream, name = (first, rest) if rest and is_registry_host(first) else (default_upstream, text)
     return upstream, docker_hub_name(name) if upstream == DOCKER_HUB else name
+
+
+def repository_and_tag(text: str, default_upstream: str) -> tuple[str, str, str | None]:
+    """(registry, repository, tag or None: every tag) a name means as Docker reads it: `alpine:3.19`,
+    `ghcr.io/org/app`. A digest has no tag: NameInvalid. Names and tags are checked."""
+    if "@" in text:
+        raise NameInvalid("a digest has no tag history: name a tag, or the repository", detail={"name": text[:200]})
+    name, tag = text, None
+    if ":" in text.rsplit("/", 1)[-1]:
+        name, _, tag = text.rpartition(":")
+        parse_reference(tag)
+    upstream, repository = repository_named(name, default_upstream)
+    parse_name(repository)
+    return upstream, repository, tag

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from mirror.cache import journal
 from mirror.cache.blobs import BlobStore
 from mirror.cache.directory import CacheDirectory
 from mirror.cache.layout import TagEntry
@@ -315,6 +316,7 @@ def _set_tags(cache: CacheDirectory, plan: ImportPlan) -> None:
             return kept | {IMPORT_ACCEPT: answer}
 
         cache.metadata.update_tag(name.upstream, name.repository, name.reference, retag)
+        journal.record(cache.metadata, name.upstream, name.repository, name.reference, digest, now)
         cache.metadata.link(name.upstream, name.repository, _image_digests(plan, digest))
 
 

@@ -1,0 +1,112 @@
+"""The tag journal: what every tag pointed to and when, kept in the cache's format (3), shown by
+`mirror history` and `/api/history`; a tag the upstream moves is logged and counted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from fake_upstream import FakeUpstream
+from support import MirrorProcess, sha256
+
+from mirror.cache.directory import CacheDirectory
+from mirror.cache.layout import FORMAT_VERSION, TagEntry, journal_key
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+def manifest(n: int) -> bytes:
+    return json.dumps(
+        {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": [], "annotations": {"n": str(n)}}
+    ).encode()
+
+
+def pull(mirror: MirrorProcess, tag: str) -> httpx.Response:
+    response = httpx.get(f"{mirror.url}/v2/library/app/manifests/{tag}", headers={"Accept": OCI_MANIFEST})
+    assert response.status_code == 200, response.text
+    return response
+
+
+def history(mirror: MirrorProcess, image: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "mirror", "history", image, "--config", str(mirror.root / "config.toml")]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
+def test_a_moved_tag_shows_both_digests_with_times_and_is_counted(tmp_path: Path, fake_upstream: FakeUpstream) -> None:
+    fake_upstream.manifests["v1"] = (manifest(1), OCI_MANIFEST)
+    fake_upstream.manifests["v2"] = (manifest(9), OCI_MANIFEST)
+    mirror = MirrorProcess(tmp_path / "mirror", {"docker.io": fake_upstream.url}, extra_config='tag_ttl = "1s"')
+    mirror.start()
+    try:
+        started = time.time()
+        assert pull(mirror, "v1").content == manifest(1)
+        pull(mirror, "v2")
+        time.sleep(1.2)
+        fake_upstream.manifests["v1"] = (manifest(2), OCI_MANIFEST)  # the upstream repoints v1
+        assert pull(mirror, "v1").content == manifest(2)
+        time.sleep(1.2)
+        pull(mirror, "v1")  # revalidated: the same digest, seen again
+        stats = mirror.stats()
+        rows = httpx.get(f"{mirror.url}/api/history", params={"image": "app:v1"}, auth=mirror.admin).json()
+        everything = httpx.get(f"{mirror.url}/api/history", params={"image": "app"}, auth=mirror.admin).json()
+        refused = httpx.get(f"{mirror.url}/api/history", params={"image": "app@sha256:" + "a" * 64}, auth=mirror.admin)
+        table = history(mirror, "app:v1")
+        log = mirror.log_path.read_text()
+        metrics = httpx.get(f"{mirror.url}/metrics", auth=mirror.admin).text
+    finally:
+        mirror.stop()
+    first, second = sha256(manifest(1)), sha256(manifest(2))
+    assert [(r["tag"], r["digest"]) for r in rows] == [("v1", first), ("v1", second)]
+    assert rows[0]["first_seen"] <= rows[0]["last_seen"] < rows[1]["first_seen"] < rows[1]["last_seen"]
+    assert rows[0]["first_seen"] >= time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started - 1))
+    assert [r["tag"] for r in everything] == ["v1", "v1", "v2"]
+    assert refused.status_code == 400 and refused.json()["errors"][0]["code"] == "NAME_INVALID"
+    assert table.returncode == 0, table.stderr
+    assert first in table.stdout and second in table.stdout and "v1: 1 digest change seen" in table.stdout
+    assert f"upstream docker.io moved library/app:v1 from {first} to {second}" in log
+    assert stats["upstreams"]["docker.io"]["tag_moves"] == 1
+    assert 'mirror_upstream_tag_moves_total{upstream="docker.io"} 1' in metrics
+
+
+def test_a_format_2_cache_gets_a_journal_from_its_tags(tmp_path: Path) -> None:
+    """As a cache written before the journal existed: its tags' digests become the journal's first rows."""
+    root = tmp_path / "cache"
+    digests = [sha256(manifest(n)) for n in (1, 2)]
+    cache = CacheDirectory.open(root)
+    try:
+        entries = {
+            "oci": TagEntry(digests[0], OCI_MANIFEST, 1_700_000_000.0),
+            "all": TagEntry(digests[1], OCI_MANIFEST, 1_700_000_500.0),
+        }
+        cache.metadata.set_tag("docker.io", "library/app", "v1", entries)
+        cache.metadata.delete_raw(journal_key("docker.io", "library/app", "v1"))
+    finally:
+        cache.close()
+    (root / "FORMAT").write_text("2\n")
+
+    cache = CacheDirectory.open(root)
+    try:
+        journal = cache.metadata.journal("docker.io", "library/app", "v1")
+    finally:
+        cache.close()
+    assert (root / "FORMAT").read_text().strip() == str(FORMAT_VERSION) == "3"
+    assert [(s.digest, s.first_seen, s.last_seen) for s in journal] == [
+        (digests[0], 1_700_000_000.0, 1_700_000_000.0),
+        (digests[1], 1_700_000_500.0, 1_700_000_500.0),
+    ]
+
+
+def test_a_cache_of_a_newer_format_is_refused_by_name(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    CacheDirectory.open(root).close()
+    (root / "FORMAT").write_text(f"{FORMAT_VERSION + 1}\n")
+    command = [sys.executable, "-m", "mirror", "history", "app:v1"]
+    config = tmp_path / "config.toml"
+    config.write_text(f'[cache]\ndirectory = "{root}"\n')
+    result = subprocess.run([*command, "--config", str(config)], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert f"format {FORMAT_VERSION + 1}, written by a newer mirror" in result.stderr
