@@ -19,6 +19,7 @@ from mirror.cache.blobs import BlobStore
 from mirror.cache.directory import CacheDirectory
 from mirror.cache.journal import TagJournal
 from mirror.cache.kept import KeptLists
+from mirror.cache.layout import TagEntry
 from mirror.cache.links import BlobLinks
 from mirror.cache.metadata import ManifestCache
 from mirror.cache.pins import Pin, PinError, check_budget, image_digests, load_pins, refuse_pinned
@@ -251,6 +252,26 @@ class Mirror:
         self.config = config
         self.config_hash = config_hash(config)
         return restart
+
+    async def accept_tag(self, upstream: str, repository: str, tag: str) -> str | None:
+        """`mirror tag accept`: the tag's answer becomes the upstream's newest digest in its journal
+        (held: from now on; else at the next pull), fleet-wide; None when the tag was never seen."""
+        history = await self.journal.history(upstream, repository, tag)
+        if not history:
+            return None
+        newest = max(history, key=lambda sighting: sighting.last_seen)
+        manifest = await self.manifests.get(parse_digest(newest.digest))
+        entries = await self.tags.tag_entries(upstream, repository, tag, reload=True)
+        await self.tags.forget_tag(upstream, repository, tag)
+        if manifest is not None:
+            now = time.time()
+            for key, entry in entries.items():
+                if entry.media_type == manifest.media_type:  # the same kind of answer; others are asked again
+                    await self.tags.set_tag(
+                        upstream, repository, tag, key, TagEntry(newest.digest, entry.media_type, now)
+                    )
+        log.info("mirror tag accept: %s/%s:%s is %s from now on", upstream, repository, tag, newest.digest)
+        return newest.digest
 
     async def remove(self, targets: list[Target], with_blobs: bool, *, force: bool = False) -> Removal:
         """`mirror rm` through the server: out of the index and the files, and out of memory, so

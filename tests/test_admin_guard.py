@@ -41,7 +41,7 @@ def test_admin_paths_are_closed_without_admin_logins(teams: MirrorProcess) -> No
             response = httpx.get(f"{teams.url}{path}", auth=auth)
             assert response.status_code == 403, (path, response.status_code)
             assert "admin_htpasswd" in response.json()["errors"][0]["message"]
-    for path in ("/api/rm", "/api/pin"):
+    for path in ("/api/rm", "/api/pin", "/api/tag-accept"):
         response = httpx.post(f"{teams.url}{path}", json={"targets": ["library/demo:latest"]})
         assert response.status_code == 403 and "admin_htpasswd" in response.text
     assert httpx.get(f"{teams.url}/v2/library/demo/manifests/latest").status_code == 401

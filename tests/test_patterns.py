@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from mirror.registry.patterns import PatternError, Patterns, compile_pattern
+from mirror.registry.patterns import PatternError, Patterns, TagGlobs, compile_pattern, compile_tag_glob
 
 
 @pytest.mark.parametrize(
@@ -49,3 +49,23 @@ def test_a_pattern_of_many_stars_cannot_stall_the_server() -> None:
     for name in names * 100:
         assert patterns.match(name) is None
     assert time.perf_counter() - started < 1.0, "200 matches of 255-character names"
+
+
+def test_tag_globs_match_whole_tags_without_regexes() -> None:
+    globs = TagGlobs.of(["v*", "*.*.*"])
+    assert [globs.match(tag) for tag in ("v1", "v1.2", "1.2.3", "1.2", "latest", "x.y.z-rc1")] == [
+        "v*",
+        "v*",
+        "*.*.*",
+        None,
+        None,
+        "*.*.*",
+    ]
+    assert TagGlobs.of(["latest"]).match("latest") == "latest" and TagGlobs.of(["latest"]).match("latest2") is None
+    for bad in ("", "v[1]", "v?", "a/b", "x" * 129):
+        with pytest.raises(PatternError):
+            compile_tag_glob(bad)
+    many = TagGlobs.of(["*-*-*-*-*-*-*-*-*-*-*-*x"])
+    started = time.monotonic()
+    assert many.match("-" * 128) is None
+    assert time.monotonic() - started < 0.5  # linear in the tag, whatever the stars

@@ -110,3 +110,52 @@ def test_a_cache_of_a_newer_format_is_refused_by_name(tmp_path: Path) -> None:
     result = subprocess.run([*command, "--config", str(config)], capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert f"format {FORMAT_VERSION + 1}, written by a newer mirror" in result.stderr
+
+
+def test_an_immutable_tag_keeps_its_digest_until_accepted(tmp_path: Path, fake_upstream: FakeUpstream) -> None:
+    fake_upstream.manifests["v1"] = (manifest(1), OCI_MANIFEST)
+    fake_upstream.manifests["latest"] = (manifest(5), OCI_MANIFEST)
+    mirror = MirrorProcess(
+        tmp_path / "mirror",
+        {"docker.io": fake_upstream.url},
+        extra_config='tag_ttl = "1s"',
+        upstream_config='immutable_tags = ["v*", "*.*.*"]',
+    )
+    mirror.start()
+    try:
+        assert pull(mirror, "v1").content == manifest(1)
+        assert pull(mirror, "latest").content == manifest(5)
+        fake_upstream.manifests["v1"] = (manifest(2), OCI_MANIFEST)  # the upstream repoints both
+        fake_upstream.manifests["latest"] = (manifest(6), OCI_MANIFEST)
+        time.sleep(1.2)
+        kept = pull(mirror, "v1")
+        assert pull(mirror, "latest").content == manifest(6)  # a mutable tag follows the upstream
+        gets = fake_upstream.requests[("GET", "v1")]
+        time.sleep(1.2)
+        again = pull(mirror, "v1")
+        gets_again = fake_upstream.requests[("GET", "v1")] - gets
+        moves = mirror.stats()["upstreams"]["docker.io"]["tag_moves"]
+        command = [
+            sys.executable,
+            "-m",
+            "mirror",
+            "tag",
+            "accept",
+            "app:v1",
+            "--config",
+            str(mirror.root / "config.toml"),
+        ]
+        accepted = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        taken = pull(mirror, "v1")
+        log = mirror.log_path.read_text()
+    finally:
+        mirror.stop()
+    first, second = sha256(manifest(1)), sha256(manifest(2))
+    assert kept.content == manifest(1) and kept.headers["x-cache"] == "HIT"
+    assert again.content == manifest(1)
+    assert gets_again == 0  # the move is journalled: a HEAD tells it again, no GET
+    assert moves == 2  # v1 once (not at every revalidation) and latest once
+    assert f"moved library/app:v1 from {first} to {second}; immutable_tags 'v*' keeps {first}" in log
+    assert accepted.returncode == 0, accepted.stderr
+    assert f"app:v1: serves {second} from now on" in accepted.stdout
+    assert taken.content == manifest(2) and taken.headers["docker-content-digest"] == second

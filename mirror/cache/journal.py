@@ -22,26 +22,34 @@ class TagJournal:
     def __init__(self, index: MetadataIndex) -> None:
         self._index = index
 
-    async def saw(self, upstream: str, repository: str, tag: str, digest: str) -> None:
-        """The upstream says the tag points to `digest` now."""
-        await anyio.to_thread.run_sync(record, self._index, upstream, repository, tag, digest, time.time())
+    async def saw(self, upstream: str, repository: str, tag: str, digest: str) -> bool:
+        """The upstream says the tag points to `digest` now; True if it never did before (as far as kept)."""
+        return await anyio.to_thread.run_sync(record, self._index, upstream, repository, tag, digest, time.time())
+
+    async def seen(self, upstream: str, repository: str, tag: str, digest: str) -> bool:
+        """Whether the journal holds that the tag pointed to `digest` at some time."""
+        sightings = await anyio.to_thread.run_sync(self._index.journal, upstream, repository, tag)
+        return any(s.digest == digest for s in sightings)
 
     async def history(self, upstream: str, repository: str, tag: str) -> list[Sighting]:
         """The tag's digests, oldest first."""
         return await anyio.to_thread.run_sync(self._index.journal, upstream, repository, tag)
 
 
-def record(index: MetadataIndex, upstream: str, repository: str, tag: str, digest: str, at: float) -> None:
-    """The tag points to `digest` at `at` (from the upstream, or from `mirror import`)."""
+def record(index: MetadataIndex, upstream: str, repository: str, tag: str, digest: str, at: float) -> bool:
+    """The tag points to `digest` at `at` (from the upstream, or from `mirror import`); True if new."""
+    new: list[bool] = []
 
     def change(sightings: list[Sighting]) -> list[Sighting]:
         others = [s for s in sightings if s.digest != digest]
         old = next((s for s in sightings if s.digest == digest), None)
+        new[:] = [old is None]
         seen = Sighting(digest, old.first_seen if old else at, max(at, old.last_seen) if old else at)
         # The oldest go first when the journal is full, so the order is by first sight.
         return sorted([*others, seen], key=lambda s: s.first_seen)
 
     index.update_journal(upstream, repository, tag, change)
+    return new == [True]
 
 
 def history_rows(directory: CacheDirectory, upstream: str, repository: str, tag: str | None) -> list[dict[str, Any]]:

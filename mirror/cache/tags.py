@@ -32,6 +32,8 @@ class TagStore(Protocol):
 
     def forget_in_memory(self, upstream: str, repository: str, tag: str) -> None: ...
 
+    async def forget_tag(self, upstream: str, repository: str, tag: str) -> bool: ...
+
 
 class LocalTagStore:
     """Tags in this cache's metadata index, the recent ones also in memory."""
@@ -67,6 +69,11 @@ class LocalTagStore:
     def forget_in_memory(self, upstream: str, repository: str, tag: str) -> None:
         """After `mirror rm` took the tag out of the index: not answered from memory either."""
         self._tags.pop((upstream, repository, tag), None)
+
+    async def forget_tag(self, upstream: str, repository: str, tag: str) -> bool:
+        """Drop a tag's answers (`mirror tag accept`): the next request takes the upstream's; True if any."""
+        self._tags.pop((upstream, repository, tag), None)
+        return await anyio.to_thread.run_sync(self._index.forget_tag_if, upstream, repository, tag, lambda _: True)
 
     def remember(self, upstream: str, repository: str, tag: str, entries: TagEntries) -> None:
         """Answers learnt elsewhere (the fleet's), for the memory of this replica."""

@@ -57,7 +57,7 @@ def pin_through_server_or_directory(config: Config, names: list[str], *, unpin: 
     """Pin or unpin images: through the running server, else in the cache directory; the names done."""
     command = "unpin" if unpin else "pin"
     targets = [parse_target(text) for text in names]
-    answer: Pinned | None = _through_server(config, "/api/pin", {"targets": names, "unpin": unpin}, command)
+    answer: Pinned | None = through_server(config, "/api/pin", {"targets": names, "unpin": unpin}, command)
     if answer is not None:
         return answer["unpinned"] if unpin else answer["pinned"]
     if not CacheDirectory.exists(config.cache.directory):
@@ -78,7 +78,7 @@ def remove(args: argparse.Namespace, config: Config) -> int:
         print(f"mirror rm: {exc}", file=sys.stderr)
         return 2
     payload = {"targets": args.targets, "blobs": args.blobs, "force": args.force}
-    summary: Removed | None = _through_server(config, "/api/rm", payload, "rm")
+    summary: Removed | None = through_server(config, "/api/rm", payload, "rm")
     if summary is None:
         if not CacheDirectory.exists(config.cache.directory):
             print(f"mirror rm: no cache at {config.cache.directory}", file=sys.stderr)
@@ -103,7 +103,7 @@ def remove(args: argparse.Namespace, config: Config) -> int:
     return 1 if summary["unknown"] and len(summary["unknown"]) == len(targets) else 0
 
 
-def _through_server(config: Config, path: str, payload: dict[str, object], command: str) -> Any:
+def through_server(config: Config, path: str, payload: dict[str, object], command: str) -> Any:
     """The server's answer (JSON, as `mirror.http.admin` declares it), or None when no server answers
     at the config's address."""
     try:

@@ -29,7 +29,7 @@ from mirror.config.values import (
     secret_key,
 )
 from mirror.registry.errors import RegistryError
-from mirror.registry.patterns import PatternError, compile_pattern
+from mirror.registry.patterns import PatternError, compile_pattern, compile_tag_glob
 from mirror.registry.reference import NAME_RE, parse_digest
 
 _ABSENT = object()
@@ -225,6 +225,17 @@ def _patterns(table: Table, key: str, default: Any) -> tuple[str, ...]:
 
 
 PATTERNS = Value(_patterns, show=_or_none)
+
+
+def _is_tag_glob(glob: object) -> bool:
+    try:
+        compile_tag_glob(glob if isinstance(glob, str) else "")
+    except PatternError:
+        return False
+    return True
+
+
+TAG_GLOBS = _strings(_is_tag_glob, "expected tag globs like 'v*' or '*.*.*', got {entry!r}")
 
 
 def _is_digest(digest: object) -> bool:

@@ -32,6 +32,7 @@ from mirror.config.kinds import (
     REPOSITORY_PREFIX,
     SECRET,
     SIZE,
+    TAG_GLOBS,
     TEXT,
     USERS,
 )
@@ -175,6 +176,8 @@ class UpstreamConfig:
     block: tuple[str, ...] = setting(DIGESTS, default=(), reload="live")  # digests refused for good
     # A tag the upstream no longer has is served from the cache.
     keep_deleted_tags: bool = setting(BOOL, default=False, env=True, reload="live")
+    # Tag globs (`v*`, `*.*.*`): once seen, such a tag keeps its digest until `mirror tag accept`.
+    immutable_tags: tuple[str, ...] = setting(TAG_GLOBS, default=(), reload="live")
     # Blob redirects may reach these hosts on private addresses.
     redirect_hosts: tuple[str, ...] = setting(HOSTS, default=(), reload="restart")
     # Logins for namespaces, over username/password.
@@ -201,6 +204,7 @@ class UpstreamConfig:
             f"repository_prefix={self.repository_prefix!r}, mirrors={self.mirrors!r}, "
             f"mirrors_only={self.mirrors_only}, offline={self.offline}, allow={self.allow!r}, "
             f"deny={self.deny!r}, block={self.block!r}, keep_deleted_tags={self.keep_deleted_tags}, "
+            f"immutable_tags={self.immutable_tags!r}, "
             f"credentials={self.credentials!r}, redirect_hosts={self.redirect_hosts!r})"
         )
 

@@ -285,6 +285,9 @@ class Fleet:
         value = await self._call("shared", lambda: self._redis.get(key), None)
         return value if isinstance(value, str) else None
 
+    async def delete(self, key: str) -> None:
+        await self._call("tags", lambda: self._redis.delete(key), None)
+
     async def claim(self, key: str, seconds: float) -> bool:
         """One replica at a time for `key` (a tag's revalidation), for at most `seconds`; True when
         this replica has it, or Redis cannot say."""

@@ -48,5 +48,10 @@ class FleetTagStore:
     async def forget_tags_older_than(self, age: float, in_use: Callable[[str], bool]) -> int:
         return await self.local.forget_tags_older_than(age, in_use)
 
+    async def forget_tag(self, upstream: str, repository: str, tag: str) -> bool:
+        """Out of Redis too, or the fleet's answer comes back at the next reload."""
+        await self.fleet.delete(keys.tag(upstream, repository, tag))
+        return await self.local.forget_tag(upstream, repository, tag)
+
     def forget_in_memory(self, upstream: str, repository: str, tag: str) -> None:
         self.local.forget_in_memory(upstream, repository, tag)

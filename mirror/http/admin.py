@@ -1,5 +1,5 @@
-"""The admin API for changes: `POST /api/rm` and `POST /api/pin`, what `mirror rm`, `mirror pin` and
-`mirror unpin` call on a running server."""
+"""The admin API for changes: `POST /api/rm`, `POST /api/pin` and `POST /api/tag-accept`, what
+`mirror rm`, `mirror pin`, `mirror unpin` and `mirror tag accept` call on a running server."""
 
 from __future__ import annotations
 
@@ -139,8 +139,28 @@ async def pin_route(mirror: Mirror, request: Request) -> Response:
     return JSONResponse(Pinned(unpinned=done) if data.get("unpin") else Pinned(pinned=done))
 
 
+class Accepted(TypedDict):
+    """`POST /api/tag-accept`'s answer: each tag and the digest it serves from now on (None: never seen)."""
+
+    accepted: dict[str, str | None]
+
+
+async def tag_accept_route(mirror: Mirror, request: Request) -> Response:
+    """`{"targets": ["alpine:3.19"]}` → each immutable tag takes the upstream's newest digest."""
+    targets, _ = await _targets(request, '{"targets": ["IMAGE:TAG", …]}')
+    if any(target.upstream is None or target.repository is None or target.is_digest for target in targets):
+        raise BadRequest("name tags (alpine:3.19, ghcr.io/org/app:1.0), not digests")
+    accepted: dict[str, str | None] = {}
+    for target in targets:
+        assert target.upstream is not None and target.repository is not None
+        upstream = mirror.upstream_for(target.upstream)
+        accepted[target.text] = await mirror.accept_tag(upstream.name, target.repository, target.reference)
+    return JSONResponse(Accepted(accepted=accepted))
+
+
 def admin_routes(mirror: Mirror) -> list[Route]:
     return [
         Route("/api/rm", partial(remove_route, mirror), methods=["POST"]),
         Route("/api/pin", partial(pin_route, mirror), methods=["POST"]),
+        Route("/api/tag-accept", partial(tag_accept_route, mirror), methods=["POST"]),
     ]

@@ -110,6 +110,8 @@ class TagResolver:
             )
         manifest = Manifest(digest, fetched.media_type, fetched.body)
         await self.manifests.put(parse_digest(digest), manifest)
+        if entry is not None and entry.digest != digest and upstream.policy.immutable_tags.match(tag):
+            return await self._keep(upstream, repository, tag, accepted, entry, digest)
         if fetched.stale is not None:
             # Served stale by a mirror upstream: kept, but already expired, so the next request asks again.
             age = max(fetched.stale.age, ttl)
@@ -124,6 +126,9 @@ class TagResolver:
         """The cached answer, if the upstream's HEAD names the same digest; else None (fetch it)."""
         head = await upstream.head_manifest(repository, tag, accept)
         if head.digest != entry.digest:
+            if head.digest is not None and await self._moved_before(upstream, repository, tag, head.digest):
+                # An immutable tag the upstream moved to a digest already journalled: no GET again.
+                return await self._keep(upstream, repository, tag, accepted_types(accept), entry, head.digest)
             return None
         cached = await self.manifests.get(parse_digest(entry.digest))
         if cached is None:
@@ -133,6 +138,47 @@ class TagResolver:
             return answered(self.stats, cached, CacheStatus.STALE, head.stale.age, head.quota)
         await self._remember(upstream, repository, tag, accepted_types(accept), cached, entry)
         return answered(self.stats, cached, CacheStatus.REVALIDATED, upstream_headers=head.quota)
+
+    async def _moved_before(self, upstream: Upstream, repository: str, tag: str, digest: str) -> bool:
+        return bool(upstream.policy.immutable_tags.match(tag)) and await self.journal.seen(
+            upstream.name, repository, tag, digest
+        )
+
+    async def _keep(
+        self,
+        upstream: Upstream,
+        repository: str,
+        tag: str,
+        accepted: frozenset[str],
+        entry: TagEntry,
+        moved_to: str,
+    ) -> ManifestAnswer:
+        """An immutable tag the upstream moved: the digest the mirror has served stays, fresh for
+        tag_ttl again; the move is journalled, and logged and counted once per new digest.
+        The kept manifest no longer cached: refused, never the moved one served instead."""
+        rule = upstream.policy.immutable_tags.match(tag)
+        kept = await self.manifests.get(parse_digest(entry.digest))
+        if kept is None:
+            raise ManifestUnknown(
+                f"{repository}:{tag} is immutable here (immutable_tags {rule!r}) but its digest {entry.digest} "
+                f"is no longer cached; `mirror tag accept` takes the upstream's {moved_to}"
+            )
+        if await self.journal.saw(upstream.name, repository, tag, moved_to):
+            upstream.counters.tag_moves += 1
+            log.warning(
+                "upstream %s moved %s:%s from %s to %s; immutable_tags %r keeps %s "
+                "(mirror tag accept takes the new one)",
+                upstream.name,
+                repository,
+                tag,
+                entry.digest,
+                moved_to,
+                rule,
+                entry.digest,
+            )
+        fresh = TagEntry(entry.digest, entry.media_type, time.time(), entry.imported)
+        await self.tags.set_tag(upstream.name, repository, tag, accept_key(accepted), fresh)
+        return answered(self.stats, kept, CacheStatus.HIT)
 
     async def _stale_or_raise(
         self,

@@ -104,3 +104,28 @@ class Patterns:
 
     def __bool__(self) -> bool:
         return bool(self.written)
+
+
+_TAG_GLOB_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-*")
+
+
+def compile_tag_glob(text: str) -> _Glob:
+    """A tag glob (`v*`, `*.*.*`): tag characters and `*` (any run of them), up to 128."""
+    if not text or len(text) > 128 or not set(text) <= _TAG_GLOB_CHARS:
+        raise PatternError(f"expected a tag glob like 'v*' or '*.*.*', got {text[:140]!r}")
+    return _Glob(tuple(text.split("*")))
+
+
+@dataclass(frozen=True)
+class TagGlobs:
+    """Tag globs, matched without regular expressions (each literal run found with `str.find`)."""
+
+    globs: tuple[tuple[str, _Glob], ...] = field(default=())
+
+    @classmethod
+    def of(cls, texts: tuple[str, ...] | list[str]) -> TagGlobs:
+        return cls(tuple((text, compile_tag_glob(text)) for text in texts))
+
+    def match(self, tag: str) -> str | None:
+        """The first glob the tag matches, as written; None when none does."""
+        return next((text for text, glob in self.globs if glob.match(tag)), None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mirror.config import UpstreamConfig
 from mirror.registry.errors import Denied
-from mirror.registry.patterns import Patterns
+from mirror.registry.patterns import Patterns, TagGlobs
 
 
 class RepositoryPolicy:
@@ -16,6 +16,7 @@ class RepositoryPolicy:
         self.deny = Patterns.of(config.deny)
         self.blocked = frozenset(config.block)
         self.keep_deleted_tags = config.keep_deleted_tags
+        self.immutable_tags = TagGlobs.of(config.immutable_tags)
 
     def allows(self, repository: str) -> bool:
         return self.deny.match(repository) is None and (not self.allow or self.allow.match(repository) is not None)
