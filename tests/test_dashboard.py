@@ -243,3 +243,4 @@ def test_dashboard_renders_in_headless_chromium(
     assert f'<td class="artifact-type">{SBOM_TYPE}</td>' in images
     demo_row = images[images.index('<span class="image-repository">library/demo</span>') :].split("</tr>")[0]
     assert '<td class="flag pinned">pinned</td>' in demo_row
+    assert '<td class="num muted">–</td>' in demo_row and ">Moved</th>" in images  # the tag never moved

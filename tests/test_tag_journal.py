@@ -55,6 +55,7 @@ def test_a_moved_tag_shows_both_digests_with_times_and_is_counted(tmp_path: Path
         everything = httpx.get(f"{mirror.url}/api/history", params={"image": "app"}, auth=mirror.admin).json()
         refused = httpx.get(f"{mirror.url}/api/history", params={"image": "app@sha256:" + "a" * 64}, auth=mirror.admin)
         table = history(mirror, "app:v1")
+        listed = httpx.get(f"{mirror.url}/api/images/library/app", auth=mirror.admin).json()
         log = mirror.log_path.read_text()
         metrics = httpx.get(f"{mirror.url}/metrics", auth=mirror.admin).text
     finally:
@@ -64,6 +65,7 @@ def test_a_moved_tag_shows_both_digests_with_times_and_is_counted(tmp_path: Path
     assert rows[0]["first_seen"] <= rows[0]["last_seen"] < rows[1]["first_seen"] < rows[1]["last_seen"]
     assert rows[0]["first_seen"] >= time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started - 1))
     assert [r["tag"] for r in everything] == ["v1", "v1", "v2"]
+    assert {r["tag"]: r["moves"] for r in listed} == {"v1": 1, "v2": 0}  # the dashboard's Moved column
     assert refused.status_code == 400 and refused.json()["errors"][0]["code"] == "NAME_INVALID"
     assert table.returncode == 0, table.stderr
     assert first in table.stdout and second in table.stdout and "v1: 1 digest change seen" in table.stdout

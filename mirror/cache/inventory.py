@@ -68,6 +68,7 @@ def list_images(
     for upstream, repo, tag, entries in cache.metadata.tags():
         if only is not None and only != (upstream, repo):
             continue
+        moves = max(0, len(cache.metadata.journal(upstream, repo, tag)) - 1)  # digests seen, after the first
         seen = set()
         for entry in sorted(entries.values(), key=lambda e: e.fetched_at, reverse=True):
             if entry.digest in seen:
@@ -89,6 +90,7 @@ def list_images(
                     "last_pull": None if entry.imported else _when(entry.fetched_at),
                     "imported_at": _when(entry.fetched_at) if entry.imported else None,
                     "pinned": entry.digest in pinned,
+                    "moves": moves,
                 }
             )
     rows.sort(key=lambda r: (r["upstream"], r["repository"], r["tag"]))

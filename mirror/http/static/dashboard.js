@@ -346,7 +346,7 @@ async function refresh() {
 let images = [];
 
 function imageText(row) {
-  const flags = [row.pinned ? "pinned" : "", row.complete ? "" : "partial"];
+  const flags = [row.pinned ? "pinned" : "", row.complete ? "" : "partial", row.moves ? "moved" : ""];
   return [row.upstream + "/" + row.repository + ":" + row.tag, row.digest, row.artifact_type || "", ...row.platforms, ...flags]
     .join(" ")
     .toLowerCase();
@@ -377,6 +377,9 @@ function renderImages() {
       }
       tr.appendChild(size);
       tr.appendChild(el("td", "when muted small", ago(Date.parse(row.last_pull) / 1000, now)));
+      const moved = el("td", row.moves ? "num" : "num muted", row.moves ? `${row.moves}×` : "–");
+      if (row.moves) moved.title = `${row.moves} other digest(s) seen for this tag before: mirror history`;
+      tr.appendChild(moved);
       tr.appendChild(el("td", row.pinned ? "flag pinned" : "flag muted", row.pinned ? "pinned" : "–"));
       return tr;
     })
