@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 import httpx
@@ -27,11 +27,7 @@ from mirror.cache.pins import pin as pin_images
 from mirror.cache.pins import unpin as unpin_images
 from mirror.cache.removal import Removal, RemovalError, Target, apply_to_index, parse_target, plan_removal
 from mirror.cache.tags import LocalTagStore, TagStore
-from mirror.config import Config, config_hash, restart_keys
-from mirror.fleet.coordination import FleetCoordination
-from mirror.fleet.coordinator import Fleet
-from mirror.fleet.peers import FleetSource
-from mirror.fleet.tags import FleetTagStore
+from mirror.config import Config, FleetConfig, config_hash, restart_keys
 from mirror.proxy import BlobSource, Proxy
 from mirror.proxy.coordination import Alone, Coordination
 from mirror.registry.errors import NameUnknown, RegistryError
@@ -42,6 +38,10 @@ from mirror.transfer.inflight import InflightDownloads
 from mirror.upstream import Upstream, anonymous_quota_warning
 from mirror.upstream.probe import probe, summary
 from mirror.warmer import keep_warm
+
+if TYPE_CHECKING:  # a fleet's parts are imported only when [fleet] is set: redis alone weighs ~8 MiB
+    from mirror.fleet.coordinator import Fleet
+    from mirror.fleet.peers import FleetSource
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +72,11 @@ class Mirror:
         self.manifests = ManifestCache(self.directory.metadata, self.store)
         self.local_tags = LocalTagStore(self.directory.metadata)
         self.inflight = InflightDownloads(self.store, self.stats)
-        self.fleet = Fleet(config.fleet, self._member_report) if config.fleet is not None else None
+        self.fleet: Fleet | None = None
         self.tags: TagStore = self.local_tags
         coordination: Coordination = Alone()
-        if self.fleet is not None:
-            self.tags = FleetTagStore(self.local_tags, self.fleet)
-            coordination = FleetCoordination(self.fleet)
-            self.inflight.on_finished = self.fleet.finished_digest
-            self.store.on_removed = self._dropped
-            self._peers = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=2.0), trust_env=False)
-            self._sources: dict[str, FleetSource] = {}
+        if config.fleet is not None:
+            coordination = self._join_fleet(config.fleet)
         self.kept_lists = KeptLists(self.directory.metadata)
         self.journal = TagJournal(self.directory.metadata)
         self.links = BlobLinks(self.directory.metadata)
@@ -117,6 +112,20 @@ class Mirror:
             if warning is not None:
                 log.warning("%s", warning)
 
+    def _join_fleet(self, config: FleetConfig) -> Coordination:
+        """A replica of a fleet: tags, coordination and blobs through Redis and the other replicas."""
+        from mirror.fleet.coordination import FleetCoordination
+        from mirror.fleet.coordinator import Fleet
+        from mirror.fleet.tags import FleetTagStore
+
+        self.fleet = fleet = Fleet(config, self._member_report)
+        self.tags = FleetTagStore(self.local_tags, fleet)
+        self.inflight.on_finished = fleet.finished_digest
+        self.store.on_removed = self._dropped
+        self._peers = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=2.0), trust_env=False)
+        self._sources: dict[str, FleetSource] = {}
+        return FleetCoordination(fleet)
+
     async def start(self) -> None:
         """Start the background work: first the index of what is cached, then making room if max_size shrank."""
         background: list[Coroutine[Any, Any, None]] = [
@@ -145,6 +154,8 @@ class Mirror:
             return upstream
         source = self._sources.get(upstream.name)
         if source is None:
+            from mirror.fleet.peers import FleetSource
+
             counters = self.stats.upstream("fleet replicas")
             source = self._sources[upstream.name] = FleetSource(upstream, self.fleet, self._peers, counters)
         return source

@@ -14,7 +14,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 import httpx
 
 from mirror.fleet.coordinator import Fleet
-from mirror.fleet.signing import AUTH_HEADER, sign
+from mirror.fleet.signing import AUTH_HEADER, PEER_PATH, sign
 from mirror.registry.errors import RegistryError, UpstreamFailed
 from mirror.registry.reference import Digest
 from mirror.stats import UpstreamStats
@@ -22,8 +22,6 @@ from mirror.upstream import Upstream
 from mirror.upstream.body import UpstreamBody
 
 log = logging.getLogger(__name__)
-
-PEER_PATH = "/_fleet/blobs/"  # the replica-to-replica route (mirror/http/fleet.py)
 
 
 class FleetSource:

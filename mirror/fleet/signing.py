@@ -14,6 +14,7 @@ import time
 from urllib.parse import urlsplit
 
 AUTH_HEADER = "X-Mirror-Fleet-Auth"
+PEER_PATH = "/_fleet/blobs/"  # the replica-to-replica route (mirror/http/fleet.py)
 SIGNATURE_WINDOW = 60.0  # seconds either way: replicas' clocks agree that closely under NTP
 
 

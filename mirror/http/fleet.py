@@ -11,8 +11,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mirror.composition import Mirror
-from mirror.fleet.peers import PEER_PATH
-from mirror.fleet.signing import AUTH_HEADER, verify
+from mirror.fleet.signing import AUTH_HEADER, PEER_PATH, verify
 from mirror.http.responses import serve_blob
 from mirror.registry.errors import BlobUnknown, Denied, NotFound
 from mirror.registry.reference import parse_digest
