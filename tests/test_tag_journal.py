@@ -7,11 +7,13 @@ import json
 import subprocess
 import sys
 import time
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from fake_upstream import FakeUpstream
-from support import MirrorProcess, sha256
+import pytest
+from support import MirrorProcess, Pusher, Registry, sha256
 
 from mirror.cache.directory import CacheDirectory
 from mirror.cache.layout import FORMAT_VERSION, TagEntry, journal_key
@@ -20,13 +22,34 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 
 def manifest(n: int) -> bytes:
-    return json.dumps(
-        {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": [], "annotations": {"n": str(n)}}
-    ).encode()
+    body = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": [], "annotations": {"n": str(n)}}
+    return json.dumps(body).encode()
 
 
-def pull(mirror: MirrorProcess, tag: str) -> httpx.Response:
-    response = httpx.get(f"{mirror.url}/v2/library/app/manifests/{tag}", headers={"Accept": OCI_MANIFEST})
+@dataclass
+class Repository:
+    """This test's own repository of the session registry, where a push moves a tag as on any registry."""
+
+    registry: Registry
+    name: str = field(default_factory=lambda: f"library/journal-{uuid.uuid4().hex[:8]}")
+
+    @property
+    def short(self) -> str:
+        return self.name.removeprefix("library/")  # as Docker names it
+
+    def push(self, tag: str, seed: int) -> str:
+        """A small image of `seed` as `tag`; its manifest's digest."""
+        with Pusher(self.registry.url) as pusher:
+            return pusher.image(self.name, tag, [512], seed=seed, oci=True).digest
+
+
+@pytest.fixture
+def repository(registry: Registry) -> Repository:
+    return Repository(registry)
+
+
+def pull(mirror: MirrorProcess, repository: str, tag: str) -> httpx.Response:
+    response = httpx.get(f"{mirror.url}/v2/{repository}/manifests/{tag}", headers={"Accept": OCI_MANIFEST})
     assert response.status_code == 200, response.text
     return response
 
@@ -36,31 +59,41 @@ def history(mirror: MirrorProcess, image: str) -> subprocess.CompletedProcess[st
     return subprocess.run(command, capture_output=True, text=True, timeout=60)
 
 
-def test_a_moved_tag_shows_both_digests_with_times_and_is_counted(tmp_path: Path, fake_upstream: FakeUpstream) -> None:
-    fake_upstream.manifests["v1"] = (manifest(1), OCI_MANIFEST)
-    fake_upstream.manifests["v2"] = (manifest(9), OCI_MANIFEST)
-    mirror = MirrorProcess(tmp_path / "mirror", {"docker.io": fake_upstream.url}, extra_config='tag_ttl = "1s"')
+def manifest_gets(registry: Registry, mark: int, tag: str) -> int:
+    return sum(
+        1 for method, path, _ in registry.requests_since(mark) if method == "GET" and path.endswith(f"/manifests/{tag}")
+    )
+
+
+def test_a_moved_tag_shows_both_digests_with_times_and_is_counted(
+    tmp_path: Path, registry: Registry, repository: Repository
+) -> None:
+    name, short = repository.name, repository.short
+    first = repository.push("v1", 101)
+    repository.push("v2", 102)
+    mirror = MirrorProcess(tmp_path / "mirror", {"docker.io": registry.url}, extra_config='tag_ttl = "1s"')
     mirror.start()
     try:
         started = time.time()
-        assert pull(mirror, "v1").content == manifest(1)
-        pull(mirror, "v2")
+        assert pull(mirror, name, "v1").headers["docker-content-digest"] == first
+        pull(mirror, name, "v2")
         time.sleep(1.2)
-        fake_upstream.manifests["v1"] = (manifest(2), OCI_MANIFEST)  # the upstream repoints v1
-        assert pull(mirror, "v1").content == manifest(2)
+        second = repository.push("v1", 103)  # the upstream repoints v1
+        assert pull(mirror, name, "v1").headers["docker-content-digest"] == second
         time.sleep(1.2)
-        pull(mirror, "v1")  # revalidated: the same digest, seen again
+        pull(mirror, name, "v1")  # revalidated: the same digest, seen again
         stats = mirror.stats()
-        rows = httpx.get(f"{mirror.url}/api/history", params={"image": "app:v1"}, auth=mirror.admin).json()
-        everything = httpx.get(f"{mirror.url}/api/history", params={"image": "app"}, auth=mirror.admin).json()
-        refused = httpx.get(f"{mirror.url}/api/history", params={"image": "app@sha256:" + "a" * 64}, auth=mirror.admin)
-        table = history(mirror, "app:v1")
-        listed = httpx.get(f"{mirror.url}/api/images/library/app", auth=mirror.admin).json()
+        rows = httpx.get(f"{mirror.url}/api/history", params={"image": f"{short}:v1"}, auth=mirror.admin).json()
+        everything = httpx.get(f"{mirror.url}/api/history", params={"image": short}, auth=mirror.admin).json()
+        refused = httpx.get(
+            f"{mirror.url}/api/history", params={"image": f"{short}@sha256:{'a' * 64}"}, auth=mirror.admin
+        )
+        table = history(mirror, f"{short}:v1")
+        listed = httpx.get(f"{mirror.url}/api/images/{name}", auth=mirror.admin).json()
         log = mirror.log_path.read_text()
         metrics = httpx.get(f"{mirror.url}/metrics", auth=mirror.admin).text
     finally:
         mirror.stop()
-    first, second = sha256(manifest(1)), sha256(manifest(2))
     assert [(r["tag"], r["digest"]) for r in rows] == [("v1", first), ("v1", second)]
     assert rows[0]["first_seen"] <= rows[0]["last_seen"] < rows[1]["first_seen"] < rows[1]["last_seen"]
     assert rows[0]["first_seen"] >= time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started - 1))
@@ -69,7 +102,7 @@ def test_a_moved_tag_shows_both_digests_with_times_and_is_counted(tmp_path: Path
     assert refused.status_code == 400 and refused.json()["errors"][0]["code"] == "NAME_INVALID"
     assert table.returncode == 0, table.stderr
     assert first in table.stdout and second in table.stdout and "v1: 1 digest change seen" in table.stdout
-    assert f"upstream docker.io moved library/app:v1 from {first} to {second}" in log
+    assert f"upstream docker.io moved {name}:v1 from {first} to {second}" in log
     assert stats["upstreams"]["docker.io"]["tag_moves"] == 1
     assert 'mirror_upstream_tag_moves_total{upstream="docker.io"} 1' in metrics
 
@@ -114,50 +147,44 @@ def test_a_cache_of_a_newer_format_is_refused_by_name(tmp_path: Path) -> None:
     assert f"format {FORMAT_VERSION + 1}, written by a newer mirror" in result.stderr
 
 
-def test_an_immutable_tag_keeps_its_digest_until_accepted(tmp_path: Path, fake_upstream: FakeUpstream) -> None:
-    fake_upstream.manifests["v1"] = (manifest(1), OCI_MANIFEST)
-    fake_upstream.manifests["latest"] = (manifest(5), OCI_MANIFEST)
+def test_an_immutable_tag_keeps_its_digest_until_accepted(
+    tmp_path: Path, registry: Registry, repository: Repository
+) -> None:
+    name, short = repository.name, repository.short
+    first = repository.push("v1", 201)
+    repository.push("latest", 205)
     mirror = MirrorProcess(
         tmp_path / "mirror",
-        {"docker.io": fake_upstream.url},
+        {"docker.io": registry.url},
         extra_config='tag_ttl = "1s"',
         upstream_config='immutable_tags = ["v*", "*.*.*"]',
     )
     mirror.start()
     try:
-        assert pull(mirror, "v1").content == manifest(1)
-        assert pull(mirror, "latest").content == manifest(5)
-        fake_upstream.manifests["v1"] = (manifest(2), OCI_MANIFEST)  # the upstream repoints both
-        fake_upstream.manifests["latest"] = (manifest(6), OCI_MANIFEST)
+        pull(mirror, name, "v1")
+        pull(mirror, name, "latest")
+        second = repository.push("v1", 202)  # the upstream repoints both
+        latest = repository.push("latest", 206)
         time.sleep(1.2)
-        kept = pull(mirror, "v1")
-        assert pull(mirror, "latest").content == manifest(6)  # a mutable tag follows the upstream
-        gets = fake_upstream.requests[("GET", "v1")]
+        kept = pull(mirror, name, "v1")
+        assert pull(mirror, name, "latest").headers["docker-content-digest"] == latest  # a mutable tag follows
         time.sleep(1.2)
-        again = pull(mirror, "v1")
-        gets_again = fake_upstream.requests[("GET", "v1")] - gets
+        mark = registry.mark()
+        again = pull(mirror, name, "v1")
+        gets_again = manifest_gets(registry, mark, "v1")
         moves = mirror.stats()["upstreams"]["docker.io"]["tag_moves"]
-        command = [
-            sys.executable,
-            "-m",
-            "mirror",
-            "tag",
-            "accept",
-            "app:v1",
-            "--config",
-            str(mirror.root / "config.toml"),
-        ]
+        config = str(mirror.root / "config.toml")
+        command = [sys.executable, "-m", "mirror", "tag", "accept", f"{short}:v1", "--config", config]
         accepted = subprocess.run(command, capture_output=True, text=True, timeout=60)
-        taken = pull(mirror, "v1")
+        taken = pull(mirror, name, "v1")
         log = mirror.log_path.read_text()
     finally:
         mirror.stop()
-    first, second = sha256(manifest(1)), sha256(manifest(2))
-    assert kept.content == manifest(1) and kept.headers["x-cache"] == "HIT"
-    assert again.content == manifest(1)
+    assert kept.headers["docker-content-digest"] == first and kept.headers["x-cache"] == "HIT"
+    assert again.headers["docker-content-digest"] == first
     assert gets_again == 0  # the move is journalled: a HEAD tells it again, no GET
     assert moves == 2  # v1 once (not at every revalidation) and latest once
-    assert f"moved library/app:v1 from {first} to {second}; immutable_tags 'v*' keeps {first}" in log
+    assert f"moved {name}:v1 from {first} to {second}; immutable_tags 'v*' keeps {first}" in log
     assert accepted.returncode == 0, accepted.stderr
-    assert f"app:v1: serves {second} from now on" in accepted.stdout
-    assert taken.content == manifest(2) and taken.headers["docker-content-digest"] == second
+    assert f"{short}:v1: serves {second} from now on" in accepted.stdout
+    assert taken.headers["docker-content-digest"] == second
