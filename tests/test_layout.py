@@ -18,6 +18,7 @@ LAYERS = [
         "mirror.registry",
         "mirror.requestid",
     },  # the spec's grammar: the config checks names, digests and patterns with it
+    {"mirror.signatures"},  # containers-policy.json: the config checks a policy file with it
     {"mirror.stats", "mirror.config"},
     {"mirror.traffic", "mirror.link", "mirror.logins"},
     {"mirror.cache", "mirror.upstream"},  # side by side: neither imports the other
