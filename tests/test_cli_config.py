@@ -32,6 +32,8 @@ NEEDS = {
     "doctor": [],
     "export": ["alpine:3.19", "-o", "images.tar"],
     "import": ["images.tar"],
+    "history": ["alpine:3.19"],
+    "tag": ["accept", "alpine:3.19"],
 }
 CREDENTIALS = {
     "issue": ["--user", "ci"],

@@ -24,6 +24,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     history.add_argument("--json", action="store_true", help="print JSON instead of a table")
     history.set_defaults(run=show_history)
     tag = commands.add_parser("tag", help="immutable tags: take the upstream's new digest")
+    add_config_option(tag)  # before the action too, as `credentials` takes it
     actions = tag.add_subparsers(dest="action", required=True)
     accept = actions.add_parser("accept", help="the tags serve the upstream's newest digest from now on")
     accept.add_argument("targets", nargs="+", metavar="IMAGE:TAG", help="alpine:3.19, ghcr.io/org/app:1.0")
