@@ -200,6 +200,10 @@ def test_roots_commands_and_the_services_user_agree(site: Site, tmp_path: Path) 
             assert site.as_root("unpin", "pulled:1").returncode == 0
             removed = site.as_root("rm", "pulled:1")
             assert removed.returncode == 0 and "removed tag docker.io/library/pulled:1" in removed.stdout
+            history = site.as_root("history", "imported:1")
+            assert history.returncode == 0 and "1: 0 digest changes seen" in history.stdout, history.stderr
+            accepted = site.as_root("tag", "accept", "imported:1")
+            assert accepted.returncode == 0 and "imported:1: serves sha256:" in accepted.stdout, accepted.stderr
             for command in ("gc", "verify"):
                 done = site.as_root(command)
                 assert done.returncode == 0 and "removed 0" in done.stdout, (command, done.stdout, done.stderr)
@@ -207,6 +211,10 @@ def test_roots_commands_and_the_services_user_agree(site: Site, tmp_path: Path) 
             assert site.owners() == {(UID, GID)}, "everything in the state directory is the service's"
             pull(service.url, imported, OPS)  # still served, from what root's commands left
             assert "Traceback" not in (site.home / "service.log").read_text()
+            service.stop()  # without a server, `tag accept` writes in the cache directory itself
+            offline = site.as_root("tag", "accept", "imported:1")
+            assert offline.returncode == 0 and "the next pull takes" in offline.stdout, offline.stderr
+            assert site.owners() == {(UID, GID)}, "root's offline change is the service's too"
         finally:
             service.stop()
     finally:

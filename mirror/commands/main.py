@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # Commands that write in the cache (or the login keys' directory) while the service may be running.
-WRITERS = frozenset({"import", "credentials", "pin", "unpin", "rm", "gc", "verify"})
+WRITERS = frozenset({"import", "credentials", "pin", "unpin", "rm", "gc", "verify", "tag", "history"})
 
 
 def as_the_files_owner(args: argparse.Namespace, config: Config) -> None:
