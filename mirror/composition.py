@@ -28,7 +28,7 @@ from mirror.cache.pins import unpin as unpin_images
 from mirror.cache.removal import Removal, RemovalError, Target, apply_to_index, parse_target, plan_removal
 from mirror.cache.tags import LocalTagStore, TagStore
 from mirror.config import Config, FleetConfig, config_hash, restart_keys
-from mirror.proxy import BlobSource, Proxy
+from mirror.proxy import BlobSource, Proxy, SignaturePolicy
 from mirror.proxy.coordination import Alone, Coordination
 from mirror.registry.errors import NameUnknown, RegistryError
 from mirror.registry.reference import Digest, is_registry_host, parse_digest
@@ -53,6 +53,12 @@ def links_matter(config: Config) -> bool:
         upstream.username is not None or upstream.credentials or any(m.username for m in upstream.mirrors)
         for upstream in config.upstreams.values()
     )
+
+
+def signature_policy(config: Config) -> SignaturePolicy | None:
+    """[signatures]: the policy to enforce (or audit), or None."""
+    signatures = config.signatures
+    return None if signatures is None else SignaturePolicy(signatures.policy, signatures.mode)
 
 
 class Mirror:
@@ -96,6 +102,7 @@ class Mirror:
             enforce_links=links_matter(config),
             coordination=coordination,
             source_for=self._blob_source,
+            signatures=signature_policy(config),
         )
         self.upstreams = {
             name: Upstream(upstream, self.stats, config.proxy_env, offline=config.server.offline)
@@ -258,7 +265,9 @@ class Mirror:
         for name, upstream in self.upstreams.items():
             if name in config.upstreams:
                 restart += upstream.reconfigure(config.upstreams[name], offline=config.server.offline)
-        self.proxy.reconfigure(tag_ttl=config.cache.tag_ttl, enforce_links=links_matter(config))
+        self.proxy.reconfigure(
+            tag_ttl=config.cache.tag_ttl, enforce_links=links_matter(config), signatures=signature_policy(config)
+        )
         self.store.max_size = config.cache.max_size
         self.config = config
         self.config_hash = config_hash(config)

@@ -29,6 +29,9 @@ class UpstreamStats:
     bytes_fetched: int = 0
     manifest_gets: int = 0  # what Docker Hub counts as pulls
     tag_moves: int = 0  # a tag seen pointing to another digest than the last time (the tag journal)
+    # The signature policy's verdicts on its manifests: accepted, refused (enforce mode), audited
+    # (refused, and served anyway in audit mode).
+    signature_verdicts: dict[str, int] = field(default_factory=dict)
     ratelimit_limit: int | None = None
     ratelimit_remaining: int | None = None
     ratelimit_window_seconds: int | None = None
@@ -46,8 +49,13 @@ class UpstreamStats:
         self.ratelimit_source = source[:100] if source else None
         self.ratelimit_seen_at = time.time()
 
+    def verdict(self, result: str) -> None:
+        self.signature_verdicts[result] = self.signature_verdicts.get(result, 0) + 1
+
     def snapshot(self) -> dict[str, object]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        found = {f.name: getattr(self, f.name) for f in fields(self)}
+        found["signature_verdicts"] = dict(self.signature_verdicts)
+        return found
 
 
 def _quota(value: str | None) -> tuple[int | None, int | None]:
@@ -215,6 +223,15 @@ def prometheus(snapshot: dict[str, object]) -> str:
             if values[key] is not None:
                 value = int(values[key]) if isinstance(values[key], bool) else values[key]
                 lines.append(f'{metric}{{upstream="{_label(upstream)}"}} {value}')
+    lines += [
+        "# HELP mirror_upstream_signature_verdicts_total The signature policy's verdicts on manifests, by result"
+        " (accepted; refused; audited: refused and served in audit mode).",
+        "# TYPE mirror_upstream_signature_verdicts_total counter",
+    ]
+    for upstream, values in upstreams.items():
+        for result, count in sorted(values["signature_verdicts"].items()):
+            labels = f'upstream="{_label(upstream)}",result="{_label(result)}"'
+            lines.append(f"mirror_upstream_signature_verdicts_total{{{labels}}} {count}")
     lines += [
         "# HELP mirror_upstream_ratelimit_source_info The address the upstream counts pulls against"
         " (its docker-ratelimit-source header).",

@@ -31,6 +31,7 @@ from mirror.config.values import (
 from mirror.registry.errors import RegistryError
 from mirror.registry.patterns import PatternError, compile_pattern, compile_tag_glob
 from mirror.registry.reference import NAME_RE, parse_digest
+from mirror.signatures.policy import Policy, PolicyError, load_policy
 
 _ABSENT = object()
 
@@ -126,6 +127,21 @@ def choice(values: tuple[str, ...], said: str, *, lower: bool = False) -> Value:
 
 LOG_LEVEL = choice(("critical", "error", "warning", "info", "debug"), "debug, info, warning or error", lower=True)
 LOG_FORMAT = choice(("text", "json"), "'text' or 'json'")
+SIGNATURE_MODE = choice(("enforce", "audit"), "'enforce' or 'audit'")
+
+
+def _policy(table: Table, key: str, default: Any) -> Policy:
+    """containers-policy.json(5), read and checked whole: the policy the mirror enforces (one reading)."""
+    path = table.get(key, str)
+    if path is None:
+        raise ConfigError(table.key(key), "missing: the containers-policy.json(5) file to enforce")
+    try:
+        return load_policy(Path(path))
+    except PolicyError as exc:
+        raise ConfigError(table.key(key), str(exc)) from None
+
+
+POLICY = Value(_policy, show=lambda policy: policy.source)
 
 
 def _registry_url(table: Table, key: str, default: Any) -> str:

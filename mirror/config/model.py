@@ -24,6 +24,7 @@ from mirror.config.kinds import (
     PEER_URL,
     PEERS,
     PLATFORMS,
+    POLICY,
     POSITIVE_DURATION,
     PROXY,
     RATE,
@@ -31,6 +32,7 @@ from mirror.config.kinds import (
     REGISTRY_URL,
     REPOSITORY_PREFIX,
     SECRET,
+    SIGNATURE_MODE,
     SIZE,
     TAG_GLOBS,
     TEXT,
@@ -40,6 +42,7 @@ from mirror.config.proxies import ProxyEnvironment, mask_url
 from mirror.config.settings import FromEnvironment, Images, Named, Section, Sections, setting, settings
 from mirror.config.values import listen_address
 from mirror.registry.reference import DOCKER_HUB, DOCKER_HUB_URL
+from mirror.signatures.policy import Policy
 
 
 @settings
@@ -227,6 +230,15 @@ class FleetConfig:
 
 
 @settings
+class SignaturesConfig:
+    """Serve only what containers-policy.json(5) accepts (the file podman, skopeo and CRI-O read)."""
+
+    policy: Policy = setting(POLICY, reload="live")  # read whole at load: a bad policy is a config error
+    # enforce: refuse what the policy does not accept; audit: verify, log and count, but serve.
+    mode: str = setting(SIGNATURE_MODE, default="enforce", env=True, reload="live")
+
+
+@settings
 class Config:
     """The whole config, its tables in the order `mirror config` prints them."""
 
@@ -244,6 +256,8 @@ class Config:
     proxy_env: ProxyEnvironment = setting(FromEnvironment(), default_factory=ProxyEnvironment, reload="start")
     # [fleet]: replicas coordinated through Redis.
     fleet: FleetConfig | None = setting(Section(FleetConfig, optional=True), default=None, reload="start")
+    # [signatures]: what must be signed, and by whom.
+    signatures: SignaturesConfig | None = setting(Section(SignaturesConfig, optional=True), default=None, reload="live")
     # [[pin]] image = "…": never evicted, once cached.
     pins: tuple[str, ...] = setting(Images(), key="pin", default=(), reload="live")
     prefetch: tuple[PrefetchConfig, ...] = setting(

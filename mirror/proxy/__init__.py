@@ -8,7 +8,8 @@ Other replicas are reached only through `coordination`.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from mirror.cache.blobs import BlobStore
 from mirror.cache.journal import TagJournal
@@ -24,11 +25,23 @@ from mirror.proxy.links import LinkGuard
 from mirror.proxy.lists import ListProxy
 from mirror.proxy.manifests import ManifestProxy
 from mirror.registry.reference import Digest
+from mirror.signatures.policy import Policy
 from mirror.stats import Stats
 from mirror.transfer.inflight import InflightDownloads
 from mirror.upstream import Upstream
 
-__all__ = ["BlobBody", "BlobSource", "CacheStatus", "ManifestAnswer", "Proxy"]
+if TYPE_CHECKING:
+    from mirror.proxy.signed import SignatureGate
+
+__all__ = ["BlobBody", "BlobSource", "CacheStatus", "ManifestAnswer", "Proxy", "SignaturePolicy"]
+
+
+@dataclass(frozen=True)
+class SignaturePolicy:
+    """What [signatures] says: the policy, read whole, and enforce or audit."""
+
+    policy: Policy
+    mode: str
 
 
 def _upstream_itself(upstream: Upstream) -> BlobSource:
@@ -54,6 +67,7 @@ class Proxy:
         enforce_links: bool,
         coordination: Coordination | None = None,
         source_for: SourceFor = _upstream_itself,
+        signatures: SignaturePolicy | None = None,
     ) -> None:
         self.freshness = Freshness(tag_ttl)
         # Serve a cached digest under a repository only once linked to it (private content is held).
@@ -70,11 +84,30 @@ class Proxy:
         )
         self.blobs = BlobProxy(store=store, inflight=inflight, guard=self.guard, source_for=source_for, stats=stats)
         self.lists = ListProxy(kept_lists=kept_lists, manifests=self.manifests, freshness=self.freshness)
+        self.gate: SignatureGate | None = None
+        self._set_signatures(signatures)
 
-    def reconfigure(self, *, tag_ttl: float, enforce_links: bool) -> None:
+    def reconfigure(self, *, tag_ttl: float, enforce_links: bool, signatures: SignaturePolicy | None = None) -> None:
         """A reload: what the proxy's parts share changes for all of them at once."""
         self.freshness.tag_ttl = tag_ttl
         self.guard.enforce = enforce_links
+        self._set_signatures(signatures)
+
+    def _set_signatures(self, signatures: SignaturePolicy | None) -> None:
+        """The signature policy on (its gate built at the first), changed, or off."""
+        if signatures is None:
+            self.gate = None
+        elif self.gate is None:
+            from mirror.proxy.attachments import Attachments  # only with a policy: they load cryptography
+            from mirror.proxy.signed import SignatureGate
+
+            attachments = Attachments(manifests=self.manifests, lists=self.lists, blobs=self.blobs)
+            self.gate = SignatureGate(
+                policy=signatures.policy, mode=signatures.mode, lookup=attachments, freshness=self.freshness
+            )
+        else:
+            self.gate.reconfigure(signatures.policy, signatures.mode)
+        self.manifests.gate = self.blobs.gate = self.gate
 
     def fresh_manifest(
         self, upstream: Upstream, repository: str, reference: str | Digest, accepted: frozenset[str]

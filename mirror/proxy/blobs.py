@@ -6,20 +6,23 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from mirror.cache.blobs import BlobStore
 from mirror.link import Link
 from mirror.proxy.answers import CacheStatus, count_blob
 from mirror.proxy.bodies import BlobBody, CachedBody, DownloadBody, PassThroughBody
 from mirror.proxy.links import LinkGuard
-from mirror.registry.errors import NoRoom
+from mirror.registry.errors import Denied, NoRoom
 from mirror.registry.reference import Digest
 from mirror.stats import Stats
 from mirror.transfer.downloads import BlobStream
 from mirror.transfer.inflight import InflightDownloads
 from mirror.transfer.passthrough import PassThrough
 from mirror.upstream import Upstream
+
+if TYPE_CHECKING:
+    from mirror.proxy.signed import SignatureGate  # built only with a signature policy
 
 
 class BlobSource(Protocol):
@@ -56,14 +59,20 @@ class BlobProxy:
         self.guard = guard
         self.source_for = source_for
         self.stats = stats
+        self.gate: SignatureGate | None = None  # set by the proxy when a signature policy is on
 
-    async def blob(self, upstream: Upstream, repository: str, digest: Digest, *, background: bool = False) -> BlobBody:
+    async def blob(
+        self, upstream: Upstream, repository: str, digest: Digest, *, background: bool = False, attachment: bool = False
+    ) -> BlobBody:
         """The cached file, or the download (new or joined) that is fetching it, or a pass-through.
 
         A `background` request (a prefetch) starts a download that yields to clients' downloads.
+        An `attachment` (a signature's own blob, read by the signature policy) asks no verdict.
         """
         source = self.source_for(upstream)
         await self._check(upstream, source, repository, digest)
+        if not attachment:
+            self._check_signed(upstream, repository, digest)
         found = await self.inflight.find(digest)
         if isinstance(found, tuple):
             count_blob(self.stats, CacheStatus.HIT)
@@ -95,6 +104,7 @@ class BlobProxy:
     async def size(self, upstream: Upstream, repository: str, digest: Digest) -> int | None:
         """The size of a blob for HEAD, without downloading it."""
         await self._check(upstream, self.source_for(upstream), repository, digest)
+        self._check_signed(upstream, repository, digest)
         stat = await self.store.stat(digest)
         if stat is not None:
             count_blob(self.stats, CacheStatus.HIT)
@@ -117,6 +127,15 @@ class BlobProxy:
         except NoRoom:
             return None
         return DownloadBody(download, CacheStatus.COALESCED, self.stats, shared_only=True)
+
+    def _check_signed(self, upstream: Upstream, repository: str, digest: Digest) -> None:
+        """With a signature policy: a blob only as part of a manifest the policy accepted there."""
+        if self.gate is not None and not self.gate.blob_allowed(upstream, repository, digest):
+            raise Denied(
+                "the signature policy has accepted no manifest here that names this blob: "
+                "pull the image by tag or digest",
+                detail={"name": f"{upstream.name}/{repository}", "digest": str(digest)},
+            )
 
     async def _check(self, upstream: Upstream, source: BlobSource, repository: str, digest: Digest) -> None:
         """A blocked digest is refused; a held or downloading blob is served under `repository`

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from mirror.cache.journal import TagJournal
 from mirror.cache.metadata import Manifest, ManifestCache, manifest_digest
@@ -16,6 +17,9 @@ from mirror.proxy.answers import CacheStatus, Freshness, ManifestAnswer, answere
 from mirror.proxy.coordination import Coordination
 from mirror.proxy.links import LinkGuard
 from mirror.proxy.tags import MissingTags, TagResolver, answer_for
+
+if TYPE_CHECKING:
+    from mirror.proxy.signed import SignatureGate  # built only with a signature policy
 from mirror.registry.errors import FALLBACK_ERRORS, DigestInvalid
 from mirror.registry.mediatypes import accept_key, accepted_types, admits
 from mirror.registry.reference import Digest
@@ -45,6 +49,7 @@ class ManifestProxy:
         self.guard = guard
         self.freshness = freshness
         self.stats = stats
+        self.gate: SignatureGate | None = None  # set by the proxy when a signature policy is on
         self._fetches: SingleFlight[tuple[str, str, str, str], ManifestAnswer] = SingleFlight()
         self._missing = MissingTags(negative_ttl, stats)
         self._resolver = TagResolver(
@@ -66,6 +71,10 @@ class ManifestProxy:
                 return None
             if not self.guard.allows_in_memory(upstream, repository, str(reference)):
                 return None
+            if self.gate is not None and not self.gate.allows_in_memory(
+                upstream, repository, reference, str(reference)
+            ):
+                return None
             cached = self.manifests.get_in_memory(str(reference))
             return cached if cached is not None and admits(accepted, cached.media_type) else None
         entries = self.tags.tag_entries_in_memory(upstream.name, repository, reference)
@@ -74,12 +83,25 @@ class ManifestProxy:
             return None
         if entry.digest in upstream.policy.blocked:
             return None
+        if self.gate is not None and not self.gate.allows_in_memory(upstream, repository, reference, entry.digest):
+            return None
         return self.manifests.get_in_memory(entry.digest)
 
     async def manifest(
         self, upstream: Upstream, repository: str, reference: str | Digest, accept: list[str]
     ) -> ManifestAnswer:
-        """The manifest for a tag or digest; a blocked digest is refused however it was reached."""
+        """The manifest for a tag or digest; a blocked digest, or one the signature policy does not
+        accept, is refused however it was reached."""
+        answer = await self.attachment(upstream, repository, reference, accept)
+        if self.gate is not None:
+            await self.gate.check(upstream, repository, reference, answer.manifest)
+        return answer
+
+    async def attachment(
+        self, upstream: Upstream, repository: str, reference: str | Digest, accept: list[str]
+    ) -> ManifestAnswer:
+        """A manifest without the signature policy's verdict: how the policy reads the signatures
+        themselves (a signature is not asked for a signature)."""
         answer = await self._answer(upstream, repository, reference, accept)
         upstream.policy.check_digest(answer.manifest.digest)
         await self.guard.link_manifest(upstream, repository, answer.manifest)

@@ -69,12 +69,34 @@ class Requirement:
     fulcio: Fulcio | None = None
     rekor_keys: tuple[bytes, ...] = ()  # PEM public keys of the Rekor logs whose timestamps count
     identity: SignedIdentity = SignedIdentity("matchRepoDigestOrExact")
+    source: str = ""  # what it trusts, for messages: the key file, "keyData", or the CA and email
+
+    def __str__(self) -> str:
+        return self.type if self.type != "sigstoreSigned" else self.source
 
 
 @dataclass(frozen=True)
 class Policy:
     default: tuple[Requirement, ...]
     scopes: dict[str, tuple[Requirement, ...]]  # the docker transport's, "" its default
+    source: str = "policy"  # the file it was read from
+
+    def __str__(self) -> str:
+        return self.source
+
+    @property
+    def accepts_anything(self) -> bool:
+        """True when no requirement of any scope asks for more than insecureAcceptAnything."""
+        every = [self.default, *self.scopes.values()]
+        return all(r.type == "insecureAcceptAnything" for requirements in every for r in requirements)
+
+    def repository_accepts_anything(self, name: str) -> bool:
+        """True when every scope that may apply to the repository `name`, whatever the tag or digest,
+        accepts anything (so its blobs need no accepted manifest)."""
+        tagged = [r for scope, r in self.scopes.items() if scope.startswith((f"{name}:", f"{name}@"))]
+        _, requirements = self.requirements_for(name, "latest")
+        every = [requirements, *tagged]
+        return all(r.type == "insecureAcceptAnything" for requirements in every for r in requirements)
 
     def requirements_for(self, name: str, reference: str) -> tuple[str, tuple[Requirement, ...]]:
         """The scope that applies to `name` (`docker.io/library/alpine`) at a tag or digest, and its
@@ -134,7 +156,7 @@ def parse_policy(text: str, source: str = "policy") -> Policy:
                         "a namespace, a host, or *.domain"
                     )
                 scopes[scope] = parsed
-    return Policy(default, scopes)
+    return Policy(default, scopes, source)
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -186,7 +208,19 @@ def _requirement(value: object, where: str) -> Requirement:
     if fulcio is not None and not rekor:
         raise PolicyError(f"{where}: fulcio needs rekorPublicKeyPath or rekorPublicKeyData (the signing time)")
     identity = _identity(table.get("signedIdentity"), f"{where}.signedIdentity")
-    return Requirement("sigstoreSigned", keys, fulcio, rekor, identity)
+    return Requirement("sigstoreSigned", keys, fulcio, rekor, identity, _source(table, fulcio))
+
+
+def _source(table: dict[str, Any], fulcio: Fulcio | None) -> str:
+    """What a requirement trusts, as a message names it: the key file(s), or the CA and identity."""
+    if fulcio is not None:
+        ca = table["fulcio"].get("caPath", "the fulcio.caData CA")
+        return f"a certificate from {ca} for {fulcio.subject_email} (issuer {fulcio.oidc_issuer})"
+    if "keyPath" in table:
+        return str(table["keyPath"])
+    if "keyPaths" in table:
+        return " or ".join(table["keyPaths"])
+    return "the policy's keyData"
 
 
 def _keys(table: dict[str, Any], where: str, path: str, paths: str, data: str, datas: str) -> tuple[bytes, ...]:
@@ -226,6 +260,15 @@ def _pem_data(value: str, where: str) -> bytes:
 def _pem(pem: bytes, where: str) -> bytes:
     if b"-----BEGIN PUBLIC KEY-----" not in pem and b"-----BEGIN CERTIFICATE-----" not in pem:
         raise PolicyError(f"{where}: not a PEM public key or certificate")
+    from mirror.signatures.crypto import MaterialError, certificates, public_key  # only with a policy: heavy
+
+    try:
+        if b"-----BEGIN CERTIFICATE-----" in pem:
+            certificates(pem)
+        else:
+            public_key(pem)
+    except MaterialError as exc:
+        raise PolicyError(f"{where}: {exc}") from None
     return pem
 
 
