@@ -27,6 +27,7 @@ from mirror.cache.pins import pin as pin_images
 from mirror.cache.pins import unpin as unpin_images
 from mirror.cache.removal import Removal, RemovalError, Target, apply_to_index, parse_target, plan_removal
 from mirror.cache.tags import LocalTagStore, TagStore
+from mirror.cache.verdicts import VerdictRecords
 from mirror.config import Config, FleetConfig, config_hash, restart_keys
 from mirror.proxy import BlobSource, Proxy, SignaturePolicy
 from mirror.proxy.coordination import Alone, Coordination
@@ -103,6 +104,7 @@ class Mirror:
             coordination=coordination,
             source_for=self._blob_source,
             signatures=signature_policy(config),
+            verdicts=VerdictRecords(self.directory.metadata),
         )
         self.upstreams = {
             name: Upstream(upstream, self.stats, config.proxy_env, offline=config.server.offline)

@@ -123,6 +123,10 @@ class MetadataIndex:
                 if isinstance(value, str):
                     yield parts[1:], value
 
+    def raw(self, key: str) -> str | None:
+        value = self._db.get(key)
+        return value if isinstance(value, str) else None
+
     def set_raw(self, key: str, value: str) -> None:
         self._db.set(key, value)
 

@@ -9,6 +9,7 @@ from typing import Any
 from mirror.cache.directory import CacheDirectory
 from mirror.cache.pins import PinError, image_digests, load_pins
 from mirror.cache.removal import RemovalError, parse_target
+from mirror.cache.verdicts import recorded, summary
 from mirror.registry.mediatypes import IMAGE_CONFIG_TYPES, platform_name
 
 
@@ -74,7 +75,8 @@ def list_images(
             if entry.digest in seen:
                 continue
             seen.add(entry.digest)
-            summary = describe(cache, entry.digest)
+            described = describe(cache, entry.digest)
+            verdict = recorded(cache.metadata, upstream, repo, entry.digest)
             rows.append(
                 {
                     "upstream": upstream,
@@ -82,15 +84,17 @@ def list_images(
                     "tag": tag,
                     "digest": entry.digest,
                     "media_type": entry.media_type,
-                    "size": summary.size,
-                    "cached_size": summary.cached,
-                    "complete": summary.complete,
-                    "platforms": summary.platforms,
-                    "artifact_type": summary.artifact_type,
+                    "size": described.size,
+                    "cached_size": described.cached,
+                    "complete": described.complete,
+                    "platforms": described.platforms,
+                    "artifact_type": described.artifact_type,
                     "last_pull": None if entry.imported else _when(entry.fetched_at),
                     "imported_at": _when(entry.fetched_at) if entry.imported else None,
                     "pinned": entry.digest in pinned,
                     "moves": moves,
+                    "signature": summary(verdict),  # the signature policy's last verdict, in a few words
+                    "signature_reason": verdict["reason"] if verdict else None,
                 }
             )
     rows.sort(key=lambda r: (r["upstream"], r["repository"], r["tag"]))
@@ -99,6 +103,9 @@ def list_images(
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
     header = ["REPOSITORY", "TAG", "DIGEST", "SIZE", "LAST PULL", "PINNED", "PLATFORMS"]  # or an artifact's type
+    signatures = any(r.get("signature", "-") != "-" for r in rows)  # a column once a policy has judged
+    if signatures:
+        header.append("SIGNATURE")
     table = [header] + [
         [
             f"{r['upstream']}/{r['repository']}",
@@ -108,6 +115,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
             r["last_pull"] or f"- (imported {r['imported_at']})",
             "yes" if r["pinned"] else "no",
             r["artifact_type"] or ",".join(r["platforms"]) or "-",
+            *([r.get("signature", "-")] if signatures else []),
         ]
         for r in rows
     ]

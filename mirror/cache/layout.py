@@ -22,6 +22,10 @@ This module is the one owner of that format (version 3)::
         ["journal", upstream, repository, tag] -> [{"digest", "first_seen", "last_seen"}, …]: every
                                           digest the tag pointed to, oldest first, at most
                                           JOURNAL_KEPT (`mirror.cache.journal`); new in format 3
+        ["verdict", upstream, repository, digest] -> {"accepted", "signed", "reason", "scope",
+                                          "policy", "mode", "at"}: the signature policy's last
+                                          verdict on a manifest, for `mirror ls` and the dashboard
+                                          (`mirror.cache.verdicts`); enforcement decides anew
 
 Keys and values are plain text, never pickles of our classes, so moving a module can never
 make a cache unreadable. Format 1 (no FORMAT file; pickled tuples and `TagEntry` objects)
@@ -128,6 +132,11 @@ def referrers_key(upstream: str, repository: str, digest: str) -> str:
 
 
 JOURNAL = "journal"  # the kind of a journal's key
+VERDICT = "verdict"  # the kind of a verdict's key
+
+
+def verdict_key(upstream: str, repository: str, digest: str) -> str:
+    return json.dumps([VERDICT, upstream, repository, digest])
 
 
 def journal_key(upstream: str, repository: str, tag: str) -> str:

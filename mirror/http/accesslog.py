@@ -87,9 +87,19 @@ class AccessLog:
         path = scope.get("path", "")
         if scope.get("query_string"):
             path += "?" + scope["query_string"].decode("latin-1")
-        upstream = scope.get("state", {}).get("upstream", "-")
+        state = scope.get("state", {})
         write_line(
-            self.json_format, client[0], scope["method"], path, status, sent, duration_ms, cache, upstream, request_id
+            self.json_format,
+            client[0],
+            scope["method"],
+            path,
+            status,
+            sent,
+            duration_ms,
+            cache,
+            state.get("upstream", "-"),
+            request_id,
+            state.get("refused"),
         )
 
 
@@ -104,8 +114,9 @@ def write_line(
     cache: str,
     upstream: str,
     request_id: str = "-",
+    refused: str | None = None,
 ) -> None:
-    """One request's line, as JSON or as text."""
+    """One request's line, as JSON or as text; a refusal's reason at its end."""
     if json_format:
         record = {
             "client": client,
@@ -118,11 +129,13 @@ def write_line(
             "upstream": upstream,
             "request_id": request_id,
         }
+        if refused is not None:
+            record["refused"] = refused
         log.info(json.dumps(record))
     else:
         # repr-style quoting keeps a crafted path from forging extra log lines.
         log.info(
-            '%s "%s %s" %d %d %.1fms %s %s %s',
+            '%s "%s %s" %d %d %.1fms %s %s %s%s',
             client,
             method,
             json.dumps(path)[1:-1],
@@ -132,4 +145,5 @@ def write_line(
             cache,
             upstream,
             request_id,
+            "" if refused is None else f' refused="{json.dumps(refused)[1:-1]}"',
         )

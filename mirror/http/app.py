@@ -206,6 +206,8 @@ async def healthz(request: Request) -> Response:
 
 async def registry_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RegistryError)
+    if exc.code == "DENIED":
+        request.state.refused = exc.message  # the access log says why (a signature policy's reason)
     return error_response(exc)
 
 

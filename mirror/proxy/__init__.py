@@ -17,6 +17,7 @@ from mirror.cache.kept import KeptLists
 from mirror.cache.links import BlobLinks
 from mirror.cache.metadata import Manifest, ManifestCache
 from mirror.cache.tags import TagStore
+from mirror.cache.verdicts import VerdictRecords
 from mirror.proxy.answers import CacheStatus, Freshness, ManifestAnswer
 from mirror.proxy.blobs import BlobProxy, BlobSource, SourceFor
 from mirror.proxy.bodies import BlobBody
@@ -68,6 +69,7 @@ class Proxy:
         coordination: Coordination | None = None,
         source_for: SourceFor = _upstream_itself,
         signatures: SignaturePolicy | None = None,
+        verdicts: VerdictRecords | None = None,
     ) -> None:
         self.freshness = Freshness(tag_ttl)
         # Serve a cached digest under a repository only once linked to it (private content is held).
@@ -85,6 +87,7 @@ class Proxy:
         self.blobs = BlobProxy(store=store, inflight=inflight, guard=self.guard, source_for=source_for, stats=stats)
         self.lists = ListProxy(kept_lists=kept_lists, manifests=self.manifests, freshness=self.freshness)
         self.gate: SignatureGate | None = None
+        self._verdicts = verdicts
         self._set_signatures(signatures)
 
     def reconfigure(self, *, tag_ttl: float, enforce_links: bool, signatures: SignaturePolicy | None = None) -> None:
@@ -102,8 +105,14 @@ class Proxy:
             from mirror.proxy.signed import SignatureGate
 
             attachments = Attachments(manifests=self.manifests, lists=self.lists, blobs=self.blobs)
+            if self._verdicts is None:
+                raise ValueError("a signature policy needs somewhere to record its verdicts")
             self.gate = SignatureGate(
-                policy=signatures.policy, mode=signatures.mode, lookup=attachments, freshness=self.freshness
+                policy=signatures.policy,
+                mode=signatures.mode,
+                lookup=attachments,
+                freshness=self.freshness,
+                records=self._verdicts,
             )
         else:
             self.gate.reconfigure(signatures.policy, signatures.mode)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from cachetools import LRUCache
 
 from mirror.cache.metadata import Manifest
+from mirror.cache.verdicts import VerdictRecords
 from mirror.proxy.answers import Freshness
 from mirror.proxy.attachments import Attachments, is_attachment
 from mirror.registry.errors import FALLBACK_ERRORS, Denied, RegistryError
@@ -44,10 +45,13 @@ class Decided:
 class SignatureGate:
     """The policy's verdicts on manifests, and which blobs they let through."""
 
-    def __init__(self, *, policy: Policy, mode: str, lookup: Attachments, freshness: Freshness) -> None:
+    def __init__(
+        self, *, policy: Policy, mode: str, lookup: Attachments, freshness: Freshness, records: VerdictRecords
+    ) -> None:
         self.policy = policy
         self.mode = mode
         self._lookup = lookup
+        self._records = records
         self._freshness = freshness
         self._verdicts: LRUCache[tuple[str, str, str], Decided] = LRUCache(MAX_VERDICTS)
         self._children: LRUCache[tuple[str, str, str], Decided] = LRUCache(MAX_VERDICTS)
@@ -150,6 +154,17 @@ class SignatureGate:
         decided = Decided(verdict, time.time())
         self._verdicts[(name, str(reference), manifest.digest)] = decided
         self._count(upstream, verdict)
+        row = {
+            "accepted": verdict.accepted,
+            "signed": verdict.signed,
+            "reason": verdict.reason,
+            "by": verdict.by,
+            "scope": verdict.scope,
+            "policy": self.policy.source,
+            "mode": self.mode,
+            "at": decided.at,
+        }
+        await self._records.record(upstream.name, repository, manifest.digest, row)
         log.log(
             logging.INFO if verdict.accepted else logging.WARNING,
             "signature policy %s %s@%s (%s): %s%s",

@@ -38,6 +38,7 @@ class Verdict:
     scope: str  # the policy scope that applied ("default" when none did)
     reason: str  # refused: why; accepted: by what ("key /etc/mirror/cosign.pub", "insecureAcceptAnything")
     signed: bool = False  # some signature verified (accepted by a signature, not by accepting anything)
+    by: str = ""  # what verified it: the key file(s), or the CA and identity
 
 
 def judge(
@@ -45,19 +46,19 @@ def judge(
 ) -> Verdict:
     """The verdict on the manifest `digest` of `image` (its name as the client asked, tag or digest)."""
     reasons = []
-    signed = False
+    by = []
     for requirement in requirements:
         if requirement.type == "insecureAcceptAnything":
             reasons.append("insecureAcceptAnything")
             continue
         if requirement.type == "reject":
             return Verdict(False, scope, f"the policy rejects every image of scope {scope!r}")
-        why_not, by = _signed(requirement, image, digest, found)
+        why_not, verified = _signed(requirement, image, digest, found)
         if why_not is not None:
             return Verdict(False, scope, why_not)
-        reasons.append(by)
-        signed = True
-    return Verdict(True, scope, "; ".join(dict.fromkeys(reasons)), signed)
+        reasons.append(verified)
+        by.append(str(requirement))
+    return Verdict(True, scope, "; ".join(dict.fromkeys(reasons)), bool(by), " and ".join(dict.fromkeys(by)))
 
 
 def _signed(

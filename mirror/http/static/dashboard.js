@@ -346,7 +346,7 @@ async function refresh() {
 let images = [];
 
 function imageText(row) {
-  const flags = [row.pinned ? "pinned" : "", row.complete ? "" : "partial", row.moves ? "moved" : ""];
+  const flags = [row.pinned ? "pinned" : "", row.complete ? "" : "partial", row.moves ? "moved" : "", row.signature || ""];
   return [row.upstream + "/" + row.repository + ":" + row.tag, row.digest, row.artifact_type || "", ...row.platforms, ...flags]
     .join(" ")
     .toLowerCase();
@@ -380,6 +380,10 @@ function renderImages() {
       const moved = el("td", row.moves ? "num" : "num muted", row.moves ? `${row.moves}×` : "–");
       if (row.moves) moved.title = `${row.moves} other digest(s) seen for this tag before: mirror history`;
       tr.appendChild(moved);
+      const signature = row.signature || "-";
+      const verdict = el("td", signature === "-" ? "muted small" : signature.startsWith("verified") ? "small signed" : "small refused", signature === "-" ? "–" : signature);
+      if (row.signature_reason) verdict.title = row.signature_reason;
+      tr.appendChild(verdict);
       tr.appendChild(el("td", row.pinned ? "flag pinned" : "flag muted", row.pinned ? "pinned" : "–"));
       return tr;
     })
