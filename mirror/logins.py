@@ -20,9 +20,8 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
-
-import jwt
 
 ALGORITHM = "HS256"
 ISSUER = "mirror"
@@ -107,11 +106,13 @@ class LoginKeys:
         now = int(time.time())
         jti = secrets.token_hex(12)
         claims = {"iss": ISSUER, "sub": user, "iat": now, "exp": now + int(ttl), "jti": jti}
+        jwt = _jwt()
         token = jwt.encode(claims, base64.b64decode(key["secret"]), algorithm=ALGORITHM, headers={"kid": key["kid"]})
         return Issued(user, token, jti, float(now + int(ttl)))
 
     def verify(self, user: str, token: str) -> None:
         """Accept a token as `user`'s password, or raise LoginError saying why not."""
+        jwt = _jwt()
         try:
             kid = jwt.get_unverified_header(token).get("kid")
         except jwt.PyJWTError:
@@ -162,3 +163,11 @@ def kubernetes_secret(name: str, server: str, issued: Issued) -> str:
         "data:\n"
         f"  .dockerconfigjson: {encoded}\n"
     )
+
+
+def _jwt() -> ModuleType:
+    """PyJWT, imported at the first temporary login: it loads cryptography (several MiB resident)
+    when that is installed, which a mirror without temporary logins does not need."""
+    import jwt
+
+    return jwt

@@ -5,14 +5,43 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from mirror.signatures.policy import PolicyError, load_policy, namespaces, parse_policy
 
-KEY = b"-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----\n"
+KEY = (
+    b"-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEZASEjixPmV/wIz6Hzmgns3tvqy7q\n"
+    b"RJYTaoo2ZgHrqgmWet8z8+oEcszoj/mzMPBNIeNZC513URFr4CYa9b0Yrg==\n-----END PUBLIC KEY-----\n"
+)
+
+
+def ca_pem() -> bytes:
+    """A self-signed CA certificate: what fulcio.caData holds."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - timedelta(hours=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM)
+
+
 ACCEPT = [{"type": "insecureAcceptAnything"}]
 
 
@@ -61,7 +90,11 @@ def test_keyless_and_rekor_and_identities_are_read(tmp_path: Path) -> None:
     data = base64.b64encode(KEY).decode()
     requirement = {
         "type": "sigstoreSigned",
-        "fulcio": {"caData": data, "oidcIssuer": "https://issuer.example", "subjectEmail": "ci@example.com"},
+        "fulcio": {
+            "caData": base64.b64encode(ca_pem()).decode(),
+            "oidcIssuer": "https://issuer.example",
+            "subjectEmail": "ci@example.com",
+        },
         "rekorPublicKeyData": data,
         "signedIdentity": {"type": "remapIdentity", "prefix": "mirror.lan/team", "signedPrefix": "docker.io/team"},
     }
@@ -89,9 +122,21 @@ def test_keyless_and_rekor_and_identities_are_read(tmp_path: Path) -> None:
         (
             {
                 "type": "sigstoreSigned",
-                "fulcio": {"caData": base64.b64encode(KEY).decode(), "oidcIssuer": "i", "subjectEmail": "e"},
+                "fulcio": {"caData": base64.b64encode(ca_pem()).decode(), "oidcIssuer": "i", "subjectEmail": "e"},
             },
             "fulcio needs rekorPublicKeyPath",
+        ),
+        (
+            {
+                "type": "sigstoreSigned",
+                "fulcio": {"caData": base64.b64encode(KEY).decode(), "oidcIssuer": "i", "subjectEmail": "e"},
+                "rekorPublicKeyData": base64.b64encode(KEY).decode(),
+            },
+            "not a CA certificate",
+        ),
+        (
+            {"type": "sigstoreSigned", "keyData": base64.b64encode(KEY.replace(b"Zg", b"Zh")).decode()},
+            "not a public key",
         ),
         (
             {

@@ -9,7 +9,6 @@ bounded before anything is fetched: a signature image names its layers' sizes.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from mirror.proxy.blobs import BlobProxy
 from mirror.proxy.lists import ListProxy
@@ -26,6 +25,7 @@ from mirror.signatures.material import (
     Candidate,
     bundle_candidates,
     cosign_candidates,
+    small_layer,
 )
 from mirror.upstream import Upstream
 
@@ -36,32 +36,6 @@ MAX_REFERRERS = 64  # bundles looked at per manifest
 def signature_tag(digest: Digest) -> str:
     """cosign's tag for the signatures of `digest`."""
     return f"{digest.algorithm}-{digest.hex}.sig"
-
-
-def is_attachment(body: bytes) -> bool:
-    """A signature, not an image: cosign's signature image (only simple-signing layers) or a
-    Sigstore bundle artifact (only bundle layers), every layer small. Clients that verify for
-    themselves read these through the mirror; nothing in them can be run."""
-    try:
-        manifest = json.loads(body)
-        layers = manifest["layers"]
-        if not isinstance(layers, list) or not layers or len(layers) > MAX_SIGNATURES:
-            return False
-        artifact = str(manifest.get("artifactType") or "")
-        if artifact.startswith(BUNDLE_TYPE_PREFIX):
-            return all(_small(layer, BUNDLE_TYPE_PREFIX, MAX_BUNDLE) for layer in layers)
-        return all(_small(layer, SIMPLE_SIGNING, MAX_PAYLOAD) for layer in layers)
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return False
-
-
-def _small(layer: Any, media_type: str, limit: int) -> bool:
-    return (
-        isinstance(layer, dict)
-        and str(layer.get("mediaType", "")).startswith(media_type)
-        and isinstance(layer.get("size"), int)
-        and 0 <= layer["size"] <= limit
-    )
 
 
 class Attachments:
@@ -150,5 +124,5 @@ def _layers(body: bytes, media_type: str, limit: int) -> list[str]:
     return [
         str(layer["digest"])
         for layer in layers[:MAX_SIGNATURES]
-        if _small(layer, media_type, limit) and isinstance(layer.get("digest"), str)
+        if small_layer(layer, media_type, limit) and isinstance(layer.get("digest"), str)
     ]

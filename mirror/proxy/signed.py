@@ -13,18 +13,20 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from cachetools import LRUCache
 
 from mirror.cache.metadata import Manifest
 from mirror.cache.verdicts import VerdictRecords
 from mirror.proxy.answers import Freshness
-from mirror.proxy.attachments import Attachments, is_attachment
 from mirror.registry.errors import FALLBACK_ERRORS, Denied, RegistryError
 from mirror.registry.mediatypes import INDEX_TYPES, required_digests
 from mirror.registry.reference import Digest, parse_digest
 from mirror.signatures.identity import DockerReference
+from mirror.signatures.material import Candidate, is_attachment
 from mirror.signatures.policy import Policy
 from mirror.signatures.verify import Verdict, judge
 from mirror.transfer.flights import SingleFlight
@@ -34,6 +36,18 @@ log = logging.getLogger(__name__)
 
 MAX_VERDICTS = 20_000
 MAX_ALLOWED_BLOBS = 50_000
+
+
+class Signatures(Protocol):
+    """The signatures of one manifest: cosign's (cheap when warm), then every format."""
+
+    async def cosign(self) -> list[Candidate]: ...
+
+    async def everything(self) -> list[Candidate]: ...
+
+
+# How the gate finds a manifest's signatures: through the proxy (`mirror.proxy.attachments`).
+Lookup = Callable[[Upstream, str, Digest], Awaitable[Signatures]]
 
 
 @dataclass(frozen=True)
@@ -46,7 +60,7 @@ class SignatureGate:
     """The policy's verdicts on manifests, and which blobs they let through."""
 
     def __init__(
-        self, *, policy: Policy, mode: str, lookup: Attachments, freshness: Freshness, records: VerdictRecords
+        self, *, policy: Policy, mode: str, lookup: Lookup, freshness: Freshness, records: VerdictRecords
     ) -> None:
         self.policy = policy
         self.mode = mode

@@ -213,3 +213,30 @@ def _b64(value: Any) -> bytes:
 
 def _short(exc: Exception) -> str:
     return str(exc)[:120] or type(exc).__name__
+
+
+def is_attachment(body: bytes) -> bool:
+    """A signature, not an image: cosign's signature image (only simple-signing layers) or a
+    Sigstore bundle artifact (only bundle layers), every layer small. Clients that verify for
+    themselves read these through the mirror; nothing in them can be run."""
+    try:
+        manifest = json.loads(body)
+        layers = manifest["layers"]
+        if not isinstance(layers, list) or not layers or len(layers) > MAX_SIGNATURES:
+            return False
+        artifact = str(manifest.get("artifactType") or "")
+        if artifact.startswith(BUNDLE_TYPE_PREFIX):
+            return all(small_layer(layer, BUNDLE_TYPE_PREFIX, MAX_BUNDLE) for layer in layers)
+        return all(small_layer(layer, SIMPLE_SIGNING, MAX_PAYLOAD) for layer in layers)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def small_layer(layer: Any, media_type: str, limit: int) -> bool:
+    """A descriptor of `media_type` (or a type it begins) declaring at most `limit` bytes."""
+    return (
+        isinstance(layer, dict)
+        and str(layer.get("mediaType", "")).startswith(media_type)
+        and isinstance(layer.get("size"), int)
+        and 0 <= layer["size"] <= limit
+    )

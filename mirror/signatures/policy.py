@@ -277,6 +277,8 @@ def _fulcio(value: object, where: str) -> Fulcio:
     ca = _keys(table, where, "caPath", "caPaths", "caData", "caDatas")
     if len(ca) != 1:
         raise PolicyError(f"{where}: one of caPath or caData")
+    if b"-----BEGIN CERTIFICATE-----" not in ca[0]:
+        raise PolicyError(f"{where}: not a CA certificate (PEM): the certificates Fulcio issues chain to it")
     issuer, email = table.get("oidcIssuer"), table.get("subjectEmail")
     if not isinstance(issuer, str) or not issuer or not isinstance(email, str) or not email:
         raise PolicyError(f"{where}: oidcIssuer and subjectEmail are both required")
