@@ -131,6 +131,12 @@ def test_a_keyless_bundle_verifies_for_its_identity_only(signed: Signed, ca: Loc
     wrong_email = oracle(bundle, ca=ca, rekor=rekor, email="mallory@example.com", issuer=ISSUER, **subject)
     assert not wrong_email.ok and "UNTRUSTED_SIGNER" in wrong_email.reason
     assert not oracle(bundle, ca=ca, rekor=rekor, email=EMAIL, issuer="https://other.example.com", **subject).ok
+    assert not oracle(bundle, ca=ca, rekor=rekor, email="uilder@example.com", issuer=ISSUER, **subject).ok
+    assert not oracle(bundle, ca=ca, rekor=rekor, email="builder@example.co", issuer=ISSUER, **subject).ok
+    lookalike = sign_bundle(
+        Key.generate(), signed.name, signed.image.digest, ca=ca, email="builder@exampleXcom", issuer=ISSUER, rekor=rekor
+    )
+    assert not oracle(lookalike, ca=ca, rekor=rekor, email=EMAIL, issuer=ISSUER, **subject).ok
     assert not oracle(bundle, ca=LocalCA.create(), rekor=rekor, email=EMAIL, issuer=ISSUER, **subject).ok
     assert not oracle(bundle, ca=ca, rekor=LocalRekor.create(), email=EMAIL, issuer=ISSUER, **subject).ok
 

@@ -64,7 +64,9 @@ function verifySignature(request, bundle) {
     if (!request.rekorPem) throw new Error('a certificate is verified at the tlog entry\'s time: give rekorPem');
     if (!request.caPem) throw new Error('a certificate needs caPem');
     const policy = {};
-    if (request.email) policy.subjectAlternativeName = request.email;
+    // @sigstore/verify matches the SAN as a regular expression: anchored and escaped, it is the exact
+    // email containers/image asks for.
+    if (request.email) policy.subjectAlternativeName = `^${request.email.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`;
     if (request.issuer) policy.extensions = { issuer: request.issuer };
     new Verifier(toTrustMaterial(root, () => { throw new Error('no public key for a certificate bundle'); }), options).verify(entity, policy);
     return;
