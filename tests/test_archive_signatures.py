@@ -280,3 +280,38 @@ def test_an_oversized_signature_is_left_out(source: MirrorProcess, registry: Reg
     assert "not a sigstore bundle's" in result.stderr
     assert "1 image(s) and 0 signature(s)" in result.stderr
     assert [entry["digest"] for entry in index_entries(archive)] == [image.digest]
+
+
+def test_the_signatures_of_an_index_and_its_children_travel(
+    source: MirrorProcess, registry: Registry, tmp_path: Path
+) -> None:
+    with Pusher(registry.url) as pusher:
+        amd64 = pusher.image("team/multi", "amd64", [4096], seed=74, oci=True)
+        arm64 = pusher.image("team/multi", "arm64", [4096], seed=75, oci=True, platform=("linux", "arm64"))
+        index = pusher.index("team/multi", "v1", [amd64, arm64], oci=True)
+        index_sig = push_cosign_signature(pusher, index)[0]  # `cosign sign --recursive`: the index and each child
+        child_sig = push_cosign_signature(pusher, amd64)[0]
+    pull(source, amd64)  # only linux/amd64 is cached: only it travels, with its signature
+    with httpx.Client(base_url=f"{source.url}/v2/team/multi") as client:
+        assert client.get("/manifests/v1", headers={"Accept": OCI_INDEX}).status_code == 200
+    archive = tmp_path / "multi.tar"
+    result = mirror_cli("export", "team/multi:v1", "-o", str(archive), "--config", str(source.root / "config.toml"))
+    assert result.returncode == 0, result.stderr
+    signed = {
+        entry["annotations"]["org.opencontainers.image.ref.name"]: entry["annotations"][SIGNATURE_OF]
+        for entry in index_entries(archive)
+        if SIGNATURE_OF in entry.get("annotations", {})
+    }
+    assert signed == {
+        f"docker.io/team/multi:{index_sig}": f"docker.io/team/multi@{index.digest}",
+        f"docker.io/team/multi:{child_sig}": f"docker.io/team/multi@{amd64.digest}",
+    }
+
+    target = offline(tmp_path / "offline")
+    import_into(target, archive)
+    target.start()
+    try:
+        for tag in (index_sig, child_sig):
+            assert httpx.get(f"{target.url}/v2/team/multi/manifests/{tag}").status_code == 200
+    finally:
+        target.stop()
