@@ -12,11 +12,24 @@ from mirror.registry.reference import Digest
 
 # What the answer says when it was filtered (only for filters actually applied).
 FILTERS_APPLIED_HEADER = "OCI-Filters-Applied"
+# What a sigstore bundle referrer's artifactType starts with (bundle v0.1 to v0.3, `+json`).
+SIGSTORE_BUNDLE = "application/vnd.dev.sigstore.bundle"
 
 
 def fallback_tag(digest: Digest) -> str:
     """The tag a registry without the API keeps the referrers index under: `<alg>-<hex>`."""
     return f"{digest.algorithm}-{digest.hex}"
+
+
+def cosign_signature_tag(digest: Digest) -> str:
+    """The tag cosign attaches a digest's signatures under: `<alg>-<hex>.sig`."""
+    return f"{fallback_tag(digest)}.sig"
+
+
+def is_sigstore_bundle(descriptor: dict[str, Any]) -> bool:
+    """Whether a referrer's descriptor says it is a sigstore bundle."""
+    artifact_type = descriptor.get("artifactType")
+    return isinstance(artifact_type, str) and artifact_type.startswith(SIGSTORE_BUNDLE)
 
 
 def index_descriptors(body: bytes) -> list[dict[str, Any]]:

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import httpx
+
 from mirror.cache.directory import CacheDirectory
 from mirror.cache.layout import CacheLayout
 from mirror.commands.archive.names import (
@@ -21,6 +23,7 @@ from mirror.commands.archive.names import (
     parse_image_name,
     parse_json,
 )
+from mirror.commands.archive.signatures import ServerReader, Signature, SignatureFinder, Spool
 from mirror.commands.archive.tar import TarWriter, decompressed, hashed, read_chunks
 from mirror.registry.mediatypes import (
     INDEX_TYPES,
@@ -195,6 +198,19 @@ class ExportReport:
     images: int = 0
     blobs: int = 0
     bytes: int = 0
+    signatures: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def _signatures(plan: list[ExportImage], finder: SignatureFinder) -> list[Signature]:
+    """Every signature of every exported manifest (an index and each child carried), once each."""
+    found: dict[tuple[str, str | None, str], Signature] = {}
+    for image in plan:
+        for digest in image.manifests:
+            subject = ImageName(image.name.upstream, image.name.repository, digest)
+            for signature in finder.find(subject):
+                found.setdefault((str(subject), signature.tag, signature.digest), signature)
+    return list(found.values())
 
 
 def export(
@@ -205,22 +221,32 @@ def export(
     platforms: list[str] | None = None,
     all_platforms: bool = False,
     fmt: str = "oci",
+    server: httpx.Client | None = None,
 ) -> ExportReport:
-    """Write the named cached images to `output`; raises ArchiveError naming everything missing."""
+    """Write the named cached images to `output`, with their signatures (oci format; asked of the
+    running mirror at `server` when it answers, else from the cache); raises ArchiveError naming
+    every image that is missing."""
     if fmt == "docker" and all_platforms:
         raise ArchiveError("the docker format holds one platform per image: use --platform, or --format oci")
     cache = CacheReader(cache_dir)
+    spool = Spool()
     try:
         exporter = Exporter(cache, platforms, all_platforms)
         planned = [exporter.plan(text, single=fmt == "docker") for text in images]
         if exporter.missing:
             raise ArchiveError("not in the cache:\n  " + "\n  ".join(dict.fromkeys(exporter.missing)))
         plan = [image for image in planned if image is not None]
+        reader = ServerReader(server) if server is not None else None
+        finder = SignatureFinder(cache.cache, reader, spool)
+        signatures = _signatures(plan, finder) if fmt == "oci" else []
         temp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
         try:
             with open(temp, "wb") as file:
                 writer = TarWriter(file)
-                report = _write_oci(cache, plan, writer) if fmt == "oci" else _write_docker(cache, plan, writer)
+                if fmt == "oci":
+                    report = _write_oci(cache, plan, writer, signatures, spool)
+                else:
+                    report = _write_docker(cache, plan, writer)
                 writer.close()
                 file.flush()
                 os.fsync(file.fileno())
@@ -228,12 +254,19 @@ def export(
         finally:
             temp.unlink(missing_ok=True)
         report.images = len(plan)
+        report.signatures = len(signatures)
+        if reader is not None and reader.gone is not None and fmt == "oci":
+            finder.notes.insert(0, f"signatures from the cache only: {reader.gone}")
+        report.notes = finder.notes
         return report
     finally:
+        spool.close()
         cache.close()
 
 
-def _write_oci(cache: CacheReader, plan: list[ExportImage], writer: TarWriter) -> ExportReport:
+def _write_oci(
+    cache: CacheReader, plan: list[ExportImage], writer: TarWriter, signatures: list[Signature], spool: Spool
+) -> ExportReport:
     report = ExportReport()
     index = {
         "schemaVersion": 2,
@@ -246,7 +279,8 @@ def _write_oci(cache: CacheReader, plan: list[ExportImage], writer: TarWriter) -
                 "annotations": {REF_NAME: str(image.name), CONTAINERD_NAME: str(image.name)},
             }
             for image in plan
-        ],
+        ]
+        + [signature.descriptor() for signature in signatures],
     }
     writer.add_bytes("oci-layout", json.dumps({"imageLayoutVersion": "1.0.0"}).encode())
     writer.add_bytes("index.json", json.dumps(index, indent=2).encode())
@@ -259,6 +293,12 @@ def _write_oci(cache: CacheReader, plan: list[ExportImage], writer: TarWriter) -
             writer.add_stream(f"blobs/{parsed.algorithm}/{parsed.hex}", chunks, size)
         report.blobs += 1
         report.bytes += size
+    for digest in dict.fromkeys(d for s in signatures for d in [s.digest, *s.blobs]):
+        if digest not in digests:  # an image's blob may sign too (the empty config)
+            data, parsed = spool.read(digest), parse_digest(digest)
+            writer.add_bytes(f"blobs/{parsed.algorithm}/{parsed.hex}", data)
+            report.blobs += 1
+            report.bytes += len(data)
     return report
 
 

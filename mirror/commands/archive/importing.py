@@ -10,12 +10,12 @@ import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from mirror.cache import journal
 from mirror.cache.blobs import BlobStore
 from mirror.cache.directory import CacheDirectory
-from mirror.cache.layout import TagEntry
+from mirror.cache.layout import KeptList, TagEntry, referrers_key
 from mirror.cache.metadata import Manifest, ManifestCache, manifest_digest
 from mirror.commands.archive.names import (
     CONTAINERD_NAME,
@@ -24,6 +24,7 @@ from mirror.commands.archive.names import (
     IMPORT_ACCEPT,
     MAX_CONFIG,
     REF_NAME,
+    SIGNATURE_OF,
     ArchiveError,
     ImageName,
     checked_digest,
@@ -31,7 +32,7 @@ from mirror.commands.archive.names import (
     parse_image_name,
     parse_json,
 )
-from mirror.commands.archive.tar import read_chunks
+from mirror.commands.archive.tar import ArchiveReader, read_chunks
 from mirror.registry.errors import RegistryError
 from mirror.registry.mediatypes import (
     DOCKER_MANIFEST,
@@ -42,61 +43,7 @@ from mirror.registry.mediatypes import (
     referenced_digests,
 )
 from mirror.registry.reference import Digest, parse_digest
-
-
-def _normalize(name: str) -> str:
-    return posixpath.normpath(name.lstrip("/")).removeprefix("./")
-
-
-class ArchiveReader:
-    """A tar archive opened for random access: member headers indexed, data read on demand."""
-
-    def __init__(self, path: Path) -> None:
-        try:
-            self.tar = tarfile.open(path, "r:")  # noqa: SIM115 - closed by close()
-        except FileNotFoundError:
-            raise ArchiveError(f"{path}: no such file") from None
-        except tarfile.ReadError as exc:
-            raise ArchiveError(f"{path}: not a tar archive ({exc}; a compressed one? decompress it first)") from None
-        self.members: dict[str, tarfile.TarInfo] = {}
-        try:
-            for member in self.tar:
-                self.members[_normalize(member.name)] = member
-        except tarfile.TarError as exc:
-            self.tar.close()
-            raise ArchiveError(f"{path}: damaged tar archive: {exc}") from None
-
-    def close(self) -> None:
-        self.tar.close()
-
-    def member(self, name: str) -> tarfile.TarInfo | None:
-        """The regular file at `name`, following symbolic and hard links within the archive."""
-        member = self.members.get(_normalize(name))
-        for _ in range(16):
-            if member is None or member.isreg():
-                return member
-            if member.issym():
-                member = self.members.get(_normalize(posixpath.join(posixpath.dirname(member.name), member.linkname)))
-            elif member.islnk():
-                member = self.members.get(_normalize(member.linkname))
-            else:
-                return None
-        return None
-
-    def open(self, member: tarfile.TarInfo) -> IO[bytes]:
-        file = self.tar.extractfile(member)
-        if file is None:
-            raise ArchiveError(f"{member.name}: not a file")
-        return file
-
-    def read(self, name: str, limit: int) -> bytes | None:
-        member = self.member(name)
-        if member is None:
-            return None
-        if member.size > limit:
-            raise ArchiveError(f"{name}: {member.size} bytes, more than the {limit} allowed")
-        with self.open(member) as file:
-            return file.read()
+from mirror.registry.referrers import cosign_signature_tag, with_artifact_type
 
 
 def _blob_name(digest: Digest) -> str:
@@ -110,6 +57,14 @@ class ImportPlan:
     manifests: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # children before parents
     tags: list[tuple[ImageName, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    signature_tags: list[tuple[ImageName, str]] = field(default_factory=list)  # cosign's `.sig` tags
+    # (upstream, repository, subject digest) -> referrer digest -> its descriptor, as the referrers API lists it
+    referrers: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = field(default_factory=dict)
+
+    def signatures(self) -> list[str]:
+        """The names of the signatures planned, as `mirror pin` takes them."""
+        tags = [str(name) for name, _ in self.signature_tags]
+        return tags + [f"{u}/{r}@{digest}" for (u, r, _), found in self.referrers.items() for digest in found]
 
 
 class Planner:
@@ -152,11 +107,37 @@ class Planner:
             name = self.name(descriptor.get("annotations"), plan)
             label = str(name) if name else f"index.json entry {descriptor.get('digest')}"
             digest = self.walk(descriptor, label, plan)
-            if name is not None:
+            annotations = descriptor.get("annotations")
+            signed = annotations.get(SIGNATURE_OF) if isinstance(annotations, dict) else None
+            if signed is not None:
+                self.signature(signed, name, digest, plan)
+            elif name is not None:
                 plan.tags.append((name, digest))
         if not plan.manifests:
             raise ArchiveError("index.json lists no images")
         return plan
+
+    def signature(self, signed: object, name: ImageName | None, digest: str, plan: ImportPlan) -> None:
+        """A signature `mirror export` carried: the `.sig` tag of what it signs, or a referrer whose subject it is."""
+        subject = parse_image_name(str(signed))
+        if not subject.is_digest:
+            raise ArchiveError(f"index.json: {SIGNATURE_OF} {signed!r} names no digest")
+        if name is not None:
+            expected = ImageName(
+                subject.upstream, subject.repository, cosign_signature_tag(parse_digest(subject.reference))
+            )
+            if name != expected:
+                plan.notes.append(f"{name} is not the signature tag of {subject}: not tagged")
+            else:
+                plan.signature_tags.append((name, digest))
+            return
+        media_type, body = plan.manifests[digest]
+        named = parse_json(body, f"manifest {digest}").get("subject")
+        if not isinstance(named, dict) or named.get("digest") != subject.reference:
+            plan.notes.append(f"referrer {digest} does not name {subject.reference} as its subject: not listed")
+            return
+        listed = with_artifact_type({"mediaType": media_type, "digest": digest, "size": len(body)}, body)
+        plan.referrers.setdefault((subject.upstream, subject.repository, subject.reference), {})[digest] = listed
 
     def walk(self, descriptor: dict[str, Any], label: str, plan: ImportPlan) -> str:
         """Plan one manifest and everything it references that the archive holds; its digest."""
@@ -256,6 +237,7 @@ class ImportReport:
     already_cached: int = 0
     manifests: int = 0
     notes: list[str] = field(default_factory=list)
+    signatures: list[str] = field(default_factory=list)  # `.sig` tags and referrers by digest
 
 
 def _verify(reader: ArchiveReader, plan: ImportPlan) -> None:
@@ -300,9 +282,9 @@ async def _commit(cache: CacheDirectory, reader: ArchiveReader, plan: ImportPlan
 
 
 def _set_tags(cache: CacheDirectory, plan: ImportPlan) -> None:
-    """Point each tag at its imported manifest; answers for other manifests of the tag are dropped."""
+    """Point each tag (`.sig` tags too) at its imported manifest; answers for other manifests of the tag are dropped."""
     now = time.time()
-    for name, digest in plan.tags:
+    for name, digest in [*plan.tags, *plan.signature_tags]:
         media_type, body = plan.manifests[digest]
         children = parse_json(body, digest).get("manifests") or []
         keep = {digest} | {c.get("digest") for c in children if isinstance(c, dict)}
@@ -318,6 +300,20 @@ def _set_tags(cache: CacheDirectory, plan: ImportPlan) -> None:
         cache.metadata.update_tag(name.upstream, name.repository, name.reference, retag)
         journal.record(cache.metadata, name.upstream, name.repository, name.reference, digest, now)
         cache.metadata.link(name.upstream, name.repository, _image_digests(plan, digest))
+
+
+def _set_referrers(cache: CacheDirectory, plan: ImportPlan) -> None:
+    """Each subject's referrers list (kept as the proxy keeps the upstream's), the imported ones added to
+    what was kept; each referrer and its blobs linked to the repository."""
+    now = time.time()
+    for (upstream, repository, subject), found in plan.referrers.items():
+        key = referrers_key(upstream, repository, subject)
+        kept = cache.metadata.kept_list(key)
+        held = [item for item in (kept.items if kept else ()) if isinstance(item, dict)]
+        items = {item["digest"]: item for item in held if isinstance(item.get("digest"), str)}
+        cache.metadata.set_kept_list(key, KeptList(tuple((items | found).values()), now))
+        for digest in found:
+            cache.metadata.link(upstream, repository, _image_digests(plan, digest))
 
 
 def _image_digests(plan: ImportPlan, digest: str) -> set[str]:
@@ -343,7 +339,7 @@ def import_archive(cache_dir: Path, archive: Path, repository: str | None = None
         try:
             plan = Planner(reader, base).plan()
             _verify(reader, plan)
-            report = ImportReport(plan.kind, plan.tags, notes=plan.notes)
+            report = ImportReport(plan.kind, plan.tags, notes=plan.notes, signatures=plan.signatures())
             cache = CacheDirectory.open(cache_dir)
             asyncio.run(_commit(cache, reader, plan, report))
         except (tarfile.TarError, EOFError) as exc:
@@ -351,6 +347,7 @@ def import_archive(cache_dir: Path, archive: Path, repository: str | None = None
         except RegistryError as exc:  # a blob changed between verification and commit
             raise ArchiveError(f"{archive}: {exc.message} {exc.detail or ''}") from None
         _set_tags(cache, plan)
+        _set_referrers(cache, plan)
         return report
     finally:
         reader.close()

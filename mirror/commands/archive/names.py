@@ -29,6 +29,9 @@ CHUNK = 1024 * 1024
 MAX_CONFIG = 64 * 1024 * 1024
 REF_NAME = "org.opencontainers.image.ref.name"
 CONTAINERD_NAME = "io.containerd.image.name"
+# On index.json entries of mirror's own archives: the image (upstream/repository@digest) a signature
+# entry signs. Other readers ignore it: a `.sig` entry is a tagged image to them, a bundle an untagged one.
+SIGNATURE_OF = "dev.mirror.signature.of"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_LAYER_UNCOMPRESSED = "application/vnd.docker.image.rootfs.diff.tar"
 # Imported tags answer every client that can read their media type.

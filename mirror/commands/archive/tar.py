@@ -1,4 +1,4 @@
-"""Writing tars as a stream, and reading blobs back verified."""
+"""Writing tars as a stream, reading them by member, and reading blobs back verified."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import hashlib
 import posixpath
 import tarfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import IO, BinaryIO
 
 from mirror.commands.archive.names import CHUNK, ArchiveError
@@ -107,3 +108,58 @@ def decompressed(file: BinaryIO) -> Iterator[bytes]:
         raise ArchiveError("a zstd-compressed layer cannot be written in docker format (use --format oci)")
     else:
         yield from read_chunks(file)
+
+
+def _normalize(name: str) -> str:
+    return posixpath.normpath(name.lstrip("/")).removeprefix("./")
+
+
+class ArchiveReader:
+    """A tar archive opened for random access: member headers indexed, data read on demand."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            self.tar = tarfile.open(path, "r:")  # noqa: SIM115 - closed by close()
+        except FileNotFoundError:
+            raise ArchiveError(f"{path}: no such file") from None
+        except tarfile.ReadError as exc:
+            raise ArchiveError(f"{path}: not a tar archive ({exc}; a compressed one? decompress it first)") from None
+        self.members: dict[str, tarfile.TarInfo] = {}
+        try:
+            for member in self.tar:
+                self.members[_normalize(member.name)] = member
+        except tarfile.TarError as exc:
+            self.tar.close()
+            raise ArchiveError(f"{path}: damaged tar archive: {exc}") from None
+
+    def close(self) -> None:
+        self.tar.close()
+
+    def member(self, name: str) -> tarfile.TarInfo | None:
+        """The regular file at `name`, following symbolic and hard links within the archive."""
+        member = self.members.get(_normalize(name))
+        for _ in range(16):
+            if member is None or member.isreg():
+                return member
+            if member.issym():
+                member = self.members.get(_normalize(posixpath.join(posixpath.dirname(member.name), member.linkname)))
+            elif member.islnk():
+                member = self.members.get(_normalize(member.linkname))
+            else:
+                return None
+        return None
+
+    def open(self, member: tarfile.TarInfo) -> IO[bytes]:
+        file = self.tar.extractfile(member)
+        if file is None:
+            raise ArchiveError(f"{member.name}: not a file")
+        return file
+
+    def read(self, name: str, limit: int) -> bytes | None:
+        member = self.member(name)
+        if member is None:
+            return None
+        if member.size > limit:
+            raise ArchiveError(f"{name}: {member.size} bytes, more than the {limit} allowed")
+        with self.open(member) as file:
+            return file.read()
