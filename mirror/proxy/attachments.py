@@ -16,8 +16,8 @@ from mirror.proxy.manifests import ManifestProxy
 from mirror.registry.errors import ManifestUnknown
 from mirror.registry.mediatypes import DOCKER_MANIFEST, OCI_MANIFEST
 from mirror.registry.reference import Digest, parse_digest
+from mirror.registry.referrers import SIGSTORE_BUNDLE, cosign_signature_tag, is_sigstore_bundle
 from mirror.signatures.material import (
-    BUNDLE_TYPE_PREFIX,
     MAX_BUNDLE,
     MAX_PAYLOAD,
     MAX_SIGNATURES,
@@ -31,11 +31,6 @@ from mirror.upstream import Upstream
 
 SIGNATURE_ACCEPT = [OCI_MANIFEST, DOCKER_MANIFEST]
 MAX_REFERRERS = 64  # bundles looked at per manifest
-
-
-def signature_tag(digest: Digest) -> str:
-    """cosign's tag for the signatures of `digest`."""
-    return f"{digest.algorithm}-{digest.hex}.sig"
 
 
 class Attachments:
@@ -69,7 +64,7 @@ class SignatureSource:
         return [*await self.cosign(), *await self._read_bundles()]
 
     async def _read_cosign(self) -> list[Candidate]:
-        tag = signature_tag(self._digest)
+        tag = cosign_signature_tag(self._digest)
         try:
             answer = await self._parts.manifests.attachment(self._upstream, self._repository, tag, SIGNATURE_ACCEPT)
         except ManifestUnknown:
@@ -83,7 +78,7 @@ class SignatureSource:
     async def _read_bundles(self) -> list[Candidate]:
         descriptors = await self._parts.lists.referrers(self._upstream, self._repository, self._digest)
         found = []
-        bundles = [d for d in descriptors if str(d.get("artifactType", "")).startswith(BUNDLE_TYPE_PREFIX)]
+        bundles = [d for d in descriptors if is_sigstore_bundle(d)]
         for descriptor in bundles[:MAX_REFERRERS]:
             origin = f"the bundle {descriptor.get('digest')}"
             try:
@@ -93,7 +88,7 @@ class SignatureSource:
                 )
             except ManifestUnknown:
                 continue
-            for layer in _layers(answer.manifest.body, BUNDLE_TYPE_PREFIX, MAX_BUNDLE)[:1]:
+            for layer in _layers(answer.manifest.body, SIGSTORE_BUNDLE, MAX_BUNDLE)[:1]:
                 data = await self._read_blob(layer, MAX_BUNDLE)
                 found += bundle_candidates(origin, data, str(self._digest))
         return found

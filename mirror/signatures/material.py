@@ -18,6 +18,7 @@ from typing import Any
 
 from cryptography import x509
 
+from mirror.registry.referrers import SIGSTORE_BUNDLE
 from mirror.signatures.crypto import MaterialError, certificate, certificates
 from mirror.signatures.identity import DockerReference, IdentityError, parse_docker_reference
 from mirror.signatures.rekor import LogEntry, entry_from_bundle, entry_from_json
@@ -27,7 +28,6 @@ CERTIFICATE_ANNOTATION = "dev.sigstore.cosign/certificate"
 CHAIN_ANNOTATION = "dev.sigstore.cosign/chain"
 BUNDLE_ANNOTATION = "dev.sigstore.cosign/bundle"
 SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
-BUNDLE_TYPE_PREFIX = "application/vnd.dev.sigstore.bundle"
 COSIGN_PAYLOAD_TYPE = "cosign container image signature"
 IN_TOTO = "application/vnd.in-toto+json"
 SIGN_PREDICATE = "https://sigstore.dev/cosign/sign/v1"
@@ -129,7 +129,7 @@ def bundle_candidates(origin: str, data: bytes, digest: str) -> list[Candidate]:
         return [Candidate(origin, problem="the bundle is too large")]
     try:
         bundle = json.loads(data)
-        if not str(bundle["mediaType"]).startswith(BUNDLE_TYPE_PREFIX):
+        if not str(bundle["mediaType"]).startswith(SIGSTORE_BUNDLE):
             raise TypeError
         material = bundle["verificationMaterial"]
         leaf, chain = _bundle_certificates(material)
@@ -225,8 +225,8 @@ def is_attachment(body: bytes) -> bool:
         if not isinstance(layers, list) or not layers or len(layers) > MAX_SIGNATURES:
             return False
         artifact = str(manifest.get("artifactType") or "")
-        if artifact.startswith(BUNDLE_TYPE_PREFIX):
-            return all(small_layer(layer, BUNDLE_TYPE_PREFIX, MAX_BUNDLE) for layer in layers)
+        if artifact.startswith(SIGSTORE_BUNDLE):
+            return all(small_layer(layer, SIGSTORE_BUNDLE, MAX_BUNDLE) for layer in layers)
         return all(small_layer(layer, SIMPLE_SIGNING, MAX_PAYLOAD) for layer in layers)
     except (ValueError, KeyError, TypeError, AttributeError):
         return False
