@@ -25,10 +25,9 @@ from mirror.proxy.answers import Freshness
 from mirror.registry.errors import FALLBACK_ERRORS, Denied, RegistryError
 from mirror.registry.mediatypes import INDEX_TYPES, required_digests
 from mirror.registry.reference import Digest, parse_digest
-from mirror.signatures.identity import DockerReference
 from mirror.signatures.material import Candidate, is_attachment
 from mirror.signatures.policy import Policy
-from mirror.signatures.verify import Verdict, judge
+from mirror.signatures.verify import Verdict, decide
 from mirror.transfer.flights import SingleFlight
 from mirror.upstream import Upstream
 
@@ -153,13 +152,12 @@ class SignatureGate:
         self, upstream: Upstream, repository: str, reference: str | Digest, manifest: Manifest
     ) -> Decided:
         name = self.name_of(upstream, repository)
-        image = _image(name, reference)
         scope, requirements = self.policy.requirements_for(name, str(reference))
         try:
             source = await self._lookup(upstream, repository, parse_digest(manifest.digest))
-            verdict = judge(scope, requirements, image, manifest.digest, await source.cosign())
+            verdict = decide(self.policy, name, str(reference), manifest.digest, await source.cosign())
             if not verdict.accepted and any(r.type == "sigstoreSigned" for r in requirements):
-                verdict = judge(scope, requirements, image, manifest.digest, await source.everything())
+                verdict = decide(self.policy, name, str(reference), manifest.digest, await source.everything())
         except (*FALLBACK_ERRORS, RegistryError) as exc:
             # Cannot look: refused, and not kept, so the next request looks again.
             verdict = Verdict(False, scope, f"the signatures of {name}@{manifest.digest} could not be read: {exc}")
@@ -213,10 +211,3 @@ class SignatureGate:
     def _count(self, upstream: Upstream, verdict: Verdict) -> None:
         result = "accepted" if verdict.accepted else "refused" if self.enforcing else "audited"
         upstream.counters.verdict(result)
-
-
-def _image(name: str, reference: str | Digest) -> DockerReference:
-    """The image as the client asked for it, under the upstream's name."""
-    if isinstance(reference, Digest):
-        return DockerReference(name, None, str(reference))
-    return DockerReference(name, reference, None)

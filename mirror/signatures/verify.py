@@ -28,7 +28,7 @@ from mirror.signatures.crypto import (
 )
 from mirror.signatures.identity import DockerReference, accepts
 from mirror.signatures.material import Candidate
-from mirror.signatures.policy import Requirement
+from mirror.signatures.policy import Policy, Requirement
 from mirror.signatures.rekor import Signed, check_entry
 
 
@@ -39,6 +39,15 @@ class Verdict:
     reason: str  # refused: why; accepted: by what ("key /etc/mirror/cosign.pub", "insecureAcceptAnything")
     signed: bool = False  # some signature verified (accepted by a signature, not by accepting anything)
     by: str = ""  # what verified it: the key file(s), or the CA and identity
+
+
+def decide(policy: Policy, name: str, reference: str, digest: str, found: list[Candidate]) -> Verdict:
+    """The policy's verdict on the manifest `digest` of `name` (`docker.io/library/alpine`), asked for
+    by `reference` (a tag, or a digest), given the signatures found for it."""
+    scope, requirements = policy.requirements_for(name, reference)
+    by_digest = reference.startswith(("sha256:", "sha512:"))
+    image = DockerReference(name, None, reference) if by_digest else DockerReference(name, reference, None)
+    return judge(scope, requirements, image, digest, found)
 
 
 def judge(

@@ -98,7 +98,8 @@ def main(args: argparse.Namespace, config: Config) -> int:
                     platforms=args.platform,
                     all_platforms=args.all_platforms,
                     fmt=args.format,
-                    server=server if args.format == "oci" else None,
+                    server=server,
+                    signature_policy=config.signatures,
                 )
             for note in report.notes:
                 print(f"mirror export: note: {note}", file=sys.stderr)

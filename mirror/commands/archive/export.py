@@ -25,6 +25,8 @@ from mirror.commands.archive.names import (
 )
 from mirror.commands.archive.signatures import ServerReader, Signature, SignatureFinder, Spool
 from mirror.commands.archive.tar import TarWriter, decompressed, hashed, read_chunks
+from mirror.commands.archive.verdicts import refusals
+from mirror.config.model import SignaturesConfig
 from mirror.registry.mediatypes import (
     INDEX_TYPES,
     MAX_MANIFEST,
@@ -222,6 +224,7 @@ def export(
     all_platforms: bool = False,
     fmt: str = "oci",
     server: httpx.Client | None = None,
+    signature_policy: SignaturesConfig | None = None,
 ) -> ExportReport:
     """Write the named cached images to `output`, with their signatures (oci format; asked of the
     running mirror at `server` when it answers, else from the cache); raises ArchiveError naming
@@ -238,7 +241,15 @@ def export(
         plan = [image for image in planned if image is not None]
         reader = ServerReader(server) if server is not None else None
         finder = SignatureFinder(cache.cache, reader, spool)
-        signatures = _signatures(plan, finder) if fmt == "oci" else []
+        signatures = _signatures(plan, finder) if fmt == "oci" or signature_policy is not None else []
+        if signature_policy is not None:
+            judged = [(f"{i.name.upstream}/{i.name.repository}", i.name.reference, i.digest) for i in plan]
+            refused = refusals(signature_policy, judged, signatures, spool)
+            if refused and signature_policy.mode == "enforce":
+                raise ArchiveError("refused by the signature policy:\n  " + "\n  ".join(refused))
+            finder.notes += [f"audit: the signature policy would refuse {why}" for why in refused]
+        if fmt != "oci":
+            signatures = []  # the docker format carries none
         temp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
         try:
             with open(temp, "wb") as file:
