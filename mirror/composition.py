@@ -105,6 +105,7 @@ class Mirror:
             source_for=self._blob_source,
             signatures=signature_policy(config),
             verdicts=VerdictRecords(self.directory.metadata),
+            fetch_ahead=config.cache.fetch_ahead,
         )
         self.upstreams = {
             name: Upstream(upstream, self.stats, config.proxy_env, offline=config.server.offline)
@@ -268,7 +269,10 @@ class Mirror:
             if name in config.upstreams:
                 restart += upstream.reconfigure(config.upstreams[name], offline=config.server.offline)
         self.proxy.reconfigure(
-            tag_ttl=config.cache.tag_ttl, enforce_links=links_matter(config), signatures=signature_policy(config)
+            tag_ttl=config.cache.tag_ttl,
+            enforce_links=links_matter(config),
+            signatures=signature_policy(config),
+            fetch_ahead=config.cache.fetch_ahead,
         )
         self.store.max_size = config.cache.max_size
         self.config = config

@@ -91,6 +91,7 @@ class Stats:
     evicted_bytes: int = 0
     uncached_downloads: int = 0
     disk_full: int = 0
+    blobs_fetched_ahead: int = 0
     started_at: float = field(default_factory=time.time)
     upstreams: dict[str, UpstreamStats] = field(default_factory=dict)
     latencies: Latencies = field(default_factory=lambda: Latencies())  # /metrics only
@@ -148,6 +149,7 @@ _HELP = {
     "evictions": "Blobs and manifests removed to keep the cache within max_size or max_age.",
     "evicted_bytes": "Bytes removed from the cache by eviction.",
     "uncached_downloads": "Downloads streamed to clients without being cached (too large, or no space).",
+    "blobs_fetched_ahead": "Blobs fetched ahead: started when a client began on their image (fetch_ahead).",
     "disk_full": "Times the cache's disk had no room for a download, even after eviction.",
 }
 

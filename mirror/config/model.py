@@ -72,6 +72,8 @@ class CacheConfig:
     tag_max_age: float | None = setting(DURATION, default=None, env=True, reload="start")
     # A tag the upstream answered 404 for is answered 404 this long; 0: never.
     negative_ttl: float = setting(DURATION, default=30.0, env=True, reload="restart")
+    # A client's first layer request of an image just served starts the image's other blobs.
+    fetch_ahead: bool = setting(BOOL, default=True, env=True, reload="live")
 
     @property
     def inventory_max_age(self) -> float | None:

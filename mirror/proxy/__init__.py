@@ -18,6 +18,7 @@ from mirror.cache.links import BlobLinks
 from mirror.cache.metadata import Manifest, ManifestCache
 from mirror.cache.tags import TagStore
 from mirror.cache.verdicts import VerdictRecords
+from mirror.proxy.ahead import FetchAhead
 from mirror.proxy.answers import CacheStatus, Freshness, ManifestAnswer
 from mirror.proxy.blobs import BlobProxy, BlobSource, SourceFor
 from mirror.proxy.bodies import BlobBody
@@ -70,6 +71,7 @@ class Proxy:
         source_for: SourceFor = _upstream_itself,
         signatures: SignaturePolicy | None = None,
         verdicts: VerdictRecords | None = None,
+        fetch_ahead: bool = True,
     ) -> None:
         self.freshness = Freshness(tag_ttl)
         # Serve a cached digest under a repository only once linked to it (private content is held).
@@ -84,16 +86,27 @@ class Proxy:
             stats=stats,
             negative_ttl=negative_ttl,
         )
-        self.blobs = BlobProxy(store=store, inflight=inflight, guard=self.guard, source_for=source_for, stats=stats)
+        self.ahead = FetchAhead(enabled=fetch_ahead)
+        self.blobs = BlobProxy(
+            store=store, inflight=inflight, guard=self.guard, source_for=source_for, stats=stats, ahead=self.ahead
+        )
         self.lists = ListProxy(kept_lists=kept_lists, manifests=self.manifests, freshness=self.freshness)
         self.gate: SignatureGate | None = None
         self._verdicts = verdicts
         self._set_signatures(signatures)
 
-    def reconfigure(self, *, tag_ttl: float, enforce_links: bool, signatures: SignaturePolicy | None = None) -> None:
+    def reconfigure(
+        self,
+        *,
+        tag_ttl: float,
+        enforce_links: bool,
+        signatures: SignaturePolicy | None = None,
+        fetch_ahead: bool = True,
+    ) -> None:
         """A reload: what the proxy's parts share changes for all of them at once."""
         self.freshness.tag_ttl = tag_ttl
         self.guard.enforce = enforce_links
+        self.ahead.enabled = fetch_ahead
         self._set_signatures(signatures)
 
     def _set_signatures(self, signatures: SignaturePolicy | None) -> None:
@@ -122,12 +135,18 @@ class Proxy:
         self, upstream: Upstream, repository: str, reference: str | Digest, accepted: frozenset[str]
     ) -> Manifest | None:
         """A fresh answer held in memory, without I/O (the fast path's), or None."""
-        return self.manifests.fresh(upstream, repository, reference, accepted)
+        manifest = self.manifests.fresh(upstream, repository, reference, accepted)
+        if manifest is not None:
+            self.ahead.served(upstream.name, repository, manifest)
+        return manifest
 
     async def manifest(
         self, upstream: Upstream, repository: str, reference: str | Digest, accept: list[str]
     ) -> ManifestAnswer:
-        return await self.manifests.manifest(upstream, repository, reference, accept)
+        """A manifest for a client: a layer of it asked for next starts the rest (fetch ahead)."""
+        answer = await self.manifests.manifest(upstream, repository, reference, accept)
+        self.ahead.served(upstream.name, repository, answer.manifest)
+        return answer
 
     async def blob(self, upstream: Upstream, repository: str, digest: Digest, *, background: bool = False) -> BlobBody:
         return await self.blobs.blob(upstream, repository, digest, background=background)

@@ -4,17 +4,19 @@ pass-through when the cache has no room; policy and links checked before any of 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Protocol
 
 from mirror.cache.blobs import BlobStore
 from mirror.link import Link
+from mirror.proxy.ahead import FetchAhead
 from mirror.proxy.answers import CacheStatus, count_blob
 from mirror.proxy.bodies import BlobBody, CachedBody, DownloadBody, PassThroughBody
 from mirror.proxy.links import LinkGuard
 from mirror.registry.errors import Denied, NoRoom
-from mirror.registry.reference import Digest
+from mirror.registry.reference import Digest, parse_digest
 from mirror.stats import Stats
 from mirror.transfer.downloads import BlobStream
 from mirror.transfer.inflight import InflightDownloads
@@ -23,6 +25,8 @@ from mirror.upstream import Upstream
 
 if TYPE_CHECKING:
     from mirror.proxy.signed import SignatureGate  # built only with a signature policy
+
+log = logging.getLogger(__name__)
 
 
 class BlobSource(Protocol):
@@ -53,6 +57,7 @@ class BlobProxy:
         guard: LinkGuard,
         source_for: SourceFor,
         stats: Stats,
+        ahead: FetchAhead,
     ) -> None:
         self.store = store
         self.inflight = inflight
@@ -60,6 +65,8 @@ class BlobProxy:
         self.source_for = source_for
         self.stats = stats
         self.gate: SignatureGate | None = None  # set by the proxy when a signature policy is on
+        self.ahead = ahead
+        self._ahead_tasks: set[asyncio.Task[None]] = set()
 
     async def blob(
         self, upstream: Upstream, repository: str, digest: Digest, *, background: bool = False, attachment: bool = False
@@ -68,7 +75,18 @@ class BlobProxy:
 
         A `background` request (a prefetch) starts a download that yields to clients' downloads.
         An `attachment` (a signature's own blob, read by the signature policy) asks no verdict.
+        A client's request for a layer of an image just served starts the image's other blobs.
         """
+        claimed = [] if background or attachment else self.ahead.claim(upstream.name, repository, str(digest))
+        try:
+            return await self._blob(upstream, repository, digest, background=background, attachment=attachment)
+        finally:
+            if claimed:  # after this request's own download, so that it goes first
+                self._fetch_ahead(upstream, repository, claimed)
+
+    async def _blob(
+        self, upstream: Upstream, repository: str, digest: Digest, *, background: bool, attachment: bool
+    ) -> BlobBody:
         source = self.source_for(upstream)
         await self._check(upstream, source, repository, digest)
         if not attachment:
@@ -100,6 +118,26 @@ class BlobProxy:
             await passthrough.open()
             return PassThroughBody(passthrough)
         return DownloadBody(download, status, self.stats)
+
+    def _fetch_ahead(self, upstream: Upstream, repository: str, digests: list[str]) -> None:
+        """Start the rest of an image's blobs, each checked as a client's request would be, and let
+        each run to the cache whether or not a client comes for it."""
+
+        async def one(text: str) -> None:
+            try:
+                digest = parse_digest(text)
+                if self.store.size_now(digest) is not None:
+                    return
+                body = await self._blob(upstream, repository, digest, background=False, attachment=False)
+                if await body.settle():
+                    self.stats.blobs_fetched_ahead += 1
+            except Exception as exc:  # its client's own request says what went wrong
+                log.info("fetch ahead of %s in %s/%s stopped: %s", text, upstream.name, repository, exc)
+
+        for digest in digests:
+            task = asyncio.create_task(one(digest))
+            self._ahead_tasks.add(task)
+            task.add_done_callback(self._ahead_tasks.discard)
 
     async def size(self, upstream: Upstream, repository: str, digest: Digest) -> int | None:
         """The size of a blob for HEAD, without downloading it."""
