@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import h2load, netns, nginx, procs, report, seed
+from bench import h2load, netns, nginx, procs, report, seed, signing
 from bench.context import Context
 from bench.scenarios import SCENARIOS
 
@@ -387,13 +387,16 @@ def _run(args: argparse.Namespace, run_dir: Path) -> int:
         layer_bytes = int(args.layer_mb * 1024 * 1024)
         image = seed.push_image(pusher, run_dir / "seed", "library/bench", "v1", [layer_bytes] * args.layers, seed=1)
         log(f"seeded {image.repository}:{image.tag}: {args.layers} x {args.layer_mb} MiB, {image.size} bytes")
-        big_blob = rss_blob = accel_image = None
+        big_blob = rss_blob = accel_image = signed = None
         if "5" in scenario_ids:
             big_blob = seed.push_raw_blob(pusher, run_dir / "seed", "library/bigblob", args.big_blob_mb << 20, seed=5)
             log(f"seeded a {args.big_blob_mb} MiB blob")
         if "6" in scenario_ids:
             rss_blob = seed.push_raw_blob(pusher, run_dir / "seed", "library/hugeblob", args.rss_blob_mb << 20, seed=6)
             log(f"seeded a {args.rss_blob_mb} MiB blob")
+        if "4" in scenario_ids and "mirror" in target_names:
+            signed = signing.sign_image(pusher, run_dir / "signing", image)
+            log(f"signed {image.repository}@{image.digest}: {signed.signature_tag}, policy {signed.policy}")
         if "8" in scenario_ids:
             accel_image = seed.push_image(
                 pusher, run_dir / "seed", "library/accel", "v1", [args.accel_layer_mb << 20], seed=8
@@ -404,7 +407,9 @@ def _run(args: argparse.Namespace, run_dir: Path) -> int:
 
     targets = {name: procs.TARGET_CLASSES[name](name, upstream, run_dir / name) for name in target_names}
     accel_rate = accel_rate_of(args)
-    ctx = Context(args, run_dir, upstream, wan, image, targets, big_blob, rss_blob, accel_image, accel_rate, log=log)
+    ctx = Context(
+        args, run_dir, upstream, wan, image, targets, big_blob, rss_blob, accel_image, accel_rate, signed, log=log
+    )
     results: dict[str, Any] = {
         "meta": {
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

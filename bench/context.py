@@ -15,6 +15,7 @@ from typing import Any
 from bench import procs, puller
 from bench.netns import Wan
 from bench.seed import Blob, Image
+from bench.signing import SignedImage
 
 MB = 1_000_000
 
@@ -31,6 +32,7 @@ class Context:
     rss_blob: Blob | None = None
     accel_image: Image | None = None
     accel_rate: int = 0  # scenario 8: bytes/s the paced nginx sends per connection
+    signed: SignedImage | None = None  # scenario 4's variant: the image's signature and the policy asking for it
     log: Callable[[str], None] = print
     notes: list[str] = field(default_factory=list)
 

@@ -354,9 +354,22 @@ class Drayage(Target):
         return version_of([drayage_binary(), "--version"])
 
 
+# The mirror logs at warning, so that no request pays for an access-log line; with a signature
+# policy, the verdicts' logger alone says what it decided (once per manifest and tag_ttl).
+_VERDICTS_AT_INFO = (
+    "import logging, runpy; logging.getLogger('mirror.proxy.signed').setLevel(logging.INFO); "
+    "runpy.run_module('mirror', run_name='__main__')"
+)
+
+
 class Mirror(Target):
     tag_ttl: str = "60s"
     fleet_redis: str | None = None  # scenario 10: a replica of the fleet that this Redis coordinates
+    signature_policy: Path | None = None  # scenario 4's variant: [signatures] policy, enforced
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "mirror.log"
 
     def _start(self) -> None:
         assert self.cache is not None
@@ -368,10 +381,13 @@ class Mirror(Target):
         )
         if self.fleet_redis is not None:
             text += f'[fleet]\nredis = "{self.fleet_redis}"\npeer_url = "{self.url}"\nsecret = "{FLEET_SECRET}"\n'
+        if self.signature_policy is not None:
+            text += f'[signatures]\npolicy = "{self.signature_policy}"\nmode = "enforce"\n'
         config.write_text(text)
+        run = ["-m", "mirror"] if self.signature_policy is None else ["-c", _VERDICTS_AT_INFO]
         self.process = spawn(
-            [sys.executable, "-m", "mirror", "serve", "--config", str(config)],
-            log=self.root / "mirror.log",
+            [sys.executable, *run, "serve", "--config", str(config)],
+            log=self.log_path,
             env={"PYTHONUNBUFFERED": "1"},
             cwd=Path(__file__).resolve().parent.parent,
         )
@@ -426,6 +442,16 @@ def _status_kb(pid: int, key: str) -> int:
     except (OSError, ValueError):
         pass
     return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process and its live descendants have used so far (clock ticks: 10 ms)."""
+    ticks = 0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 class RssSampler:

@@ -174,9 +174,9 @@ class Pusher:
             raise RuntimeError(f"upload of {digest}: HTTP {done.status_code} {done.text[:200]}")
         return digest
 
-    def manifest(self, repository: str, tag: str, body: bytes) -> None:
+    def manifest(self, repository: str, tag: str, body: bytes, media_type: str = DOCKER_MANIFEST) -> None:
         response = self.client.put(
-            f"/v2/{repository}/manifests/{tag}", content=body, headers={"Content-Type": DOCKER_MANIFEST}
+            f"/v2/{repository}/manifests/{tag}", content=body, headers={"Content-Type": media_type}
         )
         if response.status_code != 201:
             raise RuntimeError(f"manifest push: HTTP {response.status_code} {response.text[:200]}")
