@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from signing import Key, attach_cosign, cosign_signature
+from signing import Key, attach_bundle, attach_cosign, cosign_signature, sign_bundle
 from support import OCI_INDEX, OCI_MANIFEST, Image, MirrorProcess, Pusher, Registry
 from test_archive import UNREACHABLE, mirror_cli
 from test_reload import hangup
@@ -48,7 +48,7 @@ def signed(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Sign
     site = Signed(f"served{uuid.uuid4().hex[:6]}", tmp_path_factory.mktemp("served"))
     site.policy()
     with Pusher(registry.url) as pusher:
-        for number, name in enumerate(["signed", "unsigned"]):
+        for number, name in enumerate(["signed", "unsigned", "bundled"]):
             image = pusher.image(site.repository(name), "v1", [3000], seed=900 + number, oci=True)
             site.images[name] = image
         amd64 = pusher.image(site.repository("multi"), "amd64", [3000], seed=910, oci=True)
@@ -59,6 +59,9 @@ def signed(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Sign
             site.repository("bare"), "arm64", [3000], seed=913, oci=True, platform=("linux", "arm64")
         )
         site.images["bare"] = pusher.index(site.repository("bare"), "v1", [bare_amd64, bare_arm64], oci=True)
+        bundled = site.images["bundled"]
+        bundle = sign_bundle(site.key, f"docker.io/{site.repository('bundled')}", bundled.digest)
+        attach_bundle(pusher, site.repository("bundled"), bundled.digest, OCI_MANIFEST, len(bundled.manifest), bundle)
         for name in ("signed", "multi"):  # the index is signed once, its children not at all
             repository, digest = site.repository(name), site.images[name].digest
             attach_cosign(pusher, repository, digest, [cosign_signature(site.key, f"docker.io/{repository}", digest)])
@@ -185,3 +188,19 @@ def test_an_air_gapped_site_enforces_the_same_policy(signed: Signed, registry: R
         assert blob_status(offline, signed.repository("unsigned"), signed.images["unsigned"]) == {403}
     finally:
         offline.stop()
+
+
+def test_by_tag_then_by_digest_as_docker_and_containerd_ask(signed: Signed, registry: Registry, tmp_path: Path) -> None:
+    """HEAD by tag, then GET by digest: the second is decided on its own, and the cosign tag the first
+    found missing (kept in the negative cache) means "unsigned in that format", not "unreadable"."""
+    mirror = MirrorProcess(tmp_path / "m", {"docker.io": registry.url}, extra_config=signed.config()).start()
+    try:
+        for name, status, says in [("bundled", 200, ""), ("unsigned", 403, "was found")]:
+            repository, digest = signed.repository(name), signed.images[name].digest
+            head = httpx.head(f"{mirror.url}/v2/{repository}/manifests/v1", headers=ACCEPT)
+            assert head.status_code == status
+            by_digest = get(mirror, repository, digest)
+            assert by_digest.status_code == status, by_digest.text
+            assert says in by_digest.text
+    finally:
+        mirror.stop()

@@ -71,6 +71,8 @@ class SignatureGate:
         self._blobs: LRUCache[tuple[str, str, str], bool] = LRUCache(MAX_ALLOWED_BLOBS)
         self._flights: SingleFlight[tuple[str, str, str], Decided] = SingleFlight()
         self._open: dict[str, bool] = {}  # repository name -> its every scope accepts anything
+        # (upstream, repository, reference, digest) -> when the verdict that lets it through was made
+        self._passed: dict[tuple[str, str, str | Digest, str], float] = {}
 
     def guards(self, name: str) -> bool:
         """True when the policy asks more than insecureAcceptAnything of some image of repository `name`."""
@@ -83,6 +85,8 @@ class SignatureGate:
 
     def reconfigure(self, policy: Policy, mode: str) -> None:
         """A reload: another policy re-decides everything; another mode only serves differently."""
+        if policy != self.policy or mode != self.mode:
+            self._passed.clear()
         if policy != self.policy:
             self._open.clear()
             self._verdicts.clear()
@@ -99,7 +103,12 @@ class SignatureGate:
         return f"{upstream.name}/{repository}"
 
     def allows_in_memory(self, upstream: Upstream, repository: str, reference: str | Digest, digest: str) -> bool:
-        """Without I/O: True when a fresh verdict lets this manifest through; False when one must be made."""
+        """Without I/O: True when a fresh verdict lets this manifest through; False when one must be made.
+
+        The fast path asks this for every warm request: one lookup when the answer is yes."""
+        passed = self._passed.get((upstream.name, repository, reference, digest))
+        if passed is not None and self._freshness.fresh(passed, time.time()):
+            return True
         if not self.guards(self.name_of(upstream, repository)):
             return True
         decided = self._decided(upstream, repository, reference, digest)
@@ -117,6 +126,10 @@ class SignatureGate:
         if decided is None:
             key = (name, str(reference), manifest.digest)
             decided = await self._flights.run(key, lambda: self._decide(upstream, repository, reference, manifest))
+        if decided.verdict.accepted or not self.enforcing:
+            if len(self._passed) >= MAX_VERDICTS:
+                self._passed.clear()
+            self._passed[(upstream.name, repository, reference, manifest.digest)] = decided.at
         if decided.verdict.accepted:
             self._accept_contents(upstream, repository, manifest, decided)
         elif self.enforcing:

@@ -48,7 +48,10 @@ class MissingTags:
         missing = self._missing.get(question) if self._missing is not None else None
         if missing is not None:
             self._stats.negative_hits += 1
-            raise RegistryError(missing.message, code=missing.code, status=missing.status, detail=missing.detail)
+            # The same kind of error as the upstream's (ManifestUnknown stays ManifestUnknown), new each time.
+            raise type(missing)(
+                missing.message, code=missing.code, status=missing.status, detail=missing.detail, headers=missing.headers
+            )
 
     async def remembering(self, question: Question, answer: Awaitable[ManifestAnswer]) -> ManifestAnswer:
         """The answer; a definite "no" is remembered (never 401: credentials, 429: quota, nor 5xx:
