@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="quick check of the mirror only (+ direct), tiny sizes, loopback; exit 1 on misbehaviour",
     )
     p.add_argument("--targets", default=",".join(ALL_TARGETS), help="comma list of %(default)s")
-    p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma list of 1..10 (default: all)")
+    p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma list of 1..11 (default: all)")
     p.add_argument("--startup-blobs", type=int, default=1_000_000, help="scenario 9 blob files (default %(default)s)")
     p.add_argument("--fleet-clients", type=int, default=32, help="scenario 10 clients (default %(default)s)")
     p.add_argument("--wan-rate", default="200mbit", help="tc tbf rate of the upstream's link (default %(default)s)")
@@ -89,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="scenario 8: what nginx sends per connection, tc units (default: 1/8 of --wan-rate)",
     )
+    p.add_argument(
+        "--ahead-layers", type=int, default=10, help="scenario 11: layers in the image (default %(default)s)"
+    )
+    p.add_argument(
+        "--ahead-layer-mb", type=int, default=16, help="scenario 11: MiB in each of its layers (default %(default)s)"
+    )
     p.add_argument("--workers", type=int, default=4, help="client processes for concurrent pulls (default %(default)s)")
     p.add_argument("--no-skopeo", action="store_true", help="skip the skopeo copy realism check")
     p.add_argument("--request-timeout", type=float, default=600.0, help="per request, seconds")
@@ -120,6 +126,7 @@ def apply_smoke(args: argparse.Namespace) -> None:
     args.rss_blob_mb, args.rss_clients = 64, 4
     args.ttfb_rounds, args.workers, args.tag_workers = 1, 2, 1
     args.accel_layer_mb, args.accel_rate = 80, "160mbit"  # 8 ranges of 10 MiB, at 20 MB/s each
+    args.ahead_layers, args.ahead_layer_mb = 6, 8  # 6 layers of 8 MiB, at 20 MB/s per connection
     args.request_timeout, args.scenario_timeout, args.total_timeout = 30.0, 60.0, 120.0
     args.startup_blobs = 20_000
     args.fleet_clients = 8
@@ -387,7 +394,7 @@ def _run(args: argparse.Namespace, run_dir: Path) -> int:
         layer_bytes = int(args.layer_mb * 1024 * 1024)
         image = seed.push_image(pusher, run_dir / "seed", "library/bench", "v1", [layer_bytes] * args.layers, seed=1)
         log(f"seeded {image.repository}:{image.tag}: {args.layers} x {args.layer_mb} MiB, {image.size} bytes")
-        big_blob = rss_blob = accel_image = signed = None
+        big_blob = rss_blob = accel_image = signed = layers_image = None
         if "5" in scenario_ids:
             big_blob = seed.push_raw_blob(pusher, run_dir / "seed", "library/bigblob", args.big_blob_mb << 20, seed=5)
             log(f"seeded a {args.big_blob_mb} MiB blob")
@@ -402,13 +409,29 @@ def _run(args: argparse.Namespace, run_dir: Path) -> int:
                 pusher, run_dir / "seed", "library/accel", "v1", [args.accel_layer_mb << 20], seed=8
             )
             log(f"seeded {accel_image.repository}:{accel_image.tag}: 1 x {args.accel_layer_mb} MiB")
+        if "11" in scenario_ids:
+            sizes = [args.ahead_layer_mb << 20] * args.ahead_layers
+            layers_image = seed.push_image(pusher, run_dir / "seed", "library/layers", "v1", sizes, seed=11)
+            log(f"seeded {layers_image.repository}:{layers_image.tag}: {args.ahead_layers} x {args.ahead_layer_mb} MiB")
     finally:
         pusher.close()
 
     targets = {name: procs.TARGET_CLASSES[name](name, upstream, run_dir / name) for name in target_names}
     accel_rate = accel_rate_of(args)
     ctx = Context(
-        args, run_dir, upstream, wan, image, targets, big_blob, rss_blob, accel_image, accel_rate, signed, log=log
+        args,
+        run_dir,
+        upstream,
+        wan,
+        image,
+        targets,
+        big_blob,
+        rss_blob,
+        accel_image,
+        accel_rate,
+        signed,
+        layers_image,
+        log=log,
     )
     results: dict[str, Any] = {
         "meta": {
@@ -437,6 +460,9 @@ def _run(args: argparse.Namespace, run_dir: Path) -> int:
                 else {"layer_MiB": args.accel_layer_mb, "bytes": accel_image.size},
                 "accel_rate_Bps": accel_rate,
                 "accel_rate": args.accel_rate or f"1/8 of {args.wan_rate}",
+                "layers_image": None
+                if layers_image is None
+                else {"layers": args.ahead_layers, "layer_MiB": args.ahead_layer_mb, "bytes": layers_image.size},
                 "client_workers": args.workers,
                 "fleet_clients": args.fleet_clients,
                 "mirror_tag_ttl": procs.Mirror.tag_ttl,

@@ -33,6 +33,7 @@ class Context:
     accel_image: Image | None = None
     accel_rate: int = 0  # scenario 8: bytes/s the paced nginx sends per connection
     signed: SignedImage | None = None  # scenario 4's variant: the image's signature and the policy asking for it
+    layers_image: Image | None = None  # scenario 11: an image of many small layers behind the paced upstream
     log: Callable[[str], None] = print
     notes: list[str] = field(default_factory=list)
 

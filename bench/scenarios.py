@@ -16,7 +16,7 @@ from bench import h2load, nginx, procs, puller, signing
 from bench.context import MB, Context, UpstreamMeter, first_errors, guard, pull, wall
 from bench.fleet import s10_fleet
 from bench.http import Client
-from bench.seed import Blob
+from bench.seed import Blob, Image
 from bench.startup import s9_startup
 
 # 1. cold pull, one client (+ skopeo)
@@ -397,12 +397,26 @@ def s8_accelerated(ctx: Context) -> dict[str, Any]:
     """One client pulls an image with one big layer, cold, through nginx pacing each connection
     (by default at 1/8 of the WAN, like a CDN): one stream gets 1/8 of the link, 8 ranges fill it."""
     assert ctx.accel_image is not None
-    image = ctx.accel_image
+    return _paced_pull(ctx, ctx.accel_image, "8 accelerated", "accel")
+
+
+def s11_whole_image(ctx: Context) -> dict[str, Any]:
+    """One client pulls an image of many small layers (default 10 x 16 MiB), cold, 3 blobs at a time
+    in manifest order as Docker does, through nginx pacing each connection: rounds of 3 layers get
+    3/8 of the link direct; a mirror that fetches the whole image ahead can fill it."""
+    assert ctx.layers_image is not None
+    return _paced_pull(ctx, ctx.layers_image, "11 whole image", "layers")
+
+
+def _paced_pull(ctx: Context, image: Image, label: str, prefix: str) -> dict[str, Any]:
+    """A cold pull of `image` by one client from each target, the upstream behind a paced nginx."""
     if not nginx.Nginx.available():
         return {name: {"skipped": "nginx is not installed"} for name in ctx.targets}
     # With the WAN: next to the registry, behind the shaped link.
     where: dict[str, Any] = {} if ctx.wan is None else {"host": ctx.upstream.host, "port": 5001, "netns": ctx.wan.up_ns}
-    proxy = nginx.PacedProxy(ctx.run_dir / "paced-nginx", backend=ctx.upstream.url, rate=ctx.accel_rate, **where)
+    proxy = nginx.PacedProxy(
+        ctx.run_dir / f"paced-nginx-{prefix}", backend=ctx.upstream.url, rate=ctx.accel_rate, **where
+    )
     proxy.start()
     one_stream_s = image.size / ctx.accel_rate
     ctx.log(f"  paced nginx {proxy.url}: {ctx.accel_rate:,} bytes/s per connection, one stream ~{one_stream_s:.0f}s")
@@ -412,7 +426,7 @@ def s8_accelerated(ctx: Context) -> dict[str, Any]:
 
             def run(name: str = name) -> dict[str, Any]:
                 # A target of its own, pointed at the paced nginx (direct: the clients pull from it).
-                target = procs.TARGET_CLASSES[name](name, proxy, ctx.run_dir / f"accel-{name}")
+                target = procs.TARGET_CLASSES[name](name, proxy, ctx.run_dir / f"{prefix}-{name}")
                 try:
                     target.start_fresh()
                     meter = UpstreamMeter(ctx, origin=proxy)
@@ -425,7 +439,7 @@ def s8_accelerated(ctx: Context) -> dict[str, Any]:
                     out["upstream_wire_x_image"] = out["upstream_wire_bytes"] / image.size
                 return out
 
-            results[name] = guard(ctx, "8 accelerated", name, run)
+            results[name] = guard(ctx, label, name, run)
     finally:
         proxy.stop()
     return results
@@ -442,4 +456,5 @@ SCENARIOS: dict[str, tuple[str, Callable[[Context], dict[str, Any]]]] = {
     "8": ("accelerated cold pull, one big layer behind a paced upstream", s8_accelerated),
     "9": ("start-up with a large cache, page cache dropped", s9_startup),
     "10": ("a fleet of 3 replicas behind HAProxy vs 1 mirror, N cold then N warm clients", s10_fleet),
+    "11": ("a whole image of small layers behind a paced upstream, 3 blobs at a time", s11_whole_image),
 }
