@@ -149,14 +149,17 @@ def test_a_pin_the_signature_policy_refuses_fails_with_its_reason(
         mirror.stop()
 
 
-def test_config_pins_are_fetched_at_start_up_and_on_reload(
+def test_config_pins_are_fetched_at_start_up_and_on_reload_and_kept(
     tmp_path: Path, registry: Registry, images: dict[str, Image]
 ) -> None:
     demo, (amd64, arm64) = images["demo"], images["index"].children
+    with Pusher(registry.url) as pusher:
+        storm = [pusher.image(f"library/configstorm{n}", "1", [LAYER, 4096], seed=160 + n) for n in range(6)]
+    budget = 5 * LAYER  # the two pinned images take about 2.5 layers; the storm 6 more
+    demo_pin = '[[pin]]\nimage = "library/demo:latest"\n'
     mark = registry.mark()
-    mirror = MirrorProcess(
-        tmp_path / "m", {"docker.io": registry.url}, extra_config='[[pin]]\nimage = "library/demo:latest"\n'
-    ).start()
+    mirror = MirrorProcess(tmp_path / "m", {"docker.io": registry.url}, extra_config=f"max_size = {budget}\n{demo_pin}")
+    mirror.start()
     try:
         wait_until(lambda: cached(mirror, demo), "[[pin]] brings the image in at start-up")
         wait_until(lambda: "[[pin]] library/demo:latest: kept" in mirror.log_path.read_text(), "the log says so")
@@ -172,6 +175,26 @@ def test_config_pins_are_fetched_at_start_up_and_on_reload(
         rows = {r["repository"]: r["pin_state"] for r in listed(mirror)}
         assert rows == {"library/demo": "pinned", "library/ociindex": "pinned"}
         assert sorted(blob_gets_since(registry, mark)) == sorted([*demo.blobs, *arm64.blobs])
+
+        for n, image in enumerate(storm):
+            skopeo_copy(mirror, f"{image.repository}:1", tmp_path / f"storm-{n}")
+            mirror.wait_idle()
+        assert mirror.stats()["evictions"] > 0
+        assert cached(mirror, demo) and cached(mirror, arm64), "both [[pin]] images stay"
+
+        # A [[pin]] taken out of the config lets its image go.
+        mirror.extra_config = mirror.extra_config.replace(demo_pin, "")
+        mirror.write_config()
+        hangup(mirror, "SIGHUP: config reloaded")
+        wait_until(
+            lambda: (
+                {r["repository"]: r["pin_state"] for r in httpx.get(f"{mirror.url}/api/images").json()}.get(
+                    "library/demo"
+                )
+                is None
+            ),
+            "demo is no longer pinned",
+        )
     finally:
         mirror.stop()
 
