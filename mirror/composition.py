@@ -22,13 +22,12 @@ from mirror.cache.kept import KeptLists
 from mirror.cache.layout import TagEntry
 from mirror.cache.links import BlobLinks
 from mirror.cache.metadata import ManifestCache
-from mirror.cache.pins import Pin, PinError, check_budget, image_digests, load_pins, refuse_pinned
-from mirror.cache.pins import pin as pin_images
-from mirror.cache.pins import unpin as unpin_images
-from mirror.cache.removal import Removal, RemovalError, Target, apply_to_index, parse_target, plan_removal
+from mirror.cache.pins import forget_fetching, refuse_pinned
+from mirror.cache.removal import Removal, Target, apply_to_index, plan_removal
 from mirror.cache.tags import LocalTagStore, TagStore
 from mirror.cache.verdicts import VerdictRecords
 from mirror.config import Config, FleetConfig, config_hash, restart_keys
+from mirror.pinning import PinKeeper
 from mirror.proxy import BlobSource, Proxy, SignaturePolicy
 from mirror.proxy.coordination import Alone, Coordination
 from mirror.registry.errors import NameUnknown, RegistryError
@@ -87,7 +86,6 @@ class Mirror:
         self.kept_lists = KeptLists(self.directory.metadata)
         self.journal = TagJournal(self.directory.metadata)
         self.links = BlobLinks(self.directory.metadata)
-        self.pins: list[Pin] = []
         self.index_ready = False
         self.proxy = Proxy(
             store=self.store,
@@ -111,6 +109,8 @@ class Mirror:
             name: Upstream(upstream, self.stats, config.proxy_env, offline=config.server.offline)
             for name, upstream in config.upstreams.items()
         }
+        forget_fetching(self.directory)  # an earlier process's fetches of pins ended with it
+        self.pins = PinKeeper(self.directory, self.store, self.proxy, self.upstream_for, lambda: self.config)
         self._tasks: list[asyncio.Task[None]] = []
         for upstream in self.upstreams.values():
             mode = "offline: never asked, the cache answers" if upstream.offline else upstream.route.describe()
@@ -149,6 +149,7 @@ class Mirror:
         if self.fleet is not None:
             background.append(self.fleet.heartbeat_forever(self._held))
         self._tasks = [asyncio.create_task(work) for work in background]
+        self.pins.keep()  # [[pin]] images not cached are fetched
 
     async def _check_upstreams(self) -> None:
         """Once at start-up, what `mirror doctor` would say of each upstream's network path (DNS, TCP,
@@ -201,35 +202,27 @@ class Mirror:
         self.index_ready = True  # indexed, and max_size enforced on what a restart found
 
     async def refresh_pins(self) -> None:
-        """What is never evicted: the pins in the index, and `[[pin]]` images that are cached."""
-        pins = await anyio.to_thread.run_sync(load_pins, self.directory)
-        for image in self.config.pins:
-            try:
-                target = parse_target(image)
-                pins.append(Pin(image, await anyio.to_thread.run_sync(image_digests, self.directory, target)))
-            except (PinError, RemovalError) as exc:
-                log.warning("[[pin]] %s: %s", image, exc)
-        try:
-            check_budget(pins, self.config.cache.max_size)
-        except PinError as exc:
-            log.error("%s; pins are kept anyway, and max_size is exceeded", exc)
-        self.pins = pins
-        self.store.pinned = frozenset(digest for pin in pins for digest in pin.digests)
+        """What is never evicted, read again (the pins in the index, `[[pin]]`'s)."""
+        await self.pins.refresh()
 
-    async def pin(self, targets: list[Target], *, unpin: bool = False) -> list[str]:
-        """`mirror pin` and `mirror unpin` through the server; the names pinned or unpinned."""
+    async def keep_pins(self) -> None:
+        """After a reload: `[[pin]]` images fetched when not cached, removed ones let go."""
+        self.pins.keep()
+        await self.pins.refresh()
+
+    async def pin(
+        self, targets: list[Target], *, unpin: bool = False, fetch: bool = False, platforms: tuple[str, ...] | None
+    ) -> list[str]:
+        """`mirror pin` and `mirror unpin` through the server; the names pinned or unpinned. With
+        `fetch`, what is not cached is fetched first (an index's `platforms`, None: all)."""
         if unpin:
-            done = await anyio.to_thread.run_sync(unpin_images, self.directory, targets)
-        else:
-            config_pins = [pin for pin in self.pins if pin.name in self.config.pins]
-            made = await anyio.to_thread.run_sync(
-                pin_images, self.directory, targets, self.config.cache.max_size, config_pins
-            )
-            done = [pin.name for pin in made]
-        await self.refresh_pins()
-        return done
+            return await self.pins.unpin(targets)
+        if fetch:
+            return await self.pins.pin(targets, platforms)
+        return await self.pins.pin_cached(targets, platforms)
 
     async def close(self) -> None:
+        await self.pins.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

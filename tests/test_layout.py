@@ -25,6 +25,7 @@ LAYERS = [
     {"mirror.transfer"},  # bytes in motion, into the cache
     {"mirror.proxy", "mirror.fleet"},  # side by side: the fleet answers the proxy's coordination seam unseen
     {"mirror.warmer"},
+    {"mirror.pinning"},  # the pins' keeper fetches with the warmer
     {"mirror.composition"},
     {"mirror.http"},
     {"mirror.commands"},

@@ -95,8 +95,10 @@ def test_pinned_and_imported_images_survive_an_eviction_storm(tmp_path: Path) ->
         registry.stop()
 
 
-def test_pinning_what_is_not_cached_says_so(mirror: MirrorProcess, images: dict[str, Image]) -> None:
-    result = command(mirror, "pin", "library/demo:latest")
-    assert result.returncode == 1 and "is not cached: pull it" in result.stderr
+def test_pinning_what_is_not_cached_without_fetch_says_so(mirror: MirrorProcess, images: dict[str, Image]) -> None:
+    """`POST /api/pin` without `fetch` (what `mirror import` sends) pins only what is cached."""
+    answer = httpx.post(f"{mirror.url}/api/pin", json={"targets": ["library/demo:latest"]})
+    assert answer.status_code == 409 and "is not cached: pull it" in answer.json()["errors"][0]["message"]
     httpx.get(f"{mirror.url}/v2/library/demo/manifests/latest", headers={"Accept": ", ".join(ALL_MANIFESTS)})
-    assert command(mirror, "pin", "library/demo:latest").returncode == 0
+    answer = httpx.post(f"{mirror.url}/api/pin", json={"targets": ["library/demo:latest"]})
+    assert answer.json() == {"pinned": ["docker.io/library/demo:latest"]}

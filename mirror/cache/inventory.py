@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mirror.cache.directory import CacheDirectory
-from mirror.cache.pins import PinError, image_digests, load_pins
+from mirror.cache.pins import PinError, fetching_digests, image_digests, load_pins
 from mirror.cache.removal import RemovalError, parse_target
 from mirror.cache.verdicts import recorded, summary
 from mirror.registry.mediatypes import IMAGE_CONFIG_TYPES, platform_name
@@ -59,13 +59,18 @@ def _image_size(cache: CacheDirectory, manifest: dict[str, Any] | None) -> tuple
 
 
 def list_images(
-    cache: CacheDirectory, only: tuple[str, str] | None = None, pinned: frozenset[str] | None = None
+    cache: CacheDirectory,
+    only: tuple[str, str] | None = None,
+    pinned: frozenset[str] | None = None,
+    fetching: frozenset[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Every cached tag, newest first within each repository; `only`: one (registry, repository);
-    `pinned`: the digests never evicted."""
+    `pinned`: the digests never evicted; `fetching`: those of pins the server is fetching."""
     rows: list[dict[str, Any]] = []
     if pinned is None:
         pinned = frozenset(digest for pin in load_pins(cache) for digest in pin.digests)
+    if fetching is None:
+        fetching = fetching_digests(cache)
     for upstream, repo, tag, entries in cache.metadata.tags():
         if only is not None and only != (upstream, repo):
             continue
@@ -91,7 +96,9 @@ def list_images(
                     "artifact_type": described.artifact_type,
                     "last_pull": None if entry.imported else _when(entry.fetched_at),
                     "imported_at": _when(entry.fetched_at) if entry.imported else None,
-                    "pinned": entry.digest in pinned,
+                    "pinned": entry.digest in pinned or entry.digest in fetching,
+                    # "fetching": pinned, and the server is bringing it in; None: not pinned
+                    "pin_state": _pin_state(entry.digest, pinned, fetching),
                     "moves": moves,
                     "signature": summary(verdict),  # the signature policy's last verdict, in a few words
                     "signature_reason": verdict["reason"] if verdict else None,
@@ -113,7 +120,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
             r["digest"][:19],
             _size_cell(r),
             r["last_pull"] or f"- (imported {r['imported_at']})",
-            "yes" if r["pinned"] else "no",
+            {"pinned": "yes", "fetching": "fetching"}.get(r.get("pin_state") or "", "no"),
             r["artifact_type"] or ",".join(r["platforms"]) or "-",
             *([r.get("signature", "-")] if signatures else []),
         ]
@@ -123,6 +130,12 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     return "".join(
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() + "\n" for row in table
     )
+
+
+def _pin_state(digest: str, pinned: frozenset[str], fetching: frozenset[str]) -> str | None:
+    if digest in fetching:
+        return "fetching"
+    return "pinned" if digest in pinned else None
 
 
 def _when(at: float) -> str:
@@ -148,7 +161,8 @@ def _human(size: int | None) -> str:
 
 
 def pinned_digests(cache: CacheDirectory, config_pins: tuple[str, ...]) -> frozenset[str]:
-    """The digests never evicted: the index's pins and the `[[pin]]` images cached (as a tool sees them)."""
+    """The digests never evicted: the index's pins and the `[[pin]]` images' cached ones (as a tool
+    sees them, without the server's choice of platforms)."""
     found = {digest for pin in load_pins(cache) for digest in pin.digests}
     for image in config_pins:
         try:

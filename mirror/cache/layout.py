@@ -19,6 +19,10 @@ This module is the one owner of that format (version 3)::
         ["pin", upstream, repository, reference] -> {"digests": {digest: size}, "pinned_at"}: an image
                                           the user pinned (`mirror pin`, `mirror import`), with the
                                           digests it had then; never evicted (`mirror.cache.pins`)
+        ["pinfetch", upstream, repository, reference] -> {"digests": {digest: size}, "pinned_at"}: a
+                                          pin (`mirror pin`, `[[pin]]`) the server is fetching now,
+                                          since pinned_at, for `mirror ls`; gone when done, and at
+                                          the server's start
         ["journal", upstream, repository, tag] -> [{"digest", "first_seen", "last_seen"}, …]: every
                                           digest the tag pointed to, oldest first, at most
                                           JOURNAL_KEPT (`mirror.cache.journal`); new in format 3
@@ -203,6 +207,13 @@ def decode_pin(text: str) -> dict[str, int] | None:
         return {str(d): int(s) for d, s in data["digests"].items()}
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+PIN_FETCH = "pinfetch"  # a pin being fetched (its value encoded as a pin's)
+
+
+def pin_fetch_key(upstream: str, repository: str, reference: str) -> str:
+    return json.dumps([PIN_FETCH, upstream, repository, reference])
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@
 A pin names an image and holds the digests it had when pinned: its manifests (an index's
 children too) and every config and layer they name, with their declared sizes. The blob
 store never evicts a pinned digest. Pins are kept in the metadata index, keyed and encoded
-as `mirror.cache.layout` says (`pin_key`, `encode_pin`).
+as `mirror.cache.layout` says (`pin_key`, `encode_pin`). While the server fetches a pin that
+is not cached (`mirror.pinning`), a fetch record (`pin_fetch_key`) says which digests are on
+their way, for `mirror ls`.
 """
 
 from __future__ import annotations
@@ -13,12 +15,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from mirror.cache.directory import CacheDirectory
-from mirror.cache.layout import PIN, decode_pin, encode_pin, pin_key
+from mirror.cache.layout import PIN, PIN_FETCH, decode_pin, encode_pin, pin_fetch_key, pin_key
 from mirror.cache.removal import Removal, RemovalError, Target
+from mirror.registry.mediatypes import platform_matches, platform_name
 
 
 class PinError(ValueError):
     """A pin refused: not cached, or beyond max_size. The message says which and what to do."""
+
+
+class NotCached(PinError):
+    """A pin of an image (or of the platforms asked) that is not cached, with no server to fetch it."""
+
+    def __init__(self, target: Target, platforms: tuple[str, ...] | None = None) -> None:
+        self.what = f"{target.text} ({', '.join(platforms)})" if platforms else target.text
+        super().__init__(f"{self.what} is not cached: pull it (or `mirror prefetch` it) first, then pin it")
 
 
 @dataclass(frozen=True)
@@ -31,8 +42,10 @@ class Pin:
         return sum(self.digests.values())
 
 
-def image_digests(cache: CacheDirectory, target: Target) -> dict[str, int]:
-    """An image's digests with their declared sizes: what pinning it keeps. PinError if not cached."""
+def image_digests(cache: CacheDirectory, target: Target, platforms: tuple[str, ...] | None = None) -> dict[str, int]:
+    """An image's digests with their declared sizes: what pinning it keeps. An index's children
+    are those cached, or with `platforms` those of them, each of which must be cached. NotCached
+    if not cached."""
     assert target.upstream is not None and target.repository is not None
     if target.is_digest:
         roots = {target.reference}
@@ -41,21 +54,29 @@ def image_digests(cache: CacheDirectory, target: Target) -> dict[str, int]:
         roots = {entry.digest for entry in entries.values()}
     roots = {root for root in roots if cache.read_json(root) is not None}
     if not roots:
-        raise PinError(f"{target.text} is not cached: pull it (or `mirror prefetch` it) first, then pin it")
+        raise NotCached(target)
     found: dict[str, int] = {}
     pending = list(roots)
+    missing = set(platforms or ())  # platforms asked of an index, not yet found cached
+    indexes = 0
     while pending:
         digest = pending.pop()
-        manifest = cache.read_json(digest)
+        manifest = cache.read_json(digest) or {}
         found[digest] = cache.size(digest) or 0
-        for descriptor in _descriptors(manifest or {}):
+        indexes += isinstance(manifest.get("manifests"), list)
+        for descriptor in _descriptors(manifest):
             named = descriptor["digest"]
-            if named in found:
+            platform = platform_name(descriptor.get("platform"))
+            wanted = [w for w in platforms or () if platform_matches(platform, w)]
+            if named in found or ("platform" in descriptor and platforms and not wanted):
                 continue
             if cache.metadata.manifest(named) is not None:  # an index's child: its blobs too
                 pending.append(named)
+                missing.difference_update(wanted)
             else:
                 found[named] = int(descriptor.get("size") or 0)
+    if indexes and missing:
+        raise NotCached(target, tuple(sorted(missing)))
     return found
 
 
@@ -71,26 +92,39 @@ def load_pins(cache: CacheDirectory) -> list[Pin]:
         if digests is None:
             continue
         upstream, repository, reference = parts
-        separator = "@" if ":" in reference else ":"
-        pins.append(Pin(f"{upstream}/{repository}{separator}{reference}", digests))
+        pins.append(Pin(pin_name(Target("", upstream, repository, reference)), digests))
     return pins
 
 
-def pin(cache: CacheDirectory, targets: list[Target], max_size: int | None, others: list[Pin]) -> list[Pin]:
-    """Pin the targets (recorded in the index); refused whole if all pins together exceed max_size."""
-    made = []
-    for target in targets:
-        assert target.upstream is not None and target.repository is not None
-        separator = "@" if target.is_digest else ":"
-        made.append(
-            Pin(f"{target.upstream}/{target.repository}{separator}{target.reference}", image_digests(cache, target))
-        )
-    check_budget([*load_pins(cache), *others, *made], max_size)
-    for target, made_pin in zip(targets, made, strict=True):
-        assert target.upstream is not None and target.repository is not None
-        value = encode_pin(made_pin.digests, time.time())
-        cache.metadata.set_raw(pin_key(target.upstream, target.repository, target.reference), value)
+def pin_name(target: Target) -> str:
+    """docker.io/library/alpine:3.19, or …@sha256:…: how a pin is named."""
+    assert target.upstream is not None and target.repository is not None
+    separator = "@" if target.is_digest else ":"
+    return f"{target.upstream}/{target.repository}{separator}{target.reference}"
+
+
+def pin(
+    cache: CacheDirectory,
+    targets: list[Target],
+    max_size: int | None,
+    others: list[Pin],
+    platforms: tuple[str, ...] | None = None,
+) -> list[Pin]:
+    """Pin the targets as cached (recorded in the index); refused whole if all pins together exceed max_size."""
+    made = [Pin(pin_name(target), image_digests(cache, target, platforms)) for target in targets]
+    record(cache, list(zip(targets, made, strict=True)), max_size, others)
     return made
+
+
+def record(cache: CacheDirectory, pins: list[tuple[Target, Pin]], max_size: int | None, others: list[Pin]) -> None:
+    """Record pins in the index (a pin of the same name replaced); refused whole beyond max_size."""
+    names = {made.name for _, made in pins}
+    kept = [old for old in load_pins(cache) if old.name not in names]
+    check_budget([*kept, *others, *(made for _, made in pins)], max_size)
+    for target, made in pins:
+        assert target.upstream is not None and target.repository is not None
+        value = encode_pin(made.digests, time.time())
+        cache.metadata.set_raw(pin_key(target.upstream, target.repository, target.reference), value)
 
 
 def unpin(cache: CacheDirectory, targets: list[Target]) -> list[str]:
@@ -99,9 +133,31 @@ def unpin(cache: CacheDirectory, targets: list[Target]) -> list[str]:
     for target in targets:
         assert target.upstream is not None and target.repository is not None
         if cache.metadata.delete_raw(pin_key(target.upstream, target.repository, target.reference)):
-            separator = "@" if target.is_digest else ":"
-            gone.append(f"{target.upstream}/{target.repository}{separator}{target.reference}")
+            gone.append(pin_name(target))
     return gone
+
+
+def mark_fetching(cache: CacheDirectory, target: Target, digests: dict[str, int]) -> None:
+    """Say that the server is fetching this pin's digests (for `mirror ls`)."""
+    assert target.upstream is not None and target.repository is not None
+    key = pin_fetch_key(target.upstream, target.repository, target.reference)
+    cache.metadata.set_raw(key, encode_pin(digests, time.time()))
+
+
+def unmark_fetching(cache: CacheDirectory, target: Target) -> None:
+    assert target.upstream is not None and target.repository is not None
+    cache.metadata.delete_raw(pin_fetch_key(target.upstream, target.repository, target.reference))
+
+
+def fetching_digests(cache: CacheDirectory) -> frozenset[str]:
+    """The digests of the pins a server is fetching now."""
+    return frozenset(d for _, value in cache.metadata.items_of(PIN_FETCH) for d in decode_pin(value) or {})
+
+
+def forget_fetching(cache: CacheDirectory) -> None:
+    """At the server's start: no fetch of a pin is under way, whatever an earlier process left."""
+    for parts, _ in list(cache.metadata.items_of(PIN_FETCH)):
+        cache.metadata.delete_raw(pin_fetch_key(*parts))
 
 
 def check_budget(pins: list[Pin], max_size: int | None) -> None:

@@ -36,7 +36,8 @@ def list_cached(args: argparse.Namespace, config: Config) -> int:
     only = repository_named(args.repository, config.server.default_upstream) if args.repository else None
     cache = CacheDirectory.open(config.cache.directory)
     try:
-        rows = inventory.list_images(cache, only, inventory.pinned_digests(cache, config.pins))
+        pinned = inventory.pinned_digests(cache, tuple(pin.image for pin in config.pins))
+        rows = inventory.list_images(cache, only, pinned)
     finally:
         cache.close()
     sys.stdout.write(json.dumps(rows, indent=2) + "\n" if args.json else inventory.format_rows(rows))

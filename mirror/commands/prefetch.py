@@ -15,7 +15,7 @@ import httpx
 from mirror.commands.configfile import add_config_option
 from mirror.config import Config
 from mirror.link import BACKGROUND_PRIORITY
-from mirror.registry.mediatypes import ACCEPT_ALL, INDEX_TYPES, platform_matches, platform_name
+from mirror.registry.mediatypes import ACCEPT_ALL, DEFAULT_PLATFORM, INDEX_TYPES, platform_matches, platform_name
 from mirror.registry.reference import DOCKER_HUB, ImageRef, parse_image
 
 
@@ -23,7 +23,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     warm = commands.add_parser("prefetch", help="warm the cache with images, through the running mirror")
     warm.add_argument("images", nargs="*", metavar="IMAGE", help="e.g. alpine:3.19 or ghcr.io/org/app:1.0")
     warm.add_argument("--file", type=Path, help="a file with one image per line (# comments allowed)")
-    warm.add_argument("--platform", action="append", metavar="OS/ARCH", help="platforms to fetch (default linux/amd64)")
+    warm.add_argument(
+        "--platform", action="append", metavar="OS/ARCH", help=f"platforms to fetch (default {DEFAULT_PLATFORM})"
+    )
     warm.add_argument("--all-platforms", action="store_true", help="fetch every platform of an index")
     add_config_option(warm, "the config file `mirror serve` uses (for its address)")
     warm.add_argument("--url", help="the mirror's URL (default: from the config's listen address)")
@@ -40,7 +42,7 @@ def prefetch_images(args: argparse.Namespace, config: Config) -> int:
         print("mirror prefetch: name at least one image, or --file", file=sys.stderr)
         return 2
     url = args.url or f"http://{config.local_address}"
-    platforms = None if args.all_platforms else set(args.platform or ["linux/amd64"])
+    platforms = None if args.all_platforms else set(args.platform or [DEFAULT_PLATFORM])
     return run(url, images, platforms)
 
 

@@ -29,6 +29,7 @@ from mirror.config.values import (
     secret_key,
 )
 from mirror.registry.errors import RegistryError
+from mirror.registry.mediatypes import is_platform
 from mirror.registry.patterns import PatternError, compile_pattern, compile_tag_glob
 from mirror.registry.reference import NAME_RE, parse_digest
 from mirror.signatures.policy import Policy, PolicyError, load_policy
@@ -296,7 +297,7 @@ REPOSITORY_PREFIX = Value(_repository_prefix, show=_or_none)
 def _platforms(table: Table, key: str, default: Any) -> tuple[str, ...] | None:
     """Platforms like 'linux/arm64'; 'all' (None) for every one."""
     platforms = table.get(key, list, list(default))
-    if not all(isinstance(p, str) and re.fullmatch(r"[a-z0-9]+/[a-z0-9]+(/[a-z0-9]+)?|all", p) for p in platforms):
+    if not all(p == "all" or is_platform(p) for p in platforms):
         raise ConfigError(table.key(key), f"expected platforms like 'linux/arm64' or 'all', got {platforms!r}")
     return None if "all" in platforms else tuple(platforms)
 

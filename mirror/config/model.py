@@ -39,8 +39,9 @@ from mirror.config.kinds import (
     USERS,
 )
 from mirror.config.proxies import ProxyEnvironment, mask_url
-from mirror.config.settings import FromEnvironment, Images, Named, Section, Sections, setting, settings
+from mirror.config.settings import FromEnvironment, Named, Section, Sections, setting, settings
 from mirror.config.values import listen_address
+from mirror.registry.mediatypes import DEFAULT_PLATFORM
 from mirror.registry.reference import DOCKER_HUB, DOCKER_HUB_URL
 from mirror.signatures.policy import Policy
 
@@ -109,8 +110,16 @@ class PrefetchConfig:
     """An image kept warm in the background: re-resolved every `refresh`, new digests fetched."""
 
     image: str = setting(TEXT, reload="restart")
-    platforms: tuple[str, ...] | None = setting(PLATFORMS, default=("linux/amd64",), reload="restart")  # None: all
+    platforms: tuple[str, ...] | None = setting(PLATFORMS, default=(DEFAULT_PLATFORM,), reload="restart")  # None: all
     refresh: float = setting(POSITIVE_DURATION, default=3600.0, reload="restart")
+
+
+@settings
+class PinConfig:
+    """An image never evicted: the server fetches it when it is not cached, at start-up and on reload."""
+
+    image: str = setting(TEXT, reload="live")
+    platforms: tuple[str, ...] | None = setting(PLATFORMS, default=(DEFAULT_PLATFORM,), reload="live")  # None: all
 
 
 @settings
@@ -260,8 +269,10 @@ class Config:
     fleet: FleetConfig | None = setting(Section(FleetConfig, optional=True), default=None, reload="start")
     # [signatures]: what must be signed, and by whom.
     signatures: SignaturesConfig | None = setting(Section(SignaturesConfig, optional=True), default=None, reload="live")
-    # [[pin]] image = "…": never evicted, once cached.
-    pins: tuple[str, ...] = setting(Images(), key="pin", default=(), reload="live")
+    # [[pin]] image = "…": fetched when not cached, then never evicted.
+    pins: tuple[PinConfig, ...] = setting(
+        Sections(PinConfig, 'a list of [[pin]] tables with image = "…"'), key="pin", default=(), reload="live"
+    )
     prefetch: tuple[PrefetchConfig, ...] = setting(
         Sections(PrefetchConfig, "a list of [[prefetch]] tables"), default=(), reload="restart"
     )

@@ -14,12 +14,13 @@ from mirror.config.model import (
     FleetConfig,
     MirrorConfig,
     NamespaceCredential,
+    PinConfig,
     PrefetchConfig,
     ServerConfig,
     UpstreamConfig,
 )
 from mirror.config.proxies import ProxyEnvironment, ProxyURLError, parse_proxy_url
-from mirror.config.settings import Images, Key, Named, Section, Sections, Value, keys_of
+from mirror.config.settings import Key, Named, Section, Sections, Value, keys_of
 from mirror.config.values import ConfigError, Table, check_pem
 
 T = TypeVar("T")
@@ -55,8 +56,6 @@ def _read_key(key: Key, table: Table) -> Any:
         return tuple(read(kind.of, entry) for entry in _array_of_tables(table, key.name, kind.usage, kind.shorthand))
     if isinstance(kind, Named):
         return _named(kind, table.table(key.name)) or key.default
-    if isinstance(kind, Images):
-        return _images(table, key.name)
     raise AssertionError(f"{key.name} is not in the file ({kind!r}): read() is given it")
 
 
@@ -79,17 +78,6 @@ def _named(kind: Named, table: Table) -> dict[str, Any]:
             raise ConfigError(f"{table.path}.{name}", "the table name must be a registry host, like 'docker.io'")
     table.finish()
     return found
-
-
-def _images(root: Table, name: str) -> tuple[str, ...]:
-    images = []
-    for table in _array_of_tables(root, name, f'a list of [[{name}]] tables with image = "…"'):
-        image = table.get("image", str)
-        if not image:
-            raise ConfigError(table.key("image"), "missing: the image to keep for good, e.g. 'alpine:3.19'")
-        table.finish()
-        images.append(image)
-    return tuple(images)
 
 
 def checked_proxy_env(env: ProxyEnvironment) -> ProxyEnvironment:
@@ -127,6 +115,11 @@ def _rule_repositories(table: Table, rule: AccessRule) -> None:
 def _prefetch_image(table: Table, prefetch: PrefetchConfig) -> None:
     if not prefetch.image:
         raise ConfigError(table.key("image"), "missing: the image to keep warm, e.g. 'alpine:3.19'")
+
+
+def _pin_image(table: Table, pin: PinConfig) -> None:
+    if not pin.image:
+        raise ConfigError(table.key("image"), "missing: the image to keep for good, e.g. 'alpine:3.19'")
 
 
 def _tls_and_login(table: Table, login: UpstreamConfig | MirrorConfig) -> None:
@@ -175,6 +168,7 @@ CHECKS: dict[type, tuple[Callable[[Table, Any], None], ...]] = {
     CacheConfig: (_ages_above_zero,),
     AccessRule: (_rule_repositories,),
     PrefetchConfig: (_prefetch_image,),
+    PinConfig: (_pin_image,),
     MirrorConfig: (_tls_and_login,),
     UpstreamConfig: (_tls_and_login, _mirrors_to_ask),
     NamespaceCredential: (_login_for_namespaces,),

@@ -6,7 +6,7 @@ import hashlib
 
 from mirror.config.model import Config
 from mirror.config.proxies import ProxyEnvironment
-from mirror.config.settings import FromEnvironment, Images, Named, Section, Sections, Value, keys_of
+from mirror.config.settings import FromEnvironment, Named, Section, Sections, Value, keys_of
 
 
 def config_hash(config: Config) -> str:
@@ -36,8 +36,6 @@ def _tables(instance: object, path: str, header: str | None = None) -> list[str]
         elif isinstance(kind, Named):
             for name, entry in value.items():
                 below += _tables(entry, f'{dotted}."{name}"', f'{dotted}."{name}"')
-        elif isinstance(kind, Images):
-            below += [_table(f"[{dotted}]", {"image": image}) for image in value]
         elif isinstance(kind, FromEnvironment) and isinstance(value, ProxyEnvironment) and value.masked():
             lines = [f"# {name}={shown}" for name, shown in value.masked().items()]
             below.append("# From the environment; upstreams without `proxy` follow these:\n" + "\n".join(lines) + "\n")

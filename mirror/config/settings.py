@@ -64,16 +64,11 @@ class Named:
 
 
 @dataclass(frozen=True)
-class Images:
-    """`[[pin]]` tables of one key, `image`: the images, as written."""
-
-
-@dataclass(frozen=True)
 class FromEnvironment:
     """Not in the file: read from the process environment, shown by `mirror config` as comments."""
 
 
-Kind = Value | Section | Sections | Named | Images | FromEnvironment
+Kind = Value | Section | Sections | Named | FromEnvironment
 
 
 @dataclass(frozen=True)

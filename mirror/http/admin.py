@@ -16,6 +16,7 @@ from mirror.cache.pins import PinError, PinnedError
 from mirror.cache.removal import Removal, RemovalError, Target, parse_target
 from mirror.composition import Mirror
 from mirror.registry.errors import Denied, RegistryError
+from mirror.registry.mediatypes import DEFAULT_PLATFORM, is_platform
 
 MAX_TARGETS = 10_000
 MAX_BODY = 1024 * 1024  # ten thousand targets of a hundred characters fit
@@ -127,16 +128,36 @@ async def remove_route(mirror: Mirror, request: Request) -> Response:
     return JSONResponse(removed(removal))
 
 
+PIN_USAGE = (
+    '{"targets": ["IMAGE", …], "unpin": false, "fetch": false, "platforms": ["OS/ARCH", …], "all_platforms": false}'
+)
+
+
 async def pin_route(mirror: Mirror, request: Request) -> Response:
-    """`{"targets": ["alpine:3.19"], "unpin": false}` → the names pinned (or unpinned)."""
-    targets, data = await _targets(request, '{"targets": ["IMAGE", …], "unpin": false}')
+    """`{"targets": ["alpine:3.19"], "unpin": false}` → the names pinned (or unpinned), as cached;
+    with `"fetch": true`, what is not cached is fetched first (an index's `platforms`, default
+    linux/amd64, or `all_platforms`), and the answer comes once it is."""
+    targets, data = await _targets(request, PIN_USAGE)
     if any(target.upstream is None for target in targets):
         raise BadRequest("pin images by name (alpine:3.19, ghcr.io/org/app@sha256:…), not bare digests")
+    fetch = data.get("fetch") is True
     try:
-        done = await mirror.pin(targets, unpin=bool(data.get("unpin")))
+        done = await mirror.pin(targets, unpin=bool(data.get("unpin")), fetch=fetch, platforms=_platforms(data, fetch))
     except PinError as exc:
         raise PinRefused(str(exc)) from None
     return JSONResponse(Pinned(unpinned=done) if data.get("unpin") else Pinned(pinned=done))
+
+
+def _platforms(data: dict[str, Any], fetch: bool) -> tuple[str, ...] | None:
+    """An index's platforms to pin (None: all; with `fetch` linux/amd64 unless told, else all cached)."""
+    asked = data.get("platforms")
+    if asked is not None and (not isinstance(asked, list) or not asked or not all(is_platform(p) for p in asked)):
+        raise BadRequest(f"expected platforms like linux/arm64: {PIN_USAGE}")
+    if data.get("all_platforms") is True:
+        return None
+    if asked is not None:
+        return tuple(asked)
+    return (DEFAULT_PLATFORM,) if fetch else None
 
 
 class Accepted(TypedDict):

@@ -186,7 +186,8 @@ async def images_route(mirror: Mirror, request: Request) -> Response:
     repository = request.path_params.get("repository") or request.query_params.get("repository")
     default = mirror.config.server.default_upstream
     only = repository_named(repository.replace("$", "/"), default) if repository else None
-    rows = await anyio.to_thread.run_sync(inventory.list_images, mirror.directory, only, mirror.store.pinned)
+    pinned, fetching = mirror.store.pinned, mirror.pins.fetching_digests
+    rows = await anyio.to_thread.run_sync(inventory.list_images, mirror.directory, only, pinned, fetching)
     return JSONResponse(rows)
 
 

@@ -50,7 +50,7 @@ class Reloader:
             log.error("SIGHUP: the new config is refused, the old one stays in force: %s", exc)
             return False
         restart = self.mirror.apply(config)
-        self._pins = asyncio.get_running_loop().create_task(self.mirror.refresh_pins())  # [[pin]] may have changed
+        self._pins = asyncio.get_running_loop().create_task(self.mirror.keep_pins())  # [[pin]]: new ones fetched
         self.access.take(settings)  # access control's and the warm answers' one
         self.answers.forget()
         self.remembered.clear()  # the protocol's questions were judged under the old rules

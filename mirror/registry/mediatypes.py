@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -71,6 +72,15 @@ def admits(accepted: frozenset[str], media_type: str) -> bool:
     if not accepted or "*/*" in accepted or media_type in accepted:
         return True
     return f"{media_type.split('/')[0]}/*" in accepted
+
+
+# What `mirror prefetch`, `mirror pin`, `[[prefetch]]` and `[[pin]]` fetch of an index unless told.
+DEFAULT_PLATFORM = "linux/amd64"
+
+
+def is_platform(text: object) -> bool:
+    """`os/architecture[/variant]` as a user names one: `linux/arm64`, `linux/arm/v7`."""
+    return isinstance(text, str) and re.fullmatch(r"[a-z0-9]+/[a-z0-9]+(/[a-z0-9]+)?", text) is not None
 
 
 def platform_name(platform: object) -> str:

@@ -346,7 +346,7 @@ async function refresh() {
 let images = [];
 
 function imageText(row) {
-  const flags = [row.pinned ? "pinned" : "", row.complete ? "" : "partial", row.moves ? "moved" : "", row.signature || ""];
+  const flags = [row.pinned ? "pinned" : "", row.pin_state === "fetching" ? "fetching" : "", row.complete ? "" : "partial", row.moves ? "moved" : "", row.signature || ""];
   return [row.upstream + "/" + row.repository + ":" + row.tag, row.digest, row.artifact_type || "", ...row.platforms, ...flags]
     .join(" ")
     .toLowerCase();
@@ -384,7 +384,9 @@ function renderImages() {
       const verdict = el("td", signature === "-" ? "muted small" : signature.startsWith("verified") ? "small signed" : "small refused", signature === "-" ? "–" : signature);
       if (row.signature_reason) verdict.title = row.signature_reason;
       tr.appendChild(verdict);
-      tr.appendChild(el("td", row.pinned ? "flag pinned" : "flag muted", row.pinned ? "pinned" : "–"));
+      // A pin the server is still bringing in says so until the last blob is cached.
+      const pin = row.pin_state === "fetching" ? "fetching" : row.pinned ? "pinned" : "–";
+      tr.appendChild(el("td", row.pinned ? "flag pinned" : "flag muted", pin));
       return tr;
     })
   );
