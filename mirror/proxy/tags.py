@@ -50,7 +50,11 @@ class MissingTags:
             self._stats.negative_hits += 1
             # The same kind of error as the upstream's (ManifestUnknown stays ManifestUnknown), new each time.
             raise type(missing)(
-                missing.message, code=missing.code, status=missing.status, detail=missing.detail, headers=missing.headers
+                missing.message,
+                code=missing.code,
+                status=missing.status,
+                detail=missing.detail,
+                headers=missing.headers,
             )
 
     async def remembering(self, question: Question, answer: Awaitable[ManifestAnswer]) -> ManifestAnswer:
