@@ -95,7 +95,8 @@ class Upstream:
         self.link = Link(
             LinkPolicy(
                 config.max_connections, config.max_connections_per_blob, config.parallel_threshold, config.max_bandwidth
-            )
+            ),
+            config.name,
         )
 
     @property
