@@ -16,6 +16,7 @@ from mirror.cache.layout import CacheLayout
 from mirror.link import Link, LinkPolicy
 from mirror.registry.reference import parse_digest
 from mirror.stats import Stats
+from mirror.transfer.growing import SHARED_CHUNK
 from mirror.transfer.inflight import InflightDownloads
 
 
@@ -64,3 +65,29 @@ def test_a_reader_that_joined_before_the_commit_reads_the_committed_blob(tmp_pat
 
     caught = [anyio.run(scenario, attempt) for attempt in range(20)]
     assert any(caught), "never read between the rename and the download's note of it"
+
+
+def test_a_reader_of_a_download_holds_a_bounded_chunk(tmp_path: Path) -> None:
+    """Readers following a download read SHARED_CHUNK at most at once: each holds two (one being
+    sent, one read ahead), so 8 clients on a cold blob hold 4 MiB, not 16, whatever its size."""
+
+    async def scenario() -> None:
+        data = bytes(range(256)) * 12_000  # ~3 MiB
+        digest = parse_digest(sha256(data))
+
+        @asynccontextmanager
+        async def open_source(start: int, end: int | None) -> AsyncIterator[MemoryStream]:
+            yield MemoryStream(data, start, end)
+
+        layout = CacheLayout(tmp_path / "cache")
+        prepare(layout)
+        store = BlobStore(layout)
+        store.open_sync()
+        download = InflightDownloads(store, Stats()).start(digest, open_source, Link(LinkPolicy()))
+        with anyio.fail_after(10):
+            await download.ready  # its first answer came: the file exists
+            chunks = [chunk async for chunk in download.iter_range(0, None)]
+        assert b"".join(chunks) == data
+        assert max(len(chunk) for chunk in chunks) <= SHARED_CHUNK
+
+    anyio.run(scenario)

@@ -1,12 +1,16 @@
 """Optional parts are loaded only when configured: a mirror without [fleet] never imports redis
-(about 8 MiB of resident memory on its own, measured with Debian's Python 3.11), and one without
-[signatures] never imports cryptography."""
+(about 8 MiB of resident memory on its own, measured with Debian's Python 3.11), one without
+[signatures] never imports cryptography nor the policy's code, one without htpasswd users never
+loads bcrypt; and `mirror serve` loads none of the other commands' own parts (tarfile, ctypes)."""
 
 from __future__ import annotations
 
+import ssl
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 BUILD = """
 import sys
@@ -14,8 +18,10 @@ from pathlib import Path
 from mirror.composition import Mirror
 from mirror.config import load
 from mirror.http.assembly import assemble
+import mirror.commands.main  # every command's parser, as `mirror serve` registers them
 assemble(Mirror(load(Path(sys.argv[1]))))
-print(sorted(name for name in sys.modules if name.split(".")[0] in ("redis", "hiredis", "cryptography")))
+OPTIONAL = ("redis", "hiredis", "cryptography", "bcrypt", "tarfile", "ctypes", "difflib", "mirror.signatures")
+print(sorted(name for name in sys.modules if name.startswith(OPTIONAL)))
 """
 
 
@@ -41,3 +47,23 @@ def test_cryptography_is_imported_only_with_a_signature_policy(tmp_path: Path) -
     policy.write_text('{"default": [{"type": "insecureAcceptAnything"}]}')
     signed = loaded(tmp_path / "signed", f'[signatures]\npolicy = "{policy}"\n')
     assert "'cryptography'" in signed
+
+
+def test_bcrypt_is_imported_only_with_htpasswd_users(tmp_path: Path) -> None:
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text("alice:$2b$05$abcdefghijklmnopqrstuu5FJ3E5x9nMJrIu8.VO0D.BkFZuQqvGe\n")
+    assert "'bcrypt'" in loaded(tmp_path / "users", f'[auth]\nhtpasswd = "{htpasswd}"\n')
+
+
+def test_the_tls_trust_store_is_loaded_at_the_first_connection(tmp_path: Path) -> None:
+    """The system store is ~1.2 MiB once parsed: an upstream never dialled never loads it; a
+    `ca_file` is read at once, so a bad one stops the start-up."""
+    from mirror.upstream.trust import Trust
+
+    lazy = Trust(None, None, None)
+    assert lazy._context is None
+    assert lazy.context() is lazy.context()
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate\n")
+    with pytest.raises(ssl.SSLError):
+        Trust(bad, None, None)

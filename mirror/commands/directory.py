@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from mirror.cache import inventory, maintenance
+from mirror.cache import inventory
 from mirror.cache.directory import CacheDirectory
 from mirror.commands.configfile import CONFIG_VARIABLE, add_config_option
 from mirror.config import Config
@@ -46,6 +46,8 @@ def list_cached(args: argparse.Namespace, config: Config) -> int:
 
 def maintain(args: argparse.Namespace, config: Config) -> int:
     """`mirror gc` or `mirror verify`."""
+    from mirror.cache import maintenance  # here: `mirror serve` registers this parser, and needs none of it
+
     report = maintenance.gc(config) if args.command == "gc" else maintenance.verify(config)
     print(f"{args.command}: checked {report.checked}, removed {report.removed} ({report.removed_bytes} bytes)")
     return 0

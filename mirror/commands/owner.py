@@ -14,7 +14,6 @@ and is inherited by threads started later, so this runs first, before any thread
 
 from __future__ import annotations
 
-import ctypes
 import os
 import threading
 from pathlib import Path
@@ -47,6 +46,8 @@ def act_as_owner(directory: Path, command: str) -> None:
         return
     if owner.st_uid == 0:
         return  # root's own files: nothing to become
+    import ctypes  # only as root, for the commands that write: not in `mirror serve`
+
     assert threading.active_count() == 1, "the file-system identity is per thread: set it before any starts"
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_SECUREBITS, _SECBIT_NO_SETUID_FIXUP, 0, 0, 0) != 0:

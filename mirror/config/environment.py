@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -86,6 +85,8 @@ def unknown_variables(env: Mapping[str, str], upstreams: list[str]) -> list[str]
             continue
         if name.startswith(OTHER_PREFIXES):
             continue
+        import difflib  # only for a variable that sets nothing: not at every start-up
+
         nearest = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
         hint = f" (did you mean {nearest[0]}?)" if nearest else ""
         lines.append(f"{name} is not a setting and is ignored{hint}")

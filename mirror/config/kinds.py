@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 from mirror.config.proxies import ProxyURLError, mask_url, parse_proxy_url
@@ -32,7 +32,9 @@ from mirror.registry.errors import RegistryError
 from mirror.registry.mediatypes import is_platform
 from mirror.registry.patterns import PatternError, compile_pattern, compile_tag_glob
 from mirror.registry.reference import NAME_RE, parse_digest
-from mirror.signatures.policy import Policy, PolicyError, load_policy
+
+if TYPE_CHECKING:
+    from mirror.signatures.policy import Policy
 
 _ABSENT = object()
 
@@ -133,6 +135,8 @@ SIGNATURE_MODE = choice(("enforce", "audit"), "'enforce' or 'audit'")
 
 def _policy(table: Table, key: str, default: Any) -> Policy:
     """containers-policy.json(5), read and checked whole: the policy the mirror enforces (one reading)."""
+    from mirror.signatures.policy import PolicyError, load_policy  # only with [signatures]
+
     path = table.get(key, str)
     if path is None:
         raise ConfigError(table.key(key), "missing: the containers-policy.json(5) file to enforce")

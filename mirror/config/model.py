@@ -7,6 +7,7 @@ environment variable sets it (MIRROR_<TABLE>_<KEY>), and its reload class (`sett
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mirror.config.kinds import (
     BOOL,
@@ -43,7 +44,9 @@ from mirror.config.settings import FromEnvironment, Named, Section, Sections, se
 from mirror.config.values import listen_address
 from mirror.registry.mediatypes import DEFAULT_PLATFORM
 from mirror.registry.reference import DOCKER_HUB, DOCKER_HUB_URL
-from mirror.signatures.policy import Policy
+
+if TYPE_CHECKING:
+    from mirror.signatures.policy import Policy  # read only with [signatures] (config.kinds)
 
 
 @settings

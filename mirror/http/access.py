@@ -18,7 +18,6 @@ from pathlib import Path
 
 import anyio
 import anyio.to_thread
-import bcrypt
 from cachetools import TTLCache
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -73,6 +72,8 @@ class Htpasswd:
         self._verified: TTLCache[bytes, str] = TTLCache(maxsize=1024, ttl=300)
         self._failures: TTLCache[tuple[str, str], int] = TTLCache(maxsize=16384, ttl=FAILURE_WINDOW)
         self._bcrypt: anyio.CapacityLimiter | None = None  # made on the event loop, at the first login
+        import bcrypt  # only with htpasswd users: its library is ~0.4 MiB resident
+
         # An unknown user's password is checked against this, at the users' own cost: both take as long.
         costs = sorted(int(hashed[4:6]) for hashed in users.values() if hashed[4:6].isdigit())
         self._dummy = bcrypt.hashpw(b"no such user", bcrypt.gensalt(rounds=costs[len(costs) // 2] if costs else 5))
@@ -122,6 +123,8 @@ class Htpasswd:
         return None, None
 
     async def _checkpw(self, secret: bytes, hashed: bytes) -> bool:
+        import bcrypt  # loaded by __init__ already
+
         if self._bcrypt is None:
             self._bcrypt = anyio.CapacityLimiter(BCRYPT_AT_ONCE)
         return await anyio.to_thread.run_sync(bcrypt.checkpw, secret, hashed, limiter=self._bcrypt)

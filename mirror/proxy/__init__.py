@@ -27,13 +27,13 @@ from mirror.proxy.links import LinkGuard
 from mirror.proxy.lists import ListProxy
 from mirror.proxy.manifests import ManifestProxy
 from mirror.registry.reference import Digest
-from mirror.signatures.policy import Policy
 from mirror.stats import Stats
 from mirror.transfer.inflight import InflightDownloads
 from mirror.upstream import Upstream
 
 if TYPE_CHECKING:
     from mirror.proxy.signed import SignatureGate
+    from mirror.signatures.policy import Policy  # loaded only with [signatures]
 
 __all__ = ["BlobBody", "BlobSource", "CacheStatus", "ManifestAnswer", "Proxy", "SignaturePolicy"]
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-import ssl
 from dataclasses import dataclass, field
 
 import httpx
@@ -29,6 +28,7 @@ from mirror.upstream.destinations import (
     destination,
 )
 from mirror.upstream.network import BoundedBackend
+from mirror.upstream.trust import Trust
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -182,7 +182,7 @@ class EgressTransport(httpx.AsyncBaseTransport):
     def __init__(
         self,
         route: ProxyRoute,
-        ssl_context: ssl.SSLContext,
+        trust: Trust,
         limits: httpx.Limits,
         *,
         upstream: str,
@@ -190,7 +190,7 @@ class EgressTransport(httpx.AsyncBaseTransport):
         redirect_hosts: frozenset[str] = frozenset(),
     ) -> None:
         self.route = route
-        self._ssl_context = ssl_context
+        self._trust = trust
         self._limits = limits
         self._transports: dict[str | None, httpx.AsyncHTTPTransport] = {}
         self._upstream = upstream
@@ -202,10 +202,10 @@ class EgressTransport(httpx.AsyncBaseTransport):
         transport = self._transports.get(proxy)
         if transport is None:
             via = None
+            context = self._trust.context()
             if proxy is not None:  # TLS to an https:// proxy trusts what the upstream does
-                context = self._ssl_context if proxy.startswith("https:") else None
-                via = httpx.Proxy(proxy, ssl_context=context)
-            transport = httpx.AsyncHTTPTransport(verify=self._ssl_context, limits=self._limits, proxy=via)
+                via = httpx.Proxy(proxy, ssl_context=context if proxy.startswith("https:") else None)
+            transport = httpx.AsyncHTTPTransport(verify=context, limits=self._limits, proxy=via)
             # httpx offers no choice of network backend; its pool (httpcore) has one, set at creation.
             transport._pool._network_backend = BoundedBackend()  # see mirror.upstream.network
             self._transports[proxy] = transport

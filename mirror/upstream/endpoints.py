@@ -21,7 +21,7 @@ from mirror.upstream.auth import Namespaces, RegistryAuth, basic, origin_of
 from mirror.upstream.destinations import ANY_CDN, ORIGIN_ONLY, REDIRECTS
 from mirror.upstream.egress import EgressTransport, ProxyRoute
 from mirror.upstream.health import Health
-from mirror.upstream.trust import ssl_context
+from mirror.upstream.trust import Trust
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def build_endpoints(
             timeout=timeout,
             transport=EgressTransport(
                 route,
-                ssl_context(login.ca_file, login.client_cert, login.client_key),
+                Trust(login.ca_file, login.client_cert, login.client_key),
                 limits,
                 upstream=config.name,
                 origin=httpx.URL(url),

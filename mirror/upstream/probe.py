@@ -56,14 +56,15 @@ async def probe(
             return result
     else:
         result.checks.append(Check(f"{name} route", True, f"through the egress proxy {route.describe()}"))
+    if not ask and (proxy is not None or url.scheme != "https"):
+        return result  # no handshake to make: no TLS context to build (~1 MiB that would outlive it)
     try:
         context = ssl_context(config.ca_file, config.client_cert, config.client_key)
     except (OSError, ValueError) as exc:
         result.checks.append(Check(f"{name} TLS", False, f"cannot load ca_file or client_cert: {exc}"))
         return result
     if not ask:
-        if proxy is None and url.scheme == "https":
-            result.checks.append(await _handshake(config, context, url.host, port))
+        result.checks.append(await _handshake(config, context, url.host, port))
         return result
     timeout = httpx.Timeout(config.read_timeout, connect=config.connect_timeout)
     async with httpx.AsyncClient(verify=context, proxy=proxy, timeout=timeout, trust_env=False) as client:

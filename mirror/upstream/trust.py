@@ -44,6 +44,26 @@ def ssl_context(ca_file: Path | None, client_cert: Path | None, client_key: Path
     return context
 
 
+class Trust:
+    """One upstream's TLS context, built at its first connection rather than at start-up.
+
+    The system store alone is ~1.2 MiB resident once loaded (every CA certificate, parsed), and
+    a plain-http upstream that never redirects to https never needs it. With a `ca_file` or a
+    client certificate it is built at once, so a file that cannot be read stops the start-up.
+    """
+
+    def __init__(self, ca_file: Path | None, client_cert: Path | None, client_key: Path | None) -> None:
+        self._files = (ca_file, client_cert, client_key)
+        self._context: ssl.SSLContext | None = None
+        if ca_file is not None or client_cert is not None:
+            self.context()
+
+    def context(self) -> ssl.SSLContext:
+        if self._context is None:
+            self._context = ssl_context(*self._files)
+        return self._context
+
+
 def tls_failure(exc: BaseException) -> ssl.SSLError | None:
     """The TLS error behind an httpx/httpcore error, if there is one."""
     seen: BaseException | None = exc

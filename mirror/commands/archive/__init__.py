@@ -20,9 +20,6 @@ from pathlib import Path
 import httpx
 
 from mirror.cache.pins import PinError
-from mirror.commands.archive.export import export
-from mirror.commands.archive.importing import import_archive
-from mirror.commands.archive.names import ArchiveError
 from mirror.commands.changes import admin_auth, local_url, pin_through_server_or_directory
 from mirror.commands.configfile import add_config_option
 from mirror.config import Config
@@ -87,6 +84,11 @@ def _server(config: Config) -> httpx.Client:
 
 
 def main(args: argparse.Namespace, config: Config) -> int:
+    # Imported here: `mirror serve` registers every command's parser, and needs none of this (tarfile, gzip).
+    from mirror.commands.archive.export import export
+    from mirror.commands.archive.importing import import_archive
+    from mirror.commands.archive.names import ArchiveError
+
     cache_dir = config.cache.directory
     try:
         if args.command == "export":
