@@ -37,6 +37,11 @@ def _csv_ints(value: str) -> list[int]:
     return [int(v) for v in value.split(",") if v.strip()]
 
 
+def _mib_range(value: str) -> tuple[float, float]:
+    low, _, high = value.partition(",")
+    return float(low), float(high or low)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -89,6 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="scenario 8: what nginx sends per connection, tc units (default: 1/8 of --wan-rate)",
     )
+    p.add_argument("--crowd-clients", type=int, default=200, help="scenario 12 clients (default %(default)s)")
+    p.add_argument("--crowd-images", type=int, default=20, help="scenario 12 images, half primed (default 20)")
+    p.add_argument(
+        "--crowd-layer-mb",
+        type=_mib_range,
+        default=(1.0, 2.0),
+        help="scenario 12: MiB per layer, smallest,largest (default 1,2)",
+    )
+    p.add_argument("--crowd-workers", type=int, default=8, help="scenario 12 client processes (default %(default)s)")
     p.add_argument("--workers", type=int, default=4, help="client processes for concurrent pulls (default %(default)s)")
     p.add_argument("--no-skopeo", action="store_true", help="skip the skopeo copy realism check")
     p.add_argument("--request-timeout", type=float, default=600.0, help="per request, seconds")
@@ -123,6 +137,7 @@ def apply_smoke(args: argparse.Namespace) -> None:
     args.request_timeout, args.scenario_timeout, args.total_timeout = 30.0, 60.0, 120.0
     args.startup_blobs = 20_000
     args.fleet_clients = 8
+    args.crowd_clients, args.crowd_images, args.crowd_layer_mb, args.crowd_workers = 20, 4, (0.25, 0.5), 2
 
 
 def accel_rate_of(args: argparse.Namespace) -> int:
