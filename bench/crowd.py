@@ -16,7 +16,7 @@ import statistics
 import time
 from typing import Any
 
-from bench import procs, puller, seed
+from bench import netns, procs, puller, seed
 from bench.context import Context, UpstreamMeter, first_errors, guard, wall
 from bench.seed import Image
 
@@ -59,8 +59,21 @@ def _times(results: list[dict[str, Any]]) -> dict[str, float]:
     return {f"p{pct}_s": percentile(seconds, pct) for pct in (50, 95, 99)} | {"max_s": max(seconds)}
 
 
+def request_timeout(ctx: Context, images: list[Image]) -> float:
+    """Twice the time every client's image takes over the WAN (what direct costs) plus a minute,
+    if shorter than --request-timeout: over the shaped link a few of direct's 600 connections
+    stalled for good (the upstream logged their responses short, the clients heard nothing more),
+    and 600 s of waiting for them made the scenario ten minutes long."""
+    if ctx.wan is None:
+        return float(ctx.args.request_timeout)
+    pulled = ctx.args.crowd_clients * statistics.mean(image.size for image in images)
+    expected_s = pulled / netns.rate_bytes_per_s(ctx.args.wan_rate)
+    return float(min(ctx.args.request_timeout, 2 * expected_s + 60))
+
+
 def crowd_job(ctx: Context, target: procs.Target, images: list[Image], clients: int) -> dict[str, Any]:
     job = ctx.image_job(target.url, clients, images[0])
+    job["timeout"] = request_timeout(ctx, images)
     job["base_urls"] = target.client_urls
     job["images"] = [{"repository": i.repository, "tag": i.tag, "manifest_digest": i.digest} for i in images]
     return job
@@ -169,5 +182,6 @@ def s12_crowd(ctx: Context) -> dict[str, Any]:
         "layer_MiB": list(ctx.args.crowd_layer_mb),
         "image_bytes": [image.size for image in images],
         "client_processes": ctx.args.crowd_workers,
+        "request_timeout_s": request_timeout(ctx, images),
     }
     return results

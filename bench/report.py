@@ -448,7 +448,7 @@ def _s12(res: dict[str, Any], meta: dict[str, Any]) -> str:
             f"{settings['images']} images × {settings['layers']} layers of "
             f"{settings['layer_MiB'][0]:g}–{settings['layer_MiB'][1]:g} MiB "
             f"({min(settings['image_bytes']):,}–{max(settings['image_bytes']):,} bytes each), "
-            f"{settings['warm_images']} primed.\n\n"
+            f"{settings['warm_images']} primed; per-request timeout {settings['request_timeout_s']:.0f} s.\n\n"
         )
     return intro + _table(header, rows)
 
