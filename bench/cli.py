@@ -37,6 +37,11 @@ def _csv_ints(value: str) -> list[int]:
     return [int(v) for v in value.split(",") if v.strip()]
 
 
+def _mib_range(value: str) -> tuple[float, float]:
+    low, _, high = value.partition(",")
+    return float(low), float(high or low)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -47,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="quick check of the mirror only (+ direct), tiny sizes, loopback; exit 1 on misbehaviour",
     )
     p.add_argument("--targets", default=",".join(ALL_TARGETS), help="comma list of %(default)s")
-    p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma list of 1..11 (default: all)")
+    p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma list of 1..12 (default: all)")
     p.add_argument("--startup-blobs", type=int, default=1_000_000, help="scenario 9 blob files (default %(default)s)")
     p.add_argument("--fleet-clients", type=int, default=32, help="scenario 10 clients (default %(default)s)")
     p.add_argument("--wan-rate", default="200mbit", help="tc tbf rate of the upstream's link (default %(default)s)")
@@ -95,6 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ahead-layer-mb", type=int, default=16, help="scenario 11: MiB in each of its layers (default %(default)s)"
     )
+    p.add_argument("--crowd-clients", type=int, default=200, help="scenario 12 clients (default %(default)s)")
+    p.add_argument("--crowd-images", type=int, default=20, help="scenario 12 images, half primed (default 20)")
+    p.add_argument(
+        "--crowd-layer-mb",
+        type=_mib_range,
+        default=(1.0, 2.0),
+        help="scenario 12: MiB per layer, smallest,largest (default 1,2)",
+    )
+    p.add_argument("--crowd-workers", type=int, default=8, help="scenario 12 client processes (default %(default)s)")
     p.add_argument("--workers", type=int, default=4, help="client processes for concurrent pulls (default %(default)s)")
     p.add_argument("--no-skopeo", action="store_true", help="skip the skopeo copy realism check")
     p.add_argument("--request-timeout", type=float, default=600.0, help="per request, seconds")
@@ -130,6 +144,7 @@ def apply_smoke(args: argparse.Namespace) -> None:
     args.request_timeout, args.scenario_timeout, args.total_timeout = 30.0, 60.0, 120.0
     args.startup_blobs = 20_000
     args.fleet_clients = 8
+    args.crowd_clients, args.crowd_images, args.crowd_layer_mb, args.crowd_workers = 20, 4, (0.25, 0.5), 2
 
 
 def accel_rate_of(args: argparse.Namespace) -> int:

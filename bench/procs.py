@@ -444,6 +444,13 @@ def _status_kb(pid: int, key: str) -> int:
     return 0
 
 
+def _open_files(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process and its live descendants have used so far (clock ticks: 10 ms)."""
     ticks = 0
@@ -455,7 +462,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 class RssSampler:
-    """Samples VmRSS of a process and its descendants every `interval` seconds, in a thread."""
+    """Samples VmRSS and open files (/proc/<pid>/fd) of a process and its descendants every
+    `interval` seconds, in a thread."""
 
     def __init__(self, pid: int, interval: float = 0.05) -> None:
         self.pid, self.interval = pid, interval
@@ -463,6 +471,7 @@ class RssSampler:
         self.peak_hwm_kb = 0
         self.samples = 0
         self.max_processes = 0
+        self.peak_open_files = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -476,6 +485,7 @@ class RssSampler:
         self.max_processes = max(self.max_processes, len(tree))
         self.peak_rss_kb = max(self.peak_rss_kb, sum(_status_kb(pid, "VmRSS") for pid in tree))
         self.peak_hwm_kb = max(self.peak_hwm_kb, sum(_status_kb(pid, "VmHWM") for pid in tree))
+        self.peak_open_files = max(self.peak_open_files, sum(_open_files(pid) for pid in tree))
         self.samples += 1
 
     def __enter__(self) -> RssSampler:

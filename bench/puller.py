@@ -34,7 +34,7 @@ async def pull_image(base_url: str, job: dict[str, Any]) -> dict[str, Any]:
     """One client pulling one image; returns timings, byte counts and any errors."""
     repo, tag = job["repository"], job["tag"]
     client = Client(base_url, timeout=job.get("timeout", 600.0))
-    result: dict[str, Any] = {"ok": False, "bytes": 0, "blobs": 0, "errors": []}
+    result: dict[str, Any] = {"ok": False, "repository": repo, "bytes": 0, "blobs": 0, "errors": []}
     start = time.monotonic()
     result["start"] = start
     try:
@@ -48,6 +48,7 @@ async def pull_image(base_url: str, job: dict[str, Any]) -> dict[str, Any]:
         header = manifest.headers.get("docker-content-digest")
         if header and header != digest:
             raise RuntimeError(f"Docker-Content-Digest {header} does not match the body {digest}")
+        result["manifest_at"] = time.monotonic()  # when the target answered: it took the connection
         result["bytes"] += manifest.size
         document = json.loads(manifest.body)
         if "layers" not in document:
@@ -125,7 +126,10 @@ async def run_job(job: dict[str, Any]) -> list[dict[str, Any]]:
     first = job.get("first", 0)  # this process's first client, counted over all processes
     urls = [bases[(first + n) % len(bases)] for n in range(clients)]
     if kind == "image":
-        return list(await asyncio.gather(*(pull_image(url, job) for url in urls)))
+        # Clients spread over several images (a crowd), in turn as over the servers
+        images = job.get("images") or [{}]
+        jobs = [{**job, **images[(first + n) % len(images)]} for n in range(clients)]
+        return list(await asyncio.gather(*(pull_image(url, one) for url, one in zip(urls, jobs, strict=True))))
     if kind == "blob":
         return list(await asyncio.gather(*(pull_blob(url, job) for url in urls)))
     raise ValueError(f"unknown job kind {kind}")

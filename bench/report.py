@@ -9,6 +9,7 @@ from bench import signing
 
 MB = 1_000_000
 ACCEL_UPSTREAM_LIMIT = 1.01  # scenario 8: upstream body bytes ÷ image, at most (ranges may overlap a little)
+CROWD_UPSTREAM_LIMIT = 1.01  # scenario 12: upstream body bytes ÷ the distinct cold images, at most
 SIGNED_SPEED_LIMIT = 0.9  # scenario 4: req/s with a signature policy ÷ without, at least (issue 25)
 ORDER = ["mirror", signing.TARGET, "distribution", "drayage", "direct", "nginx"]
 LABELS = {signing.TARGET: signing.LABEL}
@@ -401,6 +402,57 @@ def _s10(res: dict[str, Any], meta: dict[str, Any]) -> str:
     return _table(headers, rows)
 
 
+def _s12(res: dict[str, Any], meta: dict[str, Any]) -> str:
+    settings = res.get("settings", {})
+    rows = []
+    for t in _targets({k: v for k, v in res.items() if k != "settings"}):
+        e = res[t]
+        if "p50_s" not in e:
+            rows.append([t, _failed(e) or "not run"] + [""] * 10)
+            continue
+        warm, cold = e.get("warm", {}), e.get("cold", {})
+        rows.append(
+            [
+                t,
+                _fmt(e.get("p50_s")),
+                _fmt(e.get("p95_s")),
+                _fmt(e.get("p99_s")),
+                f"{_fmt(warm.get('p50_s'))} / {_fmt(warm.get('p99_s'))}",
+                f"{_fmt(cold.get('p50_s'))} / {_fmt(cold.get('p99_s'))}",
+                f"{e.get('failed')}/{e.get('clients')}" + (f" ({e['errors'][0][:80]})" if e.get("errors") else ""),
+                _fmt(e.get("upstream_x_distinct"), 3),
+                _fmt(e.get("upstream_warm_bytes", 0) / MB, 3),
+                _fmt(e.get("peak_rss_MiB"), 1) + f" (idle {_fmt(e.get('idle_rss_MiB'), 1)})",
+                _fmt(e.get("peak_open_files")) + f" (idle {_fmt(e.get('idle_open_files'))})",
+                _fmt(e.get("start_spread_s"), 3),
+            ]
+        )
+    header = [
+        "target",
+        "p50 s",
+        "p95 s",
+        "p99 s",
+        "warm p50 / p99 s",
+        "cold p50 / p99 s",
+        "failed pulls",
+        "upstream ÷ distinct cold images",
+        "upstream MB for warm images",
+        "peak RSS MiB",
+        "peak open files",
+        "start spread s",
+    ]
+    intro = ""
+    if settings:
+        intro = (
+            f"{settings['clients']} clients over {settings['client_processes']} client processes, "
+            f"{settings['images']} images × {settings['layers']} layers of "
+            f"{settings['layer_MiB'][0]:g}–{settings['layer_MiB'][1]:g} MiB "
+            f"({min(settings['image_bytes']):,}–{max(settings['image_bytes']):,} bytes each), "
+            f"{settings['warm_images']} primed; per-request timeout {settings['request_timeout_s']:.0f} s.\n\n"
+        )
+    return intro + _table(header, rows)
+
+
 RENDERERS = {
     "1": _s1,
     "2": _s2,
@@ -413,6 +465,7 @@ RENDERERS = {
     "9": _s9,
     "10": _s10,
     "11": _s8,  # the same columns: a cold pull behind the paced upstream
+    "12": _s12,
 }
 
 NOTES = {
@@ -453,6 +506,19 @@ NOTES = {
     "(manifest → config → layer, hashed and checked). One connection gets 1/8 of the link; 8 ranged requests "
     "at once could fill it. Upstream bytes are body bytes from nginx's access log; on the wire = the "
     "client-side veth's rx counter (TCP/IP and HTTP headers included).",
+    "12": "A crowd (issue 26): the images are pushed at the scenario's start, each `library/crowd-NN:v1` with "
+    "5 layers. Each target starts on an empty cache and pulls the first half of the images once (WAN lifted, "
+    "as scenario 3 primes; not for direct, which has no cache); then all the clients start together, spread "
+    "over client processes that wait for a common signal, client n pulling image n mod images (manifest → "
+    "config → layers, 3 blobs at a time, every blob hashed and checked): as many clients on each image, so "
+    "each cold image has several at once. Pull time = one client's first request to its last byte; "
+    "p50/p95/p99 over the pulls that succeeded (failures are counted apart; closest ranks interpolated), "
+    "and apart for the warm and the cold half. Upstream ÷ distinct = body bytes the upstream served during "
+    "the crowd (its access log) ÷ the cold images' bytes "
+    "(1.00 = each cold image fetched once; direct fetches every pull). Upstream for warm images = what it "
+    "served under their repositories (~0 for a cache). Peak RSS and open files (entries of /proc/<pid>/fd) "
+    "of the target's process tree, sampled every 50 ms; idle = just before the crowd. Start spread = the "
+    "last client's start − the first's.",
     "10": "The mirror only, each set-up on empty caches: one mirror alone; one mirror behind HAProxy "
     "(what the balancer alone costs: no Redis, no `[fleet]`); 3 replicas (`[fleet]`, one Redis) with the "
     "clients spread over them, as DNS round robin spreads them; the same behind HAProxy with the shipped "
@@ -663,6 +729,7 @@ def goal_checks(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
             )
         )
     goals += _fleet_goals(r("10").get("mirror", {}), image_bytes)
+    goals += _crowd_goals(r("12"))
     d4 = s4.get("drayage", {})
     if "req_per_s" in m4 and "req_per_s" in d4:
         goals.append(
@@ -747,6 +814,38 @@ def _fleet_goals(setups: dict[str, Any], image_bytes: int) -> list[tuple[str, st
     return goals
 
 
+def _crowd_goals(res: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """Issue 26: through the mirror, a crowd of clients pulls without a failure, the cold images
+    cost the upstream one download each, and the slowest client fares better than through any peer."""
+    mirror = res.get("mirror", {})
+    if "p99_s" not in mirror:
+        return []
+    goals = [
+        (
+            "crowd: 0 failed pulls through the mirror",
+            f"{mirror['failed']} of {mirror['clients']} failed"
+            + (f": {mirror['errors'][0]}" if mirror.get("errors") else ""),
+            mirror["failed"] == 0,
+        ),
+        (
+            f"crowd: upstream ≤ {CROWD_UPSTREAM_LIMIT} × the distinct cold images (mirror)",
+            f"{mirror['upstream_x_distinct']:.4f}× ({mirror['upstream_bytes']:,} B), "
+            f"{mirror['upstream_warm_bytes']:,} B for the warm images",
+            mirror["upstream_x_distinct"] <= CROWD_UPSTREAM_LIMIT,
+        ),
+    ]
+    peers = {t: e["p99_s"] for t, e in res.items() if t not in ("mirror", "settings") and "p99_s" in e}
+    if peers:
+        goals.append(
+            (
+                "crowd: mirror p99 below every peer's p99",
+                f"{mirror['p99_s']:.2f} s vs " + ", ".join(f"{t} {v:.2f} s" for t, v in peers.items()),
+                all(mirror["p99_s"] < v for v in peers.values()),
+            )
+        )
+    return goals
+
+
 def _seconds(text: str) -> float:
     units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
     for unit in ("ms", "s", "m", "h", "d"):
@@ -802,6 +901,8 @@ def check_mirror(results: dict[str, Any], *, smoke: bool) -> list[str]:
             )
         if sid == "8" and "upstream_x_image" in e and e["upstream_x_image"] > ACCEL_UPSTREAM_LIMIT:
             problems.append(f"scenario 8 {label}: upstream served {e['upstream_x_image']:.4f} × the image")
+        if sid == "12" and (e.get("upstream_x_distinct") or 0) > CROWD_UPSTREAM_LIMIT:
+            problems.append(f"scenario 12 {label}: upstream served {e['upstream_x_distinct']:.4f} × the cold images")
         if sid == "6" and "upstream_x_blob" in e and e["upstream_x_blob"] > 1.0:
             problems.append(f"scenario 6: upstream served {e['upstream_x_blob']:.4f} × the blob")
         for key, value in e.items():

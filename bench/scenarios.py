@@ -14,6 +14,7 @@ from typing import Any
 
 from bench import h2load, nginx, procs, puller, signing
 from bench.context import MB, Context, UpstreamMeter, first_errors, guard, pull, wall
+from bench.crowd import s12_crowd
 from bench.fleet import s10_fleet
 from bench.http import Client
 from bench.seed import Blob, Image
@@ -457,4 +458,5 @@ SCENARIOS: dict[str, tuple[str, Callable[[Context], dict[str, Any]]]] = {
     "9": ("start-up with a large cache, page cache dropped", s9_startup),
     "10": ("a fleet of 3 replicas behind HAProxy vs 1 mirror, N cold then N warm clients", s10_fleet),
     "11": ("a whole image of small layers behind a paced upstream, 3 blobs at a time", s11_whole_image),
+    "12": ("a crowd: N clients at once on M images, half cached, half cold", s12_crowd),
 }
