@@ -67,3 +67,25 @@ def test_the_tls_trust_store_is_loaded_at_the_first_connection(tmp_path: Path) -
     bad.write_text("not a certificate\n")
     with pytest.raises(ssl.SSLError):
         Trust(bad, None, None)
+
+
+SERVE_PARSER = """
+import sys
+from mirror.commands.main import build_parser
+args = build_parser(sys.argv[1:]).parse_args(sys.argv[1:])
+print(args.command, sorted(n for n in sys.modules if n.startswith("mirror.commands.") and "configfile" not in n
+      and "owner" not in n and not n.endswith(".main")))
+"""
+
+
+def test_the_server_loads_no_other_commands_code() -> None:
+    def parsed(*argv: str) -> str:
+        result = subprocess.run([sys.executable, "-c", SERVE_PARSER, *argv], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    assert parsed("--config", "/x.toml", "serve") == "serve ['mirror.commands.serve']"
+    assert parsed("serve", "--offline") == "serve ['mirror.commands.serve']"
+    # A config file named like a command is no command: every parser, then `ls`.
+    listed = parsed("--config", "serve", "ls")
+    assert listed.startswith("ls ") and "mirror.commands.archive" in listed

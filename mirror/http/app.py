@@ -13,7 +13,6 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from mirror import __version__
-from mirror.cache import inventory
 from mirror.cache.journal import history_rows
 from mirror.composition import Mirror
 from mirror.http.fleet import stats_of
@@ -186,6 +185,8 @@ async def images_route(mirror: Mirror, request: Request) -> Response:
     repository = request.path_params.get("repository") or request.query_params.get("repository")
     default = mirror.config.server.default_upstream
     only = repository_named(repository.replace("$", "/"), default) if repository else None
+    from mirror.cache import inventory  # the dashboard's and `mirror ls`'s: loaded when first asked
+
     pinned, fetching = mirror.store.pinned, mirror.pins.fetching_digests
     rows = await anyio.to_thread.run_sync(inventory.list_images, mirror.directory, only, pinned, fetching)
     return JSONResponse(rows)
