@@ -55,6 +55,13 @@ def links_matter(config: Config) -> bool:
     )
 
 
+def fetches_ahead(config: Config) -> bool:
+    """`[cache] fetch_ahead`, alone. Not in a fleet: behind a balancer that hashes blobs on their
+    digest each blob has one replica, and fetching ahead would keep a second copy of every blob of
+    an image on the replica that served its manifest."""
+    return config.cache.fetch_ahead and config.fleet is None
+
+
 def signature_policy(config: Config) -> SignaturePolicy | None:
     """[signatures]: the policy to enforce (or audit), or None."""
     signatures = config.signatures
@@ -103,7 +110,7 @@ class Mirror:
             source_for=self._blob_source,
             signatures=signature_policy(config),
             verdicts=VerdictRecords(self.directory.metadata),
-            fetch_ahead=config.cache.fetch_ahead,
+            fetch_ahead=fetches_ahead(config),
         )
         self.upstreams = {
             name: Upstream(upstream, self.stats, config.proxy_env, offline=config.server.offline)
@@ -265,7 +272,7 @@ class Mirror:
             tag_ttl=config.cache.tag_ttl,
             enforce_links=links_matter(config),
             signatures=signature_policy(config),
-            fetch_ahead=config.cache.fetch_ahead,
+            fetch_ahead=fetches_ahead(config),
         )
         self.store.max_size = config.cache.max_size
         self.config = config
