@@ -248,26 +248,21 @@ def _patterns(table: Table, key: str, default: Any) -> tuple[str, ...]:
 PATTERNS = Value(_patterns, show=_or_none)
 
 
-def _is_tag_glob(glob: object) -> bool:
-    try:
-        compile_tag_glob(glob if isinstance(glob, str) else "")
-    except PatternError:
-        return False
-    return True
+def _parses(parse: Callable[[str], object], refusal: type[Exception]) -> Callable[[object], bool]:
+    """Whether an entry is text that `parse` takes (it raises `refusal` for what it does not)."""
+
+    def parses(entry: object) -> bool:
+        try:
+            parse(entry if isinstance(entry, str) else "")
+        except refusal:
+            return False
+        return True
+
+    return parses
 
 
-TAG_GLOBS = _strings(_is_tag_glob, "expected tag globs like 'v*' or '*.*.*', got {entry!r}")
-
-
-def _is_digest(digest: object) -> bool:
-    try:
-        parse_digest(digest if isinstance(digest, str) else "")
-    except RegistryError:
-        return False
-    return True
-
-
-DIGESTS = _strings(_is_digest, "expected digests like 'sha256:<64 hex>', got {entry!r}")
+TAG_GLOBS = _strings(_parses(compile_tag_glob, PatternError), "expected tag globs like 'v*' or '*.*.*', got {entry!r}")
+DIGESTS = _strings(_parses(parse_digest, RegistryError), "expected digests like 'sha256:<64 hex>', got {entry!r}")
 PEERS = _strings(  # networks, hosts or *.domains
     lambda entry: isinstance(entry, str) and re.fullmatch(r"(\*\.)?[A-Za-z0-9.:/\[\]-]+", entry) is not None,
     "expected networks, hosts or *.domains, got {entry!r}",

@@ -48,17 +48,18 @@ class FetchAhead:
         """A client was given `manifest` under `repository` (no I/O: the fast path calls this)."""
         if not self.enabled or manifest.media_type in INDEX_TYPES:
             return
+        key = (upstream, repository)
+        recent = self._served.get(key)
+        held = recent.get(manifest.digest) if recent is not None else None
+        now = time.monotonic()
+        if held is not None and now - held.at < WINDOW:
+            return  # started or not, within its window: as it was (a warm tag's every request: no more work)
         parts = self._parts(manifest)
         if parts is None:
             return
-        recent = self._served.get((upstream, repository))
         if recent is None:
-            recent = self._served[(upstream, repository)] = {}
-        held = recent.get(manifest.digest)
-        now = time.monotonic()
-        if held is not None and now - held.at < WINDOW:
-            return  # started or not, within its window: as it was
-        if len(recent) >= MAX_PER_REPOSITORY:
+            recent = self._served[key] = {}
+        if len(recent) >= MAX_PER_REPOSITORY and manifest.digest not in recent:
             del recent[min(recent, key=lambda digest: recent[digest].at)]
         recent[manifest.digest] = Served(*parts, now)
 

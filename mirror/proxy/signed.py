@@ -146,13 +146,6 @@ class SignatureGate:
             return True
         return self._blobs.get((upstream.name, repository, str(digest)), False)
 
-    def verdict_of(self, upstream: str, repository: str, digest: str) -> Verdict | None:
-        """The last verdict on a manifest digest under a repository, whatever the reference (for views)."""
-        for (name, _reference, held), decided in list(self._verdicts.items()):
-            if held == digest and name == f"{upstream}/{repository}":
-                return decided.verdict
-        return None
-
     def _decided(self, upstream: Upstream, repository: str, reference: str | Digest, digest: str) -> Decided | None:
         name = self.name_of(upstream, repository)
         now = time.time()
