@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -11,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import httpx
 from support import Image, MirrorProcess, Pusher, Registry, sha256
 from test_pull import skopeo_copy, verify_dir_copy
@@ -259,5 +261,37 @@ def test_layers_go_before_the_inventory_and_max_size_holds_even_for_it(tmp_path:
         fourth = await put(b"p" * 300, inventory=True)  # the inventory alone: its oldest goes
         assert store.size_now(first) is None and store.size_now(fourth) is not None
         assert store.total_bytes <= 1000
+
+    anyio.run(scenario)
+
+
+def test_a_blob_in_place_is_counted_once_and_is_not_the_next_victim(tmp_path: Path) -> None:
+    """Its reservation is handed back as it joins the index: counted twice while its directory was
+    synced, the next download's make_room evicted the newest blob (a pull found its layer gone)."""
+
+    async def scenario() -> None:
+        layout = CacheLayout(tmp_path / "cache")
+        prepare(layout)
+        store = BlobStore(layout, max_size=2000)
+        store.open_sync()
+        older = parse_digest(sha256(b"o" * 300))
+        await store.put(older, b"o" * 300)
+        data = b"n" * 1500
+        newest = parse_digest(sha256(data))
+        reservation = await store.make_room(len(data))
+        assert reservation is not None and store.eviction.reserved == 1500
+        written = layout.partial_path(newest)
+        written.parent.mkdir(parents=True, exist_ok=True)
+        written.write_bytes(data)
+        fd = os.open(written, os.O_RDWR)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(store.place, newest, fd, written, len(data), reservation)
+            while store.size_now(newest) is None:
+                await anyio.lowlevel.checkpoint()
+            # Renamed into place; the directory's fsync is still under way.
+            assert (reservation.size, store.eviction.reserved, store.total_bytes) == (0, 0, 1800)
+            assert await store.make_room(400) is not None
+        assert store.size_now(newest) is not None, "the newest blob stays"
+        assert store.size_now(older) is None, "the least recently used made room"
 
     anyio.run(scenario)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import anyio.to_thread
 
-from mirror.cache.eviction import Eviction
+from mirror.cache.eviction import Eviction, Reservation
 from mirror.cache.layout import CacheLayout
 from mirror.registry.errors import DigestInvalid, RegistryError
 from mirror.registry.reference import Digest, parse_digest
@@ -105,11 +105,11 @@ class BlobStore:
     def add_inventory(self, *digests: Digest) -> None:
         self.eviction.add_inventory(*digests)
 
-    async def make_room(self, size: int | None) -> bool:
+    async def make_room(self, size: int | None) -> Reservation | None:
         return await self.eviction.make_room(size)
 
-    def release(self, size: int) -> None:
-        self.eviction.release(size)
+    def release(self, reservation: Reservation) -> None:
+        self.eviction.release(reservation)
 
     async def evict_bytes(self, amount: int) -> None:
         await self.eviction.evict_bytes(amount)
@@ -210,13 +210,15 @@ class BlobStore:
         for every cold download, to find no partial download in the common case, delayed each one's start."""
         return self.layout.partial_path(digest).exists()
 
-    async def place(self, digest: Digest, fd: int, written: Path, size: int) -> Path:
+    async def place(
+        self, digest: Digest, fd: int, written: Path, size: int, reservation: Reservation | None = None
+    ) -> Path:
         """Make a written and verified file the blob: flush it, rename it into place, index it; closes `fd`."""
         final = self.path(digest)
         await anyio.to_thread.run_sync(sync_and_close, fd, final.parent)
         # The rename happens on the event loop so that readers never see a half-way state.
         os.replace(written, final)
-        self.eviction.used(digest, size)
+        self.eviction.committed(digest, size, reservation)
         await anyio.to_thread.run_sync(fsync_directory, final.parent)
         return final
 

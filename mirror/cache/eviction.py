@@ -12,6 +12,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio.to_thread
@@ -21,6 +22,13 @@ from mirror.registry.reference import Digest
 from mirror.stats import Stats
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Reservation:
+    """Room `make_room` set aside for one blob being written; handed back once (`Eviction.release`)."""
+
+    size: int
 
 
 class Eviction:
@@ -101,34 +109,43 @@ class Eviction:
             self.inventory_max_age is None or last_use >= now - self.inventory_max_age
         )
 
-    async def make_room(self, size: int | None) -> bool:
+    async def make_room(self, size: int | None) -> Reservation | None:
         """Reserve room for a blob about to be written, within max_size and on the disk.
 
-        False when it cannot fit: larger than max_size, or the disk stays too full after
+        None when it cannot fit: larger than max_size, or the disk stays too full after
         evicting least recently used blobs. The caller then streams it without caching.
         """
         if size is not None and self.max_size is not None and size > self.max_size:
-            return False
-        self.reserved += size or 0
+            return None
+        reservation = Reservation(size or 0)
+        self.reserved += reservation.size
         await self.evict_to_fit()
-        need = (size or 0) + self.disk_margin
+        need = reservation.size + self.disk_margin
         shortfall = need - await anyio.to_thread.run_sync(self.free_bytes)
         if shortfall > 0:
             await self.evict_bytes(shortfall)
             shortfall = need - await anyio.to_thread.run_sync(self.free_bytes)
         if shortfall > 0:
-            self.reserved -= size or 0
+            self.release(reservation)
             self.stats.disk_full += 1
             log.warning("cache disk is full: %d more bytes needed; streaming without caching", shortfall)
-            return False
-        return True
+            return None
+        return reservation
 
     def free_bytes(self) -> int:
         stat = os.statvfs(self.layout.root)
         return stat.f_bavail * stat.f_frsize
 
-    def release(self, size: int) -> None:
-        self.reserved -= size
+    def release(self, reservation: Reservation) -> None:
+        self.reserved -= reservation.size
+        reservation.size = 0
+
+    def committed(self, digest: Digest, size: int, reservation: Reservation | None) -> None:
+        """A written blob joins the index as its reservation is handed back, in one step: counted
+        twice in between, it made the next `make_room` evict it (the newest blob) to fit."""
+        self.used(digest, size)
+        if reservation is not None:
+            self.release(reservation)
 
     def _least_recent(self, amount: int) -> list[Digest]:
         """Least recently used blobs totalling at least `amount` bytes, if there are that many.

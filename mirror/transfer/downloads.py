@@ -18,6 +18,7 @@ from typing import Protocol, TypeVar
 import anyio.to_thread
 
 from mirror.cache.blobs import BlobStore
+from mirror.cache.eviction import Reservation
 from mirror.link import Link
 from mirror.registry.errors import DownloadFailed, NoRoom, RegistryError, UpstreamFailed
 from mirror.registry.reference import Digest
@@ -75,7 +76,7 @@ class Download:
         self._queued: set[asyncio.Task[None]] = set()  # extra connections still waiting for a slot
         self._hashing: asyncio.Task[None] | None = None
         self._open_source: OpenSource | None = None
-        self._reserved = 0  # bytes make_room set aside for this download, released when it ends
+        self._reserved: Reservation | None = None  # the room make_room set aside, handed back at the commit or the end
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         # Mark the exception retrieved: if every client left, nobody else will look at it.
         self.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
@@ -115,10 +116,8 @@ class Download:
             self.blob.verified = True
             self.blob.notify()
             # Clients already have every byte; the fsync and rename below only make it durable.
-            await self.blob.file.commit(self.blob.size)
+            await self.blob.file.commit(self.blob.size, self._reserved)
             self.ok = True
-            self.store.release(self._reserved)
-            self._reserved = 0
             await self.store.evict_to_fit()
         except BaseException as exc:
             await self._failed(exc)
@@ -127,8 +126,8 @@ class Download:
         finally:
             if not self.background:
                 self.link.client_download(-1)
-            self.store.release(self._reserved)
-            self._reserved = 0
+            if self._reserved is not None:
+                self.store.release(self._reserved)
             await self._stop_workers()
             if self.blob.file is not None:
                 if isinstance(self.blob.error, asyncio.CancelledError) and not self.ok:
@@ -222,9 +221,9 @@ class Download:
     async def _begin(self, source: BlobStream, position: int, end: int | None) -> Piece:
         """The first answer: make room, plan the pieces, let readers in, start the extra connections."""
         self.blob.size = size = source.size
-        if not await self.store.make_room(size):
+        self._reserved = await self.store.make_room(size)
+        if self._reserved is None:
             raise NoRoom(f"no room in the cache for {self.digest}")
-        self._reserved = size or 0
         if self.blob.file is None:
             self.blob.file = PartialFile.create(self.store, self.digest)
         file = self.blob.file

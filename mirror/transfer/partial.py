@@ -19,6 +19,7 @@ from pathlib import Path
 import anyio.to_thread
 
 from mirror.cache.blobs import READ_CHUNK, BlobStore, check_written
+from mirror.cache.eviction import Reservation
 from mirror.registry.errors import DigestInvalid
 from mirror.registry.reference import Digest
 
@@ -163,12 +164,12 @@ class PartialFile:
         assert self.hashed == size, "catch_up before verify"
         check_written(self.digest, self._hash, size, expected_size)
 
-    async def commit(self, expected_size: int | None) -> None:
-        """Verify, flush to disk, and rename into the blob path."""
+    async def commit(self, expected_size: int | None, reservation: Reservation | None = None) -> None:
+        """Verify, flush to disk, and rename into the blob path (handing back the room reserved for it)."""
         self.verify(expected_size)
         fd, self.fd = self.fd, None
         assert fd is not None
-        self.path = await self.store.place(self.digest, fd, self.path, self.prefix)
+        self.path = await self.store.place(self.digest, fd, self.path, self.prefix, reservation)
         self.map_path.unlink(missing_ok=True)
 
     def save_map(self) -> None:
