@@ -15,6 +15,7 @@ from mirror.cache.format import CacheFormatError
 from mirror.commands.configfile import add_top_config_option, config_path, load_config
 from mirror.commands.owner import act_as_owner
 from mirror.config import Config, ConfigError
+from mirror.http.lean import import_without_command_lines
 
 # The module of `mirror.commands` that registers each command, in `mirror --help`'s order.
 COMMANDS = {
@@ -51,7 +52,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mirror {__version__}")
     add_top_config_option(parser)
     commands = parser.add_subparsers(dest="command", required=True)
-    modules = ["serve"] if argv is not None and command_word(argv) == "serve" else COMMANDS.values()
+    serving = argv is not None and command_word(argv) == "serve"
+    if serving:
+        import_without_command_lines()  # before the server's code imports httpx and uvicorn
+    modules = ["serve"] if serving else COMMANDS.values()
     for name in dict.fromkeys(modules):
         module = importlib.import_module(f"mirror.commands.{name}")
         register = getattr(module, "add_parsers", None) or module.add_parser
