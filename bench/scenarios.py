@@ -205,6 +205,8 @@ def _with_signature_policy(ctx: Context) -> dict[str, Any]:
     meter = UpstreamMeter(ctx)
     try:
         out = _resolve_tags(ctx, target, meter)
+        if out["ok"]:
+            out.update(_paired_rates(ctx, target))
     finally:
         target.stop()
     signature_paths = (f"/manifests/{signed.signature_tag}", *(f"/blobs/{digest}" for digest in signed.payloads))
@@ -217,6 +219,50 @@ def _with_signature_policy(ctx: Context) -> dict[str, Any]:
         refused = [line for line in log.splitlines() if "signature policy" in line]
         out.setdefault("errors", []).append(f"the mirror's log has no acceptance of the image: {refused[-3:]}")
     return out
+
+
+PAIRS = 8  # scenario 4's paired rounds: a plain mirror and the policy's, warm, in turns
+
+
+def _paired_rates(ctx: Context, signed: procs.Target) -> dict[str, Any]:
+    """The policy's cost as the median over pairs of rounds, a fresh plain mirror and the policy's
+    (warm), taken in turns A B B A …: the machine's drift between two separate runs (±30 % here,
+    as other work shares the 2 CPUs) falls on both halves of a pair alike."""
+    plain = procs.Mirror("mirror-paired", ctx.upstream, ctx.run_dir / "mirror-paired").start_fresh()
+    path = f"/v2/{ctx.image.repository}/manifests/{ctx.image.tag}"
+
+    def round_on(target: procs.Target) -> float:
+        got = h2load.run(
+            target.url + path,
+            requests=ctx.args.tag_requests,
+            connections=ctx.args.tag_connections,
+            threads=ctx.args.tag_workers,
+            headers={"Accept": puller.MANIFEST_ACCEPT},
+            body_size=len(ctx.image.manifest),
+            timeout=ctx.args.scenario_timeout,
+        )
+        if not got["ok"] or "req_per_s" not in got:
+            raise RuntimeError(f"a paired round failed on {target.name}: {got.get('errors')}")
+        return float(got["req_per_s"])
+
+    try:
+        round_on(plain)  # its cold round: the tag is fetched once
+        pairs: list[tuple[float, float]] = []
+        for n in range(PAIRS):
+            if n % 2 == 0:
+                first = round_on(plain)
+                pairs.append((first, round_on(signed)))
+            else:
+                second = round_on(signed)
+                pairs.append((round_on(plain), second))
+    finally:
+        plain.stop()
+    ratios = [with_policy / without for without, with_policy in pairs]
+    return {
+        "paired_ratio": statistics.median(ratios),
+        "paired_ratios": ratios,
+        "paired_req_per_s": [statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)],
+    }
 
 
 async def _manifest_digest(base_url: str, path: str) -> str:
