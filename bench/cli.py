@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag-workers", type=int, default=2, help="scenario 4 h2load threads (default %(default)s)")
     p.add_argument("--tag-rounds", type=int, default=5, help="scenario 4 rounds, at most, per target (default 5)")
     p.add_argument("--big-blob-mb", type=int, default=1024, help="scenario 5 blob size in MiB (default %(default)s)")
-    p.add_argument("--stream-runs", type=int, default=5, help="scenario 5 timed runs per target (default %(default)s)")
+    p.add_argument("--stream-runs", type=int, default=9, help="scenario 5 timed runs per target (default %(default)s)")
     p.add_argument("--rss-blob-mb", type=int, default=4096, help="scenario 6 blob size in MiB (default %(default)s)")
     p.add_argument("--rss-clients", type=int, default=8, help="scenario 6 clients (default %(default)s)")
     p.add_argument(

@@ -113,17 +113,23 @@ def first_errors(results: list[dict[str, Any]]) -> list[str]:
     return [e for r in results for e in r.get("errors", [])][:5]
 
 
-def guard(ctx: Context, name: str, target: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def guard(
+    ctx: Context, name: str, target: str, fn: Callable[[], dict[str, Any]], *, keep_running: bool = False
+) -> dict[str, Any]:
+    """Run one target's part of a scenario, a failure its result; then stop the target, unless
+    the scenario measures the targets in turns (`keep_running`: it stops them itself)."""
     ctx.log(f"  [{name}] {target} ...")
     started = time.monotonic()
+    ok = False
     try:
         out = fn()
+        ok = bool(out.get("ok"))
     except Exception as exc:
         ctx.log(f"  [{name}] {target} FAILED: {exc}")
         traceback.print_exc()
         out = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     finally:
-        if target in ctx.targets:  # nothing left running to compete for the 2 CPUs
+        if target in ctx.targets and not (keep_running and ok):  # nothing left running to compete for the 2 CPUs
             ctx.targets[target].stop()
     ctx.log(
         f"  [{name}] {target} done in {time.monotonic() - started:.1f}s: "
