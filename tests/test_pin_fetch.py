@@ -232,3 +232,35 @@ def test_ls_shows_a_pin_still_being_fetched(tmp_path: Path, registry: Registry) 
             assert [r["pin_state"] for r in httpx.get(f"{mirror.url}/api/images").json()] == ["pinned"]
         finally:
             mirror.stop()
+
+
+MARK_AND_EXIT = """
+import sys
+from pathlib import Path
+from mirror.cache.directory import CacheDirectory
+from mirror.cache.pins import mark_fetching
+from mirror.cache.removal import parse_target
+cache = CacheDirectory.open(Path(sys.argv[1]))
+mark_fetching(cache, parse_target("library/crashed:1.0"), {"sha256:" + "a" * 64: 10})
+cache.close()
+"""
+
+
+def test_a_fetch_mark_left_by_a_server_that_died_is_not_fetching(tmp_path: Path) -> None:
+    """A server killed mid-fetch leaves its mark in the index until the next start: `mirror ls`
+    passes over a mark whose process is gone (or is another process with its PID)."""
+    from mirror.cache.directory import CacheDirectory
+    from mirror.cache.pins import fetching_digests, mark_fetching
+    from mirror.cache.removal import parse_target
+
+    root = tmp_path / "cache"
+    CacheDirectory.open(root).close()
+    subprocess.run([sys.executable, "-c", MARK_AND_EXIT, str(root)], check=True, timeout=60)
+    cache = CacheDirectory.open(root)
+    try:
+        assert fetching_digests(cache) == frozenset(), "its writer has exited"
+        live = "sha256:" + "b" * 64
+        mark_fetching(cache, parse_target("library/live:1.0"), {live: 10})  # this process: alive
+        assert fetching_digests(cache) == {live}
+    finally:
+        cache.close()

@@ -209,7 +209,20 @@ def decode_pin(text: str) -> dict[str, int] | None:
         return None
 
 
-PIN_FETCH = "pinfetch"  # a pin being fetched (its value encoded as a pin's)
+PIN_FETCH = "pinfetch"  # a pin being fetched (its value a pin's, with the fetching server's identity)
+
+
+def encode_pin_fetch(digests: dict[str, int], started_at: float, server: str | None) -> str:
+    return json.dumps({"digests": digests, "pinned_at": round(started_at, 3), "server": server})
+
+
+def pin_fetch_server(text: str) -> str | None:
+    """The identity of the server process fetching a pin (`mirror.cache.pins`), if it says."""
+    try:
+        server = json.loads(text).get("server")
+    except (ValueError, AttributeError):
+        return None
+    return server if isinstance(server, str) else None
 
 
 def pin_fetch_key(upstream: str, repository: str, reference: str) -> str:

@@ -10,12 +10,23 @@ their way, for `mirror ls`.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mirror.cache.directory import CacheDirectory
-from mirror.cache.layout import PIN, PIN_FETCH, decode_pin, encode_pin, pin_fetch_key, pin_key
+from mirror.cache.layout import (
+    PIN,
+    PIN_FETCH,
+    decode_pin,
+    encode_pin,
+    encode_pin_fetch,
+    pin_fetch_key,
+    pin_fetch_server,
+    pin_key,
+)
 from mirror.cache.removal import Removal, RemovalError, Target
 from mirror.registry.mediatypes import platform_matches, platform_name
 
@@ -138,10 +149,10 @@ def unpin(cache: CacheDirectory, targets: list[Target]) -> list[str]:
 
 
 def mark_fetching(cache: CacheDirectory, target: Target, digests: dict[str, int]) -> None:
-    """Say that the server is fetching this pin's digests (for `mirror ls`)."""
+    """Say that this server process is fetching this pin's digests (for `mirror ls`)."""
     assert target.upstream is not None and target.repository is not None
     key = pin_fetch_key(target.upstream, target.repository, target.reference)
-    cache.metadata.set_raw(key, encode_pin(digests, time.time()))
+    cache.metadata.set_raw(key, encode_pin_fetch(digests, time.time(), process_identity(os.getpid())))
 
 
 def unmark_fetching(cache: CacheDirectory, target: Target) -> None:
@@ -150,8 +161,33 @@ def unmark_fetching(cache: CacheDirectory, target: Target) -> None:
 
 
 def fetching_digests(cache: CacheDirectory) -> frozenset[str]:
-    """The digests of the pins a server is fetching now."""
-    return frozenset(d for _, value in cache.metadata.items_of(PIN_FETCH) for d in decode_pin(value) or {})
+    """The digests of the pins a server is fetching now: a mark left by a server that was killed
+    mid-fetch is passed over (the next start clears it)."""
+    return frozenset(
+        digest
+        for _, value in cache.metadata.items_of(PIN_FETCH)
+        if _still_running(pin_fetch_server(value))
+        for digest in decode_pin(value) or {}
+    )
+
+
+def process_identity(pid: int) -> str | None:
+    """`pid:start time`, which no later process with the same PID shares; None without /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()  # after the command's name, which may hold anything
+    return f"{pid}:{fields[19]}" if len(fields) > 19 else None
+
+
+def _still_running(server: str | None) -> bool:
+    """Whether the process a mark names is still the one that wrote it; a mark that names none
+    (no /proc where it was written) is taken at its word."""
+    if server is None:
+        return True
+    pid, _, _ = server.partition(":")
+    return pid.isdigit() and process_identity(int(pid)) == server
 
 
 def forget_fetching(cache: CacheDirectory) -> None:
