@@ -155,17 +155,7 @@ def _resolve_tags(ctx: Context, target: procs.Target, meter: UpstreamMeter) -> d
     with meter:
         while len(rounds) < ctx.args.tag_rounds and sum(r.get("wall_s", 0) for r in rounds) < 15:
             cpu_before = procs.cpu_seconds(target.pid) if target.pid is not None else 0.0
-            rounds.append(
-                h2load.run(
-                    target.url + path,
-                    requests=ctx.args.tag_requests,
-                    connections=ctx.args.tag_connections,
-                    threads=ctx.args.tag_workers,
-                    headers={"Accept": puller.MANIFEST_ACCEPT},
-                    body_size=len(ctx.image.manifest),
-                    timeout=ctx.args.scenario_timeout,
-                )
-            )
+            rounds.append(_tag_round(ctx, target.url + path))
             if len(rounds) > 1 and target.pid is not None:
                 warm_cpu_s += procs.cpu_seconds(target.pid) - cpu_before
             if not rounds[-1]["ok"]:
@@ -193,6 +183,19 @@ def _resolve_tags(ctx: Context, target: procs.Target, meter: UpstreamMeter) -> d
     if errors := [e for r in rounds for e in r["errors"]][:5]:
         out["errors"] = errors
     return out
+
+
+def _tag_round(ctx: Context, url: str) -> dict[str, Any]:
+    """One round of h2load GETs of the image's tag (`tag_requests` over `tag_connections`)."""
+    return h2load.run(
+        url,
+        requests=ctx.args.tag_requests,
+        connections=ctx.args.tag_connections,
+        threads=ctx.args.tag_workers,
+        headers={"Accept": puller.MANIFEST_ACCEPT},
+        body_size=len(ctx.image.manifest),
+        timeout=ctx.args.scenario_timeout,
+    )
 
 
 def _with_signature_policy(ctx: Context) -> dict[str, Any]:
@@ -233,15 +236,7 @@ def _paired_rates(ctx: Context, signed: procs.Target) -> dict[str, Any]:
     path = f"/v2/{ctx.image.repository}/manifests/{ctx.image.tag}"
 
     def round_on(target: procs.Target) -> float:
-        got = h2load.run(
-            target.url + path,
-            requests=ctx.args.tag_requests,
-            connections=ctx.args.tag_connections,
-            threads=ctx.args.tag_workers,
-            headers={"Accept": puller.MANIFEST_ACCEPT},
-            body_size=len(ctx.image.manifest),
-            timeout=ctx.args.scenario_timeout,
-        )
+        got = _tag_round(ctx, target.url + path)
         if not got["ok"] or "req_per_s" not in got:
             raise RuntimeError(f"a paired round failed on {target.name}: {got.get('errors')}")
         return float(got["req_per_s"])
